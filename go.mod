@@ -1,0 +1,3 @@
+module github.com/voltvmm/volt
+
+go 1.26.8
