@@ -1,0 +1,386 @@
+// Package memory owns guest physical memory: how it is mapped into the VMM
+// (anonymous, huge pages, or a private file mapping for restore) and the
+// bounds-checked accessors through which every other package reads and writes
+// it. Nothing outside this package indexes the host mapping by a guest
+// address, so a bad address from a guest or a file becomes an error, never a
+// fault in the VMM.
+package memory
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// GuestAddr is a guest physical address. It is a distinct type so that host
+// offsets and guest addresses cannot be mixed up silently.
+type GuestAddr uint64
+
+// Layout constants for x86: RAM above MMIOGapStart is placed at 4 GiB so
+// that the 32-bit MMIO window (LAPIC, IOAPIC, virtio-mmio) stays free.
+const (
+	PageSize               = 4096
+	HugePageSize           = 2 << 20
+	MMIOGapStart GuestAddr = 0xC000_0000
+	MMIOGapEnd   GuestAddr = 0x1_0000_0000
+	// MaxSize bounds a VM's memory so that size arithmetic cannot overflow
+	// and a typo cannot ask the host for an absurd mapping.
+	MaxSize = 1 << 40
+)
+
+// ErrOutOfBounds is returned (wrapped) for any access outside guest RAM.
+var ErrOutOfBounds = errors.New("guest address out of bounds")
+
+// Backing selects how guest memory is mapped.
+type Backing int
+
+const (
+	// Anonymous memory, private to this VMM; pages fault in on first touch.
+	Anonymous Backing = iota
+	// HugePages maps 2 MiB pages with MAP_HUGETLB, falling back to
+	// transparent huge pages when none are reserved.
+	HugePages
+	// PrivateFile maps a file MAP_PRIVATE: reads fault pages in from the page
+	// cache (shared between clones), writes are copied on write.
+	PrivateFile
+)
+
+func (b Backing) String() string {
+	switch b {
+	case Anonymous:
+		return "anonymous"
+	case HugePages:
+		return "hugepages"
+	case PrivateFile:
+		return "private-file"
+	}
+	return fmt.Sprintf("backing(%d)", int(b))
+}
+
+// Config describes the memory to create.
+type Config struct {
+	Size    uint64
+	Backing Backing
+	// Path is the file to map for PrivateFile; it must hold exactly Size
+	// bytes laid out as the guest-physical RAM regions in order.
+	Path string
+}
+
+// Validate checks the configuration without touching the host.
+func (c Config) Validate() error {
+	if c.Size == 0 {
+		return errors.New("memory size must be positive")
+	}
+	if c.Size%PageSize != 0 {
+		return fmt.Errorf("memory size %d is not a multiple of %d", c.Size, PageSize)
+	}
+	if c.Size > MaxSize {
+		return fmt.Errorf("memory size %d exceeds the maximum %d", c.Size, uint64(MaxSize))
+	}
+	if c.Backing == HugePages && c.Size%HugePageSize != 0 {
+		return fmt.Errorf("memory size %d is not a multiple of the 2 MiB huge page size", c.Size)
+	}
+	if c.Backing == PrivateFile && c.Path == "" {
+		return errors.New("private-file memory needs a file path")
+	}
+	if c.Backing != PrivateFile && c.Path != "" {
+		return fmt.Errorf("a memory file is only used with %s backing", PrivateFile)
+	}
+	return nil
+}
+
+// Region is one contiguous range of guest RAM and its host mapping.
+type Region struct {
+	Guest GuestAddr
+	// FileOffset is where this region starts within the whole mapping (and
+	// within a memory file): regions are laid out back to back.
+	FileOffset uint64
+	Host       []byte
+}
+
+// Size is the region's length in bytes.
+func (r Region) Size() uint64 { return uint64(len(r.Host)) }
+
+// End is the first guest address past the region.
+func (r Region) End() GuestAddr { return r.Guest + GuestAddr(len(r.Host)) }
+
+// Memory is guest RAM. Its regions never overlap and are sorted by address.
+type Memory struct {
+	mapping  []byte
+	regions  []Region
+	backing  Backing
+	warnings []string
+}
+
+// Layout returns the guest-physical RAM ranges for a VM of the given size:
+// low memory up to the MMIO gap and the rest from 4 GiB.
+func Layout(size uint64) []Range {
+	low := size
+	if low > uint64(MMIOGapStart) {
+		low = uint64(MMIOGapStart)
+	}
+	ranges := []Range{{Start: 0, Size: low}}
+	if size > low {
+		ranges = append(ranges, Range{Start: MMIOGapEnd, Size: size - low})
+	}
+	return ranges
+}
+
+// Range is a span of guest-physical addresses.
+type Range struct {
+	Start GuestAddr
+	Size  uint64
+}
+
+// End is the first address past the range.
+func (r Range) End() GuestAddr { return r.Start + GuestAddr(r.Size) }
+
+// New maps guest memory as configured.
+func New(cfg Config) (*Memory, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	m := &Memory{backing: cfg.Backing}
+	var err error
+	switch cfg.Backing {
+	case Anonymous:
+		m.mapping, err = mapAnonymous(cfg.Size, 0)
+	case HugePages:
+		m.mapping, err = mapAnonymous(cfg.Size, unix.MAP_HUGETLB)
+		if err != nil {
+			// No reserved huge pages is common; THP still gives 2 MiB
+			// mappings where the kernel can find them.
+			m.warnings = append(m.warnings, fmt.Sprintf("MAP_HUGETLB failed (%v): falling back to transparent huge pages; reserve pages in /proc/sys/vm/nr_hugepages to avoid this", err))
+			m.mapping, err = mapAnonymous(cfg.Size, 0)
+			if err == nil {
+				if merr := unix.Madvise(m.mapping, unix.MADV_HUGEPAGE); merr != nil {
+					m.warnings = append(m.warnings, fmt.Sprintf("madvise(MADV_HUGEPAGE): %v", merr))
+				}
+			}
+		}
+	case PrivateFile:
+		m.mapping, err = mapPrivateFile(cfg.Path, cfg.Size)
+	default:
+		return nil, fmt.Errorf("unknown memory backing %d", int(cfg.Backing))
+	}
+	if err != nil {
+		return nil, err
+	}
+	var off uint64
+	for _, r := range Layout(cfg.Size) {
+		m.regions = append(m.regions, Region{Guest: r.Start, FileOffset: off, Host: m.mapping[off : off+r.Size : off+r.Size]})
+		off += r.Size
+	}
+	return m, nil
+}
+
+func mapAnonymous(size uint64, extra int) ([]byte, error) {
+	flags := unix.MAP_PRIVATE | unix.MAP_ANONYMOUS | extra
+	if extra&unix.MAP_HUGETLB == 0 {
+		// Overcommit is what lets clones and large idle guests be cheap.
+		flags |= unix.MAP_NORESERVE
+	}
+	// Hugetlb mappings are deliberately reserved up front: with
+	// MAP_NORESERVE and an empty pool, mmap succeeds and the first guest
+	// touch raises SIGBUS in the VMM.
+	b, err := unix.Mmap(-1, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, flags)
+	if err != nil {
+		return nil, fmt.Errorf("map %d bytes of guest memory: %w", size, err)
+	}
+	return b, nil
+}
+
+// mapPrivateFile checks the file's size before mapping it: touching a page
+// past the end of a short file would raise SIGBUS in the VMM instead of an
+// error here.
+func mapPrivateFile(path string, size uint64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open memory file: %w", err)
+	}
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return nil, fmt.Errorf("stat memory file %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, fmt.Errorf("memory file %s is not a regular file", path)
+	}
+	if uint64(st.Size) != size {
+		return nil, fmt.Errorf("memory file %s holds %d bytes, the VM needs exactly %d", path, st.Size, size)
+	}
+	b, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_NORESERVE)
+	if err != nil {
+		return nil, fmt.Errorf("map memory file %s: %w", path, err)
+	}
+	return b, nil
+}
+
+// Close unmaps guest memory. The Memory must not be used afterwards.
+func (m *Memory) Close() error {
+	if m.mapping == nil {
+		return nil
+	}
+	err := unix.Munmap(m.mapping)
+	m.mapping, m.regions = nil, nil
+	if err != nil {
+		return fmt.Errorf("unmap guest memory: %w", err)
+	}
+	return nil
+}
+
+// Size is the total RAM in bytes.
+func (m *Memory) Size() uint64 { return uint64(len(m.mapping)) }
+
+// Backing reports how the memory is mapped.
+func (m *Memory) Backing() Backing { return m.backing }
+
+// Warnings lists non-fatal problems met while mapping (e.g. the huge-page
+// fallback) for the caller to log.
+func (m *Memory) Warnings() []string { return m.warnings }
+
+// Regions returns the RAM regions in address order. The slice is shared;
+// callers must not modify it.
+func (m *Memory) Regions() []Region { return m.regions }
+
+// Mapping returns the whole host mapping, regions back to back. It is what a
+// snapshot writes out and what Regions' FileOffset refers to.
+func (m *Memory) Mapping() []byte { return m.mapping }
+
+// Slice returns the host bytes backing [addr, addr+n). The range must lie
+// within a single region.
+func (m *Memory) Slice(addr GuestAddr, n uint64) ([]byte, error) {
+	for _, r := range m.regions {
+		if addr < r.Guest || addr >= r.End() {
+			continue
+		}
+		off := uint64(addr - r.Guest)
+		if n > r.Size()-off {
+			return nil, fmt.Errorf("%w: [%#x, +%#x) crosses the end of RAM region at %#x", ErrOutOfBounds, uint64(addr), n, uint64(r.End()))
+		}
+		return r.Host[off : off+n : off+n], nil
+	}
+	return nil, fmt.Errorf("%w: %#x (+%#x) is not RAM", ErrOutOfBounds, uint64(addr), n)
+}
+
+// Contains reports whether the whole range [addr, addr+n) is RAM in one region.
+func (m *Memory) Contains(addr GuestAddr, n uint64) bool {
+	_, err := m.Slice(addr, n)
+	return err == nil
+}
+
+// Read copies len(p) bytes from guest memory at addr.
+func (m *Memory) Read(addr GuestAddr, p []byte) error {
+	s, err := m.Slice(addr, uint64(len(p)))
+	if err != nil {
+		return err
+	}
+	copy(p, s)
+	return nil
+}
+
+// Write copies p into guest memory at addr.
+func (m *Memory) Write(addr GuestAddr, p []byte) error {
+	s, err := m.Slice(addr, uint64(len(p)))
+	if err != nil {
+		return err
+	}
+	copy(s, p)
+	return nil
+}
+
+// WriteFrom fills [addr, addr+n) from r, for loading images without an
+// intermediate copy.
+func (m *Memory) WriteFrom(addr GuestAddr, r io.Reader, n uint64) error {
+	s, err := m.Slice(addr, n)
+	if err != nil {
+		return err
+	}
+	if _, err := io.ReadFull(r, s); err != nil {
+		return fmt.Errorf("fill guest memory at %#x: %w", uint64(addr), err)
+	}
+	return nil
+}
+
+// Zero clears [addr, addr+n).
+func (m *Memory) Zero(addr GuestAddr, n uint64) error {
+	s, err := m.Slice(addr, n)
+	if err != nil {
+		return err
+	}
+	clear(s)
+	return nil
+}
+
+// ReadUint8 and friends access little-endian integers, as x86 guests store them.
+func (m *Memory) ReadUint8(addr GuestAddr) (uint8, error) {
+	s, err := m.Slice(addr, 1)
+	if err != nil {
+		return 0, err
+	}
+	return s[0], nil
+}
+
+func (m *Memory) ReadUint16(addr GuestAddr) (uint16, error) {
+	s, err := m.Slice(addr, 2)
+	if err != nil {
+		return 0, err
+	}
+	return binary.LittleEndian.Uint16(s), nil
+}
+
+func (m *Memory) ReadUint32(addr GuestAddr) (uint32, error) {
+	s, err := m.Slice(addr, 4)
+	if err != nil {
+		return 0, err
+	}
+	return binary.LittleEndian.Uint32(s), nil
+}
+
+func (m *Memory) ReadUint64(addr GuestAddr) (uint64, error) {
+	s, err := m.Slice(addr, 8)
+	if err != nil {
+		return 0, err
+	}
+	return binary.LittleEndian.Uint64(s), nil
+}
+
+func (m *Memory) WriteUint8(addr GuestAddr, v uint8) error {
+	s, err := m.Slice(addr, 1)
+	if err != nil {
+		return err
+	}
+	s[0] = v
+	return nil
+}
+
+func (m *Memory) WriteUint16(addr GuestAddr, v uint16) error {
+	s, err := m.Slice(addr, 2)
+	if err != nil {
+		return err
+	}
+	binary.LittleEndian.PutUint16(s, v)
+	return nil
+}
+
+func (m *Memory) WriteUint32(addr GuestAddr, v uint32) error {
+	s, err := m.Slice(addr, 4)
+	if err != nil {
+		return err
+	}
+	binary.LittleEndian.PutUint32(s, v)
+	return nil
+}
+
+func (m *Memory) WriteUint64(addr GuestAddr, v uint64) error {
+	s, err := m.Slice(addr, 8)
+	if err != nil {
+		return err
+	}
+	binary.LittleEndian.PutUint64(s, v)
+	return nil
+}
