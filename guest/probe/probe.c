@@ -1,0 +1,635 @@
+/*
+ * Ring-3 part of the probe: platform discovery, device set-up and the
+ * command loop. Everything here runs natively even where KVM emulates ring
+ * 0, so this is where the work goes; only port I/O and MMIO exit to the VMM.
+ *
+ * Physical memory below 4 GiB is identity-mapped and user-accessible, so a
+ * physical address is a usable pointer.
+ */
+#include <stddef.h>
+#include <stdint.h>
+
+#include "marker.h"
+
+#define MAPPED_LIMIT	0x100000000ull	/* end of the identity map */
+#define SCRATCH_BASE	0x400000ull	/* touch/sum area: 4 MiB */
+#define PAGE_SIZE	4096ull
+
+#define START_INFO_MAGIC 0x336ec578u
+#define E820_RAM	1
+
+#define COM1		0x3f8
+#define UART_RBR	0
+#define UART_THR	0
+#define UART_DLL	0
+#define UART_IER	1
+#define UART_DLM	1
+#define UART_FCR	2
+#define UART_LCR	3
+#define UART_MCR	4
+#define UART_LSR	5
+#define LSR_DR		0x01
+#define LSR_THRE	0x20
+#define UART_FIFO_LEN	16
+
+#define PIC1_CMD	0x20
+#define PIC1_DATA	0x21
+#define PIC2_CMD	0xa0
+#define PIC2_DATA	0xa1
+#define PIC_VEC_BASE	0x20	/* must match VEC_IRQ4 - 4 in boot.S */
+#define IRQ_COM1	4
+
+#define LAPIC_DEFAULT	0xfee00000u
+#define LAPIC_SVR	0xf0
+#define LAPIC_LVT0	0x350
+#define LAPIC_LVT1	0x360
+#define LAPIC_SPUR_VEC	0x2f	/* VEC_APIC_SPUR in boot.S */
+
+#define I8042_CMD	0x64
+#define I8042_RESET	0xfe
+
+#define LINE_MAX	256
+
+/* ---- low-level access ---------------------------------------------- */
+
+static inline void outb(uint16_t port, uint8_t v)
+{
+	__asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port));
+}
+
+static inline uint8_t inb(uint16_t port)
+{
+	uint8_t v;
+	__asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
+
+static inline void marker(uint8_t code)
+{
+	outb(MARKER_PORT, code);
+}
+
+/* Firmware tables are plain memory; unaligned little-endian loads are
+ * fine on x86 and let the parsers take offsets straight from the specs. */
+static inline uint8_t rd8(uint64_t pa) { return *(const volatile uint8_t *)pa; }
+static inline uint16_t rd16(uint64_t pa) { return *(const volatile uint16_t *)pa; }
+static inline uint32_t rd32(uint64_t pa) { return *(const volatile uint32_t *)pa; }
+static inline uint64_t rd64(uint64_t pa) { return *(const volatile uint64_t *)pa; }
+
+static int mapped(uint64_t pa, uint64_t len)
+{
+	return pa != 0 && pa < MAPPED_LIMIT && len <= MAPPED_LIMIT - pa;
+}
+
+static int bytes_sum_zero(uint64_t pa, uint64_t len)
+{
+	uint8_t s = 0;
+	for (uint64_t i = 0; i < len; i++)
+		s += rd8(pa + i);
+	return s == 0;
+}
+
+/* gcc may emit calls to these even in freestanding code. */
+void *memset(void *d, int c, size_t n)
+{
+	unsigned char *p = d;
+	while (n--)
+		*p++ = (unsigned char)c;
+	return d;
+}
+
+void *memcpy(void *d, const void *s, size_t n)
+{
+	unsigned char *p = d;
+	const unsigned char *q = s;
+	while (n--)
+		*p++ = *q++;
+	return d;
+}
+
+/* ---- serial ----------------------------------------------------------- */
+
+static void uart_init(void)
+{
+	outb(COM1 + UART_IER, 0);
+	outb(COM1 + UART_LCR, 0x80);		/* DLAB to reach the divisor */
+	outb(COM1 + UART_DLL, 1);		/* 115200 baud */
+	outb(COM1 + UART_DLM, 0);
+	outb(COM1 + UART_LCR, 0x03);		/* 8N1 */
+	outb(COM1 + UART_FCR, 0x07);		/* FIFOs on and cleared, RX trigger 1 */
+	outb(COM1 + UART_MCR, 0x0b);		/* DTR, RTS, OUT2 (gates the IRQ on PCs) */
+	outb(COM1 + UART_IER, 0x01);		/* interrupt on received data only */
+}
+
+/*
+ * Waits for THRE (transmit FIFO empty) once per 16 bytes rather than per
+ * byte: each LSR read is a VM exit, and an emulated UART that drops the
+ * oldest byte of a full FIFO (QEMU does) would otherwise lose output.
+ */
+static void uart_write(const char *s, size_t n)
+{
+	while (n > 0) {
+		while (!(inb(COM1 + UART_LSR) & LSR_THRE))
+			;
+		size_t chunk = n < UART_FIFO_LEN ? n : UART_FIFO_LEN;
+		for (size_t i = 0; i < chunk; i++)
+			outb(COM1 + UART_THR, (uint8_t)s[i]);
+		s += chunk;
+		n -= chunk;
+	}
+}
+
+/* Ring 3 may not hlt; the int $0x80 gate does sti; hlt; cli for it. */
+static inline void wait_for_interrupt(void)
+{
+	__asm__ volatile("int $0x80" : : : "memory");
+}
+
+static uint8_t uart_getc(void)
+{
+	for (;;) {
+		if (inb(COM1 + UART_LSR) & LSR_DR)
+			return inb(COM1 + UART_RBR);
+		wait_for_interrupt();
+	}
+}
+
+/* ---- output formatting -------------------------------------------------- */
+
+static char out_buf[LINE_MAX + 64];
+static size_t out_len;
+
+static void put_str(const char *s)
+{
+	while (*s && out_len < sizeof(out_buf) - 1)
+		out_buf[out_len++] = *s++;
+}
+
+static void put_dec(uint64_t v)
+{
+	char tmp[20];
+	int n = 0;
+	do {
+		tmp[n++] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v != 0);
+	while (n > 0 && out_len < sizeof(out_buf) - 1)
+		out_buf[out_len++] = tmp[--n];
+}
+
+static void put_hex64(uint64_t v)
+{
+	static const char digits[] = "0123456789abcdef";
+	put_str("0x");
+	for (int shift = 60; shift >= 0; shift -= 4)
+		if (out_len < sizeof(out_buf) - 1)
+			out_buf[out_len++] = digits[(v >> shift) & 0xf];
+}
+
+/* Lines end in "\n" only; hosts must accept that. */
+static void put_line(void)
+{
+	out_buf[out_len++] = '\n';
+	uart_write(out_buf, out_len);
+	out_len = 0;
+}
+
+/* ---- platform discovery -------------------------------------------------- */
+
+static struct {
+	uint32_t cpus;
+	uint64_t ram_bytes;
+	uint64_t scratch_end;	/* end of the RAM run holding SCRATCH_BASE */
+	uint64_t rsdp;		/* from hvm_start_info, 0 if none */
+	uint64_t lapic;
+} plat;
+
+static void read_start_info(uint64_t info)
+{
+	if (!mapped(info, 56) || rd32(info) != START_INFO_MAGIC)
+		return;
+	plat.rsdp = rd64(info + 32);
+	if (rd32(info + 4) < 1)
+		return;			/* version 0 has no memory map */
+	uint64_t map = rd64(info + 40);
+	uint32_t n = rd32(info + 48);
+	if (n > 1024 || !mapped(map, (uint64_t)n * 24))
+		return;
+	for (uint32_t i = 0; i < n; i++) {
+		uint64_t e = map + (uint64_t)i * 24;
+		if (rd32(e + 16) == E820_RAM)
+			plat.ram_bytes += rd64(e + 8);
+	}
+	/* Find the RAM run holding the scratch area, joining adjacent
+	 * entries, so touch can refuse to run off the end of RAM. */
+	uint64_t end = SCRATCH_BASE;
+	for (int grew = 1; grew;) {
+		grew = 0;
+		for (uint32_t i = 0; i < n; i++) {
+			uint64_t e = map + (uint64_t)i * 24;
+			uint64_t a = rd64(e), sz = rd64(e + 8);
+			if (rd32(e + 16) == E820_RAM && a <= end && end < a + sz) {
+				end = a + sz;
+				grew = 1;
+			}
+		}
+	}
+	plat.scratch_end = end < MAPPED_LIMIT ? end : MAPPED_LIMIT;
+}
+
+/* MP spec 1.4, section 4: the floating pointer lies on a 16-byte boundary. */
+static uint64_t mp_search(uint64_t base, uint64_t len)
+{
+	for (uint64_t a = base; a + 16 <= base + len; a += 16) {
+		if (rd32(a) != 0x5f504d5f)	/* "_MP_" */
+			continue;
+		uint8_t units = rd8(a + 8);
+		if (units >= 1 && bytes_sum_zero(a, 16ull * units))
+			return a;
+	}
+	return 0;
+}
+
+static uint64_t ebda_base(void)
+{
+	uint64_t ebda = (uint64_t)rd16(0x40e) << 4;
+	return (ebda >= 0x500 && ebda < 0xa0000) ? ebda : 0;
+}
+
+static uint32_t mp_cpus(void)
+{
+	uint64_t fp = 0, ebda = ebda_base();
+	if (ebda)
+		fp = mp_search(ebda, 1024);
+	if (!fp) {
+		uint64_t kib = rd16(0x413);
+		if (kib < 64 || kib > 640)
+			kib = 640;
+		fp = mp_search(kib * 1024 - 1024, 1024);
+	}
+	if (!fp)
+		fp = mp_search(0xf0000, 0x10000);
+	if (!fp)
+		return 0;
+	/* A default configuration (feature byte 1 != 0) has no table and,
+	 * by definition in the spec, two processors. */
+	if (rd8(fp + 11) != 0)
+		return 2;
+	uint64_t cfg = rd32(fp + 4);
+	if (!mapped(cfg, 44) || rd32(cfg) != 0x504d4350)	/* "PCMP" */
+		return 0;
+	uint16_t len = rd16(cfg + 4);
+	if (len < 44 || !mapped(cfg, len) || !bytes_sum_zero(cfg, len))
+		return 0;
+	plat.lapic = rd32(cfg + 36);
+	uint32_t cpus = 0;
+	uint64_t p = cfg + 44, end = cfg + len;
+	/* Walk by the table length, not the entry count: QEMU microvm's
+	 * firmware (qboot) leaves the count at 0. */
+	while (p < end) {
+		uint8_t type = rd8(p);
+		if (type == 0) {		/* processor; flags bit 0 = enabled */
+			if (rd8(p + 3) & 1)
+				cpus++;
+			p += 20;
+		} else if (type <= 4) {
+			p += 8;
+		} else {
+			break;			/* unknown entry: length unknown */
+		}
+	}
+	return cpus;
+}
+
+static int rsdp_valid(uint64_t a)
+{
+	if (!mapped(a, 36) || rd64(a) != 0x2052545020445352ull)	/* "RSD PTR " */
+		return 0;
+	if (!bytes_sum_zero(a, 20))
+		return 0;
+	return rd8(a + 15) < 2 || bytes_sum_zero(a, 36);
+}
+
+static uint64_t rsdp_search(uint64_t base, uint64_t len)
+{
+	for (uint64_t a = base; a + 36 <= base + len; a += 16)
+		if (rsdp_valid(a))
+			return a;
+	return 0;
+}
+
+static uint64_t acpi_rsdp(void)
+{
+	if (rsdp_valid(plat.rsdp))
+		return plat.rsdp;
+	uint64_t a = 0, ebda = ebda_base();
+	if (ebda)
+		a = rsdp_search(ebda, 1024);
+	if (!a)
+		a = rsdp_search(0xe0000, 0x20000);
+	return a;
+}
+
+static int acpi_table_valid(uint64_t t)
+{
+	if (!mapped(t, 36))
+		return 0;
+	uint32_t len = rd32(t + 4);
+	return len >= 36 && mapped(t, len) && bytes_sum_zero(t, len);
+}
+
+static uint64_t acpi_table(uint64_t rsdp, uint32_t sig)
+{
+	if (!rsdp)
+		return 0;
+	uint64_t root = 0;
+	unsigned width = 4;
+	if (rd8(rsdp + 15) >= 2 && acpi_table_valid(rd64(rsdp + 24))) {
+		root = rd64(rsdp + 24);		/* XSDT: 64-bit entries */
+		width = 8;
+	} else if (acpi_table_valid(rd32(rsdp + 16))) {
+		root = rd32(rsdp + 16);		/* RSDT: 32-bit entries */
+	}
+	if (!root)
+		return 0;
+	uint32_t len = rd32(root + 4);
+	for (uint64_t p = root + 36; p + width <= root + len; p += width) {
+		uint64_t t = width == 8 ? rd64(p) : rd32(p);
+		if (acpi_table_valid(t) && rd32(t) == sig)
+			return t;
+	}
+	return 0;
+}
+
+static uint32_t madt_cpus(void)
+{
+	uint64_t madt = acpi_table(acpi_rsdp(), 0x43495041);	/* "APIC" */
+	if (!madt)
+		return 0;
+	if (!plat.lapic)
+		plat.lapic = rd32(madt + 36);
+	uint32_t cpus = 0;
+	uint64_t end = madt + rd32(madt + 4);
+	for (uint64_t p = madt + 44; p + 2 <= end;) {
+		uint8_t type = rd8(p), len = rd8(p + 1);
+		if (len < 2 || p + len > end)
+			break;
+		if (type == 0 && len >= 8 && (rd32(p + 4) & 1))	/* local APIC */
+			cpus++;
+		if (type == 9 && len >= 16 && (rd32(p + 8) & 1))	/* local x2APIC */
+			cpus++;
+		p += len;
+	}
+	return cpus;
+}
+
+/* ---- interrupts ------------------------------------------------------ */
+
+static void pic_init(void)
+{
+	outb(PIC1_CMD, 0x11);			/* ICW1: edge, cascade, ICW4 */
+	outb(PIC2_CMD, 0x11);
+	outb(PIC1_DATA, PIC_VEC_BASE);		/* ICW2: off the CPU exceptions */
+	outb(PIC2_DATA, PIC_VEC_BASE + 8);
+	outb(PIC1_DATA, 0x04);			/* ICW3: slave on IRQ 2 */
+	outb(PIC2_DATA, 0x02);
+	outb(PIC1_DATA, 0x01);			/* ICW4: 8086 mode */
+	outb(PIC2_DATA, 0x01);
+	outb(PIC1_DATA, (uint8_t)~(1u << IRQ_COM1));
+	outb(PIC2_DATA, 0xff);
+}
+
+/*
+ * KVM hands PIC interrupts to the BSP through LAPIC LINT0 only while LVT0
+ * is unmasked ExtINT. That is the reset state, but a VMM or firmware that
+ * loads LAPIC state may have left something else there, so set it here
+ * (two MMIO writes, handled inside KVM) rather than depend on it.
+ */
+static void lapic_init(void)
+{
+	uint64_t base = plat.lapic ? plat.lapic : LAPIC_DEFAULT;
+	if (!mapped(base, 0x1000))
+		return;
+	volatile uint32_t *r = (volatile uint32_t *)base;
+	r[LAPIC_SVR / 4] = 0x100 | LAPIC_SPUR_VEC;	/* software-enable */
+	r[LAPIC_LVT0 / 4] = 0x700;			/* ExtINT, unmasked */
+	r[LAPIC_LVT1 / 4] = 0x400;			/* NMI */
+}
+
+/* ---- commands -------------------------------------------------------- */
+
+/* The pattern depends on the address, so every page differs and a page
+ * restored to the wrong place changes the sum. */
+static inline uint64_t pattern(uint64_t addr)
+{
+	uint64_t v = (addr ^ 0x5bd1e9955bd1e995ull) * 0x9e3779b97f4a7c15ull;
+	return v ^ (v >> 31);
+}
+
+static inline uint64_t mix(uint64_t h, uint64_t v)
+{
+	return (h ^ v) * 0x100000001b3ull;
+}
+
+static uint64_t scratch(uint64_t pages, int write)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+	uint64_t end = SCRATCH_BASE + pages * PAGE_SIZE;
+	for (uint64_t a = SCRATCH_BASE; a < end; a += 8) {
+		volatile uint64_t *q = (volatile uint64_t *)a;
+		if (write)
+			*q = pattern(a);
+		h = mix(h, *q);
+	}
+	return h;
+}
+
+static int parse_u64(const char *s, uint64_t *out)
+{
+	uint64_t v = 0;
+	if (*s == 0)
+		return 0;
+	for (; *s; s++) {
+		if (*s < '0' || *s > '9' || v > (UINT64_MAX - 9) / 10)
+			return 0;
+		v = v * 10 + (uint64_t)(*s - '0');
+	}
+	*out = v;
+	return 1;
+}
+
+static int has_prefix(const char *s, const char *p)
+{
+	while (*p)
+		if (*s++ != *p++)
+			return 0;
+	return 1;
+}
+
+static int streq(const char *a, const char *b)
+{
+	while (*a && *a == *b)
+		a++, b++;
+	return *a == *b;
+}
+
+static void error(const char *msg)
+{
+	put_str("error: ");
+	put_str(msg);
+	put_line();
+}
+
+static void cmd_scratch(const char *arg, int write)
+{
+	uint64_t n;
+	if (!parse_u64(arg, &n)) {
+		error("expected a page count");
+		return;
+	}
+	if (plat.scratch_end <= SCRATCH_BASE) {
+		error("no RAM at 4 MiB in the memory map");
+		return;
+	}
+	uint64_t max = (plat.scratch_end - SCRATCH_BASE) / PAGE_SIZE;
+	if (n > max) {
+		put_str("error: ");
+		put_dec(n);
+		put_str(" pages run past RAM (at most ");
+		put_dec(max);
+		put_str(")");
+		put_line();
+		return;
+	}
+	uint64_t h = scratch(n, write);
+	put_str(write ? "touched " : "sum ");
+	put_dec(n);
+	put_str(" sum=");
+	put_hex64(h);
+	put_line();
+}
+
+static void spin_tsc(uint64_t ticks)
+{
+	uint32_t lo, hi;
+	__asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+	uint64_t start = ((uint64_t)hi << 32) | lo, now;
+	do {
+		__asm__ volatile("pause; rdtsc" : "=a"(lo), "=d"(hi));
+		now = ((uint64_t)hi << 32) | lo;
+	} while (now - start < ticks);
+}
+
+static void acpi_poweroff(void)
+{
+	uint64_t fadt = acpi_table(acpi_rsdp(), 0x50434146);	/* "FACP" */
+	if (!fadt || rd32(fadt + 4) < 256)
+		return;
+	if (!(rd32(fadt + 112) & (1u << 20)))	/* HW_REDUCED_ACPI */
+		return;
+	uint8_t space = rd8(fadt + 244);	/* SLEEP_CONTROL_REG (GAS) */
+	uint64_t reg = rd64(fadt + 248);
+	uint8_t val = (5 << 2) | (1 << 5);	/* SLP_TYP=5 (S5), SLP_EN */
+	if (space == 0 && mapped(reg, 1))
+		*(volatile uint8_t *)reg = val;
+	else if (space == 1 && reg != 0 && reg <= 0xffff)
+		outb((uint16_t)reg, val);
+	else
+		return;
+	/* QEMU completes the shutdown asynchronously; give it time before
+	 * trying the next method (~0.1 s at any plausible TSC rate). */
+	spin_tsc(300000000ull);
+}
+
+static void cmd_poweroff(void)
+{
+	marker(MARKER_SHUTDOWN);
+	put_str("volt-probe: poweroff");
+	put_line();
+	acpi_poweroff();
+	/* A VMM without ACPI ends the VM here. */
+	outb(I8042_CMD, I8042_RESET);
+	spin_tsc(300000000ull);
+	__asm__ volatile("int $0x81");	/* triple fault */
+	for (;;)
+		wait_for_interrupt();
+}
+
+static void run_command(char *line)
+{
+	if (streq(line, "echo")) {
+		put_line();
+	} else if (has_prefix(line, "echo ")) {
+		put_str(line + 5);
+		put_line();
+	} else if (has_prefix(line, "touch ")) {
+		cmd_scratch(line + 6, 1);
+	} else if (has_prefix(line, "sum ")) {
+		cmd_scratch(line + 4, 0);
+	} else if (streq(line, "cpus")) {
+		put_str("cpus ");
+		put_dec(plat.cpus);
+		put_line();
+	} else if (streq(line, "poweroff")) {
+		cmd_poweroff();
+	} else {
+		error("unknown command");
+	}
+}
+
+/* ---- entry ---------------------------------------------------------- */
+
+void probe_main(uint64_t start_info);
+
+void probe_main(uint64_t start_info)
+{
+	/*
+	 * The "kernel" stage of discovery runs here in ring 3, natively,
+	 * before MARKER_PID1: scanning the BIOS area in emulated ring 0
+	 * would cost tens of milliseconds.
+	 */
+	read_start_info(start_info);
+	plat.cpus = mp_cpus();
+	if (!plat.cpus)
+		plat.cpus = madt_cpus();
+	if (!plat.cpus)
+		plat.cpus = 1;
+	marker(MARKER_KERNEL_DEVICES);
+	marker(MARKER_PID1);
+
+	pic_init();
+	lapic_init();
+	uart_init();
+	put_str("volt-probe: booted cpus=");
+	put_dec(plat.cpus);
+	put_str(" mem=");
+	put_dec(plat.ram_bytes >> 20);
+	put_line();
+	put_str("volt-probe: ready");
+	put_line();
+	marker(MARKER_READY);
+
+	static char line[LINE_MAX + 1];
+	size_t len = 0;
+	int overflow = 0;
+	for (;;) {
+		char c = (char)uart_getc();
+		if (c != '\r' && c != '\n') {
+			if (len < LINE_MAX)
+				line[len++] = c;
+			else
+				overflow = 1;
+			continue;
+		}
+		/* "\r\n" yields an empty line, which is ignored. */
+		while (len > 0 && (line[len - 1] == ' ' || line[len - 1] == '\t'))
+			len--;
+		line[len] = 0;
+		if (overflow)
+			error("line too long");
+		else if (len > 0)
+			run_command(line);
+		len = 0;
+		overflow = 0;
+	}
+}
