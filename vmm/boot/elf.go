@@ -1,0 +1,246 @@
+package boot
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"slices"
+
+	"github.com/voltvmm/volt/vmm/memory"
+)
+
+// ELF64 as far as loading a vmlinux needs: the file header, program headers,
+// PT_LOAD segments and the notes that carry the PVH entry point. Section
+// headers are never read, so stripped images load the same.
+
+const (
+	elfHeaderSize = 64
+	elfPhdrSize   = 56
+	// elfMaxPhdrs bounds the program-header table we read; vmlinux has
+	// about five, and a fuzzed header must not make us allocate megabytes.
+	elfMaxPhdrs = 256
+	// elfMaxNote bounds a PT_NOTE segment we scan (vmlinux's are < 4 KiB).
+	elfMaxNote = 64 << 10
+
+	elfClass64      = 2
+	elfDataLSB      = 1
+	elfMachineX8664 = 62
+
+	ptLoad = 1
+	ptNote = 4
+
+	// xenElfnotePhys32Entry is XEN_ELFNOTE_PHYS32_ENTRY from Xen's
+	// public/elfnote.h: the 32-bit physical PVH entry point.
+	xenElfnotePhys32Entry = 18
+)
+
+// segment is a PT_LOAD program header, in physical terms.
+type segment struct {
+	index   int
+	fileOff uint64
+	paddr   uint64
+	filesz  uint64
+	memsz   uint64
+}
+
+func (s segment) end() uint64 { return s.paddr + s.memsz }
+
+// elfImage is a parsed vmlinux.
+type elfImage struct {
+	entry    uint64 // e_entry: Linux links it as the physical startup_64
+	pvhEntry uint64
+	hasPVH   bool
+	segments []segment // PT_LOAD with a non-zero memory size, file order
+}
+
+func isELF(head []byte) bool {
+	return len(head) >= 4 && head[0] == 0x7f && head[1] == 'E' && head[2] == 'L' && head[3] == 'F'
+}
+
+// parseELF reads and checks the headers; it touches no guest memory.
+func parseELF(r io.ReaderAt, size int64) (*elfImage, error) {
+	h, err := readAt(r, size, 0, elfHeaderSize)
+	if err != nil {
+		return nil, fmt.Errorf("ELF header: %w", err)
+	}
+	if !isELF(h) {
+		return nil, ErrUnknownFormat
+	}
+	if h[4] != elfClass64 {
+		return nil, fmt.Errorf("%w: ELF class %d, only 64-bit (2) kernels boot here", ErrUnsupported, h[4])
+	}
+	if h[5] != elfDataLSB {
+		return nil, fmt.Errorf("%w: ELF data encoding %d, want little-endian (1)", ErrUnsupported, h[5])
+	}
+	le := binary.LittleEndian
+	if m := le.Uint16(h[18:]); m != elfMachineX8664 {
+		return nil, fmt.Errorf("%w: ELF machine %d, want x86-64 (%d)", ErrUnsupported, m, elfMachineX8664)
+	}
+	img := &elfImage{entry: le.Uint64(h[24:])}
+	phoff := le.Uint64(h[32:])
+	phentsize := uint64(le.Uint16(h[54:]))
+	phnum := uint64(le.Uint16(h[56:]))
+	if phnum == 0 {
+		return nil, fmt.Errorf("%w: ELF has no program headers", ErrInvalidImage)
+	}
+	if phnum > elfMaxPhdrs {
+		return nil, fmt.Errorf("%w: ELF has %d program headers, at most %d are accepted", ErrInvalidImage, phnum, elfMaxPhdrs)
+	}
+	if phentsize < elfPhdrSize {
+		return nil, fmt.Errorf("%w: ELF program header size %d, want at least %d", ErrInvalidImage, phentsize, elfPhdrSize)
+	}
+	table, err := readAt(r, size, phoff, phentsize*phnum)
+	if err != nil {
+		return nil, fmt.Errorf("ELF program headers: %w", err)
+	}
+	for i := range int(phnum) {
+		p := table[uint64(i)*phentsize:]
+		typ := le.Uint32(p[0:])
+		s := segment{
+			index:   i,
+			fileOff: le.Uint64(p[8:]),
+			paddr:   le.Uint64(p[24:]),
+			filesz:  le.Uint64(p[32:]),
+			memsz:   le.Uint64(p[40:]),
+		}
+		switch typ {
+		case ptLoad:
+			if s.memsz == 0 {
+				continue
+			}
+			if s.filesz > s.memsz {
+				return nil, fmt.Errorf("%w: segment %d has %#x file bytes but only %#x in memory", ErrInvalidImage, i, s.filesz, s.memsz)
+			}
+			if s.paddr+s.memsz < s.paddr {
+				return nil, fmt.Errorf("%w: segment %d at %#x (+%#x) wraps around the address space", ErrInvalidImage, i, s.paddr, s.memsz)
+			}
+			if s.fileOff > uint64(size) || s.filesz > uint64(size)-s.fileOff {
+				return nil, fmt.Errorf("%w: segment %d needs file bytes [%#x, +%#x), file has %#x", ErrTruncated, i, s.fileOff, s.filesz, size)
+			}
+			img.segments = append(img.segments, s)
+		case ptNote:
+			if img.hasPVH {
+				continue
+			}
+			if s.filesz > elfMaxNote {
+				return nil, fmt.Errorf("%w: note segment %d is %d bytes, at most %d are accepted", ErrInvalidImage, i, s.filesz, elfMaxNote)
+			}
+			notes, err := readAt(r, size, s.fileOff, s.filesz)
+			if err != nil {
+				return nil, fmt.Errorf("ELF note segment %d: %w", i, err)
+			}
+			entry, ok, err := findPVHNote(notes)
+			if err != nil {
+				return nil, fmt.Errorf("ELF note segment %d: %w", i, err)
+			}
+			img.pvhEntry, img.hasPVH = entry, ok
+		}
+	}
+	if len(img.segments) == 0 {
+		return nil, fmt.Errorf("%w: ELF has no loadable segments", ErrInvalidImage)
+	}
+	return img, nil
+}
+
+// findPVHNote scans a note segment for Xen's PHYS32_ENTRY note. Linux
+// emits its value with _ASM_PTR, so it is 8 bytes in a 64-bit vmlinux and 4
+// in others; both are accepted, and the value must be a 32-bit address
+// because the CPU enters it in 32-bit mode.
+func findPVHNote(b []byte) (uint64, bool, error) {
+	le := binary.LittleEndian
+	for off := uint64(0); uint64(len(b))-off >= 12; {
+		namesz := uint64(le.Uint32(b[off:]))
+		descsz := uint64(le.Uint32(b[off+4:]))
+		typ := le.Uint32(b[off+8:])
+		off += 12
+		nameEnd := off + align4(namesz)
+		descEnd := nameEnd + align4(descsz)
+		if nameEnd > uint64(len(b)) || descEnd > uint64(len(b)) {
+			return 0, false, fmt.Errorf("%w: note at %#x runs past its segment", ErrInvalidImage, off-12)
+		}
+		name := b[off : off+namesz]
+		desc := b[nameEnd : nameEnd+descsz]
+		off = descEnd
+		if typ != xenElfnotePhys32Entry || string(trimNUL(name)) != "Xen" {
+			continue
+		}
+		var entry uint64
+		switch descsz {
+		case 4:
+			entry = uint64(le.Uint32(desc))
+		case 8:
+			entry = le.Uint64(desc)
+		default:
+			return 0, false, fmt.Errorf("%w: PVH entry note has a %d-byte value, want 4 or 8", ErrInvalidImage, descsz)
+		}
+		if entry > 0xffffffff {
+			return 0, false, fmt.Errorf("%w: PVH entry %#x is above 4 GiB but is entered in 32-bit mode", ErrInvalidImage, entry)
+		}
+		return entry, true, nil
+	}
+	return 0, false, nil
+}
+
+// align4 rounds a note field size up; inputs are 32-bit values, so the sum
+// cannot overflow.
+func align4(n uint64) uint64 { return (n + 3) &^ 3 }
+
+func trimNUL(b []byte) []byte {
+	for len(b) > 0 && b[len(b)-1] == 0 {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// check validates the segments against guest RAM and each other, and that
+// entry lands inside one of them, before anything is written: a kernel
+// that cannot load leaves memory as it was.
+func (img *elfImage) check(mem *memory.Memory, entry uint64) error {
+	for _, s := range img.segments {
+		if s.paddr < uint64(HighMemStart) {
+			return fmt.Errorf("%w: segment %d at %#x lies below %#x, over the boot structures", ErrOverlap, s.index, s.paddr, uint64(HighMemStart))
+		}
+		if !mem.Contains(memory.GuestAddr(s.paddr), s.memsz) {
+			return fmt.Errorf("%w: segment %d [%#x, %#x) is outside guest RAM", ErrDoesNotFit, s.index, s.paddr, s.end())
+		}
+	}
+	sorted := slices.Clone(img.segments)
+	slices.SortFunc(sorted, func(a, b segment) int {
+		switch {
+		case a.paddr < b.paddr:
+			return -1
+		case a.paddr > b.paddr:
+			return 1
+		}
+		return 0
+	})
+	for i := 1; i < len(sorted); i++ {
+		if sorted[i].paddr < sorted[i-1].end() {
+			return fmt.Errorf("%w: segments %d and %d both cover %#x", ErrOverlap, sorted[i-1].index, sorted[i].index, sorted[i].paddr)
+		}
+	}
+	for _, s := range img.segments {
+		if entry >= s.paddr && entry < s.end() {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: entry point %#x is not inside any loaded segment", ErrInvalidImage, entry)
+}
+
+// load copies the segments into guest memory and clears their bss parts
+// (memory may be reused, so zero cannot be assumed). It returns the first
+// address past the highest segment.
+func (img *elfImage) load(mem *memory.Memory, r io.ReaderAt) (memory.GuestAddr, error) {
+	var end uint64
+	for _, s := range img.segments {
+		addr := memory.GuestAddr(s.paddr)
+		if err := mem.WriteFrom(addr, io.NewSectionReader(r, int64(s.fileOff), int64(s.filesz)), s.filesz); err != nil {
+			return 0, fmt.Errorf("segment %d at %#x: %w", s.index, s.paddr, err)
+		}
+		if err := mem.Zero(addr+memory.GuestAddr(s.filesz), s.memsz-s.filesz); err != nil {
+			return 0, fmt.Errorf("segment %d at %#x: clear bss: %w", s.index, s.paddr, err)
+		}
+		end = max(end, s.end())
+	}
+	return memory.GuestAddr(end), nil
+}
