@@ -25,9 +25,11 @@ CFLAGS="-O2 -std=c11 -ffreestanding -fno-builtin -nostdinc -isystem $($CC -print
 	--param=min-pagesize=0 -fno-stack-protector -fno-asynchronous-unwind-tables -fno-unwind-tables
 	-fcf-protection=none -fno-ident -Wall -Wextra -Werror"
 
-cd "$src"
-$CC $CFLAGS -c boot.S -o "$tmp/boot.o"
-$CC $CFLAGS -c probe.c -o "$tmp/probe.o"
+# The C and assembly sources live in src/ because the Go toolchain refuses
+# .c and .S files in a package directory that does not use cgo.
+cd "$src/src"
+$CC $CFLAGS -I.. -c boot.S -o "$tmp/boot.o"
+$CC $CFLAGS -I.. -c probe.c -o "$tmp/probe.o"
 $LD -nostdlib -static -no-pie --build-id=none -z max-page-size=4096 \
 	-z noexecstack --no-warn-rwx-segments \
 	-T probe.ld -o "$tmp/probe.elf" "$tmp/boot.o" "$tmp/probe.o"
