@@ -68,6 +68,9 @@ func parseBzImage(r io.ReaderAt, size int64) (*bzImage, error) {
 		return nil, fmt.Errorf("%w: setup header ends at %#x, protocol 2.12 needs it to reach %#x", ErrInvalidImage, hdrEnd, hdrEndMin)
 	}
 	hdrEnd = min(hdrEnd, hdrEndMax)
+	if hdrEnd > uint64(len(head)) {
+		return nil, fmt.Errorf("%w: setup header ends at %#x, the file at %#x", ErrTruncated, hdrEnd, size)
+	}
 	k.header = head[hdrStart:hdrEnd]
 
 	if head[hdrLoadflags]&loadflagLoadedHigh == 0 {

@@ -358,6 +358,7 @@ func TestLoadRejects(t *testing.T) {
 		{name: "initrd too big", image: pvh, cfg: func(c *Config) { *c = withInitrd(*c, make([]byte, 63<<20)) }, want: ErrDoesNotFit},
 		{name: "bzImage initrd above initrd_addr_max room", image: bzWith(func(s *bzSpec) { s.initrdMax = 0x3fffff }), cfg: func(c *Config) { *c = withInitrd(*c, make([]byte, 0x200000)) }, want: ErrDoesNotFit},
 		{name: "bzImage truncated header", image: bz[:0x250], want: ErrTruncated},
+		{name: "bzImage ends inside the header it declares", image: bz[:0x269], want: ErrTruncated}, // fuzz crasher: sliced past the file
 		{name: "bzImage only setup sectors", image: bz[:3*sectorSize], want: ErrTruncated},
 		{name: "bzImage protocol 2.11", image: bzWith(func(s *bzSpec) { s.version = 0x020b }), want: ErrUnsupported},
 		{name: "bzImage without 64-bit entry", image: bzWith(func(s *bzSpec) { s.xloadflags = 0 }), want: ErrUnsupported},
@@ -432,12 +433,16 @@ func TestProtocolString(t *testing.T) {
 
 // firstNonZero returns the offset in the mapping of the first non-zero
 // byte, or -1.
-func firstNonZero(m *memory.Memory) int {
-	b := m.Mapping()
-	zero := make([]byte, 1<<16)
-	for off := 0; off < len(b); off += len(zero) {
-		chunk := b[off:min(off+len(zero), len(b))]
-		if !bytes.Equal(chunk, zero[:len(chunk)]) {
+func firstNonZero(m *memory.Memory) int { return nonZeroAt(m.Mapping()) }
+
+var zeroChunk = make([]byte, 1<<16)
+
+// nonZeroAt returns the index of the first non-zero byte of b, or -1,
+// comparing 64 KiB at a time so that scanning guest memory stays fast.
+func nonZeroAt(b []byte) int {
+	for off := 0; off < len(b); off += len(zeroChunk) {
+		chunk := b[off:min(off+len(zeroChunk), len(b))]
+		if !bytes.Equal(chunk, zeroChunk[:len(chunk)]) {
 			for i, v := range chunk {
 				if v != 0 {
 					return off + i
