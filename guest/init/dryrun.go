@@ -59,6 +59,7 @@ func (d *DryRun) Reboot(cmd int) error {
 	name := map[int]string{
 		unix.LINUX_REBOOT_CMD_CAD_OFF:   "ctrl-alt-del off",
 		unix.LINUX_REBOOT_CMD_POWER_OFF: "power off",
+		unix.LINUX_REBOOT_CMD_RESTART:   "reset",
 	}[cmd]
 	d.logf("reboot %#x %s", cmd, name)
 	return nil

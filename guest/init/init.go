@@ -224,10 +224,12 @@ func describeStatus(ws unix.WaitStatus) string {
 	return fmt.Sprintf("status=%d", ws.ExitStatus())
 }
 
-// shutdown stops every process, unmounts and powers off. Root is remounted
+// shutdown stops every process, unmounts and powers off (or resets; see
+// stopCommand). Root is remounted
 // read-only rather than unmounted, which keeps an ext4 root clean.
 func (in *Init) shutdown() error {
 	in.Sys.Mark(marker.Shutdown)
+	stop := in.stopCommand()
 	grace := in.Grace
 	if grace == 0 {
 		grace = DefaultGrace
@@ -250,10 +252,22 @@ func (in *Init) shutdown() error {
 	in.mounted = nil
 	_ = in.Sys.Mount(Mount{Target: "/", Flags: unix.MS_REMOUNT | unix.MS_RDONLY}) // an initramfs may refuse; nothing to lose there
 	in.Sys.Sync()
-	if err := in.Sys.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF); err != nil {
+	if err := in.Sys.Reboot(stop); err != nil {
 		return fmt.Errorf("power off: %w", err)
 	}
 	return nil
+}
+
+// stopCommand picks the reboot(2) command that ends the VM. Without ACPI
+// the kernel turns POWER_OFF into a halt that no VMM notices, so there init
+// resets instead: with reboot=k on the command line the kernel pulses the
+// i8042 reset line, on which a microVM's VMM exits (Firecracker's guests
+// stop the same way). It must be asked while /sys is mounted.
+func (in *Init) stopCommand() int {
+	if in.Sys.Exists("/sys/firmware/acpi") {
+		return unix.LINUX_REBOOT_CMD_POWER_OFF
+	}
+	return unix.LINUX_REBOOT_CMD_RESTART
 }
 
 // waitChildren reaps until no child remains (true) or d passes (false).

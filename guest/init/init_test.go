@@ -41,7 +41,7 @@ func newFake(cmdline string) *fakeSystem {
 			"/proc/meminfo":                  "MemTotal:         500400 kB\n",
 			"/sys/devices/system/cpu/online": "0-1\n",
 		},
-		exists:   map[string]bool{},
+		exists:   map[string]bool{"/sys/firmware/acpi": true},
 		mounted:  map[string]bool{},
 		mountErr: map[string]error{},
 		sigs:     make(chan os.Signal, 16),
@@ -146,6 +146,8 @@ func (f *fakeSystem) Reboot(cmd int) error {
 		f.record("cad off")
 	case unix.LINUX_REBOOT_CMD_POWER_OFF:
 		f.record("power off")
+	case unix.LINUX_REBOOT_CMD_RESTART:
+		f.record("reset")
 	default:
 		f.record("reboot %#x", cmd)
 	}
@@ -255,6 +257,17 @@ func TestInitSequence(t *testing.T) {
 			wantCalls: []string{"mount /proc", "mount /sys", "mount /tmp", "cad off",
 				"link lo", "mark ready", "start /app", "mark workload", "mark shutdown",
 				"sync", "umount /sys", "umount /proc", "remount / ro", "sync", "power off"},
+		},
+		{
+			name:    "without ACPI the VM stops by reset",
+			cmdline: "volt.run=/app",
+			prepare: func(f *fakeSystem) {
+				delete(f.exists, "/sys/firmware/acpi")
+				f.workloads = []int{exitsAtOnce}
+			},
+			wantCalls: seq(bootCalls,
+				[]string{"link lo", "mark ready", "start /app", "mark workload", "mark shutdown"},
+				downCalls[:len(downCalls)-1], []string{"reset"}),
 		},
 		{
 			name:    "failed mount unwinds what was mounted",
