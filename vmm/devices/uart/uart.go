@@ -201,13 +201,11 @@ func (u *UART) Write(offset uint64, data []byte) {
 		}
 		u.updateInterrupt()
 	case regIIR:
-		// FCR: FIFO control. The FIFOs are always on; a receive-FIFO reset
-		// drops pending input.
-		if v&0x02 != 0 {
-			s.Input = nil
-			s.LSR &^= lsrDR
-			u.updateInterrupt()
-		}
+		// FCR: FIFO control. The FIFOs are always on. A receive-FIFO
+		// reset is deliberately not applied to the input buffer: it holds
+		// the host's side of the line (a pipe or terminal), and a guest
+		// that resets its FIFO while initialising the port must not eat
+		// the commands a caller piped in before the guest was ready.
 	case regLCR:
 		s.LCR = v
 	case regMCR:

@@ -153,3 +153,12 @@ func TestRestoreSanitisesUntrustedState(t *testing.T) {
 		t.Fatalf("state not sanitised: IER %#x MCR %#x input %d", s.IER, s.MCR, len(s.Input))
 	}
 }
+
+func TestFIFOResetKeepsHostInput(t *testing.T) {
+	u := New(nil, nil)
+	u.Enqueue([]byte("early"))
+	wr(u, regIIR, 0xc7) // enable and reset both FIFOs, as guests do at start-up
+	if rd(u, regLSR)&lsrDR == 0 || rd(u, regData) != 'e' {
+		t.Fatal("input queued before the guest initialised the port was lost")
+	}
+}

@@ -1,0 +1,553 @@
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/voltvmm/volt/guest/marker"
+	"github.com/voltvmm/volt/vmm/boot"
+	"github.com/voltvmm/volt/vmm/cpu"
+	"github.com/voltvmm/volt/vmm/devices/bootmarker"
+	"github.com/voltvmm/volt/vmm/devices/bus"
+	"github.com/voltvmm/volt/vmm/devices/i8042"
+	"github.com/voltvmm/volt/vmm/devices/uart"
+	"github.com/voltvmm/volt/vmm/kvm"
+	"github.com/voltvmm/volt/vmm/memory"
+)
+
+// Guest-physical addresses KVM needs for Intel VT's real-mode support: three
+// pages for the TSS and one for the identity map, just below the 4 GiB
+// boundary where no RAM or device lives.
+const (
+	tssAddr         = 0xfffb_d000
+	identityMapAddr = 0xfffb_c000
+)
+
+// StopReason says why a VM stopped.
+type StopReason string
+
+const (
+	StopPowerOff    StopReason = "poweroff"     // the guest asked to power off or reset (i8042, ACPI-less PCs)
+	StopTripleFault StopReason = "triple-fault" // KVM_EXIT_SHUTDOWN: the guest could not continue
+	StopCanceled    StopReason = "canceled"     // the host asked the VM to stop
+	StopError       StopReason = "error"        // a vCPU failed (emulation failure, entry failure, ioctl error)
+)
+
+// Result is how a VM ended.
+type Result struct {
+	Reason StopReason
+	// Err is set for StopError: the failure, including a register dump for
+	// emulation failures.
+	Err error
+}
+
+// VM is one running (or ready to run) virtual machine.
+type VM struct {
+	cfg     Config
+	sys     *kvm.System
+	vm      *kvm.VM
+	mem     *memory.Memory
+	vcpus   []*kvm.VCPU
+	entry   *boot.Entry
+	pio     bus.Bus
+	mmio    bus.Bus
+	uart    *uart.UART
+	i8042   *i8042.Controller
+	markers *bootmarker.Device
+	console *firstWriteRecorder
+
+	timeline Timeline
+
+	// Stopping and pausing. Guarded by mu, except stopping, which vCPU
+	// loops read on every exit.
+	mu       sync.Mutex
+	cond     *sync.Cond
+	stopping atomic.Bool
+	result   Result
+	pause    bool
+	parked   int
+	running  int
+	started  bool
+	done     chan struct{}
+}
+
+// Timeline holds the VMM-side timestamps of one boot.
+type Timeline struct {
+	Origin      time.Time
+	VMCreated   time.Time // KVM_CREATE_VM returned
+	MemoryReady time.Time // guest memory mapped and registered
+	KernelReady time.Time // kernel, initrd and boot structures in memory
+	GuestEntry  time.Time // first KVM_RUN issued on the boot vCPU
+}
+
+// New creates the VM: KVM objects, memory, kernel and devices. It does not
+// start the vCPUs; call Run.
+func New(cfg Config) (_ *VM, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Origin.IsZero() {
+		cfg.Origin = time.Now()
+	}
+	v := &VM{cfg: cfg, done: make(chan struct{})}
+	v.cond = sync.NewCond(&v.mu)
+	v.timeline.Origin = cfg.Origin
+	defer func() {
+		if err != nil {
+			v.Close()
+		}
+	}()
+
+	if v.sys, err = kvm.Open(); err != nil {
+		return nil, err
+	}
+	if max := v.sys.MaxVCPUs(); cfg.CPUs > max {
+		return nil, fmt.Errorf("%d vCPUs requested, KVM allows %d on this host", cfg.CPUs, max)
+	}
+	if v.vm, err = v.sys.CreateVM(); err != nil {
+		return nil, err
+	}
+	v.timeline.VMCreated = time.Now()
+	// Memory slots are registered before the in-kernel irqchip exists:
+	// measured here, the same KVM_SET_USER_MEMORY_REGION took 5–7 ms after
+	// KVM_CREATE_IRQCHIP and 50–100 µs before it (the kernel synchronises
+	// with irqchip users on every slot change once there are any).
+	if err := v.setupMemory(); err != nil {
+		return nil, err
+	}
+	v.timeline.MemoryReady = time.Now()
+	if err := v.setupPlatform(); err != nil {
+		return nil, err
+	}
+	if err := v.loadKernel(); err != nil {
+		return nil, err
+	}
+	v.timeline.KernelReady = time.Now()
+	if err := v.setupDevices(); err != nil {
+		return nil, err
+	}
+	if err := v.setupVCPUs(); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+func (v *VM) setupPlatform() error {
+	if err := v.vm.SetTSSAddr(tssAddr); err != nil {
+		return err
+	}
+	if err := v.vm.SetIdentityMapAddr(identityMapAddr); err != nil {
+		return err
+	}
+	if err := v.vm.CreateIRQChip(); err != nil {
+		return err
+	}
+	return v.vm.CreatePIT2()
+}
+
+func (v *VM) setupMemory() error {
+	mem, err := memory.New(memory.Config{Size: v.cfg.MemorySize, Backing: v.cfg.backing()})
+	if err != nil {
+		return err
+	}
+	v.mem = mem
+	for _, w := range mem.Warnings() {
+		fmt.Fprintf(os.Stderr, "volt-vmm: warning: %s\n", w)
+	}
+	for i, r := range mem.Regions() {
+		if err := v.vm.SetUserMemoryRegion(uint32(i), 0, uint64(r.Guest), r.Host); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (v *VM) loadKernel() error {
+	k, err := os.Open(v.cfg.KernelPath)
+	if err != nil {
+		return fmt.Errorf("open kernel: %w", err)
+	}
+	defer k.Close()
+	kst, err := k.Stat()
+	if err != nil {
+		return fmt.Errorf("stat kernel %s: %w", v.cfg.KernelPath, err)
+	}
+	if !kst.Mode().IsRegular() {
+		return fmt.Errorf("kernel %s is not a regular file", v.cfg.KernelPath)
+	}
+	bc := boot.Config{Kernel: k, KernelSize: kst.Size(), Cmdline: v.cfg.Cmdline, CPUs: v.cfg.CPUs, Protocol: v.cfg.Protocol}
+	if v.cfg.InitrdPath != "" {
+		f, err := os.Open(v.cfg.InitrdPath)
+		if err != nil {
+			return fmt.Errorf("open initrd: %w", err)
+		}
+		defer f.Close()
+		st, err := f.Stat()
+		if err != nil {
+			return fmt.Errorf("stat initrd %s: %w", v.cfg.InitrdPath, err)
+		}
+		bc.Initrd, bc.InitrdSize = f, st.Size()
+	}
+	entry, err := boot.Load(v.mem, bc)
+	if err != nil {
+		return fmt.Errorf("load kernel %s: %w", v.cfg.KernelPath, err)
+	}
+	v.entry = entry
+	return nil
+}
+
+// irqLine raises an edge on a GSI of the in-kernel PIC and IOAPIC.
+type irqLine struct {
+	vm  *kvm.VM
+	irq uint32
+}
+
+func (l irqLine) Trigger() error {
+	if err := l.vm.IRQLine(l.irq, true); err != nil {
+		return err
+	}
+	return l.vm.IRQLine(l.irq, false)
+}
+
+func (v *VM) setupDevices() error {
+	v.console = &firstWriteRecorder{w: v.cfg.Console}
+	if v.cfg.Console == nil {
+		v.console.w = io.Discard
+	}
+	v.uart = uart.New(v.console, irqLine{v.vm, uart.COM1IRQ})
+	v.i8042 = i8042.New(func() { v.stop(Result{Reason: StopPowerOff}) })
+	opts := []bootmarker.Option{bootmarker.WithDelay(v.cfg.MarkerDelay)}
+	if v.cfg.OnMarker != nil {
+		opts = append(opts, bootmarker.WithNotify(v.cfg.OnMarker))
+	}
+	v.markers = bootmarker.New(v.cfg.Origin, opts...)
+	for _, d := range []struct {
+		name       string
+		base, size uint64
+		dev        bus.Device
+	}{
+		{"com1", uart.COM1Port, uart.Size, v.uart},
+		{"i8042", i8042.Base, i8042.Size, v.i8042},
+		{"boot-marker", marker.Port, 1, v.markers},
+	} {
+		if err := v.pio.Insert(d.name, d.base, d.size, d.dev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (v *VM) setupVCPUs() error {
+	supported, err := v.sys.SupportedCPUID()
+	if err != nil {
+		return err
+	}
+	for i := range v.cfg.CPUs {
+		c, err := v.vm.CreateVCPU(i)
+		if err != nil {
+			return err
+		}
+		v.vcpus = append(v.vcpus, c)
+		leaves, err := cpu.Leaves(supported, cpu.CPUIDConfig{Template: v.cfg.CPUTemplate, Mask: v.cfg.CPUIDMask, CPUs: v.cfg.CPUs, APICID: i})
+		if err != nil {
+			return err
+		}
+		if err := c.SetCPUID(leaves); err != nil {
+			return err
+		}
+		if err := c.SetMSRs(cpu.BootMSRs()); err != nil {
+			return err
+		}
+		if err := c.SetFPU(cpu.BootFPU()); err != nil {
+			return err
+		}
+		lapic, err := c.LAPIC()
+		if err != nil {
+			return err
+		}
+		cpu.WireLocalInterrupts(&lapic)
+		if err := c.SetLAPIC(lapic); err != nil {
+			return err
+		}
+		// Only the boot processor starts at the kernel entry; the others
+		// wait in the in-kernel LAPIC for the guest's INIT/SIPI.
+		if i == 0 {
+			if err := setEntryState(c, v.entry); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Memory exposes guest memory (for snapshots and tests).
+func (v *VM) Memory() *memory.Memory { return v.mem }
+
+// Markers returns the boot-marker device.
+func (v *VM) Markers() *bootmarker.Device { return v.markers }
+
+// Timeline returns the VMM-side boot timestamps; FirstOutput is when the
+// guest first wrote to the console.
+func (v *VM) Timeline() (Timeline, time.Time) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.timeline, v.console.First()
+}
+
+// UART returns the serial console device.
+func (v *VM) UART() *uart.UART { return v.uart }
+
+// Run starts every vCPU and blocks until the VM stops: the guest powers off
+// or dies, a vCPU fails, or ctx is cancelled.
+func (v *VM) Run(ctx context.Context) Result {
+	v.mu.Lock()
+	if v.started {
+		v.mu.Unlock()
+		return Result{Reason: StopError, Err: errors.New("VM already started")}
+	}
+	v.started = true
+	v.running = len(v.vcpus)
+	v.mu.Unlock()
+
+	if v.cfg.ConsoleInput != nil {
+		go v.uart.Feed(v.cfg.ConsoleInput, func() { time.Sleep(time.Millisecond) })
+	}
+	var wg sync.WaitGroup
+	for i := range v.vcpus {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v.runVCPU(i)
+		}()
+	}
+	stopCtx := context.AfterFunc(ctx, func() { v.stop(Result{Reason: StopCanceled}) })
+	defer stopCtx()
+	wg.Wait()
+	close(v.done)
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.result
+}
+
+// stop records the first reason the VM stops for and kicks every vCPU out of
+// the guest. Safe to call from any goroutine, including vCPU threads.
+func (v *VM) stop(r Result) {
+	v.mu.Lock()
+	if v.stopping.Load() {
+		v.mu.Unlock()
+		return
+	}
+	v.result = r
+	v.stopping.Store(true)
+	v.cond.Broadcast()
+	v.mu.Unlock()
+	for _, c := range v.vcpus {
+		c.Kick()
+	}
+}
+
+// Stop asks the VM to stop and waits until every vCPU has left the guest.
+func (v *VM) Stop() {
+	v.stop(Result{Reason: StopCanceled})
+	v.mu.Lock()
+	started := v.started
+	v.mu.Unlock()
+	if started {
+		<-v.done
+	}
+}
+
+// Pause stops every vCPU at its next exit and returns once all are parked
+// outside the guest, so their state can be read consistently.
+func (v *VM) Pause() error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if !v.started || v.stopping.Load() {
+		return errors.New("the VM is not running")
+	}
+	if v.pause {
+		return nil
+	}
+	v.pause = true
+	for _, c := range v.vcpus {
+		c.Kick()
+	}
+	for v.parked < v.running && !v.stopping.Load() {
+		v.cond.Wait()
+	}
+	if v.stopping.Load() {
+		return errors.New("the VM stopped while pausing")
+	}
+	return nil
+}
+
+// Resume lets paused vCPUs enter the guest again.
+func (v *VM) Resume() error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if !v.started || v.stopping.Load() {
+		return errors.New("the VM is not running")
+	}
+	v.pause = false
+	v.cond.Broadcast()
+	return nil
+}
+
+// Paused reports whether the VM is paused.
+func (v *VM) Paused() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.pause
+}
+
+// parkIfPaused blocks a vCPU while a pause is in force. It returns false
+// when the VM is stopping.
+func (v *VM) parkIfPaused() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if !v.pause {
+		return !v.stopping.Load()
+	}
+	v.parked++
+	v.cond.Broadcast()
+	for v.pause && !v.stopping.Load() {
+		v.cond.Wait()
+	}
+	v.parked--
+	return !v.stopping.Load()
+}
+
+// runVCPU is one vCPU's thread. It stays locked to its OS thread for life
+// (and the thread exits with it): KVM's per-vCPU state and the kick signal
+// are tied to the thread.
+func (v *VM) runVCPU(i int) {
+	runtime.LockOSThread()
+	c := v.vcpus[i]
+	defer func() {
+		v.mu.Lock()
+		v.running--
+		v.cond.Broadcast()
+		v.mu.Unlock()
+	}()
+	first := true
+	for {
+		// Clear immediate_exit before looking at the flags: a kick that
+		// lands after this point sets it again and KVM_RUN returns at
+		// once, so no stop or pause request can be missed.
+		c.SetImmediateExit(false)
+		if !v.parkIfPaused() {
+			return
+		}
+		if first && i == 0 {
+			v.mu.Lock()
+			v.timeline.GuestEntry = time.Now()
+			v.mu.Unlock()
+		}
+		first = false
+		exit, err := c.Run()
+		if err != nil {
+			v.stop(Result{Reason: StopError, Err: err})
+			return
+		}
+		if err := v.handleExit(c, exit); err != nil {
+			v.stop(Result{Reason: StopError, Err: err})
+			return
+		}
+	}
+}
+
+func (v *VM) handleExit(c *kvm.VCPU, exit kvm.Exit) error {
+	switch e := exit.(type) {
+	case kvm.IOExit:
+		for off := 0; off+e.Size <= len(e.Data); off += e.Size {
+			chunk := e.Data[off : off+e.Size]
+			if e.Out {
+				v.pio.Write(uint64(e.Port), chunk)
+			} else {
+				v.pio.Read(uint64(e.Port), chunk)
+			}
+		}
+	case kvm.MMIOExit:
+		if e.Write {
+			v.mmio.Write(e.Addr, e.Data)
+		} else {
+			v.mmio.Read(e.Addr, e.Data)
+		}
+	case kvm.IntrExit:
+	case kvm.ShutdownExit:
+		v.stop(Result{Reason: StopTripleFault, Err: fmt.Errorf("vCPU %d: guest triple fault\n%s", c.ID, dumpVCPU(c, v.mem))})
+	case kvm.HaltExit:
+		// With the in-kernel LAPIC, HLT waits in the kernel; reaching
+		// here means the guest halted with nothing to wake it.
+		v.stop(Result{Reason: StopPowerOff})
+	case kvm.SystemEventExit:
+		if e.Type == kvm.SystemEventCrash {
+			return fmt.Errorf("vCPU %d: guest reported a crash", c.ID)
+		}
+		v.stop(Result{Reason: StopPowerOff})
+	case kvm.InternalErrorExit:
+		what := "KVM internal error"
+		if e.Suberror == kvm.InternalErrorEmulation {
+			what = "emulation failure (KVM cannot emulate the instruction at RIP)"
+		}
+		return fmt.Errorf("vCPU %d: %s, suberror %d, data %#x\n%s", c.ID, what, e.Suberror, e.Data, dumpVCPU(c, v.mem))
+	case kvm.FailEntryExit:
+		return fmt.Errorf("vCPU %d: VM entry failed, hardware reason %#x\n%s", c.ID, e.HardwareReason, dumpVCPU(c, v.mem))
+	default:
+		return fmt.Errorf("vCPU %d: unhandled exit %s\n%s", c.ID, exit.Reason(), dumpVCPU(c, v.mem))
+	}
+	return nil
+}
+
+// Close releases every host resource of the VM. It must not be called while
+// Run is still running.
+func (v *VM) Close() error {
+	var errs []error
+	for _, c := range v.vcpus {
+		errs = append(errs, c.Close())
+	}
+	v.vcpus = nil
+	if v.vm != nil {
+		errs = append(errs, v.vm.Close())
+		v.vm = nil
+	}
+	if v.mem != nil {
+		errs = append(errs, v.mem.Close())
+		v.mem = nil
+	}
+	if v.sys != nil {
+		errs = append(errs, v.sys.Close())
+		v.sys = nil
+	}
+	return errors.Join(errs...)
+}
+
+// firstWriteRecorder passes console output through and remembers when the
+// guest first wrote, one of the boot-timeline stages.
+type firstWriteRecorder struct {
+	w     io.Writer
+	mu    sync.Mutex
+	first time.Time
+}
+
+func (f *firstWriteRecorder) Write(p []byte) (int, error) {
+	f.mu.Lock()
+	if f.first.IsZero() {
+		f.first = time.Now()
+	}
+	f.mu.Unlock()
+	return f.w.Write(p)
+}
+
+func (f *firstWriteRecorder) First() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.first
+}
