@@ -92,7 +92,9 @@ func TestConsoleToFile(t *testing.T) {
 	// cancelled run instead: the probe waits for commands forever.
 	var stderr bytes.Buffer
 	done := make(chan int)
-	go func() { done <- run([]string{"--kernel", elf, "--console", "file:" + log, "--cpus", "1"}, strings.NewReader(""), &bytes.Buffer{}, &stderr) }()
+	go func() {
+		done <- run([]string{"--kernel", elf, "--console", "file:" + log, "--cpus", "1"}, strings.NewReader(""), &bytes.Buffer{}, &stderr)
+	}()
 	deadline := make(chan struct{})
 	go func() {
 		for {
