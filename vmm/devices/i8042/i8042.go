@@ -2,10 +2,15 @@
 // guest to reset the machine: command 0xFE on port 0x64 pulses the CPU reset
 // line, which is how Linux (reboot=k) and the probe guest end a microVM that
 // has no ACPI. A few configuration commands are answered so that a guest's
-// driver probe finds a sane controller without a keyboard behind it.
+// driver probe finds a sane controller. The only keys the keyboard behind it
+// ever sends are Ctrl+Alt+Del, which is how the host asks a Linux guest to
+// reboot cleanly (Firecracker's SendCtrlAltDel action).
 package i8042
 
-import "sync"
+import (
+	"errors"
+	"sync"
+)
 
 // Standard placement: data port 0x60, command/status port 0x64. The device
 // claims 0x60–0x64; port 0x61 in between belongs to the PIT's speaker gate,
@@ -34,7 +39,41 @@ const (
 	statusCommand    = 0x08
 
 	selfTestOK = 0x55
+
+	// configKbdInt is the command byte's "interrupt on keyboard output"
+	// bit; guests clear it while polling, and no IRQ may be raised then.
+	configKbdInt = 0x01
 )
+
+// KeyboardIRQ is the ISA interrupt line of the keyboard port.
+const KeyboardIRQ = 1
+
+// QueueSize bounds the keyboard output queue, as the small buffer of a real
+// controller does; a guest that never reads cannot make the host queue grow.
+const QueueSize = 16
+
+// Scan code set 2 make codes for Ctrl+Alt+Del: left Ctrl, left Alt and the
+// extended (0xE0-prefixed) Delete. Set 2 is what a PC keyboard sends before
+// the controller's translation, and what Linux's atkbd expects from a
+// controller with translation off; it matches what Firecracker injects.
+var ctrlAltDel = []byte{0x14, 0x11, 0xe0, 0x71}
+
+// ErrQueueFull is returned when the keyboard queue has no room for a whole
+// key sequence: the guest has not read the keys sent before.
+var ErrQueueFull = errors.New("i8042: keyboard queue full: the guest has not read earlier keys")
+
+// Interrupt raises the keyboard interrupt line.
+type Interrupt interface {
+	Trigger() error
+}
+
+// Option configures a Controller.
+type Option func(*Controller)
+
+// WithKeyboardInterrupt connects the keyboard port's IRQ 1.
+func WithKeyboardInterrupt(irq Interrupt) Option {
+	return func(c *Controller) { c.kbdIRQ = irq }
+}
 
 // State is the controller's state, plain data for snapshots.
 type State struct {
@@ -45,6 +84,9 @@ type State struct {
 	PendingCommand uint8
 	LastWasCommand bool
 	Outport        uint8
+	// Keyboard holds scan codes the guest has not read yet, oldest first;
+	// controller replies (Output) are read before them.
+	Keyboard []byte
 }
 
 // Controller is the i8042. OnReset runs (on the vCPU thread that wrote the
@@ -53,11 +95,54 @@ type Controller struct {
 	mu      sync.Mutex
 	st      State
 	onReset func()
+	kbdIRQ  Interrupt // guarded by mu; nil drops keyboard interrupts
 }
 
 // New returns a controller that calls onReset when the guest resets.
-func New(onReset func()) *Controller {
-	return &Controller{onReset: onReset, st: State{Config: 0x01, Outport: 0x01}}
+func New(onReset func(), opts ...Option) *Controller {
+	c := &Controller{onReset: onReset, st: State{Config: configKbdInt, Outport: 0x01}}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
+}
+
+// SetKeyboardInterrupt connects (or replaces) the keyboard IRQ after
+// construction, for callers that cannot pass WithKeyboardInterrupt to New.
+func (c *Controller) SetKeyboardInterrupt(irq Interrupt) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.kbdIRQ = irq
+}
+
+// TriggerCtrlAltDel queues the Ctrl+Alt+Del make codes and interrupts the
+// guest. The whole sequence is queued or none of it: half a chord would
+// leave the guest's keyboard driver with a stuck modifier.
+func (c *Controller) TriggerCtrlAltDel() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if QueueSize-len(c.st.Keyboard) < len(ctrlAltDel) {
+		return ErrQueueFull
+	}
+	c.st.Keyboard = append(c.st.Keyboard, ctrlAltDel...)
+	return c.keyboardInterrupt()
+}
+
+// keyboardInterrupt raises IRQ 1 when a byte is waiting and the guest has
+// enabled the interrupt. The line is edge-triggered, so it is raised again
+// for each byte the guest leaves behind after a read.
+// Precondition: c.mu held.
+func (c *Controller) keyboardInterrupt() error {
+	if c.kbdIRQ == nil || c.st.Config&configKbdInt == 0 || !c.outputPending() {
+		return nil
+	}
+	return c.kbdIRQ.Trigger()
+}
+
+// outputPending reports whether port 0x60 has a byte for the guest.
+// Precondition: c.mu held.
+func (c *Controller) outputPending() bool {
+	return c.st.OutputFull || len(c.st.Keyboard) > 0
 }
 
 // Read handles guest reads of the data and status ports.
@@ -72,11 +157,22 @@ func (c *Controller) Read(offset uint64, data []byte) {
 	}
 	switch offset {
 	case offData:
-		data[0] = c.st.Output
-		c.st.OutputFull = false
+		switch {
+		case c.st.OutputFull:
+			data[0] = c.st.Output
+			c.st.OutputFull = false
+		case len(c.st.Keyboard) > 0:
+			data[0] = c.st.Keyboard[0]
+			c.st.Keyboard = c.st.Keyboard[1:]
+		default:
+			data[0] = c.st.Output
+		}
+		// A failed interrupt cannot be reported to the guest's read; the
+		// byte stays readable by polling.
+		_ = c.keyboardInterrupt()
 	case offCommand:
 		s := uint8(statusSystemFlag)
-		if c.st.OutputFull {
+		if c.outputPending() {
 			s |= statusOutputFull
 		}
 		if c.st.LastWasCommand {
@@ -142,12 +238,21 @@ func (c *Controller) output(v uint8) {
 func (c *Controller) State() State {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.st
+	s := c.st
+	s.Keyboard = append([]byte(nil), c.st.Keyboard...)
+	return s
 }
 
-// Restore replaces the controller state.
+// Restore replaces the controller state. The state may come from an
+// untrusted snapshot file: a keyboard queue longer than a controller can
+// hold is cut to its oldest QueueSize bytes rather than trusted.
 func (c *Controller) Restore(s State) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	kbd := s.Keyboard
+	if len(kbd) > QueueSize {
+		kbd = kbd[:QueueSize]
+	}
+	s.Keyboard = append([]byte(nil), kbd...)
 	c.st = s
 }

@@ -1,0 +1,28 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/voltvmm/volt/vmm/devices/i8042"
+)
+
+// SendCtrlAltDel presses Ctrl+Alt+Del on the guest's keyboard, which a
+// Linux guest treats as a request to reboot cleanly (and, with reboot=k
+// panic=1 and no reboot target, to stop the microVM). Guests without an
+// i8042 keyboard driver, such as the probe, ignore it.
+func (v *VM) SendCtrlAltDel() error {
+	v.mu.Lock()
+	started, stopping := v.started, v.stopping.Load()
+	v.mu.Unlock()
+	if !started || stopping {
+		return errors.New("send Ctrl+Alt+Del: the VM is not running")
+	}
+	// The VM builder does not connect IRQ 1 yet; connecting it here is
+	// idempotent and cheap, so every press reaches the guest.
+	v.i8042.SetKeyboardInterrupt(irqLine{v.vm, i8042.KeyboardIRQ})
+	if err := v.i8042.TriggerCtrlAltDel(); err != nil {
+		return fmt.Errorf("send Ctrl+Alt+Del: %w", err)
+	}
+	return nil
+}
