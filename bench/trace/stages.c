@@ -1,0 +1,259 @@
+//go:build ignore
+
+// Boot-stage tracer for one or more VMM processes. User space puts each
+// VMM's TGID into `procs` before the VMM execs; every program below then
+// records, for that process and all its threads, the first kernel time of
+// each milestone and counts KVM exits between milestones. Only tracepoints
+// are used (no kprobes), with argument layouts that have been stable for
+// years, so the same object works under any VMM and most kernels.
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+char __license[] SEC("license") = "Dual MIT/GPL";
+
+// Milestones, in the order a boot normally reaches them. Guest boot
+// markers (port 0x80 codes 0x40..0x7f) map to MS_MARKER + code - 0x40.
+enum milestone {
+	MS_NONE = 0,
+	MS_EXEC = 1,
+	MS_VM_CREATED = 2,
+	MS_MEMORY = 3,
+	MS_VCPU = 4,
+	MS_GUEST_ENTRY = 5,
+	MS_FIRST_OUTPUT = 6,
+	MS_MARKER = 8,
+	MS_EXIT = 72,
+	MS_COUNT = 73,
+};
+
+#define MARKER_PORT 0x80
+#define MARKER_FIRST 0x40
+#define MARKER_LAST 0x7f
+#define COM1_THR 0x3f8
+#define COM1_LCR 0x3fb
+#define LCR_DLAB 0x80
+
+// ioctl numbers: _IO/_IOW(KVMIO = 0xAE, nr[, size]).
+#define KVM_CREATE_VM 0xae01
+#define KVM_CREATE_VCPU 0xae41
+#define KVM_SET_USER_MEMORY_REGION 0x4020ae46
+#define KVM_SET_USER_MEMORY_REGION2 0x40a0ae49
+#define KVM_RUN 0xae80
+
+struct proc {
+	__u64 ts[MS_COUNT];		// first ktime (ns) each milestone was reached; 0 = not yet
+	__u32 kvm_exits[MS_COUNT];	// kvm:kvm_exit while this milestone was the latest reached
+	__u32 user_exits[MS_COUNT];	// kvm:kvm_userspace_exit, likewise
+	__u64 last_thread_exit;		// ktime of the last thread's sched_process_exit
+	__u32 latest;			// the milestone most recently reached
+	__u32 marker_writes;		// every write to the marker port, repeats included
+	__u32 memory_regions;		// successful KVM_SET_USER_MEMORY_REGION(2) calls
+	__u32 vcpus;			// successful KVM_CREATE_VCPU calls
+	__u32 dlab;			// COM1 divisor latch on: 0x3f8 writes are not output
+	__u32 pad;
+};
+
+// Force the generator to emit Go types for these.
+const struct proc *unused_proc __attribute__((unused));
+const enum milestone *unused_milestone __attribute__((unused));
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);	// TGID
+	__type(value, struct proc);
+} procs SEC(".maps");
+
+// ioctl command of each traced thread between sys_enter and sys_exit.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);	// TID
+	__type(value, __u32);
+} pending SEC(".maps");
+
+// Tracepoint records, laid out as /sys/kernel/tracing/events/.../format
+// describes them; the 8-byte common header is skipped as one field.
+struct sys_enter_ioctl_args {
+	__u64 common;
+	__s32 nr;
+	__u32 pad;
+	__u64 fd;
+	__u64 cmd;
+	__u64 arg;
+};
+
+struct sys_exit_args {
+	__u64 common;
+	__s32 nr;
+	__u32 pad;
+	__s64 ret;
+};
+
+struct kvm_pio_args {
+	__u64 common;
+	__u32 rw;
+	__u32 port;
+	__u32 size;
+	__u32 count;
+	__u32 val;
+};
+
+static __always_inline struct proc *current_proc(void)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	return bpf_map_lookup_elem(&procs, &tgid);
+}
+
+// reach records the first time a milestone is hit; threads race for it,
+// so the compare-and-swap keeps the earliest writer.
+static __always_inline void reach(struct proc *p, __u32 ms, __u64 now)
+{
+	if (ms >= MS_COUNT)
+		return;
+	if (__sync_val_compare_and_swap(&p->ts[ms], 0, now) == 0)
+		p->latest = ms;
+}
+
+static __always_inline void count_exit(struct proc *p, int user)
+{
+	__u32 ms = p->latest;
+	if (ms >= MS_COUNT)
+		return;
+	if (user)
+		__sync_fetch_and_add(&p->user_exits[ms], 1);
+	else
+		__sync_fetch_and_add(&p->kvm_exits[ms], 1);
+}
+
+SEC("tracepoint/sched/sched_process_exec")
+int on_exec(void *ctx)
+{
+	struct proc *p = current_proc();
+	if (!p)
+		return 0;
+	reach(p, MS_EXEC, bpf_ktime_get_ns());
+	return 0;
+}
+
+SEC("tracepoint/sched/sched_process_exit")
+int on_exit(void *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct proc *p = current_proc();
+	if (!p)
+		return 0;
+	__u32 tid = id;
+	bpf_map_delete_elem(&pending, &tid);
+	// Threads of the launcher that exec replaced also exit here, before
+	// the exec event; they are not the VMM.
+	if (p->ts[MS_EXEC] == 0)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	p->last_thread_exit = now;
+	if ((__u32)id == (__u32)(id >> 32))
+		reach(p, MS_EXIT, now);
+	return 0;
+}
+
+static __always_inline int interesting_ioctl(__u32 cmd)
+{
+	return cmd == KVM_CREATE_VM || cmd == KVM_CREATE_VCPU || cmd == KVM_SET_USER_MEMORY_REGION ||
+	       cmd == KVM_SET_USER_MEMORY_REGION2 || cmd == KVM_RUN;
+}
+
+SEC("tracepoint/syscalls/sys_enter_ioctl")
+int on_ioctl_enter(struct sys_enter_ioctl_args *ctx)
+{
+	struct proc *p = current_proc();
+	if (!p)
+		return 0;
+	__u32 cmd = ctx->cmd;
+	if (!interesting_ioctl(cmd))
+		return 0;
+	if (cmd == KVM_RUN) {
+		// Guest entry is the moment the CPU is handed over, not the return.
+		reach(p, MS_GUEST_ENTRY, bpf_ktime_get_ns());
+		return 0;
+	}
+	__u32 tid = bpf_get_current_pid_tgid();
+	bpf_map_update_elem(&pending, &tid, &cmd, BPF_ANY);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_ioctl")
+int on_ioctl_exit(struct sys_exit_args *ctx)
+{
+	struct proc *p = current_proc();
+	if (!p)
+		return 0;
+	__u32 tid = bpf_get_current_pid_tgid();
+	__u32 *cmd = bpf_map_lookup_elem(&pending, &tid);
+	if (!cmd)
+		return 0;
+	__u32 c = *cmd;
+	bpf_map_delete_elem(&pending, &tid);
+	if (ctx->ret < 0)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	switch (c) {
+	case KVM_CREATE_VM:
+		reach(p, MS_VM_CREATED, now);
+		break;
+	case KVM_SET_USER_MEMORY_REGION:
+	case KVM_SET_USER_MEMORY_REGION2:
+		__sync_fetch_and_add(&p->memory_regions, 1);
+		reach(p, MS_MEMORY, now);
+		break;
+	case KVM_CREATE_VCPU:
+		__sync_fetch_and_add(&p->vcpus, 1);
+		reach(p, MS_VCPU, now);
+		break;
+	}
+	return 0;
+}
+
+SEC("tracepoint/kvm/kvm_pio")
+int on_pio(struct kvm_pio_args *ctx)
+{
+	struct proc *p = current_proc();
+	if (!p)
+		return 0;
+	if (!ctx->rw)
+		return 0;
+	__u32 port = ctx->port;
+	__u32 val = ctx->val;
+	if (port == MARKER_PORT) {
+		__sync_fetch_and_add(&p->marker_writes, 1);
+		__u32 code = val & 0xff;
+		// The mask, redundant after the range check, is what lets the
+		// verifier see the index bounded.
+		if (code >= MARKER_FIRST && code <= MARKER_LAST)
+			reach(p, MS_MARKER + ((code - MARKER_FIRST) & 0x3f), bpf_ktime_get_ns());
+	} else if (port == COM1_LCR) {
+		p->dlab = val & LCR_DLAB;
+	} else if (port == COM1_THR && !p->dlab) {
+		reach(p, MS_FIRST_OUTPUT, bpf_ktime_get_ns());
+	}
+	return 0;
+}
+
+SEC("tracepoint/kvm/kvm_exit")
+int on_kvm_exit(void *ctx)
+{
+	struct proc *p = current_proc();
+	if (p)
+		count_exit(p, 0);
+	return 0;
+}
+
+SEC("tracepoint/kvm/kvm_userspace_exit")
+int on_userspace_exit(void *ctx)
+{
+	struct proc *p = current_proc();
+	if (p)
+		count_exit(p, 1);
+	return 0;
+}

@@ -1,0 +1,190 @@
+package trace
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/voltvmm/volt/guest/marker"
+	"github.com/voltvmm/volt/guest/probe"
+)
+
+func TestMarkerMilestonesRoundTrip(t *testing.T) {
+	for s := marker.Stage(0x40); s <= 0x7f; s++ {
+		m, ok := Marker(s)
+		if !ok {
+			t.Fatalf("Marker(%#x) not traced", uint8(s))
+		}
+		back, ok := m.MarkerStage()
+		if !ok || back != s {
+			t.Fatalf("Marker(%#x).MarkerStage() = %#x, %v", uint8(s), uint8(back), ok)
+		}
+	}
+	for _, s := range []marker.Stage{0, 0x3f, 0x80, 0xff} {
+		if _, ok := Marker(s); ok {
+			t.Errorf("Marker(%#x) accepted outside 0x40-0x7f", uint8(s))
+		}
+	}
+	if got := (Exit).String(); got != "exit" {
+		t.Errorf("Exit.String() = %q", got)
+	}
+	if m, _ := Marker(marker.PID1); m.String() != "pid1" {
+		t.Errorf("pid1 marker milestone prints as %q", m.String())
+	}
+}
+
+func TestDecodeOrdersPointsAndAttributesExits(t *testing.T) {
+	var raw stagesProc
+	pid1, _ := Marker(marker.PID1)
+	raw.Ts[Exec] = 1000
+	raw.Ts[VMCreated] = 3000
+	raw.Ts[GuestEntry] = 5000
+	raw.Ts[pid1] = 9000
+	raw.Ts[FirstOutput] = 12000
+	raw.Ts[Exit] = 20000
+	raw.KvmExits[GuestEntry] = 7
+	raw.UserExits[GuestEntry] = 2
+	raw.KvmExits[FirstOutput] = 4
+	r, err := decode(&raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Point{
+		{Milestone: Exec, At: 0},
+		{Milestone: VMCreated, At: 2000},
+		{Milestone: GuestEntry, At: 4000},
+		{Milestone: pid1, At: 8000, KVMExits: 7, UserExits: 2},
+		{Milestone: FirstOutput, At: 11000},
+		{Milestone: Exit, At: 19000, KVMExits: 4},
+	}
+	if len(r.Points) != len(want) {
+		t.Fatalf("points = %+v, want %+v", r.Points, want)
+	}
+	for i := range want {
+		if r.Points[i] != want[i] {
+			t.Errorf("point %d = %+v, want %+v", i, r.Points[i], want[i])
+		}
+	}
+	if at, ok := r.At(pid1); !ok || at != 8000 {
+		t.Errorf("At(pid1) = %v, %v", at, ok)
+	}
+}
+
+func TestDecodeWithoutExecFails(t *testing.T) {
+	var raw stagesProc
+	raw.Ts[VMCreated] = 5
+	if _, err := decode(&raw); !errors.Is(err, ErrNoExec) {
+		t.Fatalf("decode without exec: %v, want ErrNoExec", err)
+	}
+}
+
+// requireTracer loads the tracer or skips: it needs root, BTF and KVM.
+func requireTracer(t *testing.T) *Tracer {
+	t.Helper()
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		t.Skipf("no /dev/kvm: %v", err)
+	}
+	tr, err := New()
+	if errors.Is(err, ErrUnsupported) {
+		t.Skipf("eBPF tracer cannot load here: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	return tr
+}
+
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(dir, "..", "..")
+}
+
+// bootProbe runs the probe under volt-vmm through the gate and powers it off
+// once it is ready.
+func bootProbe(t *testing.T, tr *Tracer) Record {
+	t.Helper()
+	root := repoRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	vmmBin := filepath.Join(root, "bin", "volt-vmm")
+	if _, err := os.Stat(vmmBin); err != nil {
+		out, err := exec.CommandContext(ctx, "go", "build", "-o", vmmBin, "./cmd/volt-vmm").CombinedOutput()
+		if err != nil {
+			t.Fatalf("build volt-vmm: %v\n%s", err, out)
+		}
+	}
+	elf := filepath.Join(root, "build", "guest", "probe.elf")
+	if _, err := os.Stat(elf); err != nil {
+		if elf, err = probe.Path(ctx, t.TempDir()); err != nil {
+			t.Skipf("no probe guest: %v", err)
+		}
+	}
+	g := Command(ctx, vmmBin, "--kernel", elf, "--memory", "128M", "--cpus", "1")
+	stdin, err := g.Cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := g.Cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Start(g); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		if strings.TrimSpace(sc.Text()) == probe.ReadyLine {
+			io.WriteString(stdin, "poweroff\n")
+			break
+		}
+	}
+	io.Copy(io.Discard, stdout)
+	if err := g.Cmd.Wait(); err != nil {
+		t.Fatalf("volt-vmm: %v", err)
+	}
+	rec, err := tr.Collect(g.Cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+func TestTracerSeesEveryStageOfAProbeBoot(t *testing.T) {
+	tr := requireTracer(t)
+	rec := bootProbe(t, tr)
+	for _, p := range rec.Points {
+		t.Logf("%-14s %9.3f ms  kvm_exits=%d user_exits=%d", p.Milestone, float64(p.At)/1e6, p.KVMExits, p.UserExits)
+	}
+	pid1, _ := Marker(marker.PID1)
+	ready, _ := Marker(marker.Ready)
+	order := []Milestone{Exec, VMCreated, GuestEntry, pid1, ready, Exit}
+	var last time.Duration
+	for _, m := range order {
+		at, ok := rec.At(m)
+		if !ok {
+			t.Fatalf("no %s in %+v", m, rec.Points)
+		}
+		if at < last {
+			t.Errorf("%s at %v, before the previous stage (%v)", m, at, last)
+		}
+		last = at
+	}
+	if _, ok := rec.At(FirstOutput); !ok {
+		t.Error("no first console output")
+	}
+	if rec.VCPUs != 1 || rec.MemoryRegions == 0 {
+		t.Errorf("vcpus = %d, memory regions = %d", rec.VCPUs, rec.MemoryRegions)
+	}
+}
