@@ -37,13 +37,13 @@ type Milestone uint32
 
 // Milestones mirror enum milestone in stages.c.
 const (
-	Exec        = Milestone(stagesMilestoneMS_EXEC)
-	VMCreated   = Milestone(stagesMilestoneMS_VM_CREATED)   // KVM_CREATE_VM returned
-	Memory      = Milestone(stagesMilestoneMS_MEMORY)       // first KVM_SET_USER_MEMORY_REGION returned
-	VCPU        = Milestone(stagesMilestoneMS_VCPU)         // first KVM_CREATE_VCPU returned
-	GuestEntry  = Milestone(stagesMilestoneMS_GUEST_ENTRY)  // first KVM_RUN entered
-	FirstOutput = Milestone(stagesMilestoneMS_FIRST_OUTPUT) // first byte to COM1's THR
-	Exit        = Milestone(stagesMilestoneMS_EXIT)         // the main thread exited
+	Exec          = Milestone(stagesMilestoneMS_EXEC)
+	VMCreated     = Milestone(stagesMilestoneMS_VM_CREATED)   // KVM_CREATE_VM returned
+	Memory        = Milestone(stagesMilestoneMS_MEMORY)       // first KVM_SET_USER_MEMORY_REGION returned
+	VCPU          = Milestone(stagesMilestoneMS_VCPU)         // first KVM_CREATE_VCPU returned
+	GuestEntry    = Milestone(stagesMilestoneMS_GUEST_ENTRY)  // first KVM_RUN entered
+	FirstOutput   = Milestone(stagesMilestoneMS_FIRST_OUTPUT) // first byte to COM1's THR
+	Exit          = Milestone(stagesMilestoneMS_EXIT)         // the main thread exited
 	numMilestones = Milestone(stagesMilestoneMS_COUNT)
 	markerBase    = Milestone(stagesMilestoneMS_MARKER)
 )
