@@ -88,6 +88,9 @@ func parseBzImage(r io.ReaderAt, size int64) (*bzImage, error) {
 		return nil, fmt.Errorf("%w: %d setup sectors but the file has only %d bytes", ErrTruncated, sects, size)
 	}
 	k.kernelSize = uint64(size) - k.setupSize
+	if k.kernelSize <= kernel64EntryOffset {
+		return nil, fmt.Errorf("%w: protected-mode kernel of %d bytes ends before its 64-bit entry at +%#x", ErrTruncated, k.kernelSize, kernel64EntryOffset)
+	}
 
 	k.relocatable = head[hdrRelocatable] != 0
 	k.alignment = uint64(le.Uint32(head[hdrKernelAlignment:]))
