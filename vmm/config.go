@@ -30,6 +30,10 @@ type Config struct {
 	MemorySize uint64
 	HugePages  bool
 	CPUs       int
+	// TrackDirtyPages has KVM log the pages the guest writes, which diff
+	// snapshots need; it costs a write-protection fault per page per
+	// snapshot interval, so it is off unless asked for.
+	TrackDirtyPages bool
 
 	CPUTemplate string   // see cpu.Templates; "" means host
 	CPUIDMask   []string // extra CPUID features to hide

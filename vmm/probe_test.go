@@ -70,6 +70,12 @@ func startProbe(t *testing.T, cfg vmm.Config) *session {
 	if err != nil {
 		t.Fatalf("vmm.New: %v", err)
 	}
+	return attach(t, vm, inW, outR, outW)
+}
+
+// attach runs vm and connects its console pipes to a new session.
+func attach(t *testing.T, vm *vmm.VM, inW *io.PipeWriter, outR *io.PipeReader, outW *io.PipeWriter) *session {
+	t.Helper()
 	s := &session{t: t, vm: vm, in: inW, lines: make(chan string, 100), result: make(chan vmm.Result, 1)}
 	go func() {
 		sc := bufio.NewScanner(outR)

@@ -16,6 +16,7 @@ import (
 	"github.com/voltvmm/volt/vmm/cpu"
 	"github.com/voltvmm/volt/vmm/devices/bootmarker"
 	"github.com/voltvmm/volt/vmm/devices/bus"
+	"github.com/voltvmm/volt/vmm/devices/genid"
 	"github.com/voltvmm/volt/vmm/devices/i8042"
 	"github.com/voltvmm/volt/vmm/devices/uart"
 	"github.com/voltvmm/volt/vmm/kvm"
@@ -61,6 +62,7 @@ type VM struct {
 	uart    *uart.UART
 	i8042   *i8042.Controller
 	markers *bootmarker.Device
+	genid   *genid.Device
 	console *firstWriteRecorder
 
 	timeline Timeline
@@ -75,7 +77,22 @@ type VM struct {
 	parked   int
 	running  int
 	started  bool
-	done     chan struct{}
+	// startPaused makes Run park every vCPU before it first enters the
+	// guest (a restore that is not to resume yet).
+	startPaused bool
+	done        chan struct{}
+	// work holds, per vCPU, a function that vCPU's own thread must run
+	// while parked (state capture for snapshots).
+	work []*vcpuWork
+	// cpuid holds the leaves each vCPU was given. Snapshots record these
+	// rather than KVM_GET_CPUID2's answer, which on some hosts reports bits
+	// that were never set.
+	cpuid [][]kvm.CPUIDEntry
+}
+
+type vcpuWork struct {
+	fn   func(*kvm.VCPU) error
+	done chan error
 }
 
 // Timeline holds the VMM-side timestamps of one boot.
@@ -93,33 +110,20 @@ func New(cfg Config) (_ *VM, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if cfg.Origin.IsZero() {
-		cfg.Origin = time.Now()
+	v, err := newShell(cfg)
+	if err != nil {
+		return nil, err
 	}
-	v := &VM{cfg: cfg, done: make(chan struct{})}
-	v.cond = sync.NewCond(&v.mu)
-	v.timeline.Origin = cfg.Origin
 	defer func() {
 		if err != nil {
 			v.Close()
 		}
 	}()
-
-	if v.sys, err = kvm.Open(); err != nil {
-		return nil, err
-	}
-	if max := v.sys.MaxVCPUs(); cfg.CPUs > max {
-		return nil, fmt.Errorf("%d vCPUs requested, KVM allows %d on this host", cfg.CPUs, max)
-	}
-	if v.vm, err = v.sys.CreateVM(); err != nil {
-		return nil, err
-	}
-	v.timeline.VMCreated = time.Now()
 	// Memory slots are registered before the in-kernel irqchip exists:
 	// measured here, the same KVM_SET_USER_MEMORY_REGION took 5–7 ms after
 	// KVM_CREATE_IRQCHIP and 50–100 µs before it (the kernel synchronises
 	// with irqchip users on every slot change once there are any).
-	if err := v.setupMemory(); err != nil {
+	if err := v.setupMemory(memory.Config{Size: cfg.MemorySize, Backing: cfg.backing()}); err != nil {
 		return nil, err
 	}
 	v.timeline.MemoryReady = time.Now()
@@ -130,12 +134,44 @@ func New(cfg Config) (_ *VM, err error) {
 		return nil, err
 	}
 	v.timeline.KernelReady = time.Now()
-	if err := v.setupDevices(); err != nil {
+	id, err := genid.NewID()
+	if err != nil {
 		return nil, err
 	}
-	if err := v.setupVCPUs(); err != nil {
+	if err := v.setupDevices(id); err != nil {
 		return nil, err
 	}
+	if err := v.createVCPUs(); err != nil {
+		return nil, err
+	}
+	if err := v.setupBootVCPUs(); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// newShell returns a VM with KVM opened and the VM created, the common
+// start of a boot and a restore.
+func newShell(cfg Config) (*VM, error) {
+	if cfg.Origin.IsZero() {
+		cfg.Origin = time.Now()
+	}
+	v := &VM{cfg: cfg, done: make(chan struct{})}
+	v.cond = sync.NewCond(&v.mu)
+	v.timeline.Origin = cfg.Origin
+	var err error
+	if v.sys, err = kvm.Open(); err != nil {
+		return nil, err
+	}
+	if max := v.sys.MaxVCPUs(); cfg.CPUs > max {
+		v.Close()
+		return nil, fmt.Errorf("%d vCPUs requested, KVM allows %d on this host", cfg.CPUs, max)
+	}
+	if v.vm, err = v.sys.CreateVM(); err != nil {
+		v.Close()
+		return nil, err
+	}
+	v.timeline.VMCreated = time.Now()
 	return v, nil
 }
 
@@ -152,8 +188,8 @@ func (v *VM) setupPlatform() error {
 	return v.vm.CreatePIT2()
 }
 
-func (v *VM) setupMemory() error {
-	mem, err := memory.New(memory.Config{Size: v.cfg.MemorySize, Backing: v.cfg.backing()})
+func (v *VM) setupMemory(mc memory.Config) error {
+	mem, err := memory.New(mc)
 	if err != nil {
 		return err
 	}
@@ -161,8 +197,12 @@ func (v *VM) setupMemory() error {
 	for _, w := range mem.Warnings() {
 		fmt.Fprintf(os.Stderr, "volt-vmm: warning: %s\n", w)
 	}
+	var flags uint32
+	if v.cfg.TrackDirtyPages {
+		flags |= kvm.MemLogDirtyPages
+	}
 	for i, r := range mem.Regions() {
-		if err := v.vm.SetUserMemoryRegion(uint32(i), 0, uint64(r.Guest), r.Host); err != nil {
+		if err := v.vm.SetUserMemoryRegion(uint32(i), flags, uint64(r.Guest), r.Host); err != nil {
 			return err
 		}
 	}
@@ -216,7 +256,7 @@ func (l irqLine) Trigger() error {
 	return l.vm.IRQLine(l.irq, false)
 }
 
-func (v *VM) setupDevices() error {
+func (v *VM) setupDevices(id genid.ID) error {
 	v.console = &firstWriteRecorder{w: v.cfg.Console}
 	if v.cfg.Console == nil {
 		v.console.w = io.Discard
@@ -228,6 +268,7 @@ func (v *VM) setupDevices() error {
 		opts = append(opts, bootmarker.WithNotify(v.cfg.OnMarker))
 	}
 	v.markers = bootmarker.New(v.cfg.Origin, opts...)
+	v.genid = genid.New(id)
 	for _, d := range []struct {
 		name       string
 		base, size uint64
@@ -236,6 +277,7 @@ func (v *VM) setupDevices() error {
 		{"com1", uart.COM1Port, uart.Size, v.uart},
 		{"i8042", i8042.Base, i8042.Size, v.i8042},
 		{"boot-marker", marker.Port, 1, v.markers},
+		{"generation-id", genid.Port, genid.Size, v.genid},
 	} {
 		if err := v.pio.Insert(d.name, d.base, d.size, d.dev); err != nil {
 			return err
@@ -244,17 +286,27 @@ func (v *VM) setupDevices() error {
 	return nil
 }
 
-func (v *VM) setupVCPUs() error {
-	supported, err := v.sys.SupportedCPUID()
-	if err != nil {
-		return err
-	}
+func (v *VM) createVCPUs() error {
 	for i := range v.cfg.CPUs {
 		c, err := v.vm.CreateVCPU(i)
 		if err != nil {
 			return err
 		}
 		v.vcpus = append(v.vcpus, c)
+	}
+	v.work = make([]*vcpuWork, len(v.vcpus))
+	v.cpuid = make([][]kvm.CPUIDEntry, len(v.vcpus))
+	return nil
+}
+
+// setupBootVCPUs gives fresh vCPUs their CPUID, MSRs, FPU and LAPIC wiring,
+// and the boot processor the kernel's entry state.
+func (v *VM) setupBootVCPUs() error {
+	supported, err := v.sys.SupportedCPUID()
+	if err != nil {
+		return err
+	}
+	for i, c := range v.vcpus {
 		leaves, err := cpu.Leaves(supported, cpu.CPUIDConfig{Template: v.cfg.CPUTemplate, Mask: v.cfg.CPUIDMask, CPUs: v.cfg.CPUs, APICID: i})
 		if err != nil {
 			return err
@@ -262,6 +314,7 @@ func (v *VM) setupVCPUs() error {
 		if err := c.SetCPUID(leaves); err != nil {
 			return err
 		}
+		v.cpuid[i] = leaves
 		if err := c.SetMSRs(cpu.BootMSRs()); err != nil {
 			return err
 		}
@@ -314,6 +367,7 @@ func (v *VM) Run(ctx context.Context) Result {
 	}
 	v.started = true
 	v.running = len(v.vcpus)
+	v.pause = v.startPaused
 	v.mu.Unlock()
 
 	if v.cfg.ConsoleInput != nil {
@@ -407,9 +461,9 @@ func (v *VM) Paused() bool {
 	return v.pause
 }
 
-// parkIfPaused blocks a vCPU while a pause is in force. It returns false
-// when the VM is stopping.
-func (v *VM) parkIfPaused() bool {
+// parkIfPaused blocks a vCPU while a pause is in force, running any work
+// sent to it meanwhile. It returns false when the VM is stopping.
+func (v *VM) parkIfPaused(i int) bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if !v.pause {
@@ -418,10 +472,41 @@ func (v *VM) parkIfPaused() bool {
 	v.parked++
 	v.cond.Broadcast()
 	for v.pause && !v.stopping.Load() {
+		if w := v.work[i]; w != nil {
+			v.work[i] = nil
+			v.mu.Unlock()
+			w.done <- w.fn(v.vcpus[i])
+			v.mu.Lock()
+			continue
+		}
 		v.cond.Wait()
 	}
 	v.parked--
 	return !v.stopping.Load()
+}
+
+// onEachVCPU runs fn on every vCPU's own thread while the VM is paused and
+// returns the first error. KVM wants a vCPU's state read and written by the
+// thread that runs it, and a parked vCPU is guaranteed out of the guest.
+func (v *VM) onEachVCPU(fn func(*kvm.VCPU) error) error {
+	v.mu.Lock()
+	if !v.pause || v.parked < v.running || v.stopping.Load() {
+		v.mu.Unlock()
+		return errors.New("the VM must be paused")
+	}
+	var works []*vcpuWork
+	for i := range v.vcpus {
+		w := &vcpuWork{fn: fn, done: make(chan error, 1)}
+		v.work[i] = w
+		works = append(works, w)
+	}
+	v.cond.Broadcast()
+	v.mu.Unlock()
+	var errs []error
+	for _, w := range works {
+		errs = append(errs, <-w.done)
+	}
+	return errors.Join(errs...)
 }
 
 // runVCPU is one vCPU's thread. It stays locked to its OS thread for life
@@ -442,7 +527,7 @@ func (v *VM) runVCPU(i int) {
 		// lands after this point sets it again and KVM_RUN returns at
 		// once, so no stop or pause request can be missed.
 		c.SetImmediateExit(false)
-		if !v.parkIfPaused() {
+		if !v.parkIfPaused(i) {
 			return
 		}
 		if first && i == 0 {

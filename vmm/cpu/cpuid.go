@@ -234,3 +234,28 @@ func setTopology(leaves []kvm.CPUIDEntry, cpus, apicID int) {
 		}
 	}
 }
+
+// MissingFeatures lists the named features set in saved (a snapshot's
+// CPUID) that supported (this host's KVM) lacks: a guest that has seen a
+// feature may use it at any moment, so restoring it without that feature
+// would crash it later in ways hard to trace.
+func MissingFeatures(saved, supported []kvm.CPUIDEntry) []string {
+	var missing []string
+	for _, name := range featureNames() {
+		f := Features[name]
+		if has(saved, f) && !has(supported, f) {
+			missing = append(missing, name)
+		}
+	}
+	return missing
+}
+
+func has(leaves []kvm.CPUIDEntry, f Feature) bool {
+	for i := range leaves {
+		e := leaves[i]
+		if e.Function == f.Leaf && (e.Index == f.Subleaf || e.Flags&kvm.CPUIDFlagSignificantIndex == 0) {
+			return *reg(&e, f.Reg)&(1<<f.Bit) != 0
+		}
+	}
+	return false
+}

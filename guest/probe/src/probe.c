@@ -555,6 +555,29 @@ static void cmd_poweroff(void)
 		wait_for_interrupt();
 }
 
+/*
+ * Volt's generation-ID device (vmm/devices/genid): 16 bytes at ports
+ * 0xf00-0xf0f that change on every restore from a snapshot. Under a VMM
+ * without it the ports read as 0xff.
+ */
+#define GENID_PORT 0x0f00
+#define GENID_SIZE 16
+
+static void cmd_gen(void)
+{
+	static const char hex[] = "0123456789abcdef";
+	char out[2 * GENID_SIZE + 1];
+	for (int i = 0; i < GENID_SIZE; i++) {
+		uint8_t b = inb((uint16_t)(GENID_PORT + i));
+		out[2 * i] = hex[b >> 4];
+		out[2 * i + 1] = hex[b & 15];
+	}
+	out[2 * GENID_SIZE] = 0;
+	put_str("gen ");
+	put_str(out);
+	put_line();
+}
+
 static void run_command(char *line)
 {
 	if (streq(line, "echo")) {
@@ -570,6 +593,8 @@ static void run_command(char *line)
 		put_str("cpus ");
 		put_dec(plat.cpus);
 		put_line();
+	} else if (streq(line, "gen")) {
+		cmd_gen();
 	} else if (streq(line, "poweroff")) {
 		cmd_poweroff();
 	} else {

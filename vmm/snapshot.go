@@ -1,0 +1,383 @@
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/voltvmm/volt/vmm/cpu"
+	"github.com/voltvmm/volt/vmm/devices/genid"
+	"github.com/voltvmm/volt/vmm/kvm"
+	"github.com/voltvmm/volt/vmm/memory"
+	"github.com/voltvmm/volt/vmm/snapshot"
+)
+
+// SnapshotType selects a full or a diff snapshot.
+type SnapshotType string
+
+const (
+	SnapshotFull SnapshotType = "Full"
+	SnapshotDiff SnapshotType = "Diff"
+)
+
+// SnapshotParams says where a snapshot goes.
+type SnapshotParams struct {
+	StatePath string
+	MemPath   string
+	Type      SnapshotType // "" means Full
+}
+
+// CreateSnapshot writes the VM's state and memory. The VM must be paused;
+// it stays paused. A diff snapshot holds only the pages written since the
+// previous snapshot (or boot) and needs TrackDirtyPages.
+func (v *VM) CreateSnapshot(ctx context.Context, p SnapshotParams) error {
+	if p.StatePath == "" || p.MemPath == "" {
+		return errors.New("snapshot needs both a state path and a memory path")
+	}
+	diff := false
+	switch p.Type {
+	case "", SnapshotFull:
+	case SnapshotDiff:
+		if !v.cfg.TrackDirtyPages {
+			return errors.New("diff snapshots need dirty-page tracking, enabled when the VM was created (track_dirty_pages)")
+		}
+		diff = true
+	default:
+		return fmt.Errorf("unknown snapshot type %q (Full or Diff)", p.Type)
+	}
+	st, err := v.captureState()
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	var dirty []uint64
+	if v.cfg.TrackDirtyPages {
+		// Reading the log also clears it, so the next diff snapshot is
+		// relative to this one, whichever kind this is.
+		if dirty, err = v.dirtyBitmap(); err != nil {
+			return err
+		}
+	}
+	if diff {
+		st.Memory.Diff, st.Memory.DirtyBitmap = true, dirty
+		err = snapshot.WriteDiffMemoryFile(p.MemPath, v.mem.Mapping(), dirty)
+	} else {
+		err = snapshot.WriteMemoryFile(p.MemPath, v.mem.Mapping())
+	}
+	if err != nil {
+		return fmt.Errorf("write snapshot memory: %w", err)
+	}
+	if err := snapshot.WriteStateFile(p.StatePath, st); err != nil {
+		return fmt.Errorf("write snapshot state: %w", err)
+	}
+	return nil
+}
+
+// dirtyBitmap returns KVM's dirty log for the whole memory, one bit per page
+// in memory-file order.
+func (v *VM) dirtyBitmap() ([]uint64, error) {
+	pages := v.mem.Size() / memory.PageSize
+	out := make([]uint64, (pages+63)/64)
+	for slot, r := range v.mem.Regions() {
+		n := r.Size() / memory.PageSize
+		bm := make([]uint64, (n+63)/64)
+		if err := v.vm.DirtyLog(uint32(slot), bm); err != nil {
+			return nil, err
+		}
+		first := r.FileOffset / memory.PageSize
+		for p := range n {
+			if bm[p/64]&(1<<(p%64)) != 0 {
+				q := first + p
+				out[q/64] |= 1 << (q % 64)
+			}
+		}
+	}
+	return out, nil
+}
+
+// captureState reads every piece of VM state into plain structs.
+func (v *VM) captureState() (*snapshot.VMState, error) {
+	msrIndexes, err := v.sys.MSRIndexList()
+	if err != nil {
+		return nil, err
+	}
+	st := &snapshot.VMState{
+		Machine: snapshot.Machine{
+			CPUs: v.cfg.CPUs, MemorySize: v.cfg.MemorySize, HugePages: v.cfg.HugePages,
+			CPUTemplate: v.cfg.CPUTemplate, CPUIDMask: v.cfg.CPUIDMask,
+			KernelPath: v.cfg.KernelPath, Cmdline: v.cfg.Cmdline, TrackDirtyPages: v.cfg.TrackDirtyPages,
+		},
+		Memory: snapshot.MemoryState{Size: v.mem.Size()},
+		VCPUs:  make([]snapshot.VCPUState, len(v.vcpus)),
+	}
+	for _, r := range v.mem.Regions() {
+		st.Memory.Regions = append(st.Memory.Regions, snapshot.Region{Guest: uint64(r.Guest), Size: r.Size(), FileOffset: r.FileOffset})
+	}
+	err = v.onEachVCPU(func(c *kvm.VCPU) error {
+		s, err := saveVCPU(c, msrIndexes)
+		if err != nil {
+			return err
+		}
+		s.CPUID = v.cpuid[c.ID]
+		st.VCPUs[c.ID] = s
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("save vCPU state: %w", err)
+	}
+	for _, chip := range []struct {
+		id  uint32
+		dst *kvm.IRQChip
+	}{{kvm.IRQChipPICMaster, &st.IRQChip.PICMaster}, {kvm.IRQChipPICSlave, &st.IRQChip.PICSlave}, {kvm.IRQChipIOAPIC, &st.IRQChip.IOAPIC}} {
+		if *chip.dst, err = v.vm.IRQChip(chip.id); err != nil {
+			return nil, err
+		}
+	}
+	if st.PIT, err = v.vm.PIT(); err != nil {
+		return nil, err
+	}
+	if st.Clock, err = v.vm.Clock(); err != nil {
+		return nil, err
+	}
+	st.Devices.UART = v.uart.State()
+	st.Devices.I8042 = v.i8042.State()
+	st.Devices.BootMarker = v.markers.State()
+	st.Devices.GenID = v.genid.State()
+	return st, nil
+}
+
+// saveVCPU reads one vCPU's state. Runs on the vCPU's thread.
+func saveVCPU(c *kvm.VCPU, msrIndexes []uint32) (snapshot.VCPUState, error) {
+	s := snapshot.VCPUState{ID: c.ID}
+	// An exit that userspace already handled (an IN's data, an MMIO read)
+	// is completed by KVM on the next KVM_RUN; running once with
+	// immediate_exit finishes it without entering the guest, so the saved
+	// registers include its result.
+	c.SetImmediateExit(true)
+	if _, err := c.Run(); err != nil {
+		return s, err
+	}
+	c.SetImmediateExit(false)
+	var err error
+	if s.MPState, err = c.MPState(); err != nil {
+		return s, err
+	}
+	if s.Regs, err = c.Regs(); err != nil {
+		return s, err
+	}
+	if s.Sregs, err = c.Sregs(); err != nil {
+		return s, err
+	}
+	if s.XSave, err = c.XSave(); err != nil {
+		return s, err
+	}
+	if s.XCRs, err = c.XCRs(); err != nil {
+		return s, err
+	}
+	if s.DebugRegs, err = c.DebugRegs(); err != nil {
+		return s, err
+	}
+	if s.LAPIC, err = c.LAPIC(); err != nil {
+		return s, err
+	}
+	if s.TSCKHz, err = c.TSCKHz(); err != nil {
+		return s, err
+	}
+	if s.MSRs, err = readMSRs(c, msrIndexes); err != nil {
+		return s, err
+	}
+	// Events last: reading MSRs cannot inject anything, but events are the
+	// most volatile state and belong to the instant of the snapshot.
+	if s.Events, err = c.Events(); err != nil {
+		return s, err
+	}
+	return s, nil
+}
+
+// readMSRs reads every MSR in the list KVM reports, skipping those this
+// vCPU refuses (KVM lists MSRs for features the guest's CPUID may not have).
+func readMSRs(c *kvm.VCPU, indexes []uint32) ([]kvm.MSR, error) {
+	var out []kvm.MSR
+	pending := make([]kvm.MSR, len(indexes))
+	for i, idx := range indexes {
+		pending[i].Index = idx
+	}
+	for len(pending) > 0 {
+		err := c.MSRs(pending)
+		if err == nil {
+			return append(out, pending...), nil
+		}
+		// The kernel processes entries in order and stops at the first
+		// it cannot read: keep those before it, drop it, go on.
+		n := 0
+		for n < len(pending) {
+			one := []kvm.MSR{pending[n]}
+			if c.MSRs(one) != nil {
+				break
+			}
+			out = append(out, one[0])
+			n++
+		}
+		if n == len(pending) {
+			return out, nil
+		}
+		pending = pending[n+1:]
+	}
+	return out, nil
+}
+
+// RestoreConfig describes a restore.
+type RestoreConfig struct {
+	StatePath string
+	MemPath   string
+	// Resume starts the vCPUs at once; otherwise Run parks them until
+	// Resume is called.
+	Resume       bool
+	Console      io.Writer
+	ConsoleInput io.Reader
+	Origin       time.Time
+	// TrackDirtyPages overrides the snapshot's setting when set (Firecracker's
+	// enable_diff_snapshots on load).
+	TrackDirtyPages *bool
+}
+
+// Restore creates a VM from a snapshot: its memory file is mapped
+// MAP_PRIVATE, so pages fault in on demand and clones of the same snapshot
+// share the page cache; every piece of state is verified before use. The VM
+// gets a new generation ID, so the guest can tell it is a clone.
+func Restore(ctx context.Context, rc RestoreConfig) (_ *VM, err error) {
+	if rc.Origin.IsZero() {
+		rc.Origin = time.Now()
+	}
+	st, err := snapshot.ReadStateFile(rc.StatePath)
+	if err != nil {
+		return nil, err
+	}
+	if st.Memory.Diff {
+		return nil, errors.New("a diff snapshot cannot be restored on its own: merge it onto its base first")
+	}
+	m := st.Machine
+	cfg := Config{
+		KernelPath: m.KernelPath, Cmdline: m.Cmdline, MemorySize: m.MemorySize, HugePages: false,
+		CPUs: m.CPUs, CPUTemplate: m.CPUTemplate, CPUIDMask: m.CPUIDMask, TrackDirtyPages: m.TrackDirtyPages,
+		Console: rc.Console, ConsoleInput: rc.ConsoleInput, Origin: rc.Origin,
+	}
+	if rc.TrackDirtyPages != nil {
+		cfg.TrackDirtyPages = *rc.TrackDirtyPages
+	}
+	v, err := newShell(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			v.Close()
+		}
+	}()
+	supported, err := v.sys.SupportedCPUID()
+	if err != nil {
+		return nil, err
+	}
+	if missing := cpu.MissingFeatures(st.VCPUs[0].CPUID, supported); len(missing) > 0 {
+		return nil, fmt.Errorf("restore %s: the snapshot's CPU has features this host's KVM lacks: %s", rc.StatePath, strings.Join(missing, ", "))
+	}
+	if err := v.setupMemory(memory.Config{Size: m.MemorySize, Backing: memory.PrivateFile, Path: rc.MemPath}); err != nil {
+		return nil, fmt.Errorf("restore %s: %w", rc.StatePath, err)
+	}
+	v.timeline.MemoryReady = time.Now()
+	if err := v.setupPlatform(); err != nil {
+		return nil, err
+	}
+	for _, c := range []kvm.IRQChip{st.IRQChip.PICMaster, st.IRQChip.PICSlave, st.IRQChip.IOAPIC} {
+		if err := v.vm.SetIRQChip(c); err != nil {
+			return nil, err
+		}
+	}
+	if st.IRQChip.PICMaster.ChipID != kvm.IRQChipPICMaster || st.IRQChip.PICSlave.ChipID != kvm.IRQChipPICSlave || st.IRQChip.IOAPIC.ChipID != kvm.IRQChipIOAPIC {
+		return nil, fmt.Errorf("restore %s: %w: interrupt controller IDs out of place", rc.StatePath, snapshot.ErrInvalid)
+	}
+	if err := v.vm.SetPIT(st.PIT); err != nil {
+		return nil, err
+	}
+	if err := v.vm.SetClock(st.Clock); err != nil {
+		return nil, err
+	}
+	id, err := genid.NewID()
+	if err != nil {
+		return nil, err
+	}
+	if err := v.setupDevices(id); err != nil {
+		return nil, err
+	}
+	v.uart.Restore(st.Devices.UART)
+	v.i8042.Restore(st.Devices.I8042)
+	v.markers.Restore(st.Devices.BootMarker)
+	if err := v.createVCPUs(); err != nil {
+		return nil, err
+	}
+	for i, c := range v.vcpus {
+		if err := restoreVCPU(c, &st.VCPUs[i]); err != nil {
+			return nil, fmt.Errorf("restore vCPU %d: %w", i, err)
+		}
+		v.cpuid[i] = st.VCPUs[i].CPUID
+	}
+	v.timeline.KernelReady = time.Now()
+	v.startPaused = !rc.Resume
+	return v, ctx.Err()
+}
+
+// restoreVCPU writes one vCPU's saved state back, in the order KVM needs:
+// CPUID before anything that depends on it (MSRs, XSAVE layout), segment
+// registers before general ones, LAPIC before events.
+func restoreVCPU(c *kvm.VCPU, s *snapshot.VCPUState) error {
+	if err := c.SetCPUID(s.CPUID); err != nil {
+		return err
+	}
+	if s.TSCKHz != 0 {
+		if cur, err := c.TSCKHz(); err == nil && cur != s.TSCKHz {
+			if err := c.SetTSCKHz(s.TSCKHz); err != nil {
+				return fmt.Errorf("the snapshot's TSC runs at %d kHz, this host at %d kHz, and scaling it failed: %w", s.TSCKHz, cur, err)
+			}
+		}
+	}
+	if err := c.SetMPState(s.MPState); err != nil {
+		return err
+	}
+	if err := c.SetSregs(s.Sregs); err != nil {
+		return err
+	}
+	if err := c.SetRegs(s.Regs); err != nil {
+		return err
+	}
+	if err := c.SetXSave(s.XSave); err != nil {
+		return err
+	}
+	if err := c.SetXCRs(s.XCRs); err != nil {
+		return err
+	}
+	if err := c.SetDebugRegs(s.DebugRegs); err != nil {
+		return err
+	}
+	if err := c.SetLAPIC(s.LAPIC); err != nil {
+		return err
+	}
+	if err := c.SetMSRs(s.MSRs); err != nil {
+		return err
+	}
+	if err := c.SetEvents(s.Events); err != nil {
+		return err
+	}
+	// Tell a kvmclock guest it was paused, so its watchdogs do not take the
+	// time spent as a snapshot for a hang. Guests without kvmclock refuse
+	// this, which is fine.
+	_ = c.KVMClockCtrl()
+	return nil
+}
+
+// GenerationID returns the VM's current generation ID.
+func (v *VM) GenerationID() genid.ID { return v.genid.ID() }

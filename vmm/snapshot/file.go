@@ -1,0 +1,222 @@
+package snapshot
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/voltvmm/volt/vmm/boot"
+	"github.com/voltvmm/volt/vmm/memory"
+)
+
+// Format identification.
+const (
+	Magic        = "VOLTSNAP"
+	MajorVersion = 1
+	MinorVersion = 0
+	headerSize   = 8 + 2 + 2 + 4 + 8 + sha256.Size
+	// MaxStateSize caps what is read from a state file; real states are
+	// tens of KiB per vCPU.
+	MaxStateSize = 64 << 20
+	// MaxMSRs and MaxCPUIDLeaves bound per-vCPU lists from a file.
+	MaxMSRs        = 1024
+	MaxCPUIDLeaves = 256
+)
+
+// Errors callers may branch on.
+var (
+	ErrNotSnapshot = errors.New("not a Volt snapshot state file (bad magic)")
+	ErrVersion     = errors.New("unsupported snapshot format version")
+	ErrChecksum    = errors.New("snapshot state checksum mismatch: the file is corrupt")
+	ErrTruncated   = errors.New("snapshot state file is truncated")
+	ErrInvalid     = errors.New("invalid snapshot state")
+)
+
+// Encode serialises st into the state-file format.
+func Encode(st *VMState) ([]byte, error) {
+	payload, err := json.Marshal(st)
+	if err != nil {
+		return nil, fmt.Errorf("encode snapshot state: %w", err)
+	}
+	if len(payload)+headerSize > MaxStateSize {
+		return nil, fmt.Errorf("snapshot state of %d bytes exceeds the %d-byte limit", len(payload), MaxStateSize)
+	}
+	out := make([]byte, headerSize, headerSize+len(payload))
+	copy(out, Magic)
+	binary.LittleEndian.PutUint16(out[8:], MajorVersion)
+	binary.LittleEndian.PutUint16(out[10:], MinorVersion)
+	binary.LittleEndian.PutUint64(out[16:], uint64(len(payload)))
+	sum := sha256.Sum256(payload)
+	copy(out[24:], sum[:])
+	return append(out, payload...), nil
+}
+
+// Decode verifies and decodes a state file's bytes. Nothing is decoded
+// before the header and checksum are verified.
+func Decode(b []byte) (*VMState, error) {
+	if len(b) < headerSize {
+		if len(b) >= len(Magic) && string(b[:len(Magic)]) != Magic {
+			return nil, ErrNotSnapshot
+		}
+		return nil, fmt.Errorf("%w: %d bytes, the header alone is %d", ErrTruncated, len(b), headerSize)
+	}
+	if string(b[:len(Magic)]) != Magic {
+		return nil, ErrNotSnapshot
+	}
+	major, minor := binary.LittleEndian.Uint16(b[8:]), binary.LittleEndian.Uint16(b[10:])
+	if major != MajorVersion {
+		return nil, fmt.Errorf("%w: file is %d.%d, this volt-vmm reads %d.x", ErrVersion, major, minor, MajorVersion)
+	}
+	n := binary.LittleEndian.Uint64(b[16:])
+	payload := b[headerSize:]
+	if n > uint64(len(payload)) {
+		return nil, fmt.Errorf("%w: header promises %d payload bytes, file holds %d", ErrTruncated, n, len(payload))
+	}
+	if n < uint64(len(payload)) {
+		return nil, fmt.Errorf("%w: %d unexpected bytes after the payload", ErrInvalid, uint64(len(payload))-n)
+	}
+	sum := sha256.Sum256(payload)
+	if !bytes.Equal(sum[:], b[24:24+sha256.Size]) {
+		return nil, ErrChecksum
+	}
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.DisallowUnknownFields()
+	var st VMState
+	if err := dec.Decode(&st); err != nil {
+		return nil, fmt.Errorf("%w: decode: %v", ErrInvalid, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%w: trailing data after the state", ErrInvalid)
+	}
+	if err := st.Validate(); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// Validate checks a decoded state as untrusted input: everything a restore
+// will index or size by.
+func (st *VMState) Validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...)
+	}
+	m := st.Machine
+	if m.CPUs < 1 || m.CPUs > boot.MaxCPUs {
+		return bad("%d vCPUs", m.CPUs)
+	}
+	if len(st.VCPUs) != m.CPUs {
+		return bad("%d vCPU states for %d vCPUs", len(st.VCPUs), m.CPUs)
+	}
+	if err := (memory.Config{Size: m.MemorySize}).Validate(); err != nil {
+		return bad("memory: %v", err)
+	}
+	if st.Memory.Size != m.MemorySize {
+		return bad("memory file size %d differs from the machine's %d", st.Memory.Size, m.MemorySize)
+	}
+	want := memory.Layout(m.MemorySize)
+	if len(st.Memory.Regions) != len(want) {
+		return bad("%d memory regions, the layout has %d", len(st.Memory.Regions), len(want))
+	}
+	var off uint64
+	for i, r := range st.Memory.Regions {
+		if r.Guest != uint64(want[i].Start) || r.Size != want[i].Size || r.FileOffset != off {
+			return bad("memory region %d (%#x+%#x at %#x) does not match the layout", i, r.Guest, r.Size, r.FileOffset)
+		}
+		off += r.Size
+	}
+	pages := m.MemorySize / memory.PageSize
+	if st.Memory.Diff {
+		if uint64(len(st.Memory.DirtyBitmap)) != (pages+63)/64 {
+			return bad("dirty bitmap of %d words for %d pages", len(st.Memory.DirtyBitmap), pages)
+		}
+	} else if len(st.Memory.DirtyBitmap) != 0 {
+		return bad("a full snapshot with a dirty bitmap")
+	}
+	for i, c := range st.VCPUs {
+		if c.ID != i {
+			return bad("vCPU state %d has ID %d", i, c.ID)
+		}
+		if len(c.MSRs) > MaxMSRs {
+			return bad("vCPU %d has %d MSRs", i, len(c.MSRs))
+		}
+		if len(c.CPUID) == 0 || len(c.CPUID) > MaxCPUIDLeaves {
+			return bad("vCPU %d has %d CPUID leaves", i, len(c.CPUID))
+		}
+		if c.XCRs.NrXCRs > uint32(len(c.XCRs.XCRs)) {
+			return bad("vCPU %d has %d XCRs", i, c.XCRs.NrXCRs)
+		}
+	}
+	return nil
+}
+
+// ReadStateFile reads and verifies a state file, refusing anything larger
+// than MaxStateSize before reading it.
+func ReadStateFile(path string) (*VMState, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open snapshot state: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("stat snapshot state %s: %w", path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("snapshot state %s is not a regular file", path)
+	}
+	if fi.Size() > MaxStateSize {
+		return nil, fmt.Errorf("snapshot state %s is %d bytes, over the %d-byte limit", path, fi.Size(), MaxStateSize)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, MaxStateSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read snapshot state %s: %w", path, err)
+	}
+	st, err := Decode(b)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot state %s: %w", path, err)
+	}
+	return st, nil
+}
+
+// WriteStateFile writes st atomically: to a temporary file in the same
+// directory, synced, then renamed, so a crash never leaves a half-written
+// state file under the final name.
+func WriteStateFile(path string, st *VMState) error {
+	b, err := Encode(st)
+	if err != nil {
+		return err
+	}
+	return writeAtomic(path, func(f *os.File) error {
+		_, err := f.Write(b)
+		return err
+	})
+}
+
+func writeAtomic(path string, fill func(*os.File) error) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name())
+	if err := fill(tmp); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("sync %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("rename %s: %w", path, err)
+	}
+	return nil
+}

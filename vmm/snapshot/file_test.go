@@ -1,0 +1,192 @@
+package snapshot
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/voltvmm/volt/vmm/kvm"
+	"github.com/voltvmm/volt/vmm/memory"
+)
+
+func validState() *VMState {
+	st := &VMState{
+		Machine: Machine{CPUs: 2, MemorySize: 16 << 20},
+		Memory:  MemoryState{Size: 16 << 20, Regions: []Region{{Guest: 0, Size: 16 << 20}}},
+	}
+	for i := range 2 {
+		st.VCPUs = append(st.VCPUs, VCPUState{ID: i, CPUID: []kvm.CPUIDEntry{{Function: 0}}, MSRs: []kvm.MSR{{Index: 0x10, Data: 7}}})
+	}
+	st.VCPUs[1].Regs.RIP = 0x1234
+	st.Devices.UART.Input = []byte("pending")
+	return st
+}
+
+func TestEncodeDecodeRoundTrip(t *testing.T) {
+	b, err := Encode(validState())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := Decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.VCPUs[1].Regs.RIP != 0x1234 || string(st.Devices.UART.Input) != "pending" || st.VCPUs[0].MSRs[0].Data != 7 {
+		t.Fatalf("round trip lost data: %+v", st.VCPUs[1].Regs)
+	}
+}
+
+func TestDecodeRejects(t *testing.T) {
+	good, err := Encode(validState())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mutate := func(f func(b []byte) []byte) []byte { return f(append([]byte(nil), good...)) }
+	reencode := func(f func(*VMState)) []byte {
+		st := validState()
+		f(st)
+		b, err := Encode(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	tests := []struct {
+		name string
+		in   []byte
+		want error
+	}{
+		{"empty", nil, ErrTruncated},
+		{"short header", good[:20], ErrTruncated},
+		{"bad magic", mutate(func(b []byte) []byte { b[0] = 'X'; return b }), ErrNotSnapshot},
+		{"future major", mutate(func(b []byte) []byte { b[8] = 2; return b }), ErrVersion},
+		{"payload cut", good[:len(good)-1], ErrTruncated},
+		{"extra bytes", append(append([]byte(nil), good...), 0), ErrInvalid},
+		{"flipped payload bit", mutate(func(b []byte) []byte { b[len(b)-3] ^= 1; return b }), ErrChecksum},
+		{"flipped checksum bit", mutate(func(b []byte) []byte { b[30] ^= 1; return b }), ErrChecksum},
+		{"no vCPUs", reencode(func(s *VMState) { s.Machine.CPUs = 0 }), ErrInvalid},
+		{"vCPU count mismatch", reencode(func(s *VMState) { s.VCPUs = s.VCPUs[:1] }), ErrInvalid},
+		{"memory size mismatch", reencode(func(s *VMState) { s.Memory.Size = 8 << 20 }), ErrInvalid},
+		{"unaligned memory", reencode(func(s *VMState) { s.Machine.MemorySize, s.Memory.Size = 100, 100 }), ErrInvalid},
+		{"region off layout", reencode(func(s *VMState) { s.Memory.Regions[0].Guest = 4096 }), ErrInvalid},
+		{"diff without bitmap", reencode(func(s *VMState) { s.Memory.Diff = true }), ErrInvalid},
+		{"full with bitmap", reencode(func(s *VMState) { s.Memory.DirtyBitmap = []uint64{1} }), ErrInvalid},
+		{"too many MSRs", reencode(func(s *VMState) { s.VCPUs[0].MSRs = make([]kvm.MSR, MaxMSRs+1) }), ErrInvalid},
+		{"no CPUID", reencode(func(s *VMState) { s.VCPUs[0].CPUID = nil }), ErrInvalid},
+		{"vCPU IDs out of order", reencode(func(s *VMState) { s.VCPUs[0].ID = 1 }), ErrInvalid},
+		{"XCR count too big", reencode(func(s *VMState) { s.VCPUs[0].XCRs.NrXCRs = 99 }), ErrInvalid},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := Decode(tt.in); !errors.Is(err, tt.want) {
+				t.Fatalf("Decode = %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestStateFileIsSizeCappedAndAtomic(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "vm.state")
+	if err := WriteStateFile(p, validState()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadStateFile(p); err != nil {
+		t.Fatal(err)
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 {
+		t.Fatalf("temporary files left behind: %v", entries)
+	}
+	big := filepath.Join(dir, "big.state")
+	f, err := os.Create(big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(MaxStateSize + 1)
+	f.Close()
+	if _, err := ReadStateFile(big); err == nil {
+		t.Fatal("oversized state file accepted")
+	}
+	if _, err := ReadStateFile(dir); err == nil {
+		t.Fatal("a directory accepted as a state file")
+	}
+}
+
+func TestMemoryFilesAreSparseAndMerge(t *testing.T) {
+	dir := t.TempDir()
+	mem := make([]byte, 64*memory.PageSize)
+	mem[3*memory.PageSize] = 1
+	base := filepath.Join(dir, "base.mem")
+	if err := WriteMemoryFile(base, mem); err != nil {
+		t.Fatal(err)
+	}
+	fi, _ := os.Stat(base)
+	if fi.Size() != int64(len(mem)) {
+		t.Fatalf("memory file is %d bytes", fi.Size())
+	}
+	mem[3*memory.PageSize] = 0 // the guest zeroed a page: a dirty zero page
+	mem[9*memory.PageSize] = 2
+	dirty := []uint64{1<<3 | 1<<9}
+	diff := filepath.Join(dir, "diff.mem")
+	if err := WriteDiffMemoryFile(diff, mem, dirty); err != nil {
+		t.Fatal(err)
+	}
+	if err := MergeDiff(base, diff, dirty); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(base)
+	if got[3*memory.PageSize] != 0 || got[9*memory.PageSize] != 2 {
+		t.Fatal("merge did not apply the diff's pages, including the zeroed one")
+	}
+	if err := MergeDiff(base, diff, []uint64{1, 2}); err == nil {
+		t.Fatal("bitmap of the wrong length accepted")
+	}
+	short := filepath.Join(dir, "short.mem")
+	os.WriteFile(short, make([]byte, memory.PageSize), 0o600)
+	if err := MergeDiff(base, short, dirty); err == nil {
+		t.Fatal("diff of another size accepted")
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	good, err := Encode(validState())
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(good)
+	f.Add(good[:headerSize])
+	f.Add([]byte(Magic))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		st, err := Decode(b)
+		if err == nil && st.Validate() != nil {
+			t.Fatal("Decode returned a state that fails validation")
+		}
+	})
+}
+
+// FuzzDecodePayload fuzzes the JSON behind a valid header and checksum: a
+// file whose checksum was recomputed by an attacker still must not crash
+// or slip an invalid state through.
+func FuzzDecodePayload(f *testing.F) {
+	good, err := Encode(validState())
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(good[headerSize:])
+	f.Add([]byte(`{"Machine":{"CPUs":1}}`))
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		b := wrap(payload)
+		st, err := Decode(b)
+		if err != nil {
+			return
+		}
+		if err := st.Validate(); err != nil {
+			t.Fatalf("accepted invalid state: %v", err)
+		}
+		if len(st.VCPUs) != st.Machine.CPUs {
+			t.Fatal("vCPU count mismatch accepted")
+		}
+	})
+}

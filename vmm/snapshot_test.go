@@ -1,0 +1,274 @@
+package vmm_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/voltvmm/volt/guest/probe"
+	"github.com/voltvmm/volt/vmm"
+	"github.com/voltvmm/volt/vmm/cpu"
+	"github.com/voltvmm/volt/vmm/kvm"
+	"github.com/voltvmm/volt/vmm/snapshot"
+)
+
+// snapshotProbe boots the probe, touches pages, pauses and snapshots it,
+// and returns the snapshot paths and the checksum the guest reported.
+func snapshotProbe(t *testing.T, cfg vmm.Config, pages int) (state, mem, sum string) {
+	t.Helper()
+	s := startProbe(t, cfg)
+	s.expect(probe.ReadyLine)
+	s.send(fmt.Sprintf("touch %d", pages))
+	sum = strings.TrimPrefix(s.expect(fmt.Sprintf("touched %d sum=", pages)), "touched")
+	if err := s.vm.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	state, mem = filepath.Join(dir, "vm.state"), filepath.Join(dir, "vm.mem")
+	if err := s.vm.CreateSnapshot(context.Background(), vmm.SnapshotParams{StatePath: state, MemPath: mem}); err != nil {
+		t.Fatalf("CreateSnapshot: %v", err)
+	}
+	s.vm.Stop()
+	return state, mem, sum
+}
+
+// restoreProbe restores a snapshot and returns a session on it.
+func restoreProbe(t *testing.T, state, mem string) *session {
+	t.Helper()
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	vm, err := vmm.Restore(context.Background(), vmm.RestoreConfig{StatePath: state, MemPath: mem, Resume: true, Console: outW, ConsoleInput: inR})
+	if err != nil {
+		t.Fatalf("Restore: %v", err)
+	}
+	return attach(t, vm, inW, outR, outW)
+}
+
+func TestSnapshotRestoresIntoTwentyClones(t *testing.T) {
+	state, mem, sum := snapshotProbe(t, vmm.Config{CPUs: 2, MemorySize: 128 << 20}, 300)
+	fi, err := os.Stat(mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Size() != 128<<20 {
+		t.Fatalf("memory file is %d bytes, want %d", fi.Size(), 128<<20)
+	}
+	const clones = 20
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		gens = map[string]bool{}
+	)
+	for i := range clones {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s := restoreProbe(t, state, mem)
+			s.send("sum 300")
+			if got := strings.TrimPrefix(s.expect("sum 300 sum="), "sum 300"); got != strings.TrimPrefix(sum, " 300") {
+				t.Errorf("clone %d: sum%s, want touched%s", i, got, sum)
+			}
+			s.send(fmt.Sprintf("echo clone %d", i))
+			s.expect(fmt.Sprintf("clone %d", i))
+			s.send("gen")
+			gen := s.expect("gen ")
+			mu.Lock()
+			gens[gen] = true
+			mu.Unlock()
+			s.send("poweroff")
+			if r := s.wait(); r.Reason != vmm.StopPowerOff {
+				t.Errorf("clone %d stopped with %s: %v", i, r.Reason, r.Err)
+			}
+		}()
+	}
+	wg.Wait()
+	if len(gens) != clones {
+		t.Errorf("%d distinct generation IDs among %d clones: %v", len(gens), clones, gens)
+	}
+}
+
+func TestDiffSnapshotMergesOntoBase(t *testing.T) {
+	s := startProbe(t, vmm.Config{MemorySize: 64 << 20, TrackDirtyPages: true})
+	s.expect(probe.ReadyLine)
+	s.send("touch 50")
+	s.expect("touched 50")
+	if err := s.vm.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	base := vmm.SnapshotParams{StatePath: filepath.Join(dir, "base.state"), MemPath: filepath.Join(dir, "base.mem")}
+	if err := s.vm.CreateSnapshot(context.Background(), base); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.vm.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	// Touching more pages changes the checksum of the first 50 too (the
+	// pattern depends on the page count), so the diff carries real changes.
+	s.send("touch 80")
+	want := strings.TrimPrefix(s.expect("touched 80 sum="), "touched 80")
+	if err := s.vm.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	diff := vmm.SnapshotParams{StatePath: filepath.Join(dir, "diff.state"), MemPath: filepath.Join(dir, "diff.mem"), Type: vmm.SnapshotDiff}
+	if err := s.vm.CreateSnapshot(context.Background(), diff); err != nil {
+		t.Fatal(err)
+	}
+	s.vm.Stop()
+
+	if _, err := vmm.Restore(context.Background(), vmm.RestoreConfig{StatePath: diff.StatePath, MemPath: diff.MemPath}); err == nil {
+		t.Fatal("a diff snapshot restored on its own")
+	}
+	dst, err := snapshot.ReadStateFile(diff.StatePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirty := 0
+	for _, w := range dst.Memory.DirtyBitmap {
+		for ; w != 0; w &= w - 1 {
+			dirty++
+		}
+	}
+	if dirty < 80 || dirty > 2000 {
+		t.Errorf("diff holds %d dirty pages, expected the ~80 touched plus a few of the probe's own", dirty)
+	}
+	if err := snapshot.MergeDiffSnapshot(base.StatePath, base.MemPath, diff.StatePath, diff.MemPath); err != nil {
+		t.Fatal(err)
+	}
+	c := restoreProbe(t, base.StatePath, base.MemPath)
+	c.send("sum 80")
+	if got := strings.TrimPrefix(c.expect("sum 80 sum="), "sum 80"); got != want {
+		t.Fatalf("merged snapshot sum%s, want%s", got, want)
+	}
+	c.send("poweroff")
+	c.wait()
+}
+
+func TestRestoreRejectsBadSnapshots(t *testing.T) {
+	state, mem, _ := snapshotProbe(t, vmm.Config{MemorySize: 32 << 20}, 10)
+	good, err := os.ReadFile(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	flip := append([]byte(nil), good...)
+	flip[len(flip)-10] ^= 0x20
+	otherMajor := append([]byte(nil), good...)
+	otherMajor[8] = 9
+	badMagic := append([]byte("NOTASNAP"), good[8:]...)
+	memBytes, err := os.ReadFile(mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short := write("short.mem", memBytes[:len(memBytes)/2])
+	long := write("long.mem", append(memBytes, make([]byte, 4096)...))
+
+	tests := []struct {
+		name        string
+		state, mem  string
+		wantErr     error
+		wantMessage string
+	}{
+		{"wrong magic", write("magic.state", badMagic), mem, snapshot.ErrNotSnapshot, "bad magic"},
+		{"other major version", write("major.state", otherMajor), mem, snapshot.ErrVersion, "version"},
+		{"bad checksum", write("flip.state", flip), mem, snapshot.ErrChecksum, "checksum"},
+		{"truncated state", write("trunc.state", good[:len(good)/2]), mem, snapshot.ErrTruncated, "truncated"},
+		{"empty state", write("empty.state", nil), mem, snapshot.ErrTruncated, "truncated"},
+		{"missing state", filepath.Join(dir, "none.state"), mem, os.ErrNotExist, "no such file"},
+		{"missing memory file", state, filepath.Join(dir, "none.mem"), os.ErrNotExist, "no such file"},
+		{"truncated memory file", state, short, nil, "holds"},
+		{"memory file of another size", state, long, nil, "holds"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			vm, err := vmm.Restore(context.Background(), vmm.RestoreConfig{StatePath: tt.state, MemPath: tt.mem})
+			if err == nil {
+				vm.Close()
+				t.Fatal("restore succeeded")
+			}
+			if tt.wantErr != nil && !errors.Is(err, tt.wantErr) {
+				t.Errorf("error %v is not %v", err, tt.wantErr)
+			}
+			if !strings.Contains(err.Error(), tt.wantMessage) {
+				t.Errorf("error %q does not say %q", err, tt.wantMessage)
+			}
+		})
+	}
+}
+
+func TestRestoreRefusesCPUFeaturesTheHostLacks(t *testing.T) {
+	state, mem, _ := snapshotProbe(t, vmm.Config{MemorySize: 32 << 20}, 1)
+	st, err := snapshot.ReadStateFile(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sys, err := kvm.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	supported, err := sys.SupportedCPUID()
+	sys.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Pick a feature this host's KVM cannot offer and claim the snapshot's
+	// CPU had it, as a snapshot from a newer host would.
+	var name string
+	for _, n := range []string{"avx512f", "amx_tile", "la57", "avx512vbmi", "movdir64b", "serialize", "sha_ni", "waitpkg"} {
+		f, ok := cpu.Features[n]
+		if !ok {
+			continue
+		}
+		probeLeaves := []kvm.CPUIDEntry{{Function: f.Leaf, Index: f.Subleaf, Flags: kvm.CPUIDFlagSignificantIndex}}
+		setFeature(probeLeaves, f)
+		if len(cpu.MissingFeatures(probeLeaves, supported)) == 1 {
+			name = n
+			for i := range st.VCPUs {
+				setFeature(st.VCPUs[i].CPUID, f)
+			}
+			break
+		}
+	}
+	if name == "" {
+		t.Skip("this host's KVM supports every candidate feature; nothing to test the refusal with")
+	}
+	if err := snapshot.WriteStateFile(state, st); err != nil {
+		t.Fatal(err)
+	}
+	_, err = vmm.Restore(context.Background(), vmm.RestoreConfig{StatePath: state, MemPath: mem})
+	if err == nil || !strings.Contains(err.Error(), name) {
+		t.Fatalf("restore with %s claimed: %v", name, err)
+	}
+}
+
+func setFeature(leaves []kvm.CPUIDEntry, f cpu.Feature) {
+	for i := range leaves {
+		e := &leaves[i]
+		if e.Function != f.Leaf || e.Index != f.Subleaf {
+			continue
+		}
+		switch f.Reg {
+		case cpu.EAX:
+			e.EAX |= 1 << f.Bit
+		case cpu.EBX:
+			e.EBX |= 1 << f.Bit
+		case cpu.ECX:
+			e.ECX |= 1 << f.Bit
+		case cpu.EDX:
+			e.EDX |= 1 << f.Bit
+		}
+	}
+}
