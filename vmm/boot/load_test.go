@@ -359,7 +359,7 @@ func TestLoadRejects(t *testing.T) {
 		{name: "bzImage initrd above initrd_addr_max room", image: bzWith(func(s *bzSpec) { s.initrdMax = 0x3fffff }), cfg: func(c *Config) { *c = withInitrd(*c, make([]byte, 0x200000)) }, want: ErrDoesNotFit},
 		{name: "bzImage truncated header", image: bz[:0x250], want: ErrTruncated},
 		{name: "bzImage ends inside the header it declares", image: bz[:0x269], want: ErrTruncated}, // fuzz crasher: sliced past the file
-		{name: "bzImage entry past the image", image: bz[:3*sectorSize+0x100], want: ErrTruncated}, // fuzz crasher
+		{name: "bzImage entry past the image", image: bz[:3*sectorSize+0x100], want: ErrTruncated},  // fuzz crasher
 		{name: "bzImage only setup sectors", image: bz[:3*sectorSize], want: ErrTruncated},
 		{name: "bzImage protocol 2.11", image: bzWith(func(s *bzSpec) { s.version = 0x020b }), want: ErrUnsupported},
 		{name: "bzImage without 64-bit entry", image: bzWith(func(s *bzSpec) { s.xloadflags = 0 }), want: ErrUnsupported},
