@@ -202,13 +202,44 @@ static struct {
 	uint64_t scratch_end;	/* end of the RAM run holding SCRATCH_BASE */
 	uint64_t rsdp;		/* from hvm_start_info, 0 if none */
 	uint64_t lapic;
+	int auto_poweroff;	/* "probe.poweroff" on the command line */
 } plat;
+
+/*
+ * has_token reports whether the NUL-terminated command line at cmdline
+ * holds word as a whole space-separated token. Reads stop at the first
+ * unmapped byte or after 4 KiB, whichever comes first.
+ */
+static int has_token(uint64_t cmdline, const char *word)
+{
+	const uint64_t max = 4096;
+	uint64_t i = 0;
+	while (i < max && mapped(cmdline + i, 1)) {
+		while (i < max && mapped(cmdline + i, 1) && rd8(cmdline + i) == ' ')
+			i++;
+		uint64_t j = 0;
+		while (word[j] && i + j < max && mapped(cmdline + i + j, 1) &&
+		       rd8(cmdline + i + j) == (uint8_t)word[j])
+			j++;
+		uint8_t next = (i + j < max && mapped(cmdline + i + j, 1)) ? rd8(cmdline + i + j) : 0;
+		if (!word[j] && (next == ' ' || next == 0))
+			return 1;
+		while (i < max && mapped(cmdline + i, 1) && rd8(cmdline + i) != ' ' && rd8(cmdline + i) != 0)
+			i++;
+		if (i >= max || !mapped(cmdline + i, 1) || rd8(cmdline + i) == 0)
+			return 0;
+	}
+	return 0;
+}
 
 static void read_start_info(uint64_t info)
 {
 	if (!mapped(info, 56) || rd32(info) != START_INFO_MAGIC)
 		return;
 	plat.rsdp = rd64(info + 32);
+	uint64_t cmdline = rd64(info + 24);
+	if (cmdline)
+		plat.auto_poweroff = has_token(cmdline, "probe.poweroff");
 	if (rd32(info + 4) < 1)
 		return;			/* version 0 has no memory map */
 	uint64_t map = rd64(info + 40);
@@ -633,6 +664,8 @@ void probe_main(uint64_t start_info)
 	put_str("volt-probe: ready");
 	put_line();
 	marker(MARKER_READY);
+	if (plat.auto_poweroff)
+		cmd_poweroff();	/* boot-to-exit timing without a console driver */
 
 	static char line[LINE_MAX + 1];
 	size_t len = 0;
