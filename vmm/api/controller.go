@@ -1,0 +1,777 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/voltvmm/volt/vmm"
+	"github.com/voltvmm/volt/vmm/cpu"
+)
+
+// Machine is what the controller needs of a built VM. *vmm.VM is the real
+// one; tests of the state machine and the handler use fakes.
+type Machine interface {
+	Run(ctx context.Context) vmm.Result
+	Pause() error
+	Resume() error
+	Stop()
+	Close() error
+	SendCtrlAltDel() error
+	Metrics() vmm.Metrics
+	BootStages() []vmm.Stage
+}
+
+var _ Machine = (*vmm.VM)(nil)
+
+// Identification reported by GET / and GET /version.
+const (
+	AppName = "volt-vmm"
+	// FirecrackerAPIVersion is the swagger version whose paths and bodies
+	// this package implements; callers that gate features on
+	// firecracker_version compare against it.
+	FirecrackerAPIVersion = "1.17.0"
+	// DefaultID is Firecracker's instance id when none is given.
+	DefaultID = "anonymous-instance"
+)
+
+// metricsFlushInterval is how often metrics are written without being
+// asked, as Firecracker does once a metrics path is set.
+const metricsFlushInterval = time.Minute
+
+// ErrSnapshotUnavailable is returned for snapshot requests until the
+// snapshot functions are wired in through Options.
+var ErrSnapshotUnavailable = errors.New("snapshot support is not available in this build yet")
+
+// Options configure a Controller.
+type Options struct {
+	// ID is the instance id of GET /; empty means DefaultID.
+	ID string
+	// VMMVersion is volt-vmm's own version for GET /.
+	VMMVersion string
+	// Base is the configuration requests modify: the console, the boot
+	// timeline origin and any defaults the command line set. The API only
+	// changes the kernel, command line, initrd, vCPUs, memory, huge pages
+	// and CPU template.
+	Base vmm.Config
+	// Build creates the VM at InstanceStart; nil means vmm.New.
+	Build func(vmm.Config) (Machine, error)
+	// CreateSnapshot and LoadSnapshot implement the snapshot endpoints;
+	// nil answers them with ErrSnapshotUnavailable.
+	CreateSnapshot func(ctx context.Context, m Machine, p SnapshotCreateParams) error
+	LoadSnapshot   func(ctx context.Context, base vmm.Config, p SnapshotLoadParams) (Machine, error)
+	// LogOutput receives log records until PUT /logger redirects them;
+	// nil means standard error.
+	LogOutput io.Writer
+	// LogLevel is the level before PUT /logger; the zero value is Info,
+	// so callers wanting a quiet default pass slog.LevelWarn.
+	LogLevel slog.Level
+}
+
+// Controller applies API requests to one microVM. Its methods are what the
+// HTTP handler calls, usable directly (the config file path does). Requests
+// run one at a time, as on Firecracker's API thread; none of them runs on,
+// or waits for, a vCPU thread except Pause, which waits for the vCPUs to
+// leave the guest.
+type Controller struct {
+	opts    Options
+	log     *slog.Logger
+	logSwap *swapHandler
+
+	mu         sync.Mutex // guards the fields below; held for a whole request
+	state      State
+	cfg        vmm.Config
+	trackDirty bool
+	// configured is set once anything but the logger and metrics was
+	// configured, after which a snapshot can no longer be loaded.
+	configured bool
+	logger     *Logger
+	logSink    *sink
+	metrics    *Metrics
+	machine    Machine
+
+	// metricsSink is used by requests and by the periodic flush, which
+	// must not wait behind a request that holds mu (a pause, a start).
+	metricsMu   sync.Mutex
+	metricsSink *sink
+	running     Machine // the machine, for the periodic flush
+	counters    map[string]map[string]uint64
+	published   atomic.Int32 // the state, readable without mu
+
+	// done is closed when the VM has stopped; result is written before.
+	done      chan struct{}
+	result    vmm.Result
+	wg        sync.WaitGroup // the run goroutine and the metrics ticker
+	stopTick  chan struct{}
+	closeOnce sync.Once
+}
+
+// NewController returns a controller in the NotStarted state.
+func NewController(opts Options) *Controller {
+	if opts.ID == "" {
+		opts.ID = DefaultID
+	}
+	if opts.Build == nil {
+		opts.Build = func(cfg vmm.Config) (Machine, error) { return vmm.New(cfg) }
+	}
+	out := opts.LogOutput
+	if out == nil {
+		out = os.Stderr
+	}
+	swap := newSwapHandler(slog.NewTextHandler(out, &slog.HandlerOptions{Level: opts.LogLevel}))
+	c := &Controller{
+		opts:     opts,
+		logSwap:  swap,
+		log:      slog.New(swap).With(ModuleKey, "api"),
+		cfg:      opts.Base,
+		done:     make(chan struct{}),
+		stopTick: make(chan struct{}),
+		counters: map[string]map[string]uint64{},
+	}
+	if c.cfg.CPUs == 0 {
+		c.cfg.CPUs = vmm.DefaultCPUs
+	}
+	if c.cfg.MemorySize == 0 {
+		c.cfg.MemorySize = vmm.DefaultMemory
+	}
+	if c.cfg.Cmdline == "" {
+		c.cfg.Cmdline = vmm.DefaultCmdline
+	}
+	return c
+}
+
+// ValidateID checks an instance id as Firecracker does: 1 to 64 letters,
+// digits and hyphens.
+func ValidateID(id string) error {
+	if id == "" || len(id) > 64 {
+		return fmt.Errorf("instance id %q must be 1 to 64 characters", id)
+	}
+	for _, r := range id {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+			return fmt.Errorf("instance id %q may only hold letters, digits and '-'", id)
+		}
+	}
+	return nil
+}
+
+// Logger returns the logger that PUT /logger configures, for callers that
+// log alongside the API (main).
+func (c *Controller) Logger() *slog.Logger { return c.log }
+
+// Done is closed when the microVM has stopped: the guest powered off or
+// died, or Stop was called. It is never closed if the VM never started.
+func (c *Controller) Done() <-chan struct{} { return c.done }
+
+// Result is how the microVM ended; ok is false while it has not.
+func (c *Controller) Result() (res vmm.Result, ok bool) {
+	select {
+	case <-c.done:
+		return c.result, true
+	default:
+		return vmm.Result{}, false
+	}
+}
+
+// Machine returns the running machine, or nil before the start.
+func (c *Controller) Machine() Machine {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.machine
+}
+
+// State returns the current instance state.
+func (c *Controller) State() State {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stateLocked()
+}
+
+// stateLocked folds the run goroutine's end into the state.
+// Precondition: c.mu held.
+func (c *Controller) stateLocked() State {
+	select {
+	case <-c.done:
+		return Stopped
+	default:
+		return c.state
+	}
+}
+
+// begin locks the controller and checks that op may run now. On success
+// the caller holds c.mu and must unlock it.
+func (c *Controller) begin(op Op) error {
+	c.mu.Lock()
+	if err := Check(c.stateLocked(), op); err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
+// DescribeInstance answers GET /.
+func (c *Controller) DescribeInstance() InstanceInfo {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	state := c.stateLocked()
+	if state == Stopped {
+		// The swagger's enum has no stopped state: Firecracker's process
+		// exits with its guest, so no client ever sees one. Report the
+		// last state until main exits.
+		state = c.state
+	}
+	return InstanceInfo{AppName: AppName, ID: c.opts.ID, State: state.String(), VMMVersion: c.opts.VMMVersion}
+}
+
+// Version answers GET /version.
+func (c *Controller) Version() FirecrackerVersion {
+	return FirecrackerVersion{FirecrackerVersion: FirecrackerAPIVersion}
+}
+
+// MachineConfig answers GET /machine-config.
+func (c *Controller) MachineConfig() MachineConfiguration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.machineConfigLocked()
+}
+
+func (c *Controller) machineConfigLocked() MachineConfiguration {
+	m := MachineConfiguration{
+		VCPUCount:       int64(c.cfg.CPUs),
+		MemSizeMib:      int64(c.cfg.MemorySize >> 20),
+		TrackDirtyPages: c.trackDirty,
+		HugePages:       HugePagesNone,
+	}
+	if c.cfg.HugePages {
+		m.HugePages = HugePages2M
+	}
+	if t := c.cfg.CPUTemplate; t != "" && t != "host" {
+		m.CPUTemplate = t
+	}
+	return m
+}
+
+// VMConfig answers GET /vm/config.
+func (c *Controller) VMConfig() FullVMConfiguration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	mc := c.machineConfigLocked()
+	full := FullVMConfiguration{
+		MachineConfig:     &mc,
+		Drives:            []Drive{},
+		NetworkInterfaces: []NetworkInterface{},
+		Logger:            c.logger,
+		Metrics:           c.metrics,
+	}
+	if c.cfg.KernelPath != "" {
+		full.BootSource = &BootSource{KernelImagePath: c.cfg.KernelPath, InitrdPath: c.cfg.InitrdPath, BootArgs: c.cfg.Cmdline}
+	}
+	return full
+}
+
+// PutMachineConfig answers PUT /machine-config: every field is set, the
+// optional ones to their defaults when absent.
+func (c *Controller) PutMachineConfig(m MachineConfiguration) error {
+	if err := m.validate(cpu.TemplateNames()); err != nil {
+		return err
+	}
+	if err := c.begin(OpPutMachineConfig); err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	c.setMachineConfigLocked(m)
+	return nil
+}
+
+// PatchMachineConfig answers PATCH /machine-config: only the fields given
+// change, and the result must be valid as a whole.
+func (c *Controller) PatchMachineConfig(p MachineConfigurationPatch) error {
+	if p.empty() {
+		return errors.New("empty PATCH: give at least one MachineConfiguration field")
+	}
+	if err := c.begin(OpPatchMachineConfig); err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	cur := c.machineConfigLocked()
+	if cur.CPUTemplate == "" {
+		cur.CPUTemplate = CPUTemplateNone
+	}
+	m := p.apply(cur)
+	if err := m.validate(cpu.TemplateNames()); err != nil {
+		return err
+	}
+	c.setMachineConfigLocked(m)
+	return nil
+}
+
+// Precondition: c.mu held, m validated.
+func (c *Controller) setMachineConfigLocked(m MachineConfiguration) {
+	c.cfg.CPUs = int(m.VCPUCount)
+	c.cfg.MemorySize = uint64(m.MemSizeMib) << 20
+	c.cfg.HugePages = m.HugePages == HugePages2M
+	c.cfg.CPUTemplate = m.CPUTemplate
+	if m.CPUTemplate == "" || m.CPUTemplate == CPUTemplateNone {
+		c.cfg.CPUTemplate = "host"
+	}
+	c.trackDirty = m.TrackDirtyPages
+	c.configured = true
+}
+
+// PutBootSource answers PUT /boot-source. The files are checked now, as
+// Firecracker does, so that a typo fails here rather than at start.
+func (c *Controller) PutBootSource(b BootSource) error {
+	if err := b.Validate(); err != nil {
+		return err
+	}
+	if err := checkRegularFile("kernel_image_path", b.KernelImagePath); err != nil {
+		return err
+	}
+	if b.InitrdPath != "" {
+		if err := checkRegularFile("initrd_path", b.InitrdPath); err != nil {
+			return err
+		}
+	}
+	if err := c.begin(OpPutBootSource); err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	c.cfg.KernelPath, c.cfg.InitrdPath, c.cfg.Cmdline = b.KernelImagePath, b.InitrdPath, b.BootArgs
+	if c.cfg.Cmdline == "" {
+		c.cfg.Cmdline = vmm.DefaultCmdline
+	}
+	c.configured = true
+	return nil
+}
+
+func checkRegularFile(field, path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("%s: %w", field, err)
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%s: %s is not a regular file", field, path)
+	}
+	return nil
+}
+
+// PutLogger answers PUT /logger: records go to log_path (standard error
+// when absent) from now on.
+func (c *Controller) PutLogger(l Logger) error {
+	if err := l.Validate(); err != nil {
+		return err
+	}
+	if err := c.begin(OpPutLogger); err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	var w io.Writer = os.Stderr
+	if c.opts.LogOutput != nil {
+		w = c.opts.LogOutput
+	}
+	var s *sink
+	if l.LogPath != "" {
+		var err error
+		if s, err = openSink(l.LogPath); err != nil {
+			return fmt.Errorf("log_path: %w", err)
+		}
+		w = s
+	}
+	h, err := newLogHandler(w, l)
+	if err != nil {
+		s.closeIfOpen()
+		return err
+	}
+	c.logSwap.set(h)
+	c.logSink.closeIfOpen()
+	c.logSink = s
+	c.logger = &l
+	return nil
+}
+
+func (s *sink) closeIfOpen() {
+	if s != nil {
+		s.Close()
+	}
+}
+
+// PutMetrics answers PUT /metrics. As in Firecracker, metrics are set up
+// once; from then on they are written every minute and on FlushMetrics.
+func (c *Controller) PutMetrics(m Metrics) error {
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	if err := c.begin(OpPutMetrics); err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	if c.metrics != nil {
+		return fmt.Errorf("metrics are already configured (to %s); they cannot be reconfigured", c.metrics.MetricsPath)
+	}
+	s, err := openSink(m.MetricsPath)
+	if err != nil {
+		return fmt.Errorf("metrics_path: %w", err)
+	}
+	c.metricsMu.Lock()
+	c.metricsSink = s
+	c.metricsMu.Unlock()
+	c.metrics = &m
+	c.wg.Add(1)
+	go c.flushPeriodically()
+	return nil
+}
+
+func (c *Controller) flushPeriodically() {
+	defer c.wg.Done()
+	t := time.NewTicker(metricsFlushInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			if err := c.flushMetrics(); err != nil {
+				c.log.Warn("periodic metrics flush failed", "err", err)
+			}
+		case <-c.stopTick:
+			return
+		}
+	}
+}
+
+// errDeviceUnavailable answers device requests until the virtio devices
+// exist: accepting them silently would boot a guest without the disk or
+// network its caller configured.
+func errDeviceUnavailable(op Op, what string) error {
+	return fmt.Errorf("%s: %s devices are not available in this build of volt-vmm yet; nothing was configured", op, what)
+}
+
+// PutDrive answers PUT /drives/{id}.
+func (c *Controller) PutDrive(pathID string, d Drive) error {
+	if err := d.Validate(pathID); err != nil {
+		return err
+	}
+	if err := c.begin(OpPutDrive); err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	return errDeviceUnavailable(OpPutDrive, "virtio-blk")
+}
+
+// PutNetworkInterface answers PUT /network-interfaces/{id}.
+func (c *Controller) PutNetworkInterface(pathID string, n NetworkInterface) error {
+	if err := n.Validate(pathID); err != nil {
+		return err
+	}
+	if err := c.begin(OpPutNetworkInterface); err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	return errDeviceUnavailable(OpPutNetworkInterface, "virtio-net")
+}
+
+// PutVsock answers PUT /vsock.
+func (c *Controller) PutVsock(v Vsock) error {
+	if err := v.Validate(); err != nil {
+		return err
+	}
+	if err := c.begin(OpPutVsock); err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	return errDeviceUnavailable(OpPutVsock, "virtio-vsock")
+}
+
+// PutEntropy answers PUT /entropy.
+func (c *Controller) PutEntropy(e EntropyDevice) error {
+	if err := e.Validate(); err != nil {
+		return err
+	}
+	if err := c.begin(OpPutEntropy); err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	return errDeviceUnavailable(OpPutEntropy, "virtio-rng")
+}
+
+// Action answers PUT /actions.
+func (c *Controller) Action(a InstanceActionInfo) error {
+	if err := a.Validate(); err != nil {
+		return err
+	}
+	switch a.ActionType {
+	case ActionInstanceStart:
+		// Through the API the boot timeline starts at InstanceStart: the
+		// time a client spends configuring is not boot time.
+		return c.start(time.Now())
+	case ActionSendCtrlAltDel:
+		if err := c.begin(OpSendCtrlAltDel); err != nil {
+			return err
+		}
+		defer c.mu.Unlock()
+		return c.machine.SendCtrlAltDel()
+	default: // FlushMetrics
+		if err := c.begin(OpFlushMetrics); err != nil {
+			return err
+		}
+		configured := c.metrics != nil
+		c.mu.Unlock()
+		if !configured {
+			return errors.New("FlushMetrics: metrics are not configured: PUT /metrics first")
+		}
+		return c.flushMetrics()
+	}
+}
+
+// Start boots the configured microVM, as InstanceStart does, keeping the
+// boot timeline origin of Options.Base (the process start, for the
+// command line and config file paths).
+func (c *Controller) Start() error {
+	return c.start(time.Time{})
+}
+
+func (c *Controller) start(origin time.Time) error {
+	if err := c.begin(OpInstanceStart); err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	if c.cfg.KernelPath == "" {
+		return errors.New("InstanceStart: no boot source: PUT /boot-source first")
+	}
+	cfg := c.cfg
+	if !origin.IsZero() {
+		cfg.Origin = origin
+	}
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("InstanceStart: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
+	}
+	m, err := c.opts.Build(cfg)
+	if err != nil {
+		return fmt.Errorf("InstanceStart: build the microVM: %w", err)
+	}
+	c.launchLocked(m, Running)
+	c.log.Info("microVM started", "vcpus", cfg.CPUs, "memory", vmm.FormatSize(cfg.MemorySize), "kernel", cfg.KernelPath)
+	return nil
+}
+
+// launchLocked runs m on its own goroutine; the controller owns it and
+// Close waits for it.
+// Precondition: c.mu held.
+func (c *Controller) launchLocked(m Machine, s State) {
+	c.machine = m
+	c.setStateLocked(s)
+	c.metricsMu.Lock()
+	c.running = m
+	c.metricsMu.Unlock()
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		res := m.Run(context.Background())
+		c.result = res
+		close(c.done)
+		c.log.Info("microVM stopped", "reason", string(res.Reason), "err", res.Err)
+	}()
+}
+
+// PatchVM answers PATCH /vm.
+func (c *Controller) PatchVM(v VM) error {
+	if err := v.Validate(); err != nil {
+		return err
+	}
+	op := OpResume
+	if v.State == VMPaused {
+		op = OpPause
+	}
+	if err := c.begin(op); err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	var err error
+	if op == OpPause {
+		err = c.machine.Pause()
+	} else {
+		err = c.machine.Resume()
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	c.setStateLocked(Next(c.state, op))
+	return nil
+}
+
+// CreateSnapshot answers PUT /snapshot/create.
+func (c *Controller) CreateSnapshot(ctx context.Context, p SnapshotCreateParams) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	if err := c.begin(OpCreateSnapshot); err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	if p.SnapshotType == SnapshotDiff && !c.trackDirty {
+		return errors.New("a Diff snapshot needs dirty page tracking: set track_dirty_pages in machine-config before the start")
+	}
+	if c.opts.CreateSnapshot == nil {
+		return ErrSnapshotUnavailable
+	}
+	if err := c.opts.CreateSnapshot(ctx, c.machine, p); err != nil {
+		return fmt.Errorf("create snapshot: %w", err)
+	}
+	return nil
+}
+
+// LoadSnapshot answers PUT /snapshot/load: only on a fresh instance, with
+// nothing but the logger and metrics configured.
+func (c *Controller) LoadSnapshot(ctx context.Context, p SnapshotLoadParams) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	if err := c.begin(OpLoadSnapshot); err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	if c.configured {
+		return errors.New("PUT /snapshot/load is only accepted before anything but the logger and metrics is configured")
+	}
+	if c.opts.LoadSnapshot == nil {
+		return ErrSnapshotUnavailable
+	}
+	m, err := c.opts.LoadSnapshot(ctx, c.cfg, p)
+	if err != nil {
+		return fmt.Errorf("load snapshot: %w", err)
+	}
+	c.trackDirty = p.TrackDirtyPages || p.EnableDiffSnapshots
+	if p.ResumeVM {
+		c.launchLocked(m, Running)
+		return nil
+	}
+	if err := m.Pause(); err != nil {
+		m.Close()
+		return fmt.Errorf("load snapshot: keep the VM paused: %w", err)
+	}
+	c.launchLocked(m, Paused)
+	return nil
+}
+
+// Stop stops the microVM, if it runs, and waits until it has.
+func (c *Controller) Stop() {
+	c.mu.Lock()
+	m := c.machine
+	c.mu.Unlock()
+	if m != nil {
+		m.Stop()
+		<-c.done
+	}
+}
+
+// Close stops the microVM and releases it, the log and metrics files.
+func (c *Controller) Close() error {
+	var errs []error
+	c.closeOnce.Do(func() {
+		c.Stop()
+		close(c.stopTick)
+		c.wg.Wait()
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.machine != nil {
+			errs = append(errs, c.machine.Close())
+		}
+		c.metricsMu.Lock()
+		if c.metricsSink != nil {
+			errs = append(errs, c.metricsSink.Close())
+		}
+		c.metricsMu.Unlock()
+		if c.logSink != nil {
+			errs = append(errs, c.logSink.Close())
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// count records one API request for the metrics file, under Firecracker's
+// group names (get_api_requests, put_api_requests, patch_api_requests).
+func (c *Controller) count(group, name string, failed bool) {
+	c.metricsMu.Lock()
+	defer c.metricsMu.Unlock()
+	g := c.counters[group]
+	if g == nil {
+		g = map[string]uint64{}
+		c.counters[group] = g
+	}
+	g[name+"_count"]++
+	if failed {
+		g[name+"_fails"]++
+	}
+}
+
+// MetricsLine is one line of the metrics file.
+type MetricsLine struct {
+	UTCTimestampMs int64                        `json:"utc_timestamp_ms"`
+	State          string                       `json:"state"`
+	API            map[string]map[string]uint64 `json:"-"`
+	VMM            *vmm.Metrics                 `json:"vmm,omitempty"`
+}
+
+// MarshalJSON puts the API request groups at the top level, where
+// Firecracker has them.
+func (m MetricsLine) MarshalJSON() ([]byte, error) {
+	out := map[string]any{"utc_timestamp_ms": m.UTCTimestampMs, "state": m.State}
+	for g, counts := range m.API {
+		out[g] = counts
+	}
+	if m.VMM != nil {
+		out["vmm"] = m.VMM
+	}
+	return json.Marshal(out)
+}
+
+// flushMetrics writes one JSON line of metrics. It does not take c.mu, so
+// the periodic flush never waits behind a long request.
+func (c *Controller) flushMetrics() error {
+	state := c.stateForMetrics()
+	c.metricsMu.Lock()
+	defer c.metricsMu.Unlock()
+	if c.metricsSink == nil {
+		return errors.New("metrics are not configured")
+	}
+	line := MetricsLine{UTCTimestampMs: time.Now().UnixMilli(), State: state, API: map[string]map[string]uint64{}}
+	for g, counts := range c.counters {
+		line.API[g] = maps.Clone(counts)
+	}
+	if c.running != nil {
+		m := c.running.Metrics()
+		line.VMM = &m
+	}
+	b, err := json.Marshal(line)
+	if err != nil {
+		return fmt.Errorf("encode metrics: %w", err)
+	}
+	if _, err := c.metricsSink.Write(append(b, '\n')); err != nil {
+		return fmt.Errorf("FlushMetrics: %w", err)
+	}
+	return nil
+}
+
+// stateForMetrics reads the state without waiting for c.mu, which a pause
+// in progress may hold.
+func (c *Controller) stateForMetrics() string {
+	select {
+	case <-c.done:
+		return Stopped.String()
+	default:
+		return State(c.published.Load()).String()
+	}
+}
+
+// setStateLocked changes the state and publishes it for stateForMetrics.
+// Precondition: c.mu held.
+func (c *Controller) setStateLocked(s State) {
+	c.state = s
+	c.published.Store(int32(s))
+}

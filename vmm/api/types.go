@@ -1,0 +1,206 @@
+// Package api serves the Firecracker REST API over a Unix socket so that
+// callers written for Firecracker can drive volt-vmm unchanged.
+//
+// The contract is Firecracker's swagger (src/firecracker/swagger/
+// firecracker.yaml, version 1.17.0-dev at commit 004d9353): the same paths,
+// JSON bodies, 204/200/400 status codes and {"fault_message": ...} error
+// body. The package has three layers that are tested apart: strict request
+// decoding and validation (decode.go, validate.go), the instance state
+// machine (state.go), and the Controller that applies requests to a VM
+// (controller.go), with the http.Handler (handler.go) a thin layer over it.
+package api
+
+// The types below mirror the swagger definitions of the same names. Fields
+// a client may omit use omitempty so that responses are valid against the
+// schema; `volt:"required"` marks the swagger's required properties, which
+// the decoder enforces.
+
+// BootSource is the swagger BootSource.
+type BootSource struct {
+	KernelImagePath string `json:"kernel_image_path" volt:"required"`
+	BootArgs        string `json:"boot_args,omitempty"`
+	InitrdPath      string `json:"initrd_path,omitempty"`
+}
+
+// MachineConfiguration is the swagger MachineConfiguration, as PUT takes it
+// and GET returns it.
+type MachineConfiguration struct {
+	VCPUCount       int64  `json:"vcpu_count" volt:"required"`
+	MemSizeMib      int64  `json:"mem_size_mib" volt:"required"`
+	SMT             bool   `json:"smt"`
+	CPUTemplate     string `json:"cpu_template,omitempty"`
+	TrackDirtyPages bool   `json:"track_dirty_pages"`
+	HugePages       string `json:"huge_pages,omitempty"`
+}
+
+// MachineConfigurationPatch is the body of PATCH /machine-config: the same
+// schema with every field optional; a nil field keeps its current value.
+type MachineConfigurationPatch struct {
+	VCPUCount       *int64  `json:"vcpu_count,omitempty"`
+	MemSizeMib      *int64  `json:"mem_size_mib,omitempty"`
+	SMT             *bool   `json:"smt,omitempty"`
+	CPUTemplate     *string `json:"cpu_template,omitempty"`
+	TrackDirtyPages *bool   `json:"track_dirty_pages,omitempty"`
+	HugePages       *string `json:"huge_pages,omitempty"`
+}
+
+// Action types of InstanceActionInfo.
+const (
+	ActionInstanceStart  = "InstanceStart"
+	ActionSendCtrlAltDel = "SendCtrlAltDel"
+	ActionFlushMetrics   = "FlushMetrics"
+)
+
+// InstanceActionInfo is the swagger InstanceActionInfo (PUT /actions).
+type InstanceActionInfo struct {
+	ActionType string `json:"action_type" volt:"required"`
+}
+
+// Values of Vm.state.
+const (
+	VMPaused  = "Paused"
+	VMResumed = "Resumed"
+)
+
+// VM is the swagger Vm (PATCH /vm).
+type VM struct {
+	State string `json:"state" volt:"required"`
+}
+
+// InstanceInfo is the swagger InstanceInfo (GET /).
+type InstanceInfo struct {
+	AppName    string `json:"app_name"`
+	ID         string `json:"id"`
+	State      string `json:"state"`
+	VMMVersion string `json:"vmm_version"`
+}
+
+// FirecrackerVersion is the swagger FirecrackerVersion (GET /version).
+type FirecrackerVersion struct {
+	FirecrackerVersion string `json:"firecracker_version"`
+}
+
+// Logger is the swagger Logger (PUT /logger).
+type Logger struct {
+	LogPath       string `json:"log_path,omitempty"`
+	Level         string `json:"level,omitempty"`
+	ShowLevel     bool   `json:"show_level,omitempty"`
+	ShowLogOrigin bool   `json:"show_log_origin,omitempty"`
+	Module        string `json:"module,omitempty"`
+}
+
+// Metrics is the swagger Metrics (PUT /metrics).
+type Metrics struct {
+	MetricsPath string `json:"metrics_path" volt:"required"`
+}
+
+// TokenBucket is the swagger TokenBucket.
+type TokenBucket struct {
+	Size         int64  `json:"size" volt:"required"`
+	OneTimeBurst *int64 `json:"one_time_burst,omitempty"`
+	RefillTime   int64  `json:"refill_time" volt:"required"`
+}
+
+// RateLimiter is the swagger RateLimiter.
+type RateLimiter struct {
+	Bandwidth *TokenBucket `json:"bandwidth,omitempty"`
+	Ops       *TokenBucket `json:"ops,omitempty"`
+}
+
+// Drive is the swagger Drive (PUT /drives/{drive_id}).
+type Drive struct {
+	DriveID      string       `json:"drive_id" volt:"required"`
+	IsRootDevice bool         `json:"is_root_device" volt:"required"`
+	PartUUID     string       `json:"partuuid,omitempty"`
+	CacheType    string       `json:"cache_type,omitempty"`
+	IsReadOnly   *bool        `json:"is_read_only,omitempty"`
+	PathOnHost   string       `json:"path_on_host,omitempty"`
+	RateLimiter  *RateLimiter `json:"rate_limiter,omitempty"`
+	IOEngine     string       `json:"io_engine,omitempty"`
+	Socket       string       `json:"socket,omitempty"`
+}
+
+// NetworkInterface is the swagger NetworkInterface
+// (PUT /network-interfaces/{iface_id}).
+type NetworkInterface struct {
+	IfaceID       string       `json:"iface_id" volt:"required"`
+	HostDevName   string       `json:"host_dev_name" volt:"required"`
+	GuestMAC      string       `json:"guest_mac,omitempty"`
+	MTU           *int64       `json:"mtu,omitempty"`
+	RxRateLimiter *RateLimiter `json:"rx_rate_limiter,omitempty"`
+	TxRateLimiter *RateLimiter `json:"tx_rate_limiter,omitempty"`
+}
+
+// Vsock is the swagger Vsock (PUT /vsock).
+type Vsock struct {
+	GuestCID int64  `json:"guest_cid" volt:"required"`
+	UDSPath  string `json:"uds_path" volt:"required"`
+	VsockID  string `json:"vsock_id,omitempty"` // deprecated in the swagger; accepted and ignored
+}
+
+// EntropyDevice is the swagger EntropyDevice (PUT /entropy).
+type EntropyDevice struct {
+	RateLimiter *RateLimiter `json:"rate_limiter,omitempty"`
+}
+
+// Snapshot types of SnapshotCreateParams.
+const (
+	SnapshotFull = "Full"
+	SnapshotDiff = "Diff"
+)
+
+// SnapshotCreateParams is the swagger SnapshotCreateParams.
+type SnapshotCreateParams struct {
+	MemFilePath  string `json:"mem_file_path" volt:"required"`
+	SnapshotPath string `json:"snapshot_path" volt:"required"`
+	SnapshotType string `json:"snapshot_type,omitempty"`
+}
+
+// MemoryBackend is the swagger MemoryBackend.
+type MemoryBackend struct {
+	BackendType string `json:"backend_type" volt:"required"`
+	BackendPath string `json:"backend_path" volt:"required"`
+}
+
+// NetworkOverride is the swagger NetworkOverride.
+type NetworkOverride struct {
+	IfaceID     string `json:"iface_id" volt:"required"`
+	HostDevName string `json:"host_dev_name" volt:"required"`
+}
+
+// VsockOverride is the swagger VsockOverride.
+type VsockOverride struct {
+	UDSPath string `json:"uds_path" volt:"required"`
+}
+
+// SnapshotLoadParams is the swagger SnapshotLoadParams.
+type SnapshotLoadParams struct {
+	SnapshotPath        string            `json:"snapshot_path" volt:"required"`
+	MemFilePath         string            `json:"mem_file_path,omitempty"`
+	MemBackend          *MemoryBackend    `json:"mem_backend,omitempty"`
+	EnableDiffSnapshots bool              `json:"enable_diff_snapshots,omitempty"`
+	TrackDirtyPages     bool              `json:"track_dirty_pages,omitempty"`
+	ResumeVM            bool              `json:"resume_vm,omitempty"`
+	NetworkOverrides    []NetworkOverride `json:"network_overrides,omitempty"`
+	VsockOverride       *VsockOverride    `json:"vsock_override,omitempty"`
+	ClockRealtime       bool              `json:"clock_realtime,omitempty"`
+}
+
+// Error is the swagger Error, the body of every 4xx/5xx response.
+type Error struct {
+	FaultMessage string `json:"fault_message"`
+}
+
+// FullVMConfiguration is the swagger FullVmConfiguration (GET /vm/config).
+// Sections volt-vmm does not implement (balloon, cpu-config, mmds-config,
+// pmem, memory-hotplug) are never set.
+type FullVMConfiguration struct {
+	BootSource        *BootSource           `json:"boot-source,omitempty"`
+	MachineConfig     *MachineConfiguration `json:"machine-config,omitempty"`
+	Drives            []Drive               `json:"drives"`
+	NetworkInterfaces []NetworkInterface    `json:"network-interfaces"`
+	Logger            *Logger               `json:"logger,omitempty"`
+	Metrics           *Metrics              `json:"metrics,omitempty"`
+	Vsock             *Vsock                `json:"vsock,omitempty"`
+	Entropy           *EntropyDevice        `json:"entropy,omitempty"`
+}
