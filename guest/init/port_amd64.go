@@ -10,3 +10,8 @@ func outb(port uint16, val uint8)
 
 // portAccess asks for permission to use one port on the current thread.
 func portAccess(port uint16) error { return unix.Ioperm(int(port), 1, 1) }
+
+// inl reads 32 bits from an I/O port; the same permission rule as outb.
+//
+//go:noescape
+func inl(port uint16) uint32

@@ -6,3 +6,10 @@ TEXT ·outb(SB), NOSPLIT, $0-3
 	MOVB val+2(FP), AL
 	OUTB
 	RET
+
+// func inl(port uint16) uint32
+TEXT ·inl(SB), NOSPLIT, $0-12
+	MOVW port+0(FP), DX
+	INL
+	MOVL AX, ret+8(FP)
+	RET

@@ -50,6 +50,14 @@ func main() {
 		in.Sys = sys
 	} else {
 		in.Sys = &voltinit.Linux{}
+		// Clones restored from one snapshot must not share RNG state.
+		w := &voltinit.GenerationWatcher{
+			Read:     voltinit.ReadGenerationID,
+			Reseed:   voltinit.ReseedKernelRNG,
+			Interval: voltinit.GenIDInterval,
+			Logf:     func(f string, a ...any) { fmt.Fprintf(os.Stdout, "volt-init: "+f+"\n", a...) },
+		}
+		go w.Run(nil)
 	}
 	if err := in.Run(); err != nil {
 		// Exiting PID 1 panics the kernel, which at least stops the VM
