@@ -1,0 +1,88 @@
+package bench
+
+import (
+	"slices"
+	"time"
+
+	"github.com/voltvmm/volt/bench/trace"
+	"github.com/voltvmm/volt/guest/marker"
+)
+
+// Stage is one row of every table: a point of the boot, timed from the exec
+// of the VMM.
+type Stage struct {
+	Name      string // also the Prometheus "stage" label value
+	Milestone trace.Milestone
+	// Gated stages are the ones the issue names; the others (memory,
+	// vCPU, kernel entry) are shown for insight but not gated, since
+	// every extra test is another chance of a false alarm.
+	Gated bool
+}
+
+func markerMilestone(s marker.Stage) trace.Milestone {
+	m, _ := trace.Marker(s)
+	return m
+}
+
+// Stages lists the rows in the order of the issue: exec → VMM ready →
+// guest entry → first console output → PID 1 → ready → exit.
+var Stages = []Stage{
+	{"vmm-ready", trace.VMCreated, true},
+	{"memory", trace.Memory, false},
+	{"vcpu", trace.VCPU, false},
+	{"guest-entry", trace.GuestEntry, true},
+	{"kernel-entry", markerMilestone(marker.KernelEntry), false},
+	{"first-output", trace.FirstOutput, true},
+	{"pid1", markerMilestone(marker.PID1), true},
+	{"ready", markerMilestone(marker.Ready), true},
+	{"exit", trace.Exit, true},
+}
+
+// StageNames returns the names of Stages in order.
+func StageNames() []string {
+	names := make([]string, len(Stages))
+	for i, s := range Stages {
+		names[i] = s.Name
+	}
+	return names
+}
+
+// StageTime is one stage of one boot.
+type StageTime struct {
+	At time.Duration // since exec
+	// Exits during the stage: between the previous stage reached (in time
+	// order, among Stages) and this one.
+	KVMExits, UserExits uint32
+}
+
+// stageTimes picks the rows out of a trace record. Exits are summed over
+// the record's points so that stages which are not rows (kernel markers
+// other than entry, shutdown) still count towards the row that follows.
+func stageTimes(rec trace.Record) map[string]StageTime {
+	type cum struct {
+		at        time.Duration
+		kvm, user uint64
+		name      string
+	}
+	byMilestone := map[trace.Milestone]string{}
+	for _, s := range Stages {
+		byMilestone[s.Milestone] = s.Name
+	}
+	var rows []cum
+	var kvm, user uint64
+	for _, p := range rec.Points {
+		kvm += uint64(p.KVMExits)
+		user += uint64(p.UserExits)
+		if name, ok := byMilestone[p.Milestone]; ok {
+			rows = append(rows, cum{p.At, kvm, user, name})
+		}
+	}
+	slices.SortStableFunc(rows, func(a, b cum) int { return int(a.at - b.at) })
+	out := make(map[string]StageTime, len(rows))
+	var prevKVM, prevUser uint64
+	for _, r := range rows {
+		out[r.name] = StageTime{At: r.at, KVMExits: uint32(r.kvm - prevKVM), UserExits: uint32(r.user - prevUser)}
+		prevKVM, prevUser = r.kvm, r.user
+	}
+	return out
+}
