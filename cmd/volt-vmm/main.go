@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -15,6 +17,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/voltvmm/volt/vmm"
+	"github.com/voltvmm/volt/vmm/api"
 	"github.com/voltvmm/volt/vmm/boot"
 	"github.com/voltvmm/volt/vmm/cpu"
 )
@@ -53,10 +56,14 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		template    = fs.String("cpu-template", "host", "CPUID template: "+strings.Join(cpu.TemplateNames(), ", "))
 		cpuidMask   = fs.String("cpuid-mask", "", "comma-separated CPU features to hide from the guest (e.g. cx16,popcnt)")
 		markerDelay = fs.Duration("test-marker-delay", 0, "testing only: stall the guest this long at every boot marker, to inject a regression")
+		apiSock     = fs.String("api-sock", "", "serve the Firecracker-compatible API on this Unix socket and boot on InstanceStart (see docs/api.md)")
+		configFile  = fs.String("config-file", "", "boot from a Firecracker JSON config file (boot-source, machine-config, ...)")
+		noAPI       = fs.Bool("no-api", false, "serve no API (the default unless --api-sock is given; for Firecracker-compatible command lines)")
+		instanceID  = fs.String("id", api.DefaultID, "instance id reported by GET /")
 	)
 	fs.MarkHidden("test-marker-delay")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: volt-vmm --kernel PATH [flags]\n\nRuns one KVM microVM until the guest powers off.\nExit status: 0 guest powered off, 1 VMM error, 2 bad usage, 3 guest died, 4 stopped by signal.\n\n")
+		fmt.Fprintf(stderr, "Usage: volt-vmm --kernel PATH [flags]\n       volt-vmm --api-sock PATH [flags]\n       volt-vmm --config-file FILE [--api-sock PATH] [flags]\n\nRuns one KVM microVM until the guest powers off.\nExit status: 0 guest powered off, 1 VMM error, 2 bad usage, 3 guest died, 4 stopped by signal.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -90,37 +97,103 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if cfg.CPUIDMask, err = cpu.ParseMask(*cpuidMask); err != nil {
 		return usage(stderr, "--cpuid-mask: %v", err)
 	}
+	if *noAPI && *apiSock != "" {
+		return usage(stderr, "--no-api and --api-sock contradict each other")
+	}
+	if *configFile != "" && *kernel != "" {
+		return usage(stderr, "--config-file and --kernel both name the kernel; use one")
+	}
+	if err := api.ValidateID(*instanceID); err != nil {
+		return usage(stderr, "--id: %v", err)
+	}
 	closeConsole, err := setConsole(&cfg, *console, stdin, stdout)
 	if err != nil {
 		return usage(stderr, "--console: %v", err)
 	}
 	defer closeConsole()
-	if err := cfg.Validate(); err != nil {
+	if err := validateFlags(cfg, *apiSock == "" && *configFile == ""); err != nil {
 		return usage(stderr, "%s", strings.ReplaceAll(err.Error(), "\n", "; "))
 	}
 
-	vm, err := vmm.New(cfg)
-	if err != nil {
-		fmt.Fprintf(stderr, "volt-vmm: %v\n", err)
-		return exitVMMError
+	ctrl := api.NewController(api.Options{
+		ID:         *instanceID,
+		VMMVersion: vmmVersion(),
+		Base:       cfg,
+		LogOutput:  stderr,
+		LogLevel:   slog.LevelWarn,
+	})
+	defer ctrl.Close()
+	if *configFile != "" {
+		cf, err := api.LoadConfigFile(*configFile)
+		if err != nil {
+			return usage(stderr, "--config-file: %v", err)
+		}
+		if err := ctrl.Apply(cf); err != nil {
+			return usage(stderr, "--config-file %s: %v", *configFile, err)
+		}
 	}
-	defer vm.Close()
+	if *apiSock != "" {
+		srv, err := api.Listen(*apiSock)
+		if err != nil {
+			fmt.Fprintf(stderr, "volt-vmm: %v\n", err)
+			return exitVMMError
+		}
+		srv.Start(ctrl.Handler())
+		defer shutdown(srv)
+	}
+	// Without an API nothing else could start the VM: boot now, as
+	// Firecracker does with --config-file.
+	if *apiSock == "" || *configFile != "" {
+		if err := ctrl.Start(); err != nil {
+			fmt.Fprintf(stderr, "volt-vmm: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
+			return exitVMMError
+		}
+	}
 
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer cancel()
-	res := vm.Run(ctx)
-	if *bootTimer {
-		vmm.WriteBootTimer(stderr, vm.BootStages())
+	select {
+	case <-ctrl.Done():
+	case <-ctx.Done():
+		ctrl.Stop()
 	}
-	switch res.Reason {
-	case vmm.StopPowerOff:
-		return exitOK
-	case vmm.StopCanceled:
+	res, ended := ctrl.Result()
+	if m := ctrl.Machine(); m != nil && *bootTimer {
+		vmm.WriteBootTimer(stderr, m.BootStages())
+	}
+	switch {
+	case !ended || res.Reason == vmm.StopCanceled:
 		fmt.Fprintln(stderr, "volt-vmm: stopped by signal")
 		return exitStopped
+	case res.Reason == vmm.StopPowerOff:
+		return exitOK
 	}
 	fmt.Fprintf(stderr, "volt-vmm: guest died: %v\n", res.Err)
 	return exitGuestDied
+}
+
+// validateFlags checks the VM flags. The kernel may come later, through
+// the API or a config file, unless the flags alone must boot.
+func validateFlags(cfg vmm.Config, needKernel bool) error {
+	if !needKernel && cfg.KernelPath == "" {
+		cfg.KernelPath = "(set later)"
+	}
+	return cfg.Validate()
+}
+
+// shutdown closes the API socket, giving requests in flight a moment.
+func shutdown(srv *api.Server) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	srv.Shutdown(ctx)
+}
+
+// vmmVersion is the module version stamped by the Go toolchain, for GET /.
+func vmmVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
 }
 
 func usage(stderr io.Writer, format string, args ...any) int {

@@ -3,10 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -111,5 +115,169 @@ func TestConsoleToFile(t *testing.T) {
 	p.Signal(os.Interrupt)
 	if status := <-done; status != exitStopped {
 		t.Fatalf("status %d, want %d (stopped by signal); stderr: %s", status, exitStopped, stderr.String())
+	}
+}
+
+func TestAPIUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	regular := write("not-a-socket", "keep")
+	tests := []struct {
+		name    string
+		args    []string
+		status  int
+		wantErr string
+	}{
+		{"no-api with api-sock", []string{"--no-api", "--api-sock", filepath.Join(dir, "s")}, exitUsage, "contradict"},
+		{"config file and kernel", []string{"--config-file", regular, "--kernel", regular}, exitUsage, "use one"},
+		{"bad id", []string{"--api-sock", filepath.Join(dir, "s"), "--id", "a b"}, exitUsage, "--id: instance id"},
+		{"bad cpus with api", []string{"--api-sock", filepath.Join(dir, "s"), "--cpus", "0"}, exitUsage, "vCPU count 0"},
+		{"missing config file", []string{"--config-file", filepath.Join(dir, "nope.json")}, exitUsage, "no such file"},
+		{"config file unknown field", []string{"--config-file", write("unknown.json", `{"boot-source": {"kernel_image_path": "/k"}, "machine_config": {}}`)}, exitUsage, `unknown field "machine_config"`},
+		{"config file balloon", []string{"--config-file", write("balloon.json", `{"boot-source": {"kernel_image_path": "/k"}, "balloon": {"amount_mib": 1}}`)}, exitUsage, `section "balloon" is not supported`},
+		{"config file missing kernel", []string{"--config-file", write("nokernel.json", `{"boot-source": {"kernel_image_path": "/nonexistent/vmlinux"}}`)}, exitUsage, "boot-source: kernel_image_path"},
+		{"config file bad machine", []string{"--config-file", write("vcpus.json", `{"boot-source": {"kernel_image_path": "`+regular+`"}, "machine-config": {"vcpu_count": 64, "mem_size_mib": 128}}`)}, exitUsage, "vcpu_count must be between 1 and 32"},
+		{"socket path is a regular file", []string{"--api-sock", regular}, exitVMMError, "not a socket"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			status := run(tt.args, strings.NewReader(""), &bytes.Buffer{}, &stderr)
+			if status != tt.status {
+				t.Fatalf("status %d, want %d; stderr:\n%s", status, tt.status, stderr.String())
+			}
+			if !strings.Contains(stderr.String(), tt.wantErr) {
+				t.Fatalf("stderr %q does not mention %q", stderr.String(), tt.wantErr)
+			}
+		})
+	}
+	if b, _ := os.ReadFile(regular); string(b) != "keep" {
+		t.Fatal("the regular file at --api-sock was changed")
+	}
+}
+
+// lockedBuffer is the console output, written by a vCPU thread and read
+// by the test.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestAPISocketBootsProbeAndExitsOnPoweroff(t *testing.T) {
+	kvmtest.Require(t)
+	elf, err := probe.Path(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "volt.sock")
+	inR, inW := io.Pipe()
+	defer inW.Close()
+	var stdout lockedBuffer
+	var stderr bytes.Buffer
+	done := make(chan int, 1)
+	go func() { done <- run([]string{"--api-sock", sock, "--id", "cli-test"}, inR, &stdout, &stderr) }()
+	waitFor(t, "the API socket", func() bool {
+		st, err := os.Lstat(sock)
+		return err == nil && st.Mode().Type() == os.ModeSocket
+	})
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	put := func(path, body string) {
+		t.Helper()
+		req, _ := http.NewRequest("PUT", "http://localhost"+path, strings.NewReader(body))
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNoContent {
+			t.Fatalf("PUT %s: %d %s", path, resp.StatusCode, b)
+		}
+	}
+	resp, err := client.Get("http://localhost/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(info), `"id":"cli-test"`) || !strings.Contains(string(info), `"state":"Not started"`) {
+		t.Errorf("GET /: %s", info)
+	}
+	put("/boot-source", `{"kernel_image_path": "`+elf+`"}`)
+	put("/machine-config", `{"vcpu_count": 2, "mem_size_mib": 32}`)
+	put("/actions", `{"action_type": "InstanceStart"}`)
+	waitFor(t, "the probe's ready line", func() bool { return strings.Contains(stdout.String(), probe.ReadyLine) })
+	if !strings.Contains(stdout.String(), "volt-probe: booted cpus=2") {
+		t.Errorf("console: %s", stdout.String())
+	}
+	io.WriteString(inW, "poweroff\n")
+	select {
+	case status := <-done:
+		if status != exitOK {
+			t.Fatalf("status %d; stderr:\n%s", status, stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("volt-vmm did not exit after the guest powered off")
+	}
+	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
+		t.Errorf("socket left behind: %v", err)
+	}
+}
+
+func TestConfigFileBootsProbe(t *testing.T) {
+	kvmtest.Require(t)
+	elf, err := probe.Path(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(t.TempDir(), "vm.json")
+	body := `{
+  "boot-source": {"kernel_image_path": "` + elf + `", "boot_args": "console=ttyS0"},
+  "machine-config": {"vcpu_count": 2, "mem_size_mib": 32, "smt": false},
+  "drives": [],
+  "network-interfaces": [],
+  "balloon": null
+}`
+	if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	status := run([]string{"--no-api", "--config-file", cfg}, strings.NewReader("echo from a config file\npoweroff\n"), &stdout, &stderr)
+	if status != exitOK {
+		t.Fatalf("status %d; stderr:\n%s", status, stderr.String())
+	}
+	if !strings.Contains(stdout.String(), "volt-probe: booted cpus=2") || !strings.Contains(stdout.String(), "\nfrom a config file\n") {
+		t.Errorf("console:\n%s", stdout.String())
 	}
 }

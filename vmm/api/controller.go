@@ -509,7 +509,7 @@ func (c *Controller) Action(a InstanceActionInfo) error {
 	case ActionInstanceStart:
 		// Through the API the boot timeline starts at InstanceStart: the
 		// time a client spends configuring is not boot time.
-		return c.start(time.Now())
+		return c.start(time.Now(), "InstanceStart: ")
 	case ActionSendCtrlAltDel:
 		if err := c.begin(OpSendCtrlAltDel); err != nil {
 			return err
@@ -533,27 +533,32 @@ func (c *Controller) Action(a InstanceActionInfo) error {
 // boot timeline origin of Options.Base (the process start, for the
 // command line and config file paths).
 func (c *Controller) Start() error {
-	return c.start(time.Time{})
+	return c.start(time.Time{}, "")
 }
 
-func (c *Controller) start(origin time.Time) error {
+// start builds and launches the VM; prefix labels its errors for API
+// clients, while the command line prints them bare.
+func (c *Controller) start(origin time.Time, prefix string) error {
 	if err := c.begin(OpInstanceStart); err != nil {
 		return err
 	}
 	defer c.mu.Unlock()
 	if c.cfg.KernelPath == "" {
-		return errors.New("InstanceStart: no boot source: PUT /boot-source first")
+		return errors.New(prefix + "no boot source: PUT /boot-source first")
 	}
 	cfg := c.cfg
 	if !origin.IsZero() {
 		cfg.Origin = origin
 	}
 	if err := cfg.Validate(); err != nil {
-		return fmt.Errorf("InstanceStart: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
+		return fmt.Errorf("%s%s", prefix, strings.ReplaceAll(err.Error(), "\n", "; "))
 	}
 	m, err := c.opts.Build(cfg)
 	if err != nil {
-		return fmt.Errorf("InstanceStart: build the microVM: %w", err)
+		if prefix != "" {
+			return fmt.Errorf("%sbuild the microVM: %w", prefix, err)
+		}
+		return err
 	}
 	c.launchLocked(m, Running)
 	c.log.Info("microVM started", "vcpus", cfg.CPUs, "memory", vmm.FormatSize(cfg.MemorySize), "kernel", cfg.KernelPath)
