@@ -59,3 +59,12 @@ func (v *VM) Metrics() Metrics {
 	}
 	return m
 }
+
+// Started reports whether Run has begun: from then on Pause and Resume
+// apply. Callers that start Run on another goroutine wait for it before
+// accepting pause requests.
+func (v *VM) Started() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.started
+}

@@ -65,8 +65,10 @@ type Options struct {
 	Base vmm.Config
 	// Build creates the VM at InstanceStart; nil means vmm.New.
 	Build func(vmm.Config) (Machine, error)
-	// CreateSnapshot and LoadSnapshot implement the snapshot endpoints;
-	// nil answers them with ErrSnapshotUnavailable.
+	// CreateSnapshot and LoadSnapshot implement the snapshot endpoints.
+	// When nil, a machine with a CreateSnapshot method (*vmm.VM) snapshots
+	// itself, and with the real VMM (Build nil) loads use vmm.Restore;
+	// otherwise the endpoints answer ErrSnapshotUnavailable.
 	CreateSnapshot func(ctx context.Context, m Machine, p SnapshotCreateParams) error
 	LoadSnapshot   func(ctx context.Context, base vmm.Config, p SnapshotLoadParams) (Machine, error)
 	// LogOutput receives log records until PUT /logger redirects them;
@@ -87,10 +89,9 @@ type Controller struct {
 	log     *slog.Logger
 	logSwap *swapHandler
 
-	mu         sync.Mutex // guards the fields below; held for a whole request
-	state      State
-	cfg        vmm.Config
-	trackDirty bool
+	mu    sync.Mutex // guards the fields below; held for a whole request
+	state State
+	cfg   vmm.Config
 	// configured is set once anything but the logger and metrics was
 	// configured, after which a snapshot can no longer be loaded.
 	configured bool
@@ -122,6 +123,12 @@ func NewController(opts Options) *Controller {
 	}
 	if opts.Build == nil {
 		opts.Build = func(cfg vmm.Config) (Machine, error) { return vmm.New(cfg) }
+		if opts.LoadSnapshot == nil {
+			opts.LoadSnapshot = restore
+		}
+	}
+	if opts.CreateSnapshot == nil {
+		opts.CreateSnapshot = snapshotItself
 	}
 	out := opts.LogOutput
 	if out == nil {
@@ -247,7 +254,7 @@ func (c *Controller) machineConfigLocked() MachineConfiguration {
 	m := MachineConfiguration{
 		VCPUCount:       int64(c.cfg.CPUs),
 		MemSizeMib:      int64(c.cfg.MemorySize >> 20),
-		TrackDirtyPages: c.trackDirty,
+		TrackDirtyPages: c.cfg.TrackDirtyPages,
 		HugePages:       HugePagesNone,
 	}
 	if c.cfg.HugePages {
@@ -322,7 +329,7 @@ func (c *Controller) setMachineConfigLocked(m MachineConfiguration) {
 	if m.CPUTemplate == "" || m.CPUTemplate == CPUTemplateNone {
 		c.cfg.CPUTemplate = "host"
 	}
-	c.trackDirty = m.TrackDirtyPages
+	c.cfg.TrackDirtyPages = m.TrackDirtyPages
 	c.configured = true
 }
 
@@ -582,6 +589,68 @@ func (c *Controller) launchLocked(m Machine, s State) {
 		close(c.done)
 		c.log.Info("microVM stopped", "reason", string(res.Reason), "err", res.Err)
 	}()
+	c.waitStarted(m)
+}
+
+// startWait bounds the wait for Run to begin; it takes microseconds, and
+// the bound only keeps a wedged machine from hanging the API.
+const startWait = 5 * time.Second
+
+// waitStarted returns once m's Run has begun, so that a pause requested
+// right after InstanceStart applies to the running VM instead of failing
+// because Run has not been scheduled yet.
+func (c *Controller) waitStarted(m Machine) {
+	s, ok := m.(interface{ Started() bool })
+	if !ok {
+		return
+	}
+	deadline := time.Now().Add(startWait)
+	for !s.Started() && time.Now().Before(deadline) {
+		select {
+		case <-c.done:
+			return
+		case <-time.After(20 * time.Microsecond):
+		}
+	}
+}
+
+// snapshotItself is the default CreateSnapshot: machines that can
+// snapshot themselves (*vmm.VM) do.
+func snapshotItself(ctx context.Context, m Machine, p SnapshotCreateParams) error {
+	s, ok := m.(interface {
+		CreateSnapshot(context.Context, vmm.SnapshotParams) error
+	})
+	if !ok {
+		return ErrSnapshotUnavailable
+	}
+	return s.CreateSnapshot(ctx, vmm.SnapshotParams{StatePath: p.SnapshotPath, MemPath: p.MemFilePath, Type: vmm.SnapshotType(p.SnapshotType)})
+}
+
+// restore is the default LoadSnapshot with the real VMM. The restored VM
+// keeps the console of base, and starts paused unless resume_vm is set.
+func restore(ctx context.Context, base vmm.Config, p SnapshotLoadParams) (Machine, error) {
+	mem := p.MemFilePath
+	if b := p.MemBackend; b != nil {
+		if b.BackendType != "File" {
+			return nil, fmt.Errorf("mem_backend %q is not supported by volt-vmm; use \"File\"", b.BackendType)
+		}
+		mem = b.BackendPath
+	}
+	// Firecracker tracks dirty pages after a load only when asked to.
+	track := p.TrackDirtyPages || p.EnableDiffSnapshots
+	v, err := vmm.Restore(ctx, vmm.RestoreConfig{
+		StatePath:       p.SnapshotPath,
+		MemPath:         mem,
+		Resume:          p.ResumeVM,
+		Console:         base.Console,
+		ConsoleInput:    base.ConsoleInput,
+		Origin:          time.Now(),
+		TrackDirtyPages: &track,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v, nil
 }
 
 // PatchVM answers PATCH /vm.
@@ -619,13 +688,13 @@ func (c *Controller) CreateSnapshot(ctx context.Context, p SnapshotCreateParams)
 		return err
 	}
 	defer c.mu.Unlock()
-	if p.SnapshotType == SnapshotDiff && !c.trackDirty {
+	if p.SnapshotType == SnapshotDiff && !c.cfg.TrackDirtyPages {
 		return errors.New("a Diff snapshot needs dirty page tracking: set track_dirty_pages in machine-config before the start")
 	}
-	if c.opts.CreateSnapshot == nil {
-		return ErrSnapshotUnavailable
-	}
 	if err := c.opts.CreateSnapshot(ctx, c.machine, p); err != nil {
+		if errors.Is(err, ErrSnapshotUnavailable) {
+			return err
+		}
 		return fmt.Errorf("create snapshot: %w", err)
 	}
 	return nil
@@ -651,16 +720,17 @@ func (c *Controller) LoadSnapshot(ctx context.Context, p SnapshotLoadParams) err
 	if err != nil {
 		return fmt.Errorf("load snapshot: %w", err)
 	}
-	c.trackDirty = p.TrackDirtyPages || p.EnableDiffSnapshots
+	// As Firecracker's GET /vm/config after a restore: no boot source,
+	// and the machine as the snapshot describes it.
+	mm := m.Metrics()
+	c.cfg.KernelPath, c.cfg.InitrdPath = "", ""
+	c.cfg.CPUs, c.cfg.MemorySize, c.cfg.HugePages = mm.VCPUs, mm.MemoryBytes, mm.HugePages
+	c.cfg.TrackDirtyPages = p.TrackDirtyPages || p.EnableDiffSnapshots
+	state := Paused
 	if p.ResumeVM {
-		c.launchLocked(m, Running)
-		return nil
+		state = Running
 	}
-	if err := m.Pause(); err != nil {
-		m.Close()
-		return fmt.Errorf("load snapshot: keep the VM paused: %w", err)
-	}
-	c.launchLocked(m, Paused)
+	c.launchLocked(m, state)
 	return nil
 }
 

@@ -291,3 +291,81 @@ func TestListenRefusesToReplaceFiles(t *testing.T) {
 	}
 	srv.Shutdown(context.Background())
 }
+
+// probeVM is a controller serving the API over a socket, with the guest
+// console wired to the test.
+type probeVM struct {
+	ctrl *Controller
+	api  *apiClient
+	con  *console
+}
+
+func startProbeVM(t *testing.T, dir, name string) *probeVM {
+	t.Helper()
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	ctrl := NewController(Options{ID: name, LogOutput: io.Discard, Base: vmm.Config{Console: outW, ConsoleInput: inR}})
+	sock := filepath.Join(dir, name+".sock")
+	srv, err := Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start(ctrl.Handler())
+	t.Cleanup(func() {
+		srv.Shutdown(context.Background())
+		ctrl.Close()
+		inW.Close()
+		outW.Close()
+	})
+	return &probeVM{ctrl: ctrl, api: newAPIClient(t, sock), con: newConsole(t, outR, inW)}
+}
+
+func TestSnapshotCreateAndLoadThroughTheAPI(t *testing.T) {
+	kvmtest.Require(t)
+	probeELF, err := probe.Path(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatalf("build probe guest: %v", err)
+	}
+	dir := t.TempDir()
+	statePath, memPath := filepath.Join(dir, "vm.snap"), filepath.Join(dir, "vm.mem")
+
+	first := startProbeVM(t, dir, "original")
+	first.api.call("PUT", "/boot-source", "BootSource", `{"kernel_image_path": "`+probeELF+`"}`, 204, "")
+	first.api.call("PUT", "/machine-config", "MachineConfiguration", `{"vcpu_count": 2, "mem_size_mib": 32}`, 204, "")
+	first.api.call("PUT", "/actions", "InstanceActionInfo", `{"action_type": "InstanceStart"}`, 204, "")
+	// Pausing at once must work: InstanceStart returns only once the VM
+	// accepts pause requests.
+	first.api.call("PATCH", "/vm", "Vm", `{"state": "Paused"}`, 204, "")
+	first.api.call("PATCH", "/vm", "Vm", `{"state": "Resumed"}`, 204, "")
+	first.con.expect(probe.ReadyLine)
+	first.con.send("touch 200")
+	touched := strings.TrimPrefix(first.con.expect("touched 200 sum="), "touched")
+
+	snap := `{"snapshot_path": "` + statePath + `", "mem_file_path": "` + memPath + `", "snapshot_type": "Full"}`
+	first.api.call("PUT", "/snapshot/create", "SnapshotCreateParams", snap, 400, "") // running: must pause first
+	first.api.call("PATCH", "/vm", "Vm", `{"state": "Paused"}`, 204, "")
+	first.api.call("PUT", "/snapshot/create", "SnapshotCreateParams", snap, 204, "")
+	first.ctrl.Stop()
+
+	second := startProbeVM(t, dir, "clone")
+	second.api.call("PUT", "/snapshot/load", "SnapshotLoadParams",
+		`{"snapshot_path": "`+statePath+`", "mem_backend": {"backend_type": "File", "backend_path": "`+memPath+`"}}`, 204, "")
+	if s := second.api.state(); s != "Paused" {
+		t.Fatalf("state %q after loading without resume_vm", s)
+	}
+	second.api.call("GET", "/vm/config", "", "", 200, "FullVmConfiguration")
+	second.api.call("PUT", "/actions", "InstanceActionInfo", `{"action_type": "InstanceStart"}`, 400, "")
+	second.api.call("PATCH", "/vm", "Vm", `{"state": "Resumed"}`, 204, "")
+	second.con.send("sum 200")
+	if sum := strings.TrimPrefix(second.con.expect("sum 200 sum="), "sum"); sum != touched {
+		t.Fatalf("restored memory sums to %q, the original to %q", sum, touched)
+	}
+	second.con.send("cpus")
+	second.con.expect("cpus 2")
+	second.con.send("poweroff")
+	select {
+	case <-second.ctrl.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatalf("restored VM did not power off; output:\n%s", second.con.output())
+	}
+}
