@@ -15,17 +15,10 @@ func setEntryState(c *kvm.VCPU, e *boot.Entry) error {
 	if err != nil {
 		return err
 	}
-	seg := func(s boot.Segment) kvm.Segment {
-		return kvm.Segment{
-			Base: s.Base, Limit: s.Limit, Selector: s.Selector, Type: s.Type, Present: s.Present,
-			DPL: s.DPL, DB: s.DB, S: s.S, L: s.L, G: s.G, AVL: s.AVL, Unusable: s.Unusable,
-		}
-	}
-	sregs.CS, sregs.DS, sregs.ES = seg(e.CS), seg(e.DS), seg(e.ES)
-	sregs.FS, sregs.GS, sregs.SS = seg(e.FS), seg(e.GS), seg(e.SS)
-	sregs.TR, sregs.LDT = seg(e.TR), seg(e.LDT)
-	sregs.GDT = kvm.DTable{Base: e.GDT.Base, Limit: e.GDT.Limit}
-	sregs.IDT = kvm.DTable{Base: e.IDT.Base, Limit: e.IDT.Limit}
+	sregs.CS, sregs.DS, sregs.ES = e.CS, e.DS, e.ES
+	sregs.FS, sregs.GS, sregs.SS = e.FS, e.GS, e.SS
+	sregs.TR, sregs.LDT = e.TR, e.LDT
+	sregs.GDT, sregs.IDT = e.GDT, e.IDT
 	sregs.CR0, sregs.CR3, sregs.CR4, sregs.EFER = e.CR0, e.CR3, e.CR4, e.EFER
 	if err := c.SetSregs(sregs); err != nil {
 		return err

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 
+	"github.com/voltvmm/volt/vmm/kvm"
 	"github.com/voltvmm/volt/vmm/memory"
 )
 
@@ -19,28 +20,13 @@ const (
 	gdtEntries = 6
 )
 
-// DescriptorTable is a GDTR or IDTR value.
-type DescriptorTable struct {
-	Base  uint64
-	Limit uint16
-}
+// DescriptorTable is a GDTR or IDTR value, in the form KVM takes it.
+type DescriptorTable = kvm.DTable
 
 // Segment is a segment register as KVM's kvm_segment describes it: the
-// descriptor unpacked, with the limit in bytes.
-type Segment struct {
-	Base     uint64
-	Limit    uint32
-	Selector uint16
-	Type     uint8
-	Present  uint8
-	DPL      uint8
-	DB       uint8
-	S        uint8
-	L        uint8
-	G        uint8
-	AVL      uint8
-	Unusable uint8
-}
+// descriptor unpacked, with the limit in bytes. The boot loader produces
+// KVM's own plain struct so that the VMM can install it without a copy.
+type Segment = kvm.Segment
 
 // Access-byte types (SDM vol. 3 3.4.5.1 and 3.5).
 const (
