@@ -39,7 +39,9 @@ type GateResult struct {
 var ErrGateInput = errors.New("gate cannot judge")
 
 // Gate compares every gated stage of cand against base, at p50 and p99,
-// with a one-sided permutation test (see Compare). The family of tests
+// with one-sided permutation tests: for p50 on the rank sum (CompareShift:
+// robust when a loaded machine stalls some boots), for p99 on the p99
+// difference itself (Compare), each with the noise floors on the quantile. The family of tests
 // shares tol.Alpha (Bonferroni), so a clean run fails with probability at
 // most Alpha however many stages there are. A stage that base reaches but
 // cand never does, or any failed candidate boot, fails the gate outright.
@@ -77,7 +79,7 @@ func Gate(base, cand *Run, tol Tolerance) (GateResult, error) {
 			return res, fmt.Errorf("%w: stage %s has %d baseline and %d candidate samples, need %d each (run more boots: -n)", ErrGateInput, s.Name, len(a), len(b), GateMinSamples)
 		default:
 			var err error
-			if row.P50, err = Compare(a, b, 0.5, per); err != nil {
+			if row.P50, err = CompareShift(a, b, 0.5, per); err != nil {
 				return res, fmt.Errorf("%w: %s p50: %w", ErrGateInput, s.Name, err)
 			}
 			if row.P99, err = Compare(a, b, 0.99, per); err != nil {

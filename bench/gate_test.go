@@ -12,8 +12,10 @@ import (
 )
 
 func TestGateCleanRunsPass(t *testing.T) {
-	// Twenty independent clean A/B pairs: with alpha shared by the twelve
-	// tests, none should fail (each fails with probability ≤ 0.01).
+	// Twenty independent clean A/B pairs. Alpha is shared by the twelve
+	// tests of a gate, so each pair fails with probability at most 0.01;
+	// Binomial(20, 0.01) reaches 3 with probability about 0.001.
+	var failed int
 	for seed := uint64(0); seed < 20; seed++ {
 		base := syntheticRun("volt", 20, 1, 100+seed)
 		cand := syntheticRun("volt", 20, 1, 200+seed)
@@ -21,14 +23,18 @@ func TestGateCleanRunsPass(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if g.Failed {
-			var buf bytes.Buffer
-			WriteGate(&buf, g)
-			t.Fatalf("seed %d: clean run failed the gate:\n%s", seed, buf.String())
-		}
 		if len(g.Rows) != 6 {
 			t.Fatalf("%d gated rows, want 6", len(g.Rows))
 		}
+		if g.Failed {
+			failed++
+			var buf bytes.Buffer
+			WriteGate(&buf, g)
+			t.Logf("seed %d: clean pair failed (expected about once in 100):\n%s", seed, buf.String())
+		}
+	}
+	if failed > 2 {
+		t.Errorf("%d of 20 clean pairs failed the gate", failed)
 	}
 }
 

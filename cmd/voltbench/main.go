@@ -301,7 +301,7 @@ func cmdBoot(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	runs, err := c.session(ctx, []bench.Arm{{Name: c.vmm, Config: cfg}}, stderr)
 	if len(runs) > 0 {
 		bench.WriteTable(stdout, runs[0])
-		if jerr := writeJSON(c.jsonOut, runs, args); jerr != nil {
+		if jerr := writeJSON(c.jsonOut, runs, append([]string{"boot"}, args...)); jerr != nil {
 			return fail(stderr, "%v", jerr)
 		}
 	}
@@ -379,17 +379,23 @@ func cmdGate(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		candidate = fs.String("candidate", "", "judge these saved results instead of booting")
 		abBin     = fs.String("ab-vmm-bin", "", "baseline volt-vmm binary to boot interleaved with the candidate (same-run A/B, preferred over the file)")
 		tol       = bench.DefaultTolerance()
+		ftol      = bench.FileTolerance()
 	)
 	fs.Float64Var(&tol.Alpha, "alpha", tol.Alpha, "family-wise significance level, shared by all stage tests")
-	fs.Float64Var(&tol.RelFloor, "rel-floor", tol.RelFloor, "ignore slowdowns under this fraction of the baseline")
-	fs.Float64Var(&tol.AbsFloorUS, "abs-floor-us", tol.AbsFloorUS, "ignore slowdowns under this many µs")
+	fs.Float64Var(&tol.RelFloor, "rel-floor", tol.RelFloor, "same-run A/B: ignore slowdowns under this fraction of the baseline")
+	fs.Float64Var(&tol.AbsFloorUS, "abs-floor-us", tol.AbsFloorUS, "same-run A/B: ignore slowdowns under this many µs")
+	fs.Float64Var(&ftol.RelFloor, "file-rel-floor", ftol.RelFloor, "against the baseline file (another session): ignore slowdowns under this fraction")
+	fs.Float64Var(&ftol.AbsFloorUS, "file-abs-floor-us", ftol.AbsFloorUS, "against the baseline file: ignore slowdowns under this many µs")
 	fs.IntVar(&tol.Permutations, "permutations", tol.Permutations, "Monte Carlo permutations per test")
 	if ok, code := parseFlags(fs, args, stderr); !ok {
 		return code
 	}
-	if err := tol.Validate(); err != nil {
-		fmt.Fprintf(stderr, "voltbench gate: %v\n", err)
-		return exitUsage
+	ftol.Alpha, ftol.Permutations = tol.Alpha, tol.Permutations
+	for _, t := range []bench.Tolerance{tol, ftol} {
+		if err := t.Validate(); err != nil {
+			fmt.Fprintf(stderr, "voltbench gate: %v\n", err)
+			return exitUsage
+		}
 	}
 	baseRes, err := readResults(*baseline)
 	if err != nil {
@@ -438,7 +444,7 @@ func cmdGate(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if base.Guest != cand.Guest {
 		fmt.Fprintf(stderr, "voltbench gate: warning: baseline guest %q, candidate guest %q\n", base.Guest, cand.Guest)
 	}
-	judge := func(b *bench.Run, label string) (bench.GateResult, int) {
+	judge := func(b *bench.Run, label string, tol bench.Tolerance) (bench.GateResult, int) {
 		g, err := bench.Gate(b, cand, tol)
 		if err != nil {
 			return g, fail(stderr, "%s: %v", label, err)
@@ -450,10 +456,10 @@ func cmdGate(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if abBase != nil {
 		// Same-run A/B decides: both sides saw the same machine minute.
 		// The file comparison is printed for the record only.
-		if _, code := judge(base, "against "+*baseline+" (information only; the A/B run decides)"); code != exitOK {
+		if _, code := judge(base, "against "+*baseline+" (information only; the A/B run decides)", ftol); code != exitOK {
 			fmt.Fprintln(stderr, "voltbench gate: file comparison skipped")
 		}
-		g, code := judge(abBase, "same-run A/B against "+*abBin)
+		g, code := judge(abBase, "same-run A/B against "+*abBin, tol)
 		if code != exitOK {
 			return code
 		}
@@ -462,7 +468,7 @@ func cmdGate(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		return exitOK
 	}
-	g, code := judge(base, "against "+*baseline)
+	g, code := judge(base, "against "+*baseline, ftol)
 	if code != exitOK {
 		return code
 	}
