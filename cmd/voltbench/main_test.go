@@ -1,0 +1,160 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/voltvmm/volt/bench"
+	"github.com/voltvmm/volt/bench/trace"
+)
+
+func TestUsageAndUnknownCommand(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"frobnicate"}, &out, &errb); code != exitUsage {
+		t.Errorf("unknown command: exit %d, want %d", code, exitUsage)
+	}
+	if code := run(context.Background(), []string{"help"}, &out, &errb); code != exitOK || !strings.Contains(out.String(), "gate") {
+		t.Errorf("help: exit %d, output %q", code, out.String())
+	}
+	if code := run(context.Background(), []string{"boot", "--no-such-flag"}, &out, &errb); code != exitUsage {
+		t.Errorf("bad flag: exit %d", code)
+	}
+	if code := run(context.Background(), []string{"gate", "--alpha", "2", "--candidate", "x"}, &out, &errb); code != exitUsage {
+		t.Errorf("alpha 2: exit %d", code)
+	}
+}
+
+// writeRun saves n synthetic boots whose stages from pid1 on are delayed.
+func writeRun(t *testing.T, path string, n int, delay time.Duration) {
+	t.Helper()
+	r := bench.NewRun(bench.VMMVolt, bench.GuestProbe)
+	for i := 0; i < n; i++ {
+		jitter := time.Duration(i%7) * 40 * time.Microsecond
+		b := bench.Boot{Stages: map[string]bench.StageTime{
+			"vmm-ready":    {At: 2*time.Millisecond + jitter},
+			"guest-entry":  {At: 4*time.Millisecond + jitter},
+			"first-output": {At: 5*time.Millisecond + jitter + delay},
+			"pid1":         {At: 4500*time.Microsecond + jitter + delay},
+			"ready":        {At: 8*time.Millisecond + jitter + delay},
+			"exit":         {At: 20*time.Millisecond + jitter + delay},
+		}}
+		r.Add(b)
+	}
+	data, err := (&bench.Results{Runs: []*bench.Run{r}}).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestGateJudgesSavedRuns(t *testing.T) {
+	dir := t.TempDir()
+	base, same, slow := filepath.Join(dir, "base.json"), filepath.Join(dir, "same.json"), filepath.Join(dir, "slow.json")
+	writeRun(t, base, 30, 0)
+	writeRun(t, same, 20, 0)
+	writeRun(t, slow, 20, 20*time.Millisecond)
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"gate", "--baseline", base, "--candidate", same}, &out, &errb); code != exitOK {
+		t.Errorf("same distribution: exit %d\n%s%s", code, out.String(), errb.String())
+	}
+	out.Reset()
+	if code := run(context.Background(), []string{"gate", "--baseline", base, "--candidate", slow}, &out, &errb); code != exitRegressed {
+		t.Errorf("20 ms slower: exit %d, want %d\n%s%s", code, exitRegressed, out.String(), errb.String())
+	}
+	if !strings.Contains(out.String(), "REGRESSED") {
+		t.Errorf("no table of what regressed:\n%s", out.String())
+	}
+	out.Reset()
+	if code := run(context.Background(), []string{"compare", base, slow}, &out, &errb); code != exitOK || !strings.Contains(out.String(), "pid1") {
+		t.Errorf("compare files: exit %d\n%s%s", code, out.String(), errb.String())
+	}
+	if code := run(context.Background(), []string{"gate", "--baseline", filepath.Join(dir, "missing.json"), "--candidate", slow}, &out, &errb); code != exitError {
+		t.Errorf("missing baseline: exit %d, want %d", code, exitError)
+	}
+}
+
+// syncBuffer lets the test read what the server goroutine writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestServeExposesBootMetricsOnLoopback(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots guests")
+	}
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		t.Skipf("no /dev/kvm: %v", err)
+	}
+	if tr, err := trace.New(); errors.Is(err, trace.ErrUnsupported) {
+		t.Skipf("eBPF tracer cannot load: %v", err)
+	} else if err != nil {
+		t.Fatal(err)
+	} else {
+		tr.Close()
+	}
+	root, err := bench.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "bin", "volt-vmm")); err != nil {
+		t.Skipf("bin/volt-vmm not built: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stdout, stderr syncBuffer
+	done := make(chan int)
+	go func() {
+		done <- run(ctx, []string{"serve", "--metrics-listen", "127.0.0.1:0", "--interval", "100ms"}, &stdout, &stderr)
+	}()
+	addrRE := regexp.MustCompile(`metrics on (http://127\.0\.0\.1:\d+/metrics)`)
+	deadline := time.Now().Add(30 * time.Second)
+	var body string
+	for time.Now().Before(deadline) {
+		if m := addrRE.FindStringSubmatch(stderr.String()); m != nil {
+			resp, err := http.Get(m[1])
+			if err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				body = string(b)
+				if strings.Contains(body, `volt_boot_stage_seconds_count{stage="pid1",vmm="volt"}`) {
+					break
+				}
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	cancel()
+	if code := <-done; code != exitOK {
+		t.Errorf("serve exited %d: %s", code, stderr.String())
+	}
+	for _, want := range []string{`volt_boot_stage_seconds_bucket{stage="pid1",vmm="volt",le=`, `volt_boots_total{vmm="volt"}`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("scrape lacks %q:\n%s\nstderr: %s", want, body, stderr.String())
+		}
+	}
+}
