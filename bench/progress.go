@@ -66,7 +66,7 @@ func (p *Progress) draw() {
 	}
 	if p.n > 0 && p.n < p.total {
 		left := time.Duration(float64(time.Since(p.start)) / float64(p.n) * float64(p.total-p.n))
-		line += fmt.Sprintf(", ~%v left", left.Round(time.Second))
+		line += fmt.Sprintf(", ~%v left", left.Round(100*time.Millisecond))
 	}
 	pad := ""
 	if d := p.lastLength - len(line); d > 0 {
