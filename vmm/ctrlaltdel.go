@@ -3,8 +3,6 @@ package vmm
 import (
 	"errors"
 	"fmt"
-
-	"github.com/voltvmm/volt/vmm/devices/i8042"
 )
 
 // SendCtrlAltDel presses Ctrl+Alt+Del on the guest's keyboard, which a
@@ -18,9 +16,6 @@ func (v *VM) SendCtrlAltDel() error {
 	if !started || stopping {
 		return errors.New("send Ctrl+Alt+Del: the VM is not running")
 	}
-	// The VM builder does not connect IRQ 1 yet; connecting it here is
-	// idempotent and cheap, so every press reaches the guest.
-	v.i8042.SetKeyboardInterrupt(irqLine{v.vm, i8042.KeyboardIRQ})
 	if err := v.i8042.TriggerCtrlAltDel(); err != nil {
 		return fmt.Errorf("send Ctrl+Alt+Del: %w", err)
 	}

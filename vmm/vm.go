@@ -262,7 +262,8 @@ func (v *VM) setupDevices(id genid.ID) error {
 		v.console.w = io.Discard
 	}
 	v.uart = uart.New(v.console, irqLine{v.vm, uart.COM1IRQ})
-	v.i8042 = i8042.New(func() { v.stop(Result{Reason: StopPowerOff}) })
+	v.i8042 = i8042.New(func() { v.stop(Result{Reason: StopPowerOff}) },
+		i8042.WithKeyboardInterrupt(irqLine{v.vm, i8042.KeyboardIRQ}))
 	opts := []bootmarker.Option{bootmarker.WithDelay(v.cfg.MarkerDelay)}
 	if v.cfg.OnMarker != nil {
 		opts = append(opts, bootmarker.WithNotify(v.cfg.OnMarker))

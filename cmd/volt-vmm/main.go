@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"syscall"
@@ -60,6 +61,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		configFile  = fs.String("config-file", "", "boot from a Firecracker JSON config file (boot-source, machine-config, ...)")
 		noAPI       = fs.Bool("no-api", false, "serve no API (the default unless --api-sock is given; for Firecracker-compatible command lines)")
 		instanceID  = fs.String("id", api.DefaultID, "instance id reported by GET /")
+		restoreDir  = fs.String("restore", "", "restore the VM snapshotted into DIR ("+snapshotStateFile+" and "+snapshotMemFile+") and resume it")
 	)
 	fs.MarkHidden("test-marker-delay")
 	fs.Usage = func() {
@@ -103,6 +105,9 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if *configFile != "" && *kernel != "" {
 		return usage(stderr, "--config-file and --kernel both name the kernel; use one")
 	}
+	if *restoreDir != "" && (*kernel != "" || *configFile != "") {
+		return usage(stderr, "--restore resumes a snapshot; it takes no --kernel or --config-file")
+	}
 	if err := api.ValidateID(*instanceID); err != nil {
 		return usage(stderr, "--id: %v", err)
 	}
@@ -111,7 +116,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return usage(stderr, "--console: %v", err)
 	}
 	defer closeConsole()
-	if err := validateFlags(cfg, *apiSock == "" && *configFile == ""); err != nil {
+	if err := validateFlags(cfg, *apiSock == "" && *configFile == "" && *restoreDir == ""); err != nil {
 		return usage(stderr, "%s", strings.ReplaceAll(err.Error(), "\n", "; "))
 	}
 
@@ -143,7 +148,18 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	}
 	// Without an API nothing else could start the VM: boot now, as
 	// Firecracker does with --config-file.
-	if *apiSock == "" || *configFile != "" {
+	switch {
+	case *restoreDir != "":
+		err := ctrl.LoadSnapshot(context.Background(), api.SnapshotLoadParams{
+			SnapshotPath: filepath.Join(*restoreDir, snapshotStateFile),
+			MemBackend:   &api.MemoryBackend{BackendType: "File", BackendPath: filepath.Join(*restoreDir, snapshotMemFile)},
+			ResumeVM:     true,
+		})
+		if err != nil {
+			fmt.Fprintf(stderr, "volt-vmm: --restore %s: %s\n", *restoreDir, strings.ReplaceAll(err.Error(), "\n", "; "))
+			return exitVMMError
+		}
+	case *apiSock == "" || *configFile != "":
 		if err := ctrl.Start(); err != nil {
 			fmt.Fprintf(stderr, "volt-vmm: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
 			return exitVMMError
@@ -171,6 +187,13 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stderr, "volt-vmm: guest died: %v\n", res.Err)
 	return exitGuestDied
 }
+
+// The files of a snapshot directory, as --restore reads them and
+// volt-snapshot writes them.
+const (
+	snapshotStateFile = "vm.state"
+	snapshotMemFile   = "vm.mem"
+)
 
 // validateFlags checks the VM flags. The kernel may come later, through
 // the API or a config file, unless the flags alone must boot.

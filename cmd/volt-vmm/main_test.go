@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -15,6 +17,7 @@ import (
 	"time"
 
 	"github.com/voltvmm/volt/guest/probe"
+	"github.com/voltvmm/volt/vmm"
 	"github.com/voltvmm/volt/vmm/kvm/kvmtest"
 )
 
@@ -279,5 +282,64 @@ func TestConfigFileBootsProbe(t *testing.T) {
 	}
 	if !strings.Contains(stdout.String(), "volt-probe: booted cpus=2") || !strings.Contains(stdout.String(), "\nfrom a config file\n") {
 		t.Errorf("console:\n%s", stdout.String())
+	}
+}
+
+func TestRestoreFromDirectory(t *testing.T) {
+	kvmtest.Require(t)
+	elf, err := probe.Path(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	outR, outW := io.Pipe()
+	inR, inW := io.Pipe()
+	vm, err := vmm.New(vmm.Config{KernelPath: elf, MemorySize: 32 << 20, CPUs: 2, Console: outW, ConsoleInput: inR})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	done := make(chan vmm.Result, 1)
+	go func() { done <- vm.Run(context.Background()) }()
+	sc := bufio.NewScanner(outR)
+	var touched string
+	for sc.Scan() {
+		if sc.Text() == probe.ReadyLine {
+			fmt.Fprintln(inW, "touch 20")
+		}
+		if strings.HasPrefix(sc.Text(), "touched 20 ") {
+			touched = strings.TrimPrefix(sc.Text(), "touched 20")
+			break
+		}
+	}
+	go io.Copy(io.Discard, outR)
+	if err := vm.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	p := vmm.SnapshotParams{StatePath: filepath.Join(dir, snapshotStateFile), MemPath: filepath.Join(dir, snapshotMemFile)}
+	if err := vm.CreateSnapshot(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	vm.Stop()
+	<-done
+
+	var stdout, stderr bytes.Buffer
+	status := run([]string{"--restore", dir, "--boot-timer"}, strings.NewReader("sum 20\npoweroff\n"), &stdout, &stderr)
+	if status != exitOK {
+		t.Fatalf("status %d; stderr:\n%s", status, stderr.String())
+	}
+	if !strings.Contains(stdout.String(), "sum 20"+touched) {
+		t.Errorf("restored guest printed:\n%s\nwant sum 20%s", stdout.String(), touched)
+	}
+	if !strings.Contains(stderr.String(), "boot-timer: exec→guest-entry") {
+		t.Errorf("no restore timeline in:\n%s", stderr.String())
+	}
+
+	stderr.Reset()
+	if status := run([]string{"--restore", t.TempDir()}, strings.NewReader(""), &bytes.Buffer{}, &stderr); status != exitVMMError || !strings.Contains(stderr.String(), "vm.state") {
+		t.Errorf("restore from an empty directory: status %d, stderr %q", status, stderr.String())
+	}
+	if status := run([]string{"--restore", dir, "--kernel", elf}, strings.NewReader(""), &bytes.Buffer{}, &stderr); status != exitUsage {
+		t.Errorf("--restore with --kernel: status %d", status)
 	}
 }

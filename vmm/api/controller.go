@@ -644,13 +644,23 @@ func restore(ctx context.Context, base vmm.Config, p SnapshotLoadParams) (Machin
 		Resume:          p.ResumeVM,
 		Console:         base.Console,
 		ConsoleInput:    base.ConsoleInput,
-		Origin:          time.Now(),
+		Origin:          restoreOrigin(base),
 		TrackDirtyPages: &track,
 	})
 	if err != nil {
 		return nil, err
 	}
 	return v, nil
+}
+
+// restoreOrigin is where a restored VM's timeline starts: the process start
+// when the caller set one (volt-vmm sets its exec time, so a command-line
+// restore reports exec→running), else the moment of the request.
+func restoreOrigin(base vmm.Config) time.Time {
+	if !base.Origin.IsZero() {
+		return base.Origin
+	}
+	return time.Now()
 }
 
 // PatchVM answers PATCH /vm.

@@ -1,0 +1,56 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/voltvmm/volt/vmm/kvm"
+	"github.com/voltvmm/volt/vmm/snapshot"
+)
+
+func TestUsageAndErrors(t *testing.T) {
+	dir := t.TempDir()
+	junk := filepath.Join(dir, "junk")
+	os.WriteFile(junk, []byte("not a snapshot"), 0o600)
+	tests := []struct {
+		args   []string
+		status int
+		want   string
+	}{
+		{nil, 2, "usage"},
+		{[]string{"info"}, 2, "usage"},
+		{[]string{"frobnicate", "x"}, 2, "usage"},
+		{[]string{"info", junk}, 1, "bad magic"},
+		{[]string{"info", filepath.Join(dir, "missing")}, 1, "no such file"},
+		{[]string{"merge", dir, dir}, 1, "vm.state"},
+	}
+	for _, tt := range tests {
+		var stdout, stderr bytes.Buffer
+		if got := run(tt.args, &stdout, &stderr); got != tt.status || !strings.Contains(stderr.String(), tt.want) {
+			t.Errorf("run(%q) = %d, stderr %q; want %d and %q", tt.args, got, stderr.String(), tt.status, tt.want)
+		}
+	}
+}
+
+func TestInfoSummarisesAValidState(t *testing.T) {
+	// A minimal valid state, written through the real encoder.
+	st := &snapshot.VMState{
+		Machine: snapshot.Machine{CPUs: 1, MemorySize: 2 << 20},
+		Memory:  snapshot.MemoryState{Size: 2 << 20, Regions: []snapshot.Region{{Size: 2 << 20}}},
+		VCPUs:   []snapshot.VCPUState{{CPUID: make([]kvm.CPUIDEntry, 1)}},
+	}
+	p := filepath.Join(t.TempDir(), "vm.state")
+	if err := snapshot.WriteStateFile(p, st); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	if got := run([]string{"info", p}, &stdout, &stderr); got != 0 {
+		t.Fatalf("info: %d %s", got, stderr.String())
+	}
+	if !strings.Contains(stdout.String(), "full snapshot: 1 vCPUs, 2M memory") {
+		t.Errorf("info printed %q", stdout.String())
+	}
+}
