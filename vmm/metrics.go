@@ -1,6 +1,11 @@
 package vmm
 
-import "time"
+import (
+	"strings"
+	"time"
+
+	"github.com/voltvmm/volt/vmm/kvm"
+)
 
 // Metrics is a point-in-time view of one VM for the metrics file. Field
 // names follow Firecracker's snake_case metric groups so that collectors
@@ -18,6 +23,10 @@ type Metrics struct {
 	BootMarkers   int              `json:"boot_marker_count"`
 	UptimeMicros  int64            `json:"uptime_us"`
 	GuestEntryAge int64            `json:"since_guest_entry_us,omitempty"`
+	// Exits counts the vCPU exits that reached the VMM, by KVM exit
+	// reason (kvm_io, kvm_mmio, …); exits KVM handles in the kernel are
+	// not seen here.
+	Exits map[string]uint64 `json:"vcpu_exits"`
 }
 
 // UARTMetrics counts serial console traffic the host could not deliver.
@@ -38,6 +47,12 @@ func (v *VM) Metrics() Metrics {
 		BootTimeline: map[string]int64{},
 		BootMarkers:  len(v.markers.Events()),
 		UptimeMicros: now.Sub(v.cfg.Origin).Microseconds(),
+	}
+	m.Exits = map[string]uint64{}
+	for r := range v.exits {
+		if n := v.exits[r].Load(); n > 0 {
+			m.Exits[strings.ToLower(strings.TrimPrefix(kvm.ExitReason(r).String(), "KVM_EXIT_"))] = n
+		}
 	}
 	if v.uart != nil {
 		m.UART.LostInputBytes = v.uart.Lost()

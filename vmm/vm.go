@@ -84,6 +84,8 @@ type VM struct {
 	// work holds, per vCPU, a function that vCPU's own thread must run
 	// while parked (state capture for snapshots).
 	work []*vcpuWork
+	// exits counts KVM exits by reason, for metrics.
+	exits [kvm.ExitSystemEvent + 1]atomic.Uint64
 	// cpuid holds the leaves each vCPU was given. Snapshots record these
 	// rather than KVM_GET_CPUID2's answer, which on some hosts reports bits
 	// that were never set.
@@ -550,6 +552,9 @@ func (v *VM) runVCPU(i int) {
 }
 
 func (v *VM) handleExit(c *kvm.VCPU, exit kvm.Exit) error {
+	if r := exit.Reason(); int(r) < len(v.exits) {
+		v.exits[r].Add(1)
+	}
 	switch e := exit.(type) {
 	case kvm.IOExit:
 		for off := 0; off+e.Size <= len(e.Data); off += e.Size {
