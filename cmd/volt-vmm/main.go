@@ -127,7 +127,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		LogOutput:  stderr,
 		LogLevel:   slog.LevelWarn,
 	})
-	defer ctrl.Close()
+	defer ctrl.CloseForExit()
 	if *configFile != "" {
 		cf, err := api.LoadConfigFile(*configFile)
 		if err != nil {

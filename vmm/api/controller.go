@@ -756,7 +756,16 @@ func (c *Controller) Stop() {
 }
 
 // Close stops the microVM and releases it, the log and metrics files.
-func (c *Controller) Close() error {
+func (c *Controller) Close() error { return c.close(true) }
+
+// CloseForExit is Close for a process about to exit: it stops the VM and
+// closes the sinks but leaves the VM's KVM objects and memory to the
+// kernel's exit path. Destroying a KVM VM explicitly only makes the exit
+// wait for it (measured 28 ms for closing the VM fd on the development
+// host), and the kernel does the same work when the process ends.
+func (c *Controller) CloseForExit() error { return c.close(false) }
+
+func (c *Controller) close(releaseMachine bool) error {
 	var errs []error
 	c.closeOnce.Do(func() {
 		c.Stop()
@@ -764,7 +773,7 @@ func (c *Controller) Close() error {
 		c.wg.Wait()
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		if c.machine != nil {
+		if c.machine != nil && releaseMachine {
 			errs = append(errs, c.machine.Close())
 		}
 		c.metricsMu.Lock()

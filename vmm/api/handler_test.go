@@ -445,3 +445,19 @@ func TestCloseStopsARunningMachine(t *testing.T) {
 		t.Errorf("result %+v %v", r, ok)
 	}
 }
+
+func TestCloseForExitStopsButLeavesTheMachineToTheKernel(t *testing.T) {
+	e := newFakeEnv(t)
+	e.do("PUT", "/boot-source", `{"kernel_image_path": "`+e.kernel+`"}`, 204)
+	e.do("PUT", "/actions", `{"action_type": "InstanceStart"}`, 204)
+	m := e.machine()
+	if err := e.c.CloseForExit(); err != nil {
+		t.Fatal(err)
+	}
+	if m.closed {
+		t.Error("machine released explicitly; process exit is meant to do it")
+	}
+	if r, ok := e.c.Result(); !ok || r.Reason != vmm.StopCanceled {
+		t.Errorf("result %+v %v", r, ok)
+	}
+}
