@@ -16,16 +16,7 @@ func TestRealModeGuestExitsDecode(t *testing.T) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
-	sys, err := kvm.Open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sys.Close()
-	vm, err := sys.CreateVM()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer vm.Close()
+	vm := newVM(t)
 	mem, err := unix.Mmap(-1, 0, 0x10000, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
 		t.Fatal(err)
@@ -80,16 +71,7 @@ func TestKickInterruptsRun(t *testing.T) {
 	kvmtest.Require(t)
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	sys, err := kvm.Open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sys.Close()
-	vm, err := sys.CreateVM()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer vm.Close()
+	vm := newVM(t)
 	cpu, err := vm.CreateVCPU(0)
 	if err != nil {
 		t.Fatal(err)
@@ -129,6 +111,22 @@ func TestSupportedCPUIDAndMSRList(t *testing.T) {
 	if sys.MaxVCPUs() < 1 {
 		t.Fatal("MaxVCPUs < 1")
 	}
+}
+
+// newVM opens KVM and creates a VM that is closed when the test ends.
+func newVM(t *testing.T) *kvm.VM {
+	t.Helper()
+	sys, err := kvm.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sys.Close() })
+	vm, err := sys.CreateVM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { vm.Close() })
+	return vm
 }
 
 func run(t *testing.T, cpu *kvm.VCPU) kvm.Exit {
