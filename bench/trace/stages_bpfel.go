@@ -23,6 +23,7 @@ const (
 	stagesMilestoneMS_VCPU         stagesMilestone = 4
 	stagesMilestoneMS_GUEST_ENTRY  stagesMilestone = 5
 	stagesMilestoneMS_FIRST_OUTPUT stagesMilestone = 6
+	stagesMilestoneMS_ANSWER       stagesMilestone = 7
 	stagesMilestoneMS_MARKER       stagesMilestone = 8
 	stagesMilestoneMS_EXIT         stagesMilestone = 72
 	stagesMilestoneMS_COUNT        stagesMilestone = 73

@@ -37,13 +37,17 @@ type Milestone uint32
 
 // Milestones mirror enum milestone in stages.c.
 const (
-	Exec          = Milestone(stagesMilestoneMS_EXEC)
-	VMCreated     = Milestone(stagesMilestoneMS_VM_CREATED)   // KVM_CREATE_VM returned
-	Memory        = Milestone(stagesMilestoneMS_MEMORY)       // first KVM_SET_USER_MEMORY_REGION returned
-	VCPU          = Milestone(stagesMilestoneMS_VCPU)         // first KVM_CREATE_VCPU returned
-	GuestEntry    = Milestone(stagesMilestoneMS_GUEST_ENTRY)  // first KVM_RUN entered
-	FirstOutput   = Milestone(stagesMilestoneMS_FIRST_OUTPUT) // first byte to COM1's THR
-	Exit          = Milestone(stagesMilestoneMS_EXIT)         // the main thread exited
+	Exec        = Milestone(stagesMilestoneMS_EXEC)
+	VMCreated   = Milestone(stagesMilestoneMS_VM_CREATED)   // KVM_CREATE_VM returned
+	Memory      = Milestone(stagesMilestoneMS_MEMORY)       // first KVM_SET_USER_MEMORY_REGION returned
+	VCPU        = Milestone(stagesMilestoneMS_VCPU)         // first KVM_CREATE_VCPU returned
+	GuestEntry  = Milestone(stagesMilestoneMS_GUEST_ENTRY)  // first KVM_RUN entered
+	FirstOutput = Milestone(stagesMilestoneMS_FIRST_OUTPUT) // first byte to COM1's THR
+	// Answer is the first byte to COM1's THR after the guest's ready
+	// marker, or the first byte at all in a process whose guest wrote no
+	// marker (a restored VM): the answer to the first command.
+	Answer        = Milestone(stagesMilestoneMS_ANSWER)
+	Exit          = Milestone(stagesMilestoneMS_EXIT) // the main thread exited
 	numMilestones = Milestone(stagesMilestoneMS_COUNT)
 	markerBase    = Milestone(stagesMilestoneMS_MARKER)
 )
@@ -79,6 +83,8 @@ func (m Milestone) String() string {
 		return "guest-entry"
 	case FirstOutput:
 		return "first-output"
+	case Answer:
+		return "answer"
 	case Exit:
 		return "exit"
 	}

@@ -32,6 +32,9 @@ func TestMarkerMilestonesRoundTrip(t *testing.T) {
 			t.Errorf("Marker(%#x) accepted outside 0x40-0x7f", uint8(s))
 		}
 	}
+	if got := Answer.String(); got != "answer" {
+		t.Errorf("Answer.String() = %q", got)
+	}
 	if got := (Exit).String(); got != "exit" {
 		t.Errorf("Exit.String() = %q", got)
 	}
@@ -169,7 +172,9 @@ func TestTracerSeesEveryStageOfAProbeBoot(t *testing.T) {
 	}
 	pid1, _ := Marker(marker.PID1)
 	ready, _ := Marker(marker.Ready)
-	order := []Milestone{Exec, VMCreated, GuestEntry, pid1, ready, Exit}
+	// bootProbe answers the ready line with "poweroff", whose reply
+	// ("volt-probe: poweroff") is the first output after ready: Answer.
+	order := []Milestone{Exec, VMCreated, GuestEntry, pid1, ready, Answer, Exit}
 	var last time.Duration
 	for _, m := range order {
 		at, ok := rec.At(m)
