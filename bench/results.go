@@ -38,13 +38,16 @@ type Results struct {
 
 // Run holds the boots of one VMM: one histogram per stage.
 type Run struct {
-	VMM      string         `json:"vmm"`
-	Guest    string         `json:"guest"`
-	Kernel   string         `json:"kernel,omitempty"`
-	Args     []string       `json:"args,omitempty"`
-	Boots    int            `json:"boots"`
-	Failures int            `json:"failures"`
-	Stages   []*StageResult `json:"stages"`
+	VMM      string   `json:"vmm"`
+	Guest    string   `json:"guest"`
+	Kernel   string   `json:"kernel,omitempty"`
+	Args     []string `json:"args,omitempty"`
+	Boots    int      `json:"boots"`
+	Failures int      `json:"failures"`
+	// Unit names what each of Boots was, for tables: "" means boots;
+	// "restores" for runs of snapshot restores.
+	Unit   string         `json:"unit,omitempty"`
+	Stages []*StageResult `json:"stages"`
 }
 
 // StageResult summarises one stage over every successful boot.
@@ -67,10 +70,13 @@ type StageResult struct {
 	kvmSum, userSum float64
 }
 
-// NewRun starts an empty run with a histogram for every stage.
-func NewRun(vmm, guest string) *Run {
+// NewRun starts an empty run with a histogram for every stage of Stages.
+func NewRun(vmm, guest string) *Run { return NewRunOf(vmm, guest, Stages) }
+
+// NewRunOf starts an empty run with a histogram for each of stages.
+func NewRunOf(vmm, guest string, stages []Stage) *Run {
 	r := &Run{VMM: vmm, Guest: guest}
-	for _, s := range Stages {
+	for _, s := range stages {
 		r.Stages = append(r.Stages, &StageResult{Stage: s.Name, hist: newHist()})
 	}
 	return r
@@ -211,6 +217,9 @@ func ParseResults(data []byte) (*Results, error) {
 		}
 		if r.Boots < 0 || r.Failures < 0 || r.Failures > r.Boots {
 			return nil, fmt.Errorf("%w: run %s: %d boots, %d failures", ErrBadResults, r.VMM, r.Boots, r.Failures)
+		}
+		if r.Unit != "" && r.Unit != "boots" && r.Unit != "restores" {
+			return nil, fmt.Errorf("%w: run %s: unit %q is not boots or restores", ErrBadResults, r.VMM, r.Unit)
 		}
 		if len(r.Stages) > maxStages {
 			return nil, fmt.Errorf("%w: run %s: %d stages", ErrBadResults, r.VMM, len(r.Stages))

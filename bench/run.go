@@ -45,6 +45,26 @@ type Config struct {
 	CPUs      int
 	ExtraArgs []string      // appended to the VMM's command line
 	Timeout   time.Duration // per boot; the VMM is killed after it
+
+	// RestoreDir, when set, resumes the snapshot in this directory
+	// (volt-vmm --restore) instead of booting Kernel.
+	RestoreDir string
+	// Ask, when set, is written to the probe's console as soon as the VMM
+	// starts, and the run powers the guest off once it answered with the
+	// line Answer. A restored probe has booted already and prints no ready
+	// line, so this is how a restore is driven; a cold boot driven the same
+	// way is its like-for-like peer.
+	Ask, Answer string
+	// Rows are the stages timed; nil means Stages.
+	Rows []Stage
+}
+
+// rows returns the stages this configuration is timed by.
+func (c Config) rows() []Stage {
+	if c.Rows == nil {
+		return Stages
+	}
+	return c.Rows
 }
 
 // Validate checks the fields a boot cannot do without.
@@ -59,8 +79,19 @@ func (c Config) Validate() error {
 	if c.VMMBin == "" {
 		errs = append(errs, errors.New("no VMM binary"))
 	}
-	if c.Kernel == "" {
+	switch {
+	case c.RestoreDir != "" && c.VMM != VMMVolt:
+		errs = append(errs, fmt.Errorf("restore under %s: only volt-vmm restores volt snapshots", c.VMM))
+	case c.RestoreDir != "" && c.Guest != GuestProbe:
+		errs = append(errs, errors.New("restore: only the probe guest can be driven after a restore"))
+	case c.RestoreDir == "" && c.Kernel == "":
 		errs = append(errs, errors.New("no kernel"))
+	}
+	if (c.Ask == "") != (c.Answer == "") {
+		errs = append(errs, errors.New("a question to the guest needs its answer, and an answer its question"))
+	}
+	if c.RestoreDir != "" && c.Ask == "" {
+		errs = append(errs, errors.New("restore: nothing to ask the restored guest"))
 	}
 	if c.CPUs < 1 {
 		errs = append(errs, fmt.Errorf("%d vCPUs", c.CPUs))
@@ -74,8 +105,11 @@ func (c Config) Validate() error {
 // Args returns the VMM command line (without the binary).
 func (c Config) Args() []string {
 	var a []string
-	switch c.VMM {
-	case VMMVolt:
+	switch {
+	case c.RestoreDir != "":
+		// The snapshot carries memory size and vCPUs.
+		a = []string{"--restore", c.RestoreDir, "--console", "stdio"}
+	case c.VMM == VMMVolt:
 		a = []string{"--kernel", c.Kernel, "--memory", c.Memory, "--cpus", fmt.Sprint(c.CPUs), "--console", "stdio"}
 		if c.Initrd != "" {
 			a = append(a, "--initrd", c.Initrd)
@@ -83,7 +117,7 @@ func (c Config) Args() []string {
 		if c.Cmdline != "" {
 			a = append(a, "--cmdline", c.Cmdline)
 		}
-	case VMMQEMU:
+	case c.VMM == VMMQEMU:
 		a = []string{"-M", "microvm", "-enable-kvm", "-m", c.Memory, "-smp", fmt.Sprint(c.CPUs),
 			"-kernel", c.Kernel, "-nographic", "-no-reboot"}
 		if c.Initrd != "" {
@@ -160,7 +194,7 @@ func (r *Runner) Boot(ctx context.Context, cfg Config) Boot {
 	}
 	pid := g.Cmd.Process.Pid
 	console := &tailBuffer{max: 4 << 10}
-	driveErr := drive(cfg.Guest, stdout, stdin, console)
+	driveErr := drive(cfg, stdout, stdin, console)
 	waitErr := g.Cmd.Wait()
 	stdin.Close()
 	rec, recErr := r.tracer.Collect(pid)
@@ -179,22 +213,33 @@ func (r *Runner) Boot(ctx context.Context, cfg Config) Boot {
 		return b
 	}
 	b.Record = rec
-	b.Stages = stageTimes(rec)
+	b.Stages = stageTimesFor(rec, cfg.rows())
 	return b
 }
 
 // drive plays the guest's side of the protocol on the console: for the
-// probe, wait for the ready line and ask it to power off (the same bytes
-// for every VMM, for fairness); a Linux guest powers off by itself. Output
-// is drained to EOF either way so the VMM never blocks on a full pipe.
-func drive(guest string, stdout io.Reader, stdin io.WriteCloser, console io.Writer) error {
+// probe, wait for the ready line (or, with cfg.Ask, ask at once and wait
+// for the answer) and ask it to power off (the same bytes for every VMM,
+// for fairness); a Linux guest powers off by itself. Output is drained to
+// EOF either way so the VMM never blocks on a full pipe.
+func drive(cfg Config, stdout io.Reader, stdin io.WriteCloser, console io.Writer) error {
 	br := bufio.NewReader(io.TeeReader(stdout, console))
 	var err error
-	if guest == GuestProbe {
-		err = fmt.Errorf("console closed before %q", probe.ReadyLine)
+	if cfg.Guest == GuestProbe {
+		want := probe.ReadyLine
+		if cfg.Ask != "" {
+			// Sent before the guest can read it: the VMM's UART queues
+			// input, so the probe answers the moment it runs.
+			want = cfg.Answer
+			if _, werr := io.WriteString(stdin, cfg.Ask+"\n"); werr != nil {
+				io.Copy(io.Discard, br)
+				return fmt.Errorf("send %q: %w", cfg.Ask, werr)
+			}
+		}
+		err = fmt.Errorf("console closed before %q", want)
 		for {
 			line, rerr := br.ReadString('\n')
-			if strings.TrimRight(line, "\r\n") == probe.ReadyLine {
+			if strings.TrimRight(line, "\r\n") == want {
 				if _, werr := io.WriteString(stdin, "poweroff\n"); werr != nil {
 					err = fmt.Errorf("send poweroff: %w", werr)
 				} else {

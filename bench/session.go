@@ -44,8 +44,11 @@ func (r *Runner) RunPlan(ctx context.Context, p Plan) ([]*Run, error) {
 		if err := a.Config.Validate(); err != nil {
 			return nil, fmt.Errorf("plan: %s: %w", a.Name, err)
 		}
-		runs[i] = NewRun(a.Name, a.Config.Guest)
+		runs[i] = NewRunOf(a.Name, a.Config.Guest, a.Config.rows())
 		runs[i].Kernel = a.Config.Kernel
+		if a.Config.RestoreDir != "" {
+			runs[i].Unit = "restores"
+		}
 		runs[i].Args = append([]string{a.Config.VMMBin}, a.Config.Args()...)
 	}
 	maxFail := p.MaxFailures

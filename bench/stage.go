@@ -38,10 +38,30 @@ var Stages = []Stage{
 	{"exit", trace.Exit, true},
 }
 
+// RestoreStages are the rows of a restore, and of the cold boot it is
+// compared with: a restored guest has booted already, so it writes no
+// boot markers, and "first-answer" (its reply to a command queued before
+// the exec) is when it is usable again. Firecracker's snapshot-load bar
+// covers roughly vmm-ready to guest-entry; the rows before it add the
+// process and Go runtime start-up.
+var RestoreStages = []Stage{
+	{"vmm-ready", trace.VMCreated, true},
+	{"memory", trace.Memory, true}, // the memory file is mapped and registered
+	{"vcpu", trace.VCPU, false},
+	{"guest-entry", trace.GuestEntry, true},
+	{"first-answer", trace.Answer, true},
+	{"exit", trace.Exit, true},
+}
+
 // StageNames returns the names of Stages in order.
-func StageNames() []string {
-	names := make([]string, len(Stages))
-	for i, s := range Stages {
+func StageNames() []string { return stageNames(Stages) }
+
+// RestoreStageNames returns the names of RestoreStages in order.
+func RestoreStageNames() []string { return stageNames(RestoreStages) }
+
+func stageNames(stages []Stage) []string {
+	names := make([]string, len(stages))
+	for i, s := range stages {
 		names[i] = s.Name
 	}
 	return names
@@ -55,17 +75,21 @@ type StageTime struct {
 	KVMExits, UserExits uint32
 }
 
-// stageTimes picks the rows out of a trace record. Exits are summed over
-// the record's points so that stages which are not rows (kernel markers
-// other than entry, shutdown) still count towards the row that follows.
-func stageTimes(rec trace.Record) map[string]StageTime {
+// stageTimes picks the rows of Stages out of a trace record.
+func stageTimes(rec trace.Record) map[string]StageTime { return stageTimesFor(rec, Stages) }
+
+// stageTimesFor picks the given rows out of a trace record. Exits are
+// summed over the record's points so that stages which are not rows
+// (kernel markers other than entry, shutdown) still count towards the row
+// that follows.
+func stageTimesFor(rec trace.Record, stages []Stage) map[string]StageTime {
 	type cum struct {
 		at        time.Duration
 		kvm, user uint64
 		name      string
 	}
 	byMilestone := map[trace.Milestone]string{}
-	for _, s := range Stages {
+	for _, s := range stages {
 		byMilestone[s.Milestone] = s.Name
 	}
 	var rows []cum

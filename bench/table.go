@@ -19,7 +19,11 @@ func ms(us float64, count int64) string {
 // WriteTable prints one run: a row per stage, times in ms from the exec of
 // the VMM, and the mean exits to user space during the stage.
 func WriteTable(w io.Writer, r *Run) error {
-	fmt.Fprintf(w, "%s, guest %s: %d boots, %d failed (ms since exec of the VMM)\n", r.VMM, r.Guest, r.Boots, r.Failures)
+	unit := r.Unit
+	if unit == "" {
+		unit = "boots"
+	}
+	fmt.Fprintf(w, "%s, guest %s: %d %s, %d failed (ms since exec of the VMM)\n", r.VMM, r.Guest, r.Boots, unit, r.Failures)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "stage\tcount\tp50\tp90\tp99\tmax\tuser exits\tkvm exits\t")
 	for _, s := range r.Stages {
@@ -36,9 +40,15 @@ func ratio(a, b float64, ca, cb int64) string {
 	return fmt.Sprintf("%.2f×", b/a)
 }
 
-// WriteCompare prints runs side by side, p50 and p99 per stage, with each
-// run's ratio to the first one.
+// WriteCompare prints runs side by side, p50 and p99 per stage of Stages,
+// with each run's ratio to the first one.
 func WriteCompare(w io.Writer, runs ...*Run) error {
+	return WriteCompareRows(w, StageNames(), runs...)
+}
+
+// WriteCompareRows is WriteCompare with the given rows, e.g.
+// RestoreStageNames().
+func WriteCompareRows(w io.Writer, rows []string, runs ...*Run) error {
 	if len(runs) < 2 {
 		return fmt.Errorf("compare: need two runs, have %d", len(runs))
 	}
@@ -61,15 +71,15 @@ func WriteCompare(w io.Writer, runs ...*Run) error {
 	}
 	fmt.Fprintln(tw)
 	base := runs[0]
-	for _, s := range Stages {
-		fmt.Fprintf(tw, "%s\t", s.Name)
-		bs := base.Stage(s.Name)
+	for _, name := range rows {
+		fmt.Fprintf(tw, "%s\t", name)
+		bs := base.Stage(name)
 		for _, pick := range []func(*StageResult) float64{
 			func(x *StageResult) float64 { return x.P50US },
 			func(x *StageResult) float64 { return x.P99US },
 		} {
 			for _, r := range runs {
-				st := r.Stage(s.Name)
+				st := r.Stage(name)
 				if st == nil {
 					fmt.Fprint(tw, "-\t")
 					continue
@@ -77,7 +87,7 @@ func WriteCompare(w io.Writer, runs ...*Run) error {
 				fmt.Fprintf(tw, "%s\t", ms(pick(st), st.Count))
 			}
 			for _, r := range runs[1:] {
-				st := r.Stage(s.Name)
+				st := r.Stage(name)
 				if st == nil || bs == nil {
 					fmt.Fprint(tw, "-\t")
 					continue

@@ -6,6 +6,8 @@
 //	voltbench compare  the same boots under volt-vmm and QEMU, side by side
 //	voltbench gate     fail when a stage regressed against a baseline
 //	voltbench serve    boot periodically and export Prometheus metrics
+//	voltbench restore  restore a snapshot of the probe N times, against cold boots
+//	voltbench clones   run N clones of one snapshot at once; their shared memory
 //
 // It needs root (eBPF, tracefs) and /dev/kvm.
 package main
@@ -48,13 +50,17 @@ func main() {
 	os.Exit(code)
 }
 
-const usageText = `Usage: voltbench [boot|compare|gate|serve] [flags]
+const usageText = `Usage: voltbench [boot|compare|gate|serve|restore|clones] [flags]
 
   boot      boot the guest -n times under --vmm and print p50/p90/p99/max per stage (default)
   compare   boot under volt-vmm and QEMU, interleaved, and print both side by side;
             or: compare A.json [B.json] to compare saved runs
   gate      compare a fresh run (or --candidate FILE) with --baseline FILE; exit 1 on a regression
   serve     boot every --interval and serve Prometheus metrics on --metrics-listen
+  restore   snapshot the probe once, restore it -n times (interleaved with as many cold
+            boots, --compare-boot) and print both per stage
+  clones    restore -n clones of one snapshot at once and print their RSS/PSS and
+            shared pages from /proc/PID/smaps_rollup, and their generation IDs
 
 Stages are timed from the exec of the VMM with eBPF (root and /dev/kvm needed).
 Run 'voltbench CMD --help' for the flags of CMD.
@@ -74,6 +80,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return cmdGate(ctx, args, stdout, stderr)
 	case "serve":
 		return cmdServe(ctx, args, stdout, stderr)
+	case "restore":
+		return cmdRestore(ctx, args, stdout, stderr)
+	case "clones":
+		return cmdClones(ctx, args, stdout, stderr)
 	case "help":
 		fmt.Fprint(stdout, usageText)
 		return exitOK
@@ -199,8 +209,9 @@ func isTerminal(w io.Writer) bool {
 	return err == nil
 }
 
-// session loads the tracer, optionally serves metrics, and runs the plan.
-func (c *common) session(ctx context.Context, arms []bench.Arm, stderr io.Writer) ([]*bench.Run, error) {
+// session loads the tracer, optionally serves metrics, and runs the plan;
+// observers see every boot.
+func (c *common) session(ctx context.Context, arms []bench.Arm, stderr io.Writer, observers ...func(bench.Arm, bench.Boot)) ([]*bench.Run, error) {
 	runner, err := bench.NewRunner()
 	if err != nil {
 		if errors.Is(err, trace.ErrUnsupported) {
@@ -217,7 +228,14 @@ func (c *common) session(ctx context.Context, arms []bench.Arm, stderr io.Writer
 			return nil, err
 		}
 		defer stop()
-		plan.Observe = func(a bench.Arm, b bench.Boot) { m.Observe(a.Name, b) }
+		observers = append(observers, func(a bench.Arm, b bench.Boot) { m.Observe(a.Name, b) })
+	}
+	if len(observers) > 0 {
+		plan.Observe = func(a bench.Arm, b bench.Boot) {
+			for _, o := range observers {
+				o(a, b)
+			}
+		}
 	}
 	return runner.RunPlan(ctx, plan)
 }

@@ -1,0 +1,133 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"regexp"
+	"testing"
+	"time"
+)
+
+// requireKVM skips where there is no KVM or the test is short; clones need
+// no eBPF.
+func requireKVM(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("runs guests; skipped in -short mode")
+	}
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		t.Skipf("no /dev/kvm: %v", err)
+	}
+}
+
+func prepareTestSnapshot(t *testing.T, touch int) *Snapshot {
+	t.Helper()
+	vmmBin, elf := probeFixture(t)
+	snap, err := PrepareSnapshot(context.Background(), SnapshotSpec{
+		VMMBin: vmmBin, Kernel: elf, Memory: "128M", CPUs: 1, TouchPages: touch,
+		Dir: t.TempDir(), Timeout: 30 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if touch > 0 && snap.TouchSum == "" {
+		t.Fatal("touched pages but no checksum")
+	}
+	if snap.MemFileBytes != 128<<20 {
+		t.Errorf("memory file is %d bytes, want 128 MiB", snap.MemFileBytes)
+	}
+	return snap
+}
+
+func TestRestoreRunTimesEveryStageInOrder(t *testing.T) {
+	r := requireRunner(t)
+	snap := prepareTestSnapshot(t, 100)
+	const n = 5
+	arms := RestoreArms(voltConfig(t), snap, true)
+	spans := &SpanRecorder{Spans: RestoreSpans}
+	observe := func(a Arm, b Boot) {
+		spans.Observe(a, b)
+		if b.Err != nil {
+			t.Errorf("%s: %v", a.Name, b.Err)
+			return
+		}
+		var last time.Duration
+		for _, s := range RestoreStages {
+			st, ok := b.Stages[s.Name]
+			if !ok {
+				t.Errorf("%s: no %s; record %+v", a.Name, s.Name, b.Record.Points)
+				continue
+			}
+			if st.At <= 0 || st.At < last {
+				t.Errorf("%s: %s at %v, after %v before it", a.Name, s.Name, st.At, last)
+			}
+			last = st.At
+		}
+		if a.Name == ArmRestore && b.Record.MarkerWrites != 1 {
+			// Only the poweroff marker: a restore must not boot again.
+			t.Errorf("restore wrote %d boot markers, want 1 (poweroff)", b.Record.MarkerWrites)
+		}
+	}
+	runs, err := r.RunPlan(context.Background(), Plan{Arms: arms, N: n, Observe: observe})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	for _, run := range runs {
+		WriteTable(&buf, run)
+	}
+	WriteCompareRows(&buf, RestoreStageNames(), runs...)
+	spans.Write(&buf, ArmColdBoot, ArmRestore)
+	t.Logf("\n%s", buf.String())
+	for _, run := range runs {
+		for _, s := range RestoreStages {
+			if st := run.Stage(s.Name); st == nil || st.Count != n || st.P50US <= 0 {
+				t.Errorf("%s: stage %s: %+v", run.VMM, s.Name, st)
+			}
+		}
+	}
+	if runs[1].VMM != ArmRestore || runs[1].Unit != "restores" {
+		t.Errorf("second run is %s (%q), want the restores", runs[1].VMM, runs[1].Unit)
+	}
+}
+
+var genIDRE = regexp.MustCompile(`^[0-9a-f]{32}$`)
+
+func TestClonesShareTheMemoryFileAndGetDistinctGenerationIDs(t *testing.T) {
+	requireKVM(t)
+	const touch = 500
+	snap := prepareTestSnapshot(t, touch)
+	vmmBin, _ := probeFixture(t)
+	rep, err := RunClones(context.Background(), CloneSpec{VMMBin: vmmBin, Snapshot: snap, N: 3, ReadBack: true, Timeout: 60 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	WriteClones(&buf, rep)
+	t.Logf("\n%s", buf.String())
+	seen := map[string]bool{}
+	for i, c := range rep.Clones {
+		if !genIDRE.MatchString(c.GenID) || seen[c.GenID] {
+			t.Errorf("clone %d: generation ID %q is malformed or repeated", i+1, c.GenID)
+		}
+		seen[c.GenID] = true
+		if c.Sum != snap.TouchSum {
+			t.Errorf("clone %d: sum %s, snapshot %s", i+1, c.Sum, snap.TouchSum)
+		}
+		if c.Total.Rss == 0 || c.Total.Pss == 0 || c.Total.Pss > c.Total.Rss {
+			t.Errorf("clone %d: smaps_rollup %+v", i+1, c.Total)
+		}
+		// Every clone read the touched pages, so at least those are
+		// resident from the memory file.
+		if c.Guest.Rss < touch*4 {
+			t.Errorf("clone %d: memory file Rss %d kB, read back %d kB", i+1, c.Guest.Rss, touch*4)
+		}
+	}
+	// The page cache is shared: three clones mapping the same pages pay
+	// for them about once.
+	_, guest := rep.Sum()
+	if guest.Pss*2 > guest.Rss {
+		t.Errorf("memory file: sum of Pss %d kB is not well under sum of Rss %d kB: pages not shared", guest.Pss, guest.Rss)
+	}
+}

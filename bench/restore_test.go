@@ -1,0 +1,102 @@
+package bench
+
+import (
+	"bytes"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/voltvmm/volt/bench/trace"
+)
+
+func TestRestoreArmsDriveBothSidesAlike(t *testing.T) {
+	boot := Config{VMM: VMMVolt, VMMBin: "/bin/volt-vmm", Guest: GuestProbe, Kernel: "probe.elf", Memory: "128M", CPUs: 2, Timeout: time.Second}
+	snap := &Snapshot{Dir: "/snap", Memory: "128M", CPUs: 2}
+	arms := RestoreArms(boot, snap, true)
+	if len(arms) != 2 || arms[0].Name != ArmColdBoot || arms[1].Name != ArmRestore {
+		t.Fatalf("arms %+v: want cold boot (the base of the ratios), then restore", arms)
+	}
+	for _, a := range arms {
+		if err := a.Config.Validate(); err != nil {
+			t.Errorf("%s: %v", a.Name, err)
+		}
+		if a.Config.Ask != RestoreAsk || a.Config.Answer != RestoreAnswer {
+			t.Errorf("%s asks %q, wants %q", a.Name, a.Config.Ask, a.Config.Answer)
+		}
+		if got := stageNames(a.Config.rows()); !slices.Equal(got, RestoreStageNames()) {
+			t.Errorf("%s rows %v", a.Name, got)
+		}
+	}
+	if got, want := arms[1].Config.Args(), []string{"--restore", "/snap", "--console", "stdio"}; !slices.Equal(got, want) {
+		t.Errorf("restore args %q, want %q", got, want)
+	}
+	if got := arms[0].Config.Args(); !slices.Contains(got, "--kernel") || !slices.Contains(got, "2") {
+		t.Errorf("cold boot args %q", got)
+	}
+	if only := RestoreArms(boot, snap, false); len(only) != 1 || only[0].Name != ArmRestore {
+		t.Errorf("without --compare-boot: %+v", only)
+	}
+}
+
+func TestConfigValidateRestore(t *testing.T) {
+	ok := Config{VMM: VMMVolt, VMMBin: "v", Guest: GuestProbe, RestoreDir: "/s", CPUs: 1, Timeout: time.Second, Ask: "echo x", Answer: "x"}
+	if err := ok.Validate(); err != nil {
+		t.Fatalf("restore without a kernel: %v", err)
+	}
+	for name, mutate := range map[string]func(*Config){
+		"qemu":           func(c *Config) { c.VMM = VMMQEMU },
+		"linux guest":    func(c *Config) { c.Guest = GuestLinux },
+		"nothing to ask": func(c *Config) { c.Ask, c.Answer = "", "" },
+		"no answer":      func(c *Config) { c.Answer = "" },
+		"boot, kernel-less": func(c *Config) {
+			c.RestoreDir = ""
+		},
+	} {
+		c := ok
+		mutate(&c)
+		if err := c.Validate(); err == nil {
+			t.Errorf("%s: accepted %+v", name, c)
+		}
+	}
+}
+
+func TestRestoreStageTimesAndSpans(t *testing.T) {
+	ms := time.Millisecond
+	rec := trace.Record{Points: []trace.Point{
+		{Milestone: trace.Exec},
+		{Milestone: trace.VMCreated, At: 3 * ms},
+		{Milestone: trace.Memory, At: 4 * ms},
+		{Milestone: trace.VCPU, At: 4500 * time.Microsecond},
+		{Milestone: trace.GuestEntry, At: 5 * ms},
+		{Milestone: trace.FirstOutput, At: 6 * ms, UserExits: 20},
+		{Milestone: trace.Answer, At: 6 * ms},
+		{Milestone: trace.Exit, At: 9 * ms, UserExits: 30},
+	}}
+	st := stageTimesFor(rec, RestoreStages)
+	if len(st) != len(RestoreStages) {
+		t.Fatalf("rows %v", st)
+	}
+	if st["first-answer"].At != 6*ms || st["first-answer"].UserExits != 20 || st["exit"].UserExits != 30 {
+		t.Errorf("first-answer %+v, exit %+v", st["first-answer"], st["exit"])
+	}
+	spans := &SpanRecorder{Spans: RestoreSpans}
+	spans.Observe(Arm{Name: ArmRestore}, Boot{Stages: st})
+	var buf bytes.Buffer
+	if err := spans.Write(&buf, ArmRestore); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"process start", "3.000", "2.000", "1.000"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("spans lack %q:\n%s", want, buf.String())
+		}
+	}
+	run := NewRunOf(ArmRestore, GuestProbe, RestoreStages)
+	run.Unit = "restores"
+	run.Add(Boot{Stages: st})
+	buf.Reset()
+	WriteTable(&buf, run)
+	if !strings.Contains(buf.String(), "1 restores") || !strings.Contains(buf.String(), "first-answer") {
+		t.Errorf("table:\n%s", buf.String())
+	}
+}

@@ -1,0 +1,209 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/voltvmm/volt/guest/probe"
+)
+
+// The files of a snapshot directory, as volt-vmm --restore reads them.
+const (
+	SnapshotStateFile = "vm.state"
+	SnapshotMemFile   = "vm.mem"
+)
+
+// SnapshotSpec says which probe VM to boot and snapshot.
+type SnapshotSpec struct {
+	VMMBin     string
+	Kernel     string // the probe
+	Memory     string // e.g. "128M"
+	CPUs       int
+	TouchPages int           // pages the probe writes before the snapshot, so memory has content
+	Dir        string        // existing directory the snapshot is written to
+	Timeout    time.Duration // for the whole preparation
+}
+
+// Validate checks the spec before anything starts.
+func (s SnapshotSpec) Validate() error {
+	var errs []error
+	if s.VMMBin == "" {
+		errs = append(errs, errors.New("no volt-vmm binary"))
+	}
+	if s.Kernel == "" {
+		errs = append(errs, errors.New("no probe kernel"))
+	}
+	if s.CPUs < 1 {
+		errs = append(errs, fmt.Errorf("%d vCPUs", s.CPUs))
+	}
+	if s.TouchPages < 0 {
+		errs = append(errs, fmt.Errorf("touch %d pages", s.TouchPages))
+	}
+	if s.Dir == "" {
+		errs = append(errs, errors.New("no snapshot directory"))
+	}
+	if s.Timeout <= 0 {
+		errs = append(errs, errors.New("no timeout"))
+	}
+	return errors.Join(errs...)
+}
+
+// Snapshot is a prepared snapshot directory.
+type Snapshot struct {
+	Dir        string
+	Memory     string
+	CPUs       int
+	TouchPages int
+	// TouchSum is the probe's checksum of the touched pages ("0x…"), which
+	// `sum TouchPages` must repeat in every restore; "" without a touch.
+	TouchSum string
+	// The memory file: its length, and the bytes it occupies on disk
+	// (st_blocks × 512; zero pages are holes).
+	MemFileBytes, MemFileAllocated int64
+	Took                           time.Duration // boot, touch, pause, snapshot
+}
+
+// MemPath is the memory file's path.
+func (s *Snapshot) MemPath() string { return filepath.Join(s.Dir, SnapshotMemFile) }
+
+// PrepareSnapshot boots the probe under volt-vmm with its API on a socket
+// in spec.Dir, waits for it to be ready, optionally touches pages, pauses
+// it, snapshots it into spec.Dir and stops that VMM.
+func PrepareSnapshot(ctx context.Context, spec SnapshotSpec) (*Snapshot, error) {
+	if err := spec.Validate(); err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, spec.Timeout)
+	defer cancel()
+	start := time.Now()
+	sock := filepath.Join(spec.Dir, "api.sock")
+	con, err := startConsole(spec.VMMBin, "--api-sock", sock, "--kernel", spec.Kernel,
+		"--memory", spec.Memory, "--cpus", strconv.Itoa(spec.CPUs), "--console", "stdio")
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	defer con.close()
+	api := newAPIClient(sock)
+	defer api.CloseIdleConnections()
+	if err := waitForAPI(ctx, api, con); err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	if err := apiCall(ctx, api, http.MethodPut, "/actions", map[string]string{"action_type": "InstanceStart"}); err != nil {
+		return nil, fmt.Errorf("snapshot: start the probe: %w", err)
+	}
+	if _, err := con.expect(ctx, probe.ReadyLine); err != nil {
+		return nil, fmt.Errorf("snapshot: boot the probe: %w", err)
+	}
+	snap := &Snapshot{Dir: spec.Dir, Memory: spec.Memory, CPUs: spec.CPUs, TouchPages: spec.TouchPages}
+	if spec.TouchPages > 0 {
+		line, err := con.ask(ctx, fmt.Sprintf("touch %d", spec.TouchPages), fmt.Sprintf("touched %d ", spec.TouchPages))
+		if err != nil {
+			return nil, fmt.Errorf("snapshot: %w", err)
+		}
+		if snap.TouchSum, err = probeSum(line); err != nil {
+			return nil, fmt.Errorf("snapshot: touch: %w", err)
+		}
+	}
+	if err := apiCall(ctx, api, http.MethodPatch, "/vm", map[string]string{"state": "Paused"}); err != nil {
+		return nil, fmt.Errorf("snapshot: pause: %w", err)
+	}
+	body := map[string]string{
+		"snapshot_path": filepath.Join(spec.Dir, SnapshotStateFile),
+		"mem_file_path": filepath.Join(spec.Dir, SnapshotMemFile),
+	}
+	if err := apiCall(ctx, api, http.MethodPut, "/snapshot/create", body); err != nil {
+		return nil, fmt.Errorf("snapshot: create: %w", err)
+	}
+	con.terminate(2 * time.Second)
+	snap.Took = time.Since(start)
+	var st syscall.Stat_t
+	if err := syscall.Stat(snap.MemPath(), &st); err != nil {
+		return nil, fmt.Errorf("snapshot: memory file: %w", err)
+	}
+	snap.MemFileBytes, snap.MemFileAllocated = st.Size, st.Blocks*512
+	return snap, nil
+}
+
+// probeSum takes the checksum out of a `touched N sum=0x…` or
+// `sum N sum=0x…` reply.
+func probeSum(line string) (string, error) {
+	_, sum, ok := strings.Cut(line, " sum=")
+	if !ok || !strings.HasPrefix(sum, "0x") || len(sum) < 3 {
+		return "", fmt.Errorf("no checksum in %q", line)
+	}
+	return sum, nil
+}
+
+func newAPIClient(sock string) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+	}}
+}
+
+// waitForAPI polls until the socket answers GET /: volt-vmm creates it
+// a few milliseconds after its exec.
+func waitForAPI(ctx context.Context, api *http.Client, con *guestConsole) error {
+	for {
+		err := apiCall(ctx, api, http.MethodGet, "/", nil)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-con.exited:
+			return fmt.Errorf("volt-vmm exited before its API answered: %v; stderr %q", con.waitErr, strings.TrimSpace(con.stderr.String()))
+		case <-ctx.Done():
+			return fmt.Errorf("API socket: %w (last error: %v)", ctx.Err(), err)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// apiCall sends one request with a JSON body and wants a 2xx answer; a
+// 400's fault_message becomes the error.
+func apiCall(ctx context.Context, api *http.Client, method, path string, body any) error {
+	var rd io.Reader
+	if body != nil {
+		data, err := json.Marshal(body)
+		if err != nil {
+			return fmt.Errorf("%s %s: encode: %w", method, path, err)
+		}
+		rd = bytes.NewReader(data)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://localhost"+path, rd)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := api.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+	if resp.StatusCode/100 != 2 {
+		var fault struct {
+			FaultMessage string `json:"fault_message"`
+		}
+		if json.Unmarshal(msg, &fault) == nil && fault.FaultMessage != "" {
+			return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, fault.FaultMessage)
+		}
+		return fmt.Errorf("%s %s: %s: %q", method, path, resp.Status, msg)
+	}
+	return nil
+}
