@@ -346,7 +346,12 @@ func cmdCompare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			}
 			runs = append(runs, res.Runs...)
 		}
-		if err := bench.WriteCompare(stdout, runs...); err != nil {
+		rows := bench.StageNames()
+		if len(runs) > 0 && runs[0].Stage("first-answer") != nil {
+			// Saved by voltbench restore: its own rows.
+			rows = bench.RestoreStageNames()
+		}
+		if err := bench.WriteCompareRows(stdout, rows, runs...); err != nil {
 			return fail(stderr, "%v", err)
 		}
 		return exitOK

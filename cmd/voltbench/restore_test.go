@@ -3,8 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/voltvmm/volt/bench"
 )
 
 func TestRestoreAndClonesFlags(t *testing.T) {
@@ -28,5 +33,33 @@ func TestRestoreAndClonesFlags(t *testing.T) {
 	errb.Reset()
 	if code := run(context.Background(), []string{"restore", "--help"}, &out, &errb); code != exitOK || !strings.Contains(errb.String(), "--compare-boot") {
 		t.Errorf("restore --help: exit %d, %q", code, errb.String())
+	}
+}
+
+func TestCompareShowsSavedRestoreRunsWithTheirRows(t *testing.T) {
+	var runs []*bench.Run
+	for i, name := range []string{bench.ArmColdBoot, bench.ArmRestore} {
+		r := bench.NewRunOf(name, bench.GuestProbe, bench.RestoreStages)
+		st := map[string]bench.StageTime{}
+		for j, s := range bench.RestoreStageNames() {
+			st[s] = bench.StageTime{At: time.Duration(j+1+i) * time.Millisecond}
+		}
+		r.Add(bench.Boot{Stages: st})
+		runs = append(runs, r)
+	}
+	data, err := (&bench.Results{Runs: runs}).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "restore.json")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"compare", path}, &out, &errb); code != exitOK {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	if !strings.Contains(out.String(), "first-answer") || strings.Contains(out.String(), "pid1") {
+		t.Errorf("saved restore runs not shown with the restore rows:\n%s", out.String())
 	}
 }
