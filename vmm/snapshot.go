@@ -254,24 +254,21 @@ func Restore(ctx context.Context, rc RestoreConfig) (_ *VM, err error) {
 	if rc.Origin.IsZero() {
 		rc.Origin = time.Now()
 	}
-	st, err := snapshot.ReadStateFile(rc.StatePath)
+	// Reading and verifying the state file and creating the VM each take
+	// a few hundred microseconds and need nothing from each other, so they
+	// overlap.
+	type decoded struct {
+		st  *snapshot.VMState
+		err error
+	}
+	stateCh := make(chan decoded, 1)
+	go func() {
+		st, err := snapshot.ReadStateFile(rc.StatePath)
+		stateCh <- decoded{st, err}
+	}()
+	v, err := newShell(Config{Origin: rc.Origin})
 	if err != nil {
-		return nil, err
-	}
-	if st.Memory.Diff {
-		return nil, errors.New("a diff snapshot cannot be restored on its own: merge it onto its base first")
-	}
-	m := st.Machine
-	cfg := Config{
-		KernelPath: m.KernelPath, Cmdline: m.Cmdline, MemorySize: m.MemorySize, HugePages: false,
-		CPUs: m.CPUs, CPUTemplate: m.CPUTemplate, CPUIDMask: m.CPUIDMask, TrackDirtyPages: m.TrackDirtyPages,
-		Console: rc.Console, ConsoleInput: rc.ConsoleInput, Origin: rc.Origin,
-	}
-	if rc.TrackDirtyPages != nil {
-		cfg.TrackDirtyPages = *rc.TrackDirtyPages
-	}
-	v, err := newShell(cfg)
-	if err != nil {
+		<-stateCh
 		return nil, err
 	}
 	defer func() {
@@ -279,6 +276,26 @@ func Restore(ctx context.Context, rc RestoreConfig) (_ *VM, err error) {
 			v.Close()
 		}
 	}()
+	d := <-stateCh
+	if d.err != nil {
+		return nil, d.err
+	}
+	st := d.st
+	if st.Memory.Diff {
+		return nil, errors.New("a diff snapshot cannot be restored on its own: merge it onto its base first")
+	}
+	m := st.Machine
+	v.cfg = Config{
+		KernelPath: m.KernelPath, Cmdline: m.Cmdline, MemorySize: m.MemorySize, HugePages: false,
+		CPUs: m.CPUs, CPUTemplate: m.CPUTemplate, CPUIDMask: m.CPUIDMask, TrackDirtyPages: m.TrackDirtyPages,
+		Console: rc.Console, ConsoleInput: rc.ConsoleInput, Origin: rc.Origin,
+	}
+	if rc.TrackDirtyPages != nil {
+		v.cfg.TrackDirtyPages = *rc.TrackDirtyPages
+	}
+	if err := v.checkVCPUCount(); err != nil {
+		return nil, err
+	}
 	supported, err := v.sys.SupportedCPUID()
 	if err != nil {
 		return nil, err

@@ -165,9 +165,11 @@ func newShell(cfg Config) (*VM, error) {
 	if v.sys, err = kvm.Open(); err != nil {
 		return nil, err
 	}
-	if max := v.sys.MaxVCPUs(); cfg.CPUs > max {
-		v.Close()
-		return nil, fmt.Errorf("%d vCPUs requested, KVM allows %d on this host", cfg.CPUs, max)
+	if cfg.CPUs > 0 {
+		if err := v.checkVCPUCount(); err != nil {
+			v.Close()
+			return nil, err
+		}
 	}
 	if v.vm, err = v.sys.CreateVM(); err != nil {
 		v.Close()
@@ -175,6 +177,14 @@ func newShell(cfg Config) (*VM, error) {
 	}
 	v.timeline.VMCreated = time.Now()
 	return v, nil
+}
+
+// checkVCPUCount refuses more vCPUs than this host's KVM allows.
+func (v *VM) checkVCPUCount() error {
+	if max := v.sys.MaxVCPUs(); v.cfg.CPUs > max {
+		return fmt.Errorf("%d vCPUs requested, KVM allows %d on this host", v.cfg.CPUs, max)
+	}
+	return nil
 }
 
 func (v *VM) setupPlatform() error {
