@@ -11,7 +11,8 @@
 # all inputs. A second run with the same inputs only copies the cached images.
 #
 # Environment: VOLT_CACHE (cache root), VOLT_KERNEL_TARBALL (override the tarball path,
-# for tests), JOBS (default: nproc).
+# for tests), JOBS (default: nproc), VOLT_KERNEL_KEEP (completed cache entries to keep,
+# newest first, default 2; each holds a full kernel tree of ~1.6 GB).
 set -euo pipefail
 
 die() { echo "build.sh: error: $*" >&2; exit 1; }
@@ -153,3 +154,12 @@ cp -f "$TREE/arch/x86/boot/bzImage" "$WORK/bzImage"
 touch "$WORK/done"
 trap - ERR
 install_outputs
+
+# ---- 6. prune older completed cache entries (never this one, never unfinished ones) -------
+keep=${VOLT_KERNEL_KEEP:-2}
+ls -1dt "$CACHE_ROOT"/*/done 2>/dev/null | tail -n +$((keep + 1)) | while read -r d; do
+	old=$(dirname "$d")
+	[ "$old" = "$WORK" ] && continue
+	step "pruning old cache entry $old"
+	rm -rf "$old"
+done
