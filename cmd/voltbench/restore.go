@@ -78,16 +78,11 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		fmt.Fprintf(stderr, "voltbench restore: --touch %d: want 0 or more pages\n", s.touch)
 		return exitUsage
 	}
-	cfg, err := s.config(bench.VMMVolt)
-	if err != nil {
-		return fail(stderr, "%v", err)
-	}
-	snap, cleanup, err := s.snapshot(ctx, cfg)
+	cfg, snap, cleanup, err := s.snapshotProbe(ctx, stdout)
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
 	defer cleanup()
-	describeSnapshot(stdout, snap)
 	arms := bench.RestoreArms(cfg, snap, *compareBoot)
 	spans := &bench.SpanRecorder{Spans: bench.RestoreSpans}
 	runs, err := s.session(ctx, arms, stderr, spans.Observe)
@@ -134,16 +129,11 @@ func cmdClones(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintf(stderr, "voltbench clones: -n %d --touch %d: want at least one clone and 0 or more pages\n", s.n, s.touch)
 		return exitUsage
 	}
-	cfg, err := s.config(bench.VMMVolt)
-	if err != nil {
-		return fail(stderr, "%v", err)
-	}
-	snap, cleanup, err := s.snapshot(ctx, cfg)
+	cfg, snap, cleanup, err := s.snapshotProbe(ctx, stdout)
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
 	defer cleanup()
-	describeSnapshot(stdout, snap)
 	rep, err := bench.RunClones(ctx, bench.CloneSpec{
 		VMMBin: cfg.VMMBin, Snapshot: snap, N: s.n, ReadBack: *readBack,
 		// Clones start together on a shared machine: give each its own
@@ -157,4 +147,19 @@ func cmdClones(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return fail(stderr, "%v", err)
 	}
 	return exitOK
+}
+
+// snapshotProbe boots the probe once, snapshots it as the flags ask and describes
+// the snapshot; cleanup removes it.
+func (s *snapshotFlags) snapshotProbe(ctx context.Context, stdout io.Writer) (bench.Config, *bench.Snapshot, func(), error) {
+	cfg, err := s.config(bench.VMMVolt)
+	if err != nil {
+		return cfg, nil, nil, err
+	}
+	snap, cleanup, err := s.snapshot(ctx, cfg)
+	if err != nil {
+		return cfg, snap, nil, err
+	}
+	describeSnapshot(stdout, snap)
+	return cfg, snap, cleanup, nil
 }
