@@ -91,14 +91,15 @@ var bootTimerRE = regexp.MustCompile(`(?m)^boot-timer: exec→(\S+) (\d+) µs$`)
 // VMM, the boot-timer from volt-vmm's package initialisation, which comes
 // after the kernel has loaded the binary and the Go runtime has started.
 // So the test measures that offset on the first stage both sides see
-// (eBPF vm-ready vs boot-timer vm-created) and requires it to be a
-// plausible start-up cost, 0–8 ms (2.3–3.5 ms measured here under load);
-// then every later stage, shifted by the same offset, must agree within
+// (eBPF vm-ready vs boot-timer vm-created) and requires only that it is
+// not negative and not absurd: it is process start-up, so on a loaded
+// machine it follows the scheduler (2.0–9.4 ms measured in one CI run, where
+// an 8 ms bound failed). The agreement that matters comes next: every later stage, shifted by the same offset, must agree within
 // max(0.5 ms, 5 %). The residual comes from where each side reads the
 // clock: the kernel at the port write or ioctl return, volt-vmm after
 // the exit reaches user space (~10 µs per exit on this host).
 const (
-	originMax   = 8 * time.Millisecond
+	originMax   = 200 * time.Millisecond
 	agreeAbs    = 500 * time.Microsecond
 	agreeRel    = 0.05
 	originSlack = 100 * time.Microsecond // the kernel may read its clock first
