@@ -3,6 +3,7 @@ package vmm_test
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/voltvmm/volt/guest/marker"
 	"github.com/voltvmm/volt/guest/rootfs"
 	"github.com/voltvmm/volt/vmm"
 	"github.com/voltvmm/volt/vmm/boot"
@@ -153,6 +155,19 @@ func TestOurLinuxRunsInit(t *testing.T) {
 	r := <-done
 	if !reachedInit {
 		t.Fatalf("the kernel never ran /init (VM stopped: %s %v); console:\n%s", r.Reason, r.Err, log.String())
+	}
+	// Our kernel patch writes the kernel-range markers (guest/kernel/patches/0002).
+	var kernelStages []marker.Stage
+	for _, e := range vm.Markers().Events() {
+		if e.Stage.IsKernel() {
+			kernelStages = append(kernelStages, e.Stage)
+		}
+	}
+	if want := []marker.Stage{marker.KernelEntry, marker.KernelLongMode, marker.KernelDevices}; fmt.Sprint(kernelStages) != fmt.Sprint(want) {
+		t.Errorf("kernel markers %v, want %v", kernelStages, want)
+	}
+	for _, st := range vm.BootStages() {
+		t.Logf("boot stage %-16s %8.1f ms", st.Name, float64(st.At.Microseconds())/1000)
 	}
 	if !ready {
 		t.Logf("PID 1 did not reach ready on this host (VM stopped: %s): see guest/README.md, section (c)", r.Reason)
