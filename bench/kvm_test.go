@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -108,7 +109,15 @@ const (
 func TestEBPFStageTimesAgreeWithVoltBootTimer(t *testing.T) {
 	r := requireRunner(t)
 	cfg := voltConfig(t, "--boot-timer")
-	for i := 0; i < 5; i++ {
+	// Each side reads its clock on a different thread, and on a loaded
+	// machine either can be descheduled between the event and the read
+	// (one CI run saw a single boot off by 0.54 ms). Agreement is therefore
+	// judged on each stage's median difference over the boots, which one
+	// descheduled sample cannot move.
+	const boots = 7
+	deltas := map[string][]time.Duration{}
+	timerAt := map[string][]time.Duration{}
+	for i := 0; i < boots; i++ {
 		b := r.Boot(context.Background(), cfg)
 		if b.Err != nil {
 			t.Fatalf("boot %d: %v", i, b.Err)
@@ -140,12 +149,24 @@ func TestEBPFStageTimesAgreeWithVoltBootTimer(t *testing.T) {
 			e, v := get(pair[0], pair[1])
 			d := e - offset - v
 			tol := max(agreeAbs, time.Duration(agreeRel*float64(v)))
-			t.Logf("boot %d %-12s eBPF %8.3f ms  boot-timer %8.3f ms  Δ after offset %+.3f ms", i, pair[0], float64(e)/1e6, float64(v)/1e6, float64(d)/1e6)
-			if d < -tol || d > tol {
-				t.Errorf("boot %d %s: eBPF %v − offset %v vs boot-timer %v: Δ %v beyond ±%v", i, pair[0], e, offset, v, d, tol)
-			}
+			t.Logf("boot %d %-12s eBPF %8.3f ms  boot-timer %8.3f ms  Δ after offset %+.3f ms (±%v)", i, pair[0], float64(e)/1e6, float64(v)/1e6, float64(d)/1e6, tol)
+			deltas[pair[0]] = append(deltas[pair[0]], d)
+			timerAt[pair[0]] = append(timerAt[pair[0]], v)
 		}
 	}
+	for stage, ds := range deltas {
+		d, v := median(ds), median(timerAt[stage])
+		tol := max(agreeAbs, time.Duration(agreeRel*float64(v)))
+		if d < -tol || d > tol {
+			t.Errorf("%s: median Δ after offset %v over %d boots, beyond ±%v", stage, d, len(ds), tol)
+		}
+	}
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
 }
 
 func TestQEMUProducesTheSameStageRows(t *testing.T) {
