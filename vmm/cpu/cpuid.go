@@ -59,7 +59,21 @@ var Features = map[string]Feature{
 	"lahf_lm": {0x80000001, 0, ECX, 0}, "abm": {0x80000001, 0, ECX, 5}, "sse4a": {0x80000001, 0, ECX, 6},
 	"3dnowprefetch": {0x80000001, 0, ECX, 8}, "pdpe1gb": {0x80000001, 0, EDX, 26},
 	"rdtscp": {0x80000001, 0, EDX, 27},
+	// KVM's paravirtual features (leaf 0x40000001 EAX, named after
+	// KVM_FEATURE_* in the kernel's Documentation/virt/kvm/x86/cpuid.rst):
+	// the VMM defines this leaf, and a host that does not complete the
+	// matching hypercalls (PV IPIs and yields are vmcalls) needs them hidden.
+	"kvm_clocksource": {kvmFeatures, 0, EAX, 0}, "kvm_nop_io_delay": {kvmFeatures, 0, EAX, 1},
+	"kvm_clocksource2": {kvmFeatures, 0, EAX, 3}, "kvm_async_pf": {kvmFeatures, 0, EAX, 4},
+	"kvm_steal_time": {kvmFeatures, 0, EAX, 5}, "kvm_pv_eoi": {kvmFeatures, 0, EAX, 6},
+	"kvm_pv_unhalt": {kvmFeatures, 0, EAX, 7}, "kvm_pv_tlb_flush": {kvmFeatures, 0, EAX, 9},
+	"kvm_async_pf_vmexit": {kvmFeatures, 0, EAX, 10}, "kvm_pv_send_ipi": {kvmFeatures, 0, EAX, 11},
+	"kvm_poll_control": {kvmFeatures, 0, EAX, 12}, "kvm_pv_sched_yield": {kvmFeatures, 0, EAX, 13},
+	"kvm_async_pf_int": {kvmFeatures, 0, EAX, 14}, "kvm_msi_ext_dest_id": {kvmFeatures, 0, EAX, 15},
 }
+
+// kvmFeatures is KVM's paravirtual feature leaf.
+const kvmFeatures = 0x40000001
 
 // Template is a named set of features to hide from the guest, applied on top
 // of what KVM supports on this host.

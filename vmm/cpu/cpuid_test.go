@@ -126,3 +126,14 @@ func TestWireLocalInterrupts(t *testing.T) {
 		t.Errorf("LVT1 = %#x", v)
 	}
 }
+
+func TestKVMParavirtualFeaturesCanBeHidden(t *testing.T) {
+	host := append(hostLeaves(), kvm.CPUIDEntry{Function: 0x40000001, EAX: 1<<3 | 1<<11 | 1<<13})
+	l, err := Leaves(host, CPUIDConfig{Mask: []string{"kvm_pv_send_ipi", "kvm_pv_sched_yield"}, CPUs: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := find(t, l, 0x40000001, 0); e.EAX != 1<<3 {
+		t.Fatalf("KVM feature leaf EAX = %#x, want only kvm_clocksource2 (bit 3) left", e.EAX)
+	}
+}
