@@ -216,8 +216,9 @@ func reg(e *kvm.CPUIDEntry, r Register) *uint32 {
 	return &e.EDX
 }
 
-// setTopology describes one socket with cfg.CPUs cores, one thread each, and
-// marks the CPU as running under a hypervisor.
+// setTopology describes one socket with cfg.CPUs cores, one thread each, in
+// both Intel's (leaves 1, 4, 0xb) and AMD's (0x80000008, 0x8000001e) terms,
+// and marks the CPU as running under a hypervisor.
 func setTopology(leaves []kvm.CPUIDEntry, cpus, apicID int) {
 	coreBits := uint32(bits.Len(uint(cpus - 1)))
 	for i := range leaves {
@@ -235,6 +236,16 @@ func setTopology(leaves []kvm.CPUIDEntry, cpus, apicID int) {
 			// Cores per package in EAX[31:26]; the cache-sharing field is
 			// left as KVM reports it.
 			e.EAX = e.EAX&0x03ffffff | uint32(cpus-1)<<26
+		case 0x80000008:
+			// AMD's core count (NC, ECX[7:0]) and APIC-ID bits per
+			// package (ECX[15:12]); without them a guest on an AMD host
+			// takes every vCPU for a socket of its own.
+			e.ECX = e.ECX&^0xf0ff | coreBits<<12 | uint32(cpus-1)
+		case 0x8000001e:
+			// Extended APIC ID and core ID; one thread per core, node 0.
+			e.EAX = uint32(apicID)
+			e.EBX = e.EBX&^0xffff | uint32(apicID)&0xff
+			e.ECX &^= 0x7ff
 		case 0xb:
 			e.EDX = uint32(apicID)
 			switch e.Index {

@@ -17,6 +17,8 @@ func hostLeaves() []kvm.CPUIDEntry {
 		{Function: 0xb, Index: 1, Flags: kvm.CPUIDFlagSignificantIndex},
 		{Function: 0xd, Index: 0, Flags: kvm.CPUIDFlagSignificantIndex, EAX: 7},
 		{Function: 0xd, Index: 1, Flags: kvm.CPUIDFlagSignificantIndex, EAX: 1},
+		{Function: 0x80000008, ECX: 0x7000},
+		{Function: 0x8000001e, EBX: 0x0100, ECX: 0x0300},
 	}
 }
 
@@ -79,6 +81,12 @@ func TestTopology(t *testing.T) {
 	}
 	if e := find(t, l, 4, 0); e.EAX>>26 != 3 {
 		t.Errorf("leaf 4 EAX = %#x", e.EAX)
+	}
+	if e := find(t, l, 0x80000008, 0); e.ECX&0xff != 3 || (e.ECX>>12)&0xf != 2 {
+		t.Errorf("leaf 0x80000008 ECX = %#x, want NC 3 and 2 APIC-ID bits", e.ECX)
+	}
+	if e := find(t, l, 0x8000001e, 0); e.EAX != 3 || e.EBX&0xff != 3 || (e.EBX>>8)&0xff != 0 {
+		t.Errorf("leaf 0x8000001e = %+v, want APIC ID 3, core 3, one thread per core", e)
 	}
 }
 
