@@ -333,7 +333,10 @@ func Restore(ctx context.Context, rc RestoreConfig) (_ *VM, err error) {
 	}
 	v.uart.Restore(st.Devices.UART)
 	v.i8042.Restore(st.Devices.I8042)
-	v.markers.Restore(st.Devices.BootMarker)
+	// The boot-marker timeline is not put back: its offsets are from the
+	// original VM's exec, and mixed into this process's timeline they
+	// would show a restore "reaching" PID 1 before it created its VM. The
+	// state file keeps it as a record of that boot.
 	if err := v.createVCPUs(); err != nil {
 		return nil, err
 	}
@@ -343,7 +346,7 @@ func Restore(ctx context.Context, rc RestoreConfig) (_ *VM, err error) {
 		}
 		v.cpuid[i] = st.VCPUs[i].CPUID
 	}
-	v.timeline.KernelReady = time.Now()
+	v.timeline.StateRestored = time.Now()
 	v.startPaused = !rc.Resume
 	return v, ctx.Err()
 }

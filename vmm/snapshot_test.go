@@ -272,3 +272,16 @@ func setFeature(leaves []kvm.CPUIDEntry, f cpu.Feature) {
 		}
 	}
 }
+
+func TestRestoredTimelineHoldsOnlyThisProcess(t *testing.T) {
+	state, mem, _ := snapshotProbe(t, vmm.Config{MemorySize: 32 << 20}, 1)
+	c := restoreProbe(t, state, mem)
+	c.send("poweroff")
+	c.wait()
+	for _, st := range c.vm.BootStages() {
+		switch st.Name {
+		case "kernel-entry", "kernel-long-mode", "kernel-devices", "pid1", "ready", "kernel-loaded":
+			t.Errorf("restored VM reports boot stage %s at %v: that belongs to the original boot", st.Name, st.At)
+		}
+	}
+}

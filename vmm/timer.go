@@ -29,6 +29,7 @@ func (v *VM) BootStages() []Stage {
 	add("vm-created", tl.VMCreated)
 	add("memory-ready", tl.MemoryReady)
 	add("kernel-loaded", tl.KernelReady)
+	add("state-restored", tl.StateRestored)
 	add("guest-entry", tl.GuestEntry)
 	add("first-output", firstOutput)
 	seen := map[marker.Stage]bool{}

@@ -102,8 +102,11 @@ type Timeline struct {
 	Origin      time.Time
 	VMCreated   time.Time // KVM_CREATE_VM returned
 	MemoryReady time.Time // guest memory mapped and registered
-	KernelReady time.Time // kernel, initrd and boot structures in memory
-	GuestEntry  time.Time // first KVM_RUN issued on the boot vCPU
+	KernelReady time.Time // kernel, initrd and boot structures in memory (boot)
+	// StateRestored is when every device and vCPU had its snapshot state
+	// back (restore); a restore loads no kernel.
+	StateRestored time.Time
+	GuestEntry    time.Time // first KVM_RUN issued on the boot vCPU
 }
 
 // New creates the VM: KVM objects, memory, kernel and devices. It does not
