@@ -21,6 +21,10 @@ const (
 	KernelEntry    Stage = 0x40 // first instruction of the guest kernel (probe: PVH entry)
 	KernelLongMode Stage = 0x41 // paging and long mode on
 	KernelDevices  Stage = 0x42 // platform discovery done (MP table read)
+	// KernelPanic is written by our guest kernel's panic path, so that a
+	// VMM can tell a panic (and the reset that follows it) from a clean
+	// power-off without reading the console.
+	KernelPanic Stage = 0x5f
 )
 
 // Userspace stages (0x60–0x7f).
@@ -35,6 +39,7 @@ var names = map[Stage]string{
 	KernelEntry:    "kernel-entry",
 	KernelLongMode: "kernel-long-mode",
 	KernelDevices:  "kernel-devices",
+	KernelPanic:    "kernel-panic",
 	PID1:           "pid1",
 	Ready:          "ready",
 	Workload:       "workload",
@@ -64,5 +69,5 @@ func (s Stage) IsUserspace() bool { return s >= 0x60 && s <= 0x7f }
 
 // All returns the defined stages in code order.
 func All() []Stage {
-	return []Stage{KernelEntry, KernelLongMode, KernelDevices, PID1, Ready, Workload, Shutdown}
+	return []Stage{KernelEntry, KernelLongMode, KernelDevices, KernelPanic, PID1, Ready, Workload, Shutdown}
 }

@@ -3,8 +3,9 @@
  *
  * Mirrors guest/marker/marker.go; TestMarkerHeaderMatches parses the
  * "#define MARKER_X 0xNN" lines below, so keep exactly that form.
- * The probe has no workload, so it never writes MARKER_WORKLOAD; the line
- * is here so the header covers the whole convention.
+ * The probe has no workload and no panic path, so it never writes
+ * MARKER_WORKLOAD or MARKER_KERNEL_PANIC; the lines are here so the header
+ * covers the whole convention.
  */
 #ifndef VOLT_PROBE_MARKER_H
 #define VOLT_PROBE_MARKER_H
@@ -14,6 +15,7 @@
 #define MARKER_KERNEL_ENTRY 0x40
 #define MARKER_KERNEL_LONG_MODE 0x41
 #define MARKER_KERNEL_DEVICES 0x42
+#define MARKER_KERNEL_PANIC 0x5f
 #define MARKER_PID1 0x60
 #define MARKER_READY 0x61
 #define MARKER_WORKLOAD 0x62
