@@ -19,6 +19,7 @@ import (
 
 	"github.com/voltvmm/volt/vmm"
 	"github.com/voltvmm/volt/vmm/api"
+	"github.com/voltvmm/volt/vmm/api/types"
 	"github.com/voltvmm/volt/vmm/boot"
 	"github.com/voltvmm/volt/vmm/cpu"
 )
@@ -150,9 +151,9 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	// Firecracker does with --config-file.
 	switch {
 	case *restoreDir != "":
-		err := ctrl.LoadSnapshot(context.Background(), api.SnapshotLoadParams{
+		err := ctrl.LoadSnapshot(context.Background(), types.SnapshotLoadParams{
 			SnapshotPath: filepath.Join(*restoreDir, snapshotStateFile),
-			MemBackend:   &api.MemoryBackend{BackendType: "File", BackendPath: filepath.Join(*restoreDir, snapshotMemFile)},
+			MemBackend:   &types.MemoryBackend{BackendType: "File", BackendPath: filepath.Join(*restoreDir, snapshotMemFile)},
 			ResumeVM:     true,
 		})
 		if err != nil {

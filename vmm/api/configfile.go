@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/voltvmm/volt/vmm/api/types"
 )
 
 // MaxConfigFileSize caps a --config-file; real ones are under a kilobyte.
@@ -16,14 +18,14 @@ const MaxConfigFileSize = 1 << 20
 // pre-boot requests, keyed by their paths (GET /vm/config returns the same
 // shape).
 type ConfigFile struct {
-	BootSource        *BootSource           `json:"boot-source" volt:"required"`
-	MachineConfig     *MachineConfiguration `json:"machine-config,omitempty"`
-	Drives            []Drive               `json:"drives,omitempty"`
-	NetworkInterfaces []NetworkInterface    `json:"network-interfaces,omitempty"`
-	Logger            *Logger               `json:"logger,omitempty"`
-	Metrics           *Metrics              `json:"metrics,omitempty"`
-	Vsock             *Vsock                `json:"vsock,omitempty"`
-	Entropy           *EntropyDevice        `json:"entropy,omitempty"`
+	BootSource        *types.BootSource           `json:"boot-source" volt:"required"`
+	MachineConfig     *types.MachineConfiguration `json:"machine-config,omitempty"`
+	Drives            []types.Drive               `json:"drives,omitempty"`
+	NetworkInterfaces []types.NetworkInterface    `json:"network-interfaces,omitempty"`
+	Logger            *types.Logger               `json:"logger,omitempty"`
+	Metrics           *types.Metrics              `json:"metrics,omitempty"`
+	Vsock             *types.Vsock                `json:"vsock,omitempty"`
+	Entropy           *types.EntropyDevice        `json:"entropy,omitempty"`
 }
 
 // unsupportedSections are Firecracker config sections volt-vmm cannot
@@ -45,7 +47,7 @@ func ParseConfigFile(data []byte) (ConfigFile, error) {
 		}
 	}
 	// When the file is not an object, decode reports why precisely.
-	cf, err := decode[ConfigFile](data)
+	cf, err := types.Decode[ConfigFile](data)
 	if err != nil {
 		return cf, err
 	}

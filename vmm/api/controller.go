@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/voltvmm/volt/vmm"
+	"github.com/voltvmm/volt/vmm/api/types"
 	"github.com/voltvmm/volt/vmm/cpu"
 )
 
@@ -69,8 +70,8 @@ type Options struct {
 	// When nil, a machine with a CreateSnapshot method (*vmm.VM) snapshots
 	// itself, and with the real VMM (Build nil) loads use vmm.Restore;
 	// otherwise the endpoints answer ErrSnapshotUnavailable.
-	CreateSnapshot func(ctx context.Context, m Machine, p SnapshotCreateParams) error
-	LoadSnapshot   func(ctx context.Context, base vmm.Config, p SnapshotLoadParams) (Machine, error)
+	CreateSnapshot func(ctx context.Context, m Machine, p types.SnapshotCreateParams) error
+	LoadSnapshot   func(ctx context.Context, base vmm.Config, p types.SnapshotLoadParams) (Machine, error)
 	// LogOutput receives log records until PUT /logger redirects them;
 	// nil means standard error.
 	LogOutput io.Writer
@@ -95,9 +96,9 @@ type Controller struct {
 	// configured is set once anything but the logger and metrics was
 	// configured, after which a snapshot can no longer be loaded.
 	configured bool
-	logger     *Logger
+	logger     *types.Logger
 	logSink    *sink
-	metrics    *Metrics
+	metrics    *types.Metrics
 	machine    Machine
 
 	// metricsSink is used by requests and by the periodic flush, which
@@ -225,7 +226,7 @@ func (c *Controller) begin(op Op) error {
 }
 
 // DescribeInstance answers GET /.
-func (c *Controller) DescribeInstance() InstanceInfo {
+func (c *Controller) DescribeInstance() types.InstanceInfo {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	state := c.stateLocked()
@@ -235,30 +236,30 @@ func (c *Controller) DescribeInstance() InstanceInfo {
 		// last state until main exits.
 		state = c.state
 	}
-	return InstanceInfo{AppName: AppName, ID: c.opts.ID, State: state.String(), VMMVersion: c.opts.VMMVersion}
+	return types.InstanceInfo{AppName: AppName, ID: c.opts.ID, State: state.String(), VMMVersion: c.opts.VMMVersion}
 }
 
 // Version answers GET /version.
-func (c *Controller) Version() FirecrackerVersion {
-	return FirecrackerVersion{FirecrackerVersion: FirecrackerAPIVersion}
+func (c *Controller) Version() types.FirecrackerVersion {
+	return types.FirecrackerVersion{FirecrackerVersion: FirecrackerAPIVersion}
 }
 
 // MachineConfig answers GET /machine-config.
-func (c *Controller) MachineConfig() MachineConfiguration {
+func (c *Controller) MachineConfig() types.MachineConfiguration {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.machineConfigLocked()
 }
 
-func (c *Controller) machineConfigLocked() MachineConfiguration {
-	m := MachineConfiguration{
+func (c *Controller) machineConfigLocked() types.MachineConfiguration {
+	m := types.MachineConfiguration{
 		VCPUCount:       int64(c.cfg.CPUs),
 		MemSizeMib:      int64(c.cfg.MemorySize >> 20),
 		TrackDirtyPages: c.cfg.TrackDirtyPages,
-		HugePages:       HugePagesNone,
+		HugePages:       types.HugePagesNone,
 	}
 	if c.cfg.HugePages {
-		m.HugePages = HugePages2M
+		m.HugePages = types.HugePages2M
 	}
 	if t := c.cfg.CPUTemplate; t != "" && t != "host" {
 		m.CPUTemplate = t
@@ -267,27 +268,27 @@ func (c *Controller) machineConfigLocked() MachineConfiguration {
 }
 
 // VMConfig answers GET /vm/config.
-func (c *Controller) VMConfig() FullVMConfiguration {
+func (c *Controller) VMConfig() types.FullVMConfiguration {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	mc := c.machineConfigLocked()
-	full := FullVMConfiguration{
+	full := types.FullVMConfiguration{
 		MachineConfig:     &mc,
-		Drives:            []Drive{},
-		NetworkInterfaces: []NetworkInterface{},
+		Drives:            []types.Drive{},
+		NetworkInterfaces: []types.NetworkInterface{},
 		Logger:            c.logger,
 		Metrics:           c.metrics,
 	}
 	if c.cfg.KernelPath != "" {
-		full.BootSource = &BootSource{KernelImagePath: c.cfg.KernelPath, InitrdPath: c.cfg.InitrdPath, BootArgs: c.cfg.Cmdline}
+		full.BootSource = &types.BootSource{KernelImagePath: c.cfg.KernelPath, InitrdPath: c.cfg.InitrdPath, BootArgs: c.cfg.Cmdline}
 	}
 	return full
 }
 
 // PutMachineConfig answers PUT /machine-config: every field is set, the
 // optional ones to their defaults when absent.
-func (c *Controller) PutMachineConfig(m MachineConfiguration) error {
-	if err := m.validate(cpu.TemplateNames()); err != nil {
+func (c *Controller) PutMachineConfig(m types.MachineConfiguration) error {
+	if err := m.Validate(cpu.TemplateNames()); err != nil {
 		return err
 	}
 	if err := c.begin(OpPutMachineConfig); err != nil {
@@ -300,8 +301,8 @@ func (c *Controller) PutMachineConfig(m MachineConfiguration) error {
 
 // PatchMachineConfig answers PATCH /machine-config: only the fields given
 // change, and the result must be valid as a whole.
-func (c *Controller) PatchMachineConfig(p MachineConfigurationPatch) error {
-	if p.empty() {
+func (c *Controller) PatchMachineConfig(p types.MachineConfigurationPatch) error {
+	if p.Empty() {
 		return errors.New("empty PATCH: give at least one MachineConfiguration field")
 	}
 	if err := c.begin(OpPatchMachineConfig); err != nil {
@@ -310,10 +311,10 @@ func (c *Controller) PatchMachineConfig(p MachineConfigurationPatch) error {
 	defer c.mu.Unlock()
 	cur := c.machineConfigLocked()
 	if cur.CPUTemplate == "" {
-		cur.CPUTemplate = CPUTemplateNone
+		cur.CPUTemplate = types.CPUTemplateNone
 	}
-	m := p.apply(cur)
-	if err := m.validate(cpu.TemplateNames()); err != nil {
+	m := p.Apply(cur)
+	if err := m.Validate(cpu.TemplateNames()); err != nil {
 		return err
 	}
 	c.setMachineConfigLocked(m)
@@ -321,12 +322,12 @@ func (c *Controller) PatchMachineConfig(p MachineConfigurationPatch) error {
 }
 
 // Precondition: c.mu held, m validated.
-func (c *Controller) setMachineConfigLocked(m MachineConfiguration) {
+func (c *Controller) setMachineConfigLocked(m types.MachineConfiguration) {
 	c.cfg.CPUs = int(m.VCPUCount)
 	c.cfg.MemorySize = uint64(m.MemSizeMib) << 20
-	c.cfg.HugePages = m.HugePages == HugePages2M
+	c.cfg.HugePages = m.HugePages == types.HugePages2M
 	c.cfg.CPUTemplate = m.CPUTemplate
-	if m.CPUTemplate == "" || m.CPUTemplate == CPUTemplateNone {
+	if m.CPUTemplate == "" || m.CPUTemplate == types.CPUTemplateNone {
 		c.cfg.CPUTemplate = "host"
 	}
 	c.cfg.TrackDirtyPages = m.TrackDirtyPages
@@ -335,7 +336,7 @@ func (c *Controller) setMachineConfigLocked(m MachineConfiguration) {
 
 // PutBootSource answers PUT /boot-source. The files are checked now, as
 // Firecracker does, so that a typo fails here rather than at start.
-func (c *Controller) PutBootSource(b BootSource) error {
+func (c *Controller) PutBootSource(b types.BootSource) error {
 	if err := b.Validate(); err != nil {
 		return err
 	}
@@ -372,7 +373,7 @@ func checkRegularFile(field, path string) error {
 
 // PutLogger answers PUT /logger: records go to log_path (standard error
 // when absent) from now on.
-func (c *Controller) PutLogger(l Logger) error {
+func (c *Controller) PutLogger(l types.Logger) error {
 	if err := l.Validate(); err != nil {
 		return err
 	}
@@ -412,7 +413,7 @@ func (s *sink) closeIfOpen() {
 
 // PutMetrics answers PUT /metrics. As in Firecracker, metrics are set up
 // once; from then on they are written every minute and on FlushMetrics.
-func (c *Controller) PutMetrics(m Metrics) error {
+func (c *Controller) PutMetrics(m types.Metrics) error {
 	if err := m.Validate(); err != nil {
 		return err
 	}
@@ -460,7 +461,7 @@ func errDeviceUnavailable(op Op, what string) error {
 }
 
 // PutDrive answers PUT /drives/{id}.
-func (c *Controller) PutDrive(pathID string, d Drive) error {
+func (c *Controller) PutDrive(pathID string, d types.Drive) error {
 	if err := d.Validate(pathID); err != nil {
 		return err
 	}
@@ -472,7 +473,7 @@ func (c *Controller) PutDrive(pathID string, d Drive) error {
 }
 
 // PutNetworkInterface answers PUT /network-interfaces/{id}.
-func (c *Controller) PutNetworkInterface(pathID string, n NetworkInterface) error {
+func (c *Controller) PutNetworkInterface(pathID string, n types.NetworkInterface) error {
 	if err := n.Validate(pathID); err != nil {
 		return err
 	}
@@ -484,7 +485,7 @@ func (c *Controller) PutNetworkInterface(pathID string, n NetworkInterface) erro
 }
 
 // PutVsock answers PUT /vsock.
-func (c *Controller) PutVsock(v Vsock) error {
+func (c *Controller) PutVsock(v types.Vsock) error {
 	if err := v.Validate(); err != nil {
 		return err
 	}
@@ -496,7 +497,7 @@ func (c *Controller) PutVsock(v Vsock) error {
 }
 
 // PutEntropy answers PUT /entropy.
-func (c *Controller) PutEntropy(e EntropyDevice) error {
+func (c *Controller) PutEntropy(e types.EntropyDevice) error {
 	if err := e.Validate(); err != nil {
 		return err
 	}
@@ -508,16 +509,16 @@ func (c *Controller) PutEntropy(e EntropyDevice) error {
 }
 
 // Action answers PUT /actions.
-func (c *Controller) Action(a InstanceActionInfo) error {
+func (c *Controller) Action(a types.InstanceActionInfo) error {
 	if err := a.Validate(); err != nil {
 		return err
 	}
 	switch a.ActionType {
-	case ActionInstanceStart:
+	case types.ActionInstanceStart:
 		// Through the API the boot timeline starts at InstanceStart: the
 		// time a client spends configuring is not boot time.
 		return c.start(time.Now(), "InstanceStart: ")
-	case ActionSendCtrlAltDel:
+	case types.ActionSendCtrlAltDel:
 		if err := c.begin(OpSendCtrlAltDel); err != nil {
 			return err
 		}
@@ -616,7 +617,7 @@ func (c *Controller) waitStarted(m Machine) {
 
 // snapshotItself is the default CreateSnapshot: machines that can
 // snapshot themselves (*vmm.VM) do.
-func snapshotItself(ctx context.Context, m Machine, p SnapshotCreateParams) error {
+func snapshotItself(ctx context.Context, m Machine, p types.SnapshotCreateParams) error {
 	s, ok := m.(interface {
 		CreateSnapshot(context.Context, vmm.SnapshotParams) error
 	})
@@ -628,7 +629,7 @@ func snapshotItself(ctx context.Context, m Machine, p SnapshotCreateParams) erro
 
 // restore is the default LoadSnapshot with the real VMM. The restored VM
 // keeps the console of base, and starts paused unless resume_vm is set.
-func restore(ctx context.Context, base vmm.Config, p SnapshotLoadParams) (Machine, error) {
+func restore(ctx context.Context, base vmm.Config, p types.SnapshotLoadParams) (Machine, error) {
 	mem := p.MemFilePath
 	if b := p.MemBackend; b != nil {
 		if b.BackendType != "File" {
@@ -664,12 +665,12 @@ func restoreOrigin(base vmm.Config) time.Time {
 }
 
 // PatchVM answers PATCH /vm.
-func (c *Controller) PatchVM(v VM) error {
+func (c *Controller) PatchVM(v types.VM) error {
 	if err := v.Validate(); err != nil {
 		return err
 	}
 	op := OpResume
-	if v.State == VMPaused {
+	if v.State == types.VMPaused {
 		op = OpPause
 	}
 	if err := c.begin(op); err != nil {
@@ -690,7 +691,7 @@ func (c *Controller) PatchVM(v VM) error {
 }
 
 // CreateSnapshot answers PUT /snapshot/create.
-func (c *Controller) CreateSnapshot(ctx context.Context, p SnapshotCreateParams) error {
+func (c *Controller) CreateSnapshot(ctx context.Context, p types.SnapshotCreateParams) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
@@ -698,7 +699,7 @@ func (c *Controller) CreateSnapshot(ctx context.Context, p SnapshotCreateParams)
 		return err
 	}
 	defer c.mu.Unlock()
-	if p.SnapshotType == SnapshotDiff && !c.cfg.TrackDirtyPages {
+	if p.SnapshotType == types.SnapshotDiff && !c.cfg.TrackDirtyPages {
 		return errors.New("a Diff snapshot needs dirty page tracking: set track_dirty_pages in machine-config before the start")
 	}
 	if err := c.opts.CreateSnapshot(ctx, c.machine, p); err != nil {
@@ -712,7 +713,7 @@ func (c *Controller) CreateSnapshot(ctx context.Context, p SnapshotCreateParams)
 
 // LoadSnapshot answers PUT /snapshot/load: only on a fresh instance, with
 // nothing but the logger and metrics configured.
-func (c *Controller) LoadSnapshot(ctx context.Context, p SnapshotLoadParams) error {
+func (c *Controller) LoadSnapshot(ctx context.Context, p types.SnapshotLoadParams) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}

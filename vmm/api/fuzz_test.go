@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/voltvmm/volt/vmm/api/types"
+
 	"github.com/voltvmm/volt/vmm"
 )
 
@@ -88,7 +90,7 @@ func fuzzEndpoint(f *testing.F, method, path string, seeds ...string) {
 			switch rec.Code {
 			case http.StatusOK, http.StatusNoContent:
 			case http.StatusBadRequest:
-				var e Error
+				var e types.Error
 				if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || e.FaultMessage == "" {
 					t.Fatalf("400 without a fault message: %q", rec.Body.String())
 				}

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/voltvmm/volt/vmm/api/types"
 )
 
 // Handler returns the http.Handler serving the Firecracker API.
@@ -27,7 +29,7 @@ func noContent() response { return response{status: http.StatusNoContent} }
 func ok(body any) response { return response{status: http.StatusOK, body: body} }
 
 func badRequest(err error) response {
-	return response{status: http.StatusBadRequest, body: Error{FaultMessage: err.Error()}}
+	return response{status: http.StatusBadRequest, body: types.Error{FaultMessage: err.Error()}}
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -61,7 +63,7 @@ func (h *handler) serve(w http.ResponseWriter, r *http.Request) (resp response) 
 	defer func() {
 		if p := recover(); p != nil {
 			h.c.log.Error("api handler panic", "method", r.Method, "path", r.URL.Path, "panic", fmt.Sprint(p))
-			resp = response{status: http.StatusInternalServerError, body: Error{FaultMessage: "internal error while handling the request"}}
+			resp = response{status: http.StatusInternalServerError, body: types.Error{FaultMessage: "internal error while handling the request"}}
 		}
 	}()
 	rt, id, found := route(r.Method, r.URL.Path)
@@ -85,13 +87,13 @@ func (h *handler) serve(w http.ResponseWriter, r *http.Request) (resp response) 
 }
 
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	if r.ContentLength > MaxBodySize {
-		return nil, fmt.Errorf("request body of %d bytes exceeds the limit of %d", r.ContentLength, MaxBodySize)
+	if r.ContentLength > types.MaxBodySize {
+		return nil, fmt.Errorf("request body of %d bytes exceeds the limit of %d", r.ContentLength, types.MaxBodySize)
 	}
-	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodySize))
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, types.MaxBodySize))
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
-		return nil, fmt.Errorf("request body exceeds the limit of %d bytes", MaxBodySize)
+		return nil, fmt.Errorf("request body exceeds the limit of %d bytes", types.MaxBodySize)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read request body: %w", err)
@@ -111,7 +113,7 @@ type routeInfo struct {
 // withBody decodes the body as T and hands it to apply.
 func withBody[T any](apply func(c *Controller, r *http.Request, id string, v T) error) func(*Controller, *http.Request, string, []byte) response {
 	return func(c *Controller, r *http.Request, id string, body []byte) response {
-		v, err := decode[T](body)
+		v, err := types.Decode[T](body)
 		if err != nil {
 			return badRequest(err)
 		}
@@ -136,43 +138,43 @@ var (
 		"GET /machine-config": {group: "get_api_requests", metric: "machine_cfg", handle: func(c *Controller, _ *http.Request, _ string, _ []byte) response {
 			return ok(c.MachineConfig())
 		}},
-		"PUT /machine-config": {hasBody: true, group: "put_api_requests", metric: "machine_cfg", handle: withBody(func(c *Controller, _ *http.Request, _ string, m MachineConfiguration) error {
+		"PUT /machine-config": {hasBody: true, group: "put_api_requests", metric: "machine_cfg", handle: withBody(func(c *Controller, _ *http.Request, _ string, m types.MachineConfiguration) error {
 			return c.PutMachineConfig(m)
 		})},
-		"PATCH /machine-config": {hasBody: true, group: "patch_api_requests", metric: "machine_cfg", handle: withBody(func(c *Controller, _ *http.Request, _ string, p MachineConfigurationPatch) error {
+		"PATCH /machine-config": {hasBody: true, group: "patch_api_requests", metric: "machine_cfg", handle: withBody(func(c *Controller, _ *http.Request, _ string, p types.MachineConfigurationPatch) error {
 			return c.PatchMachineConfig(p)
 		})},
-		"PUT /boot-source": {hasBody: true, group: "put_api_requests", metric: "boot_source", handle: withBody(func(c *Controller, _ *http.Request, _ string, b BootSource) error {
+		"PUT /boot-source": {hasBody: true, group: "put_api_requests", metric: "boot_source", handle: withBody(func(c *Controller, _ *http.Request, _ string, b types.BootSource) error {
 			return c.PutBootSource(b)
 		})},
-		"PUT /actions": {hasBody: true, group: "put_api_requests", metric: "actions", handle: withBody(func(c *Controller, _ *http.Request, _ string, a InstanceActionInfo) error {
+		"PUT /actions": {hasBody: true, group: "put_api_requests", metric: "actions", handle: withBody(func(c *Controller, _ *http.Request, _ string, a types.InstanceActionInfo) error {
 			return c.Action(a)
 		})},
-		"PATCH /vm": {hasBody: true, group: "patch_api_requests", metric: "vm", handle: withBody(func(c *Controller, _ *http.Request, _ string, v VM) error {
+		"PATCH /vm": {hasBody: true, group: "patch_api_requests", metric: "vm", handle: withBody(func(c *Controller, _ *http.Request, _ string, v types.VM) error {
 			return c.PatchVM(v)
 		})},
-		"PUT /logger": {hasBody: true, group: "put_api_requests", metric: "logger", handle: withBody(func(c *Controller, _ *http.Request, _ string, l Logger) error {
+		"PUT /logger": {hasBody: true, group: "put_api_requests", metric: "logger", handle: withBody(func(c *Controller, _ *http.Request, _ string, l types.Logger) error {
 			return c.PutLogger(l)
 		})},
-		"PUT /metrics": {hasBody: true, group: "put_api_requests", metric: "metrics", handle: withBody(func(c *Controller, _ *http.Request, _ string, m Metrics) error {
+		"PUT /metrics": {hasBody: true, group: "put_api_requests", metric: "metrics", handle: withBody(func(c *Controller, _ *http.Request, _ string, m types.Metrics) error {
 			return c.PutMetrics(m)
 		})},
-		"PUT /drives/": {hasBody: true, group: "put_api_requests", metric: "drive", handle: withBody(func(c *Controller, _ *http.Request, id string, d Drive) error {
+		"PUT /drives/": {hasBody: true, group: "put_api_requests", metric: "drive", handle: withBody(func(c *Controller, _ *http.Request, id string, d types.Drive) error {
 			return c.PutDrive(id, d)
 		})},
-		"PUT /network-interfaces/": {hasBody: true, group: "put_api_requests", metric: "network", handle: withBody(func(c *Controller, _ *http.Request, id string, n NetworkInterface) error {
+		"PUT /network-interfaces/": {hasBody: true, group: "put_api_requests", metric: "network", handle: withBody(func(c *Controller, _ *http.Request, id string, n types.NetworkInterface) error {
 			return c.PutNetworkInterface(id, n)
 		})},
-		"PUT /vsock": {hasBody: true, group: "put_api_requests", metric: "vsock", handle: withBody(func(c *Controller, _ *http.Request, _ string, v Vsock) error {
+		"PUT /vsock": {hasBody: true, group: "put_api_requests", metric: "vsock", handle: withBody(func(c *Controller, _ *http.Request, _ string, v types.Vsock) error {
 			return c.PutVsock(v)
 		})},
-		"PUT /entropy": {hasBody: true, group: "put_api_requests", metric: "entropy", handle: withBody(func(c *Controller, _ *http.Request, _ string, e EntropyDevice) error {
+		"PUT /entropy": {hasBody: true, group: "put_api_requests", metric: "entropy", handle: withBody(func(c *Controller, _ *http.Request, _ string, e types.EntropyDevice) error {
 			return c.PutEntropy(e)
 		})},
-		"PUT /snapshot/create": {hasBody: true, group: "put_api_requests", metric: "snapshot_create", handle: withBody(func(c *Controller, r *http.Request, _ string, p SnapshotCreateParams) error {
+		"PUT /snapshot/create": {hasBody: true, group: "put_api_requests", metric: "snapshot_create", handle: withBody(func(c *Controller, r *http.Request, _ string, p types.SnapshotCreateParams) error {
 			return c.CreateSnapshot(r.Context(), p)
 		})},
-		"PUT /snapshot/load": {hasBody: true, group: "put_api_requests", metric: "snapshot_load", handle: withBody(func(c *Controller, r *http.Request, _ string, p SnapshotLoadParams) error {
+		"PUT /snapshot/load": {hasBody: true, group: "put_api_requests", metric: "snapshot_load", handle: withBody(func(c *Controller, r *http.Request, _ string, p types.SnapshotLoadParams) error {
 			return c.LoadSnapshot(r.Context(), p)
 		})},
 	}

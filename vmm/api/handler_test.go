@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/voltvmm/volt/vmm"
+	"github.com/voltvmm/volt/vmm/api/types"
 )
 
 // fakeMachine stands in for a VM where the test is about the API, not the
@@ -151,7 +152,7 @@ func (e *fakeEnv) do(method, path, body string, wantStatus int) []byte {
 // fault returns the fault message of a 400 answer.
 func (e *fakeEnv) fault(method, path, body string) string {
 	e.t.Helper()
-	var er Error
+	var er types.Error
 	if err := json.Unmarshal(e.do(method, path, body, http.StatusBadRequest), &er); err != nil {
 		e.t.Fatal(err)
 	}
@@ -169,7 +170,7 @@ func (e *fakeEnv) get(path, definition string) []byte {
 
 func (e *fakeEnv) state() string {
 	e.t.Helper()
-	var info InstanceInfo
+	var info types.InstanceInfo
 	if err := json.Unmarshal(e.get("/", "InstanceInfo"), &info); err != nil {
 		e.t.Fatal(err)
 	}
@@ -181,12 +182,12 @@ func TestFirecrackerSequenceOnFakeMachine(t *testing.T) {
 	if s := e.state(); s != "Not started" {
 		t.Fatalf("state %q before start", s)
 	}
-	var v FirecrackerVersion
+	var v types.FirecrackerVersion
 	json.Unmarshal(e.get("/version", "FirecrackerVersion"), &v)
 	if v.FirecrackerVersion != FirecrackerAPIVersion {
 		t.Errorf("version %q", v.FirecrackerVersion)
 	}
-	var mc MachineConfiguration
+	var mc types.MachineConfiguration
 	json.Unmarshal(e.get("/machine-config", "MachineConfiguration"), &mc)
 	if mc.VCPUCount != 1 || mc.MemSizeMib != 128 || mc.HugePages != "None" {
 		t.Errorf("default machine config %+v, want Firecracker's 1 vCPU, 128 MiB", mc)
@@ -199,7 +200,7 @@ func TestFirecrackerSequenceOnFakeMachine(t *testing.T) {
 	if mc.VCPUCount != 2 || mc.MemSizeMib != 64 || !mc.TrackDirtyPages {
 		t.Errorf("after PUT and PATCH: %+v", mc)
 	}
-	var full FullVMConfiguration
+	var full types.FullVMConfiguration
 	json.Unmarshal(e.get("/vm/config", "FullVmConfiguration"), &full)
 	if full.BootSource == nil || full.BootSource.KernelImagePath != e.kernel || full.BootSource.BootArgs != "console=ttyS0" {
 		t.Errorf("vm/config boot source %+v", full.BootSource)
@@ -291,7 +292,7 @@ func TestErrorResponses(t *testing.T) {
 		{"drive without id", false, false, nil, step{"PUT", "/drives/", `{}`}, "only PUT is supported"},
 		{"drive nested path", false, false, nil, step{"PUT", "/drives/a/b", `{}`}, "only PUT is supported"},
 		{"empty PUT", false, false, nil, step{"PUT", "/boot-source", ""}, "empty body"},
-		{"oversized body", false, false, nil, step{"PUT", "/boot-source", `{"kernel_image_path": "` + strings.Repeat("a", MaxBodySize) + `"}`}, "exceeds the limit"},
+		{"oversized body", false, false, nil, step{"PUT", "/boot-source", `{"kernel_image_path": "` + strings.Repeat("a", types.MaxBodySize) + `"}`}, "exceeds the limit"},
 		{"missing kernel file", false, false, nil, step{"PUT", "/boot-source", `{"kernel_image_path": "/nonexistent/vmlinux"}`}, "kernel_image_path: stat /nonexistent/vmlinux: no such file"},
 		{"kernel is a directory", false, false, nil, step{"PUT", "/boot-source", `{"kernel_image_path": "/"}`}, "kernel_image_path: / is not a regular file"},
 		{"missing initrd", false, false, nil, step{"PUT", "/boot-source", `{"kernel_image_path": "KERNEL", "initrd_path": "/nonexistent/initrd"}`}, "initrd_path: stat"},

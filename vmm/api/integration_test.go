@@ -18,6 +18,7 @@ import (
 
 	"github.com/voltvmm/volt/guest/probe"
 	"github.com/voltvmm/volt/vmm"
+	"github.com/voltvmm/volt/vmm/api/types"
 	"github.com/voltvmm/volt/vmm/kvm/kvmtest"
 )
 
@@ -79,7 +80,7 @@ func (a *apiClient) call(method, path, reqDef, body string, status int, respDef 
 
 func (a *apiClient) state() string {
 	a.t.Helper()
-	var info InstanceInfo
+	var info types.InstanceInfo
 	if err := json.Unmarshal(a.call("GET", "/", "", "", 200, "InstanceInfo"), &info); err != nil {
 		a.t.Fatal(err)
 	}

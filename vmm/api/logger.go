@@ -2,48 +2,22 @@ package api
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"strings"
 	"sync/atomic"
+
+	"github.com/voltvmm/volt/vmm/api/types"
 )
-
-// levelOff is above every level a record can have.
-const levelOff = slog.Level(math.MaxInt32)
-
-// levelTrace is Firecracker's Trace, below slog's Debug.
-const levelTrace = slog.LevelDebug - 4
-
-// parseLevel reads the swagger Logger.level, case-insensitively as the
-// swagger says.
-func parseLevel(s string) (slog.Level, error) {
-	switch strings.ToLower(s) {
-	case "error":
-		return slog.LevelError, nil
-	case "warning", "warn":
-		return slog.LevelWarn, nil
-	case "info":
-		return slog.LevelInfo, nil
-	case "debug":
-		return slog.LevelDebug, nil
-	case "trace":
-		return levelTrace, nil
-	case "off":
-		return levelOff, nil
-	}
-	return 0, fmt.Errorf("level must be one of Error, Warning, Info, Debug, Trace, Off (any case), got %q", s)
-}
 
 // newLogHandler builds the handler PUT /logger asks for: records at level
 // and above, with the level and the source position shown only when asked,
 // and, when module is set, only records of that module or below it.
-func newLogHandler(w io.Writer, cfg Logger) (slog.Handler, error) {
+func newLogHandler(w io.Writer, cfg types.Logger) (slog.Handler, error) {
 	level := slog.LevelInfo // the swagger's default
 	if cfg.Level != "" {
 		var err error
-		if level, err = parseLevel(cfg.Level); err != nil {
+		if level, err = types.ParseLevel(cfg.Level); err != nil {
 			return nil, err
 		}
 	}

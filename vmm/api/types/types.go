@@ -1,19 +1,15 @@
-// Package api serves the Firecracker REST API over a Unix socket so that
-// callers written for Firecracker can drive volt-vmm unchanged.
+// Package types holds the bodies of the Firecracker-compatible API as Go
+// types, their validation and their strict JSON decoding. It imports
+// nothing but the standard library, so that callers of a VMM's API socket
+// (the typed client, the pool, voltbench) share the server's definitions
+// without linking the VMM.
 //
-// The contract is Firecracker's swagger (src/firecracker/swagger/
-// firecracker.yaml, version 1.17.0-dev at commit 004d9353): the same paths,
-// JSON bodies, 204/200/400 status codes and {"fault_message": ...} error
-// body. The package has three layers that are tested apart: strict request
-// decoding and validation (decode.go, validate.go), the instance state
-// machine (state.go), and the Controller that applies requests to a VM
-// (controller.go), with the http.Handler (handler.go) a thin layer over it.
-package api
-
-// The types below mirror the swagger definitions of the same names. Fields
-// a client may omit use omitempty so that responses are valid against the
-// schema; `volt:"required"` marks the swagger's required properties, which
-// the decoder enforces.
+// The types mirror Firecracker's swagger (src/firecracker/swagger/
+// firecracker.yaml, version 1.17.0-dev at commit 004d9353). Fields a client
+// may omit use omitempty so that responses are valid against the schema;
+// `volt:"required"` marks the swagger's required properties, which the
+// decoder enforces.
+package types
 
 // BootSource is the swagger BootSource.
 type BootSource struct {

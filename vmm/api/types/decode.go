@@ -1,4 +1,4 @@
-package api
+package types
 
 import (
 	"bytes"
@@ -21,12 +21,12 @@ const MaxBodySize = 50 << 10
 // the bound keeps a hostile body from driving deep recursion.
 const maxDepth = 16
 
-// decode reads exactly one JSON value of type T from data, strictly: the
+// Decode reads exactly one JSON value of type T from data, strictly: the
 // value must be an object with only the fields of T (matched exactly, not
 // case-insensitively as encoding/json would), none repeated, every
 // required field present, no null where a value is required, and every
 // value of the right JSON type and range for its Go field.
-func decode[T any](data []byte) (T, error) {
+func Decode[T any](data []byte) (T, error) {
 	var v T
 	if len(bytes.TrimSpace(data)) == 0 {
 		return v, fmt.Errorf("empty body: a JSON %s object is required", typeName(reflect.TypeFor[T]()))

@@ -1,4 +1,4 @@
-package api
+package types
 
 import (
 	"errors"
@@ -7,8 +7,6 @@ import (
 	"net"
 	"slices"
 	"strings"
-
-	"github.com/voltvmm/volt/vmm/memory"
 )
 
 // Limits of the machine configuration.
@@ -18,8 +16,9 @@ const (
 	MaxVCPUs = 32
 	// MinMemMib is the smallest guest volt-vmm builds (vmm.MinMemory).
 	MinMemMib = 2
-	// MaxMemMib is the largest guest memory.New accepts.
-	MaxMemMib = memory.MaxSize >> 20
+	// MaxMemMib is the largest guest memory the VMM maps (memory.MaxSize,
+	// 1 TiB; a test in package api keeps the two equal).
+	MaxMemMib = 1 << 20
 )
 
 // Huge page settings of MachineConfiguration.huge_pages.
@@ -71,9 +70,9 @@ func checkPaths(paths map[string]string) error {
 	return nil
 }
 
-// validate checks a complete machine configuration. voltTemplates lists
-// the CPU templates this build knows.
-func (m MachineConfiguration) validate(voltTemplates []string) error {
+// Validate checks a complete machine configuration. voltTemplates lists
+// the CPU templates the VMM knows.
+func (m MachineConfiguration) Validate(voltTemplates []string) error {
 	if m.VCPUCount < 1 || m.VCPUCount > MaxVCPUs {
 		return fmt.Errorf("vcpu_count must be between 1 and %d, got %d", MaxVCPUs, m.VCPUCount)
 	}
@@ -107,8 +106,8 @@ func (m MachineConfiguration) validate(voltTemplates []string) error {
 	return nil
 }
 
-// apply returns m with the fields set in p replaced.
-func (p MachineConfigurationPatch) apply(m MachineConfiguration) MachineConfiguration {
+// Apply returns m with the fields set in p replaced.
+func (p MachineConfigurationPatch) Apply(m MachineConfiguration) MachineConfiguration {
 	if p.VCPUCount != nil {
 		m.VCPUCount = *p.VCPUCount
 	}
@@ -130,7 +129,8 @@ func (p MachineConfigurationPatch) apply(m MachineConfiguration) MachineConfigur
 	return m
 }
 
-func (p MachineConfigurationPatch) empty() bool {
+// Empty reports whether the patch sets no field.
+func (p MachineConfigurationPatch) Empty() bool {
 	return p == MachineConfigurationPatch{}
 }
 
@@ -155,7 +155,7 @@ func (v VM) Validate() error {
 // Validate checks a logger configuration.
 func (l Logger) Validate() error {
 	if l.Level != "" {
-		if _, err := parseLevel(l.Level); err != nil {
+		if _, err := ParseLevel(l.Level); err != nil {
 			return err
 		}
 	}

@@ -1,4 +1,4 @@
-package api
+package types
 
 import (
 	"strings"
@@ -48,9 +48,9 @@ func TestDecodeMachineConfiguration(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m, err := decode[MachineConfiguration]([]byte(tt.body))
+			m, err := Decode[MachineConfiguration]([]byte(tt.body))
 			if err == nil {
-				err = m.validate(cpu.TemplateNames())
+				err = m.Validate(cpu.TemplateNames())
 			}
 			checkErr(t, err, tt.wantErr)
 		})
@@ -74,84 +74,84 @@ func TestDecodeBodies(t *testing.T) {
 	type check func(body string) error
 	of := func(f func([]byte) error) check { return func(b string) error { return f([]byte(b)) } }
 	bootSource := of(func(b []byte) error {
-		v, err := decode[BootSource](b)
+		v, err := Decode[BootSource](b)
 		if err != nil {
 			return err
 		}
 		return v.Validate()
 	})
 	action := of(func(b []byte) error {
-		v, err := decode[InstanceActionInfo](b)
+		v, err := Decode[InstanceActionInfo](b)
 		if err != nil {
 			return err
 		}
 		return v.Validate()
 	})
 	vm := of(func(b []byte) error {
-		v, err := decode[VM](b)
+		v, err := Decode[VM](b)
 		if err != nil {
 			return err
 		}
 		return v.Validate()
 	})
 	logger := of(func(b []byte) error {
-		v, err := decode[Logger](b)
+		v, err := Decode[Logger](b)
 		if err != nil {
 			return err
 		}
 		return v.Validate()
 	})
 	metrics := of(func(b []byte) error {
-		v, err := decode[Metrics](b)
+		v, err := Decode[Metrics](b)
 		if err != nil {
 			return err
 		}
 		return v.Validate()
 	})
 	drive := of(func(b []byte) error {
-		v, err := decode[Drive](b)
+		v, err := Decode[Drive](b)
 		if err != nil {
 			return err
 		}
 		return v.Validate("rootfs")
 	})
 	nic := of(func(b []byte) error {
-		v, err := decode[NetworkInterface](b)
+		v, err := Decode[NetworkInterface](b)
 		if err != nil {
 			return err
 		}
 		return v.Validate("eth0")
 	})
 	vsock := of(func(b []byte) error {
-		v, err := decode[Vsock](b)
+		v, err := Decode[Vsock](b)
 		if err != nil {
 			return err
 		}
 		return v.Validate()
 	})
 	entropy := of(func(b []byte) error {
-		v, err := decode[EntropyDevice](b)
+		v, err := Decode[EntropyDevice](b)
 		if err != nil {
 			return err
 		}
 		return v.Validate()
 	})
 	snapCreate := of(func(b []byte) error {
-		v, err := decode[SnapshotCreateParams](b)
+		v, err := Decode[SnapshotCreateParams](b)
 		if err != nil {
 			return err
 		}
 		return v.Validate()
 	})
 	snapLoad := of(func(b []byte) error {
-		v, err := decode[SnapshotLoadParams](b)
+		v, err := Decode[SnapshotLoadParams](b)
 		if err != nil {
 			return err
 		}
 		return v.Validate()
 	})
 	patch := of(func(b []byte) error {
-		_, err := decode[MachineConfigurationPatch](b)
+		_, err := Decode[MachineConfigurationPatch](b)
 		return err
 	})
 
@@ -215,29 +215,6 @@ func TestDecodeBodies(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			checkErr(t, tt.check(tt.body), tt.wantErr)
-		})
-	}
-}
-
-func TestParseConfigFile(t *testing.T) {
-	tests := []struct {
-		name, body, wantErr string
-	}{
-		{"minimal", `{"boot-source": {"kernel_image_path": "/k"}}`, ""},
-		{"full", `{"boot-source": {"kernel_image_path": "/k", "boot_args": "x"}, "machine-config": {"vcpu_count": 2, "mem_size_mib": 64}, "drives": [], "network-interfaces": [], "logger": {"level": "Info"}, "metrics": {"metrics_path": "/m"}}`, ""},
-		{"unset sections as GET /vm/config prints them", `{"boot-source": {"kernel_image_path": "/k"}, "balloon": null, "mmds-config": null, "cpu-config": null, "vsock": null, "entropy": null}`, ""},
-		{"no boot source", `{"machine-config": {"vcpu_count": 1, "mem_size_mib": 64}}`, `missing required field "boot-source"`},
-		{"null boot source", `{"boot-source": null}`, `"boot-source" is required`},
-		{"balloon", `{"boot-source": {"kernel_image_path": "/k"}, "balloon": {"amount_mib": 1, "deflate_on_oom": true}}`, `section "balloon" is not supported`},
-		{"unknown section", `{"boot-source": {"kernel_image_path": "/k"}, "boot_source": {}}`, `unknown field "boot_source"`},
-		{"nested unknown", `{"boot-source": {"kernel_image_path": "/k", "initrd": "/i"}}`, `unknown field "boot-source.initrd"`},
-		{"not an object", `[1]`, `want a JSON object (ConfigFile)`},
-		{"malformed", `{"boot-source": `, `malformed JSON`},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			_, err := ParseConfigFile([]byte(tt.body))
-			checkErr(t, err, tt.wantErr)
 		})
 	}
 }

@@ -1,0 +1,20 @@
+package api
+
+import (
+	"testing"
+
+	"github.com/voltvmm/volt/vmm"
+	"github.com/voltvmm/volt/vmm/api/types"
+	"github.com/voltvmm/volt/vmm/memory"
+)
+
+// The API's limits are written as constants in package types, which must
+// not import the VMM; these keep them equal to what the VMM enforces.
+func TestAPILimitsMatchTheVMM(t *testing.T) {
+	if types.MaxMemMib != memory.MaxSize>>20 {
+		t.Errorf("types.MaxMemMib = %d, memory.MaxSize is %d MiB", types.MaxMemMib, memory.MaxSize>>20)
+	}
+	if types.MinMemMib<<20 != vmm.MinMemory {
+		t.Errorf("types.MinMemMib = %d, vmm.MinMemory is %d MiB", types.MinMemMib, vmm.MinMemory>>20)
+	}
+}
