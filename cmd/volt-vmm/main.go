@@ -139,12 +139,12 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 	}
 	if *apiSock != "" {
-		srv, err := api.Listen(*apiSock)
+		srv, err := api.Listen(*apiSock, 0)
 		if err != nil {
 			fmt.Fprintf(stderr, "volt-vmm: %v\n", err)
 			return exitVMMError
 		}
-		srv.Start(ctrl.Handler())
+		srv.Start(ctrl.Handler(), ctrl.Logger())
 		defer shutdown(srv)
 	}
 	// Without an API nothing else could start the VM: boot now, as

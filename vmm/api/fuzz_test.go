@@ -1,15 +1,15 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"io"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/voltvmm/volt/vmm/api/microhttp"
 	"github.com/voltvmm/volt/vmm/api/types"
 
 	"github.com/voltvmm/volt/vmm"
@@ -84,21 +84,20 @@ func fuzzEndpoint(f *testing.F, method, path string, seeds ...string) {
 					t.Fatal(err)
 				}
 			}
-			rec := httptest.NewRecorder()
-			c.Handler().ServeHTTP(rec, httptest.NewRequest(method, "http://localhost"+path, strings.NewReader(body)))
+			resp := c.Handler().ServeAPI(context.Background(), &microhttp.Request{Method: method, Path: path, Body: []byte(body)})
 			c.Close()
-			switch rec.Code {
-			case http.StatusOK, http.StatusNoContent:
-			case http.StatusBadRequest:
+			switch resp.Status {
+			case statusOK, statusNoContent:
+			case statusBadRequest:
 				var e types.Error
-				if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || e.FaultMessage == "" {
-					t.Fatalf("400 without a fault message: %q", rec.Body.String())
+				if err := json.Unmarshal(resp.Body, &e); err != nil || e.FaultMessage == "" {
+					t.Fatalf("400 without a fault message: %q", resp.Body)
 				}
-				if err := checkSwagger("Error", rec.Body.Bytes()); err != nil {
+				if err := checkSwagger("Error", resp.Body); err != nil {
 					t.Fatal(err)
 				}
 			default:
-				t.Fatalf("status %d for %q: %s", rec.Code, body, rec.Body.String())
+				t.Fatalf("status %d for %q: %s", resp.Status, body, resp.Body)
 			}
 		}
 	})
@@ -172,17 +171,11 @@ func FuzzRequestLine(f *testing.F) {
 		f.Add(s[0], s[1])
 	}
 	f.Fuzz(func(t *testing.T, method, path string) {
-		req, err := http.NewRequest(method, "http://localhost/", strings.NewReader(`{}`))
-		if err != nil {
-			return // not a method net/http would deliver
-		}
-		req.URL.Path = path
 		c := fuzzController(kernel)
 		defer c.Close()
-		rec := httptest.NewRecorder()
-		c.Handler().ServeHTTP(rec, req)
-		if rec.Code != 200 && rec.Code != 204 && rec.Code != 400 {
-			t.Fatalf("%s %q: status %d %s", method, path, rec.Code, rec.Body.String())
+		resp := c.Handler().ServeAPI(context.Background(), &microhttp.Request{Method: method, Path: path, Body: []byte(`{}`)})
+		if resp.Status != 200 && resp.Status != 204 && resp.Status != 400 {
+			t.Fatalf("%s %q: status %d %s", method, path, resp.Status, resp.Body)
 		}
 	})
 }

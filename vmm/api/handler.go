@@ -1,19 +1,18 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"strings"
 	"time"
 
+	"github.com/voltvmm/volt/vmm/api/microhttp"
 	"github.com/voltvmm/volt/vmm/api/types"
 )
 
-// Handler returns the http.Handler serving the Firecracker API.
-func (c *Controller) Handler() http.Handler { return &handler{c: c} }
+// Handler returns the microhttp.Handler serving the Firecracker API.
+func (c *Controller) Handler() microhttp.Handler { return &handler{c: c} }
 
 type handler struct{ c *Controller }
 
@@ -24,100 +23,89 @@ type response struct {
 	body   any
 }
 
-func noContent() response { return response{status: http.StatusNoContent} }
+func noContent() response { return response{status: statusNoContent} }
 
-func ok(body any) response { return response{status: http.StatusOK, body: body} }
+func ok(body any) response { return response{status: statusOK, body: body} }
 
 func badRequest(err error) response {
-	return response{status: http.StatusBadRequest, body: types.Error{FaultMessage: err.Error()}}
+	return response{status: statusBadRequest, body: types.Error{FaultMessage: err.Error()}}
 }
 
-func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+// The statuses the API answers with, as Firecracker's swagger lists them.
+const (
+	statusOK                  = 200
+	statusNoContent           = 204
+	statusBadRequest          = 400
+	statusInternalServerError = 500
+)
+
+// Fault is the body of an error answer: the swagger Error.
+func Fault(msg string) []byte {
+	b, err := json.Marshal(types.Error{FaultMessage: msg})
+	if err != nil {
+		return []byte(`{"fault_message":"internal error: cannot encode the fault"}`)
+	}
+	return b
+}
+
+func (h *handler) ServeAPI(ctx context.Context, r *microhttp.Request) microhttp.Response {
 	start := time.Now()
-	resp := h.serve(w, r)
-	w.Header().Set("Server", AppName)
-	if resp.body == nil {
-		w.WriteHeader(resp.status)
-	} else {
+	resp := h.serve(ctx, r)
+	out := microhttp.Response{Status: resp.status}
+	if resp.body != nil {
 		b, err := json.Marshal(resp.body)
 		if err != nil {
-			resp = response{status: http.StatusInternalServerError}
-			b = []byte(`{"fault_message":"internal error: cannot encode the response"}`)
+			out.Status = statusInternalServerError
+			b = Fault("internal error: cannot encode the response")
 		}
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Content-Length", fmt.Sprint(len(b)))
-		w.WriteHeader(resp.status)
-		w.Write(b)
+		out.Body = b
 	}
 	level := h.c.log.Info
-	if resp.status >= 500 {
+	if out.Status >= 500 {
 		level = h.c.log.Error
 	}
-	level("api request", "method", r.Method, "path", r.URL.Path, "status", resp.status, "duration", time.Since(start))
+	level("api request", "method", r.Method, "path", r.Path, "status", out.Status, "duration", time.Since(start))
+	return out
 }
 
 // serve routes one request. A panic in a route is a bug in volt-vmm, not
 // something a client may cause; it is answered with 500 and logged, and
 // the VMM goes on.
-func (h *handler) serve(w http.ResponseWriter, r *http.Request) (resp response) {
+func (h *handler) serve(ctx context.Context, r *microhttp.Request) (resp response) {
 	defer func() {
 		if p := recover(); p != nil {
-			h.c.log.Error("api handler panic", "method", r.Method, "path", r.URL.Path, "panic", fmt.Sprint(p))
-			resp = response{status: http.StatusInternalServerError, body: types.Error{FaultMessage: "internal error while handling the request"}}
+			h.c.log.Error("api handler panic", "method", r.Method, "path", r.Path, "panic", fmt.Sprint(p))
+			resp = response{status: statusInternalServerError, body: types.Error{FaultMessage: "internal error while handling the request"}}
 		}
 	}()
-	rt, id, found := route(r.Method, r.URL.Path)
+	rt, id, found := route(r.Method, r.Path)
 	if !found {
-		if msg, known := unsupported(r.URL.Path); known {
-			return badRequest(fmt.Errorf("%s %s: %s", r.Method, r.URL.Path, msg))
+		if msg, known := unsupported(r.Path); known {
+			return badRequest(fmt.Errorf("%s %s: %s", r.Method, r.Path, msg))
 		}
-		return badRequest(fmt.Errorf("invalid request method and/or path: %s %s", r.Method, r.URL.Path))
+		return badRequest(fmt.Errorf("invalid request method and/or path: %s %s", r.Method, r.Path))
 	}
-	var body []byte
-	if rt.hasBody {
-		var err error
-		if body, err = readBody(w, r); err != nil {
-			h.c.count(rt.group, rt.metric, true)
-			return badRequest(err)
-		}
-	}
-	resp = rt.handle(h.c, r, id, body)
-	h.c.count(rt.group, rt.metric, resp.status != http.StatusOK && resp.status != http.StatusNoContent)
+	resp = rt.handle(ctx, h.c, id, r.Body)
+	h.c.count(rt.group, rt.metric, resp.status != statusOK && resp.status != statusNoContent)
 	return resp
-}
-
-func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	if r.ContentLength > types.MaxBodySize {
-		return nil, fmt.Errorf("request body of %d bytes exceeds the limit of %d", r.ContentLength, types.MaxBodySize)
-	}
-	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, types.MaxBodySize))
-	var tooBig *http.MaxBytesError
-	if errors.As(err, &tooBig) {
-		return nil, fmt.Errorf("request body exceeds the limit of %d bytes", types.MaxBodySize)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read request body: %w", err)
-	}
-	return b, nil
 }
 
 // routeInfo is one method and path of the API.
 type routeInfo struct {
-	hasBody bool
 	// group and metric name the request in the metrics file, as
 	// Firecracker's put_api_requests.boot_source_count and so on.
 	group, metric string
-	handle        func(c *Controller, r *http.Request, id string, body []byte) response
+	handle        func(ctx context.Context, c *Controller, id string, body []byte) response
 }
 
 // withBody decodes the body as T and hands it to apply.
-func withBody[T any](apply func(c *Controller, r *http.Request, id string, v T) error) func(*Controller, *http.Request, string, []byte) response {
-	return func(c *Controller, r *http.Request, id string, body []byte) response {
+func withBody[T any](apply func(ctx context.Context, c *Controller, id string, v T) error) func(context.Context, *Controller, string, []byte) response {
+	return func(ctx context.Context, c *Controller, id string, body []byte) response {
 		v, err := types.Decode[T](body)
 		if err != nil {
 			return badRequest(err)
 		}
-		if err := apply(c, r, id, v); err != nil {
+		if err := apply(ctx, c, id, v); err != nil {
 			return badRequest(err)
 		}
 		return noContent()
@@ -126,56 +114,56 @@ func withBody[T any](apply func(c *Controller, r *http.Request, id string, v T) 
 
 var (
 	routes = map[string]routeInfo{
-		"GET /": {group: "get_api_requests", metric: "instance_info", handle: func(c *Controller, _ *http.Request, _ string, _ []byte) response {
+		"GET /": {group: "get_api_requests", metric: "instance_info", handle: func(_ context.Context, c *Controller, _ string, _ []byte) response {
 			return ok(c.DescribeInstance())
 		}},
-		"GET /version": {group: "get_api_requests", metric: "vmm_version", handle: func(c *Controller, _ *http.Request, _ string, _ []byte) response {
+		"GET /version": {group: "get_api_requests", metric: "vmm_version", handle: func(_ context.Context, c *Controller, _ string, _ []byte) response {
 			return ok(c.Version())
 		}},
-		"GET /vm/config": {group: "get_api_requests", metric: "vm_config", handle: func(c *Controller, _ *http.Request, _ string, _ []byte) response {
+		"GET /vm/config": {group: "get_api_requests", metric: "vm_config", handle: func(_ context.Context, c *Controller, _ string, _ []byte) response {
 			return ok(c.VMConfig())
 		}},
-		"GET /machine-config": {group: "get_api_requests", metric: "machine_cfg", handle: func(c *Controller, _ *http.Request, _ string, _ []byte) response {
+		"GET /machine-config": {group: "get_api_requests", metric: "machine_cfg", handle: func(_ context.Context, c *Controller, _ string, _ []byte) response {
 			return ok(c.MachineConfig())
 		}},
-		"PUT /machine-config": {hasBody: true, group: "put_api_requests", metric: "machine_cfg", handle: withBody(func(c *Controller, _ *http.Request, _ string, m types.MachineConfiguration) error {
+		"PUT /machine-config": {group: "put_api_requests", metric: "machine_cfg", handle: withBody(func(_ context.Context, c *Controller, _ string, m types.MachineConfiguration) error {
 			return c.PutMachineConfig(m)
 		})},
-		"PATCH /machine-config": {hasBody: true, group: "patch_api_requests", metric: "machine_cfg", handle: withBody(func(c *Controller, _ *http.Request, _ string, p types.MachineConfigurationPatch) error {
+		"PATCH /machine-config": {group: "patch_api_requests", metric: "machine_cfg", handle: withBody(func(_ context.Context, c *Controller, _ string, p types.MachineConfigurationPatch) error {
 			return c.PatchMachineConfig(p)
 		})},
-		"PUT /boot-source": {hasBody: true, group: "put_api_requests", metric: "boot_source", handle: withBody(func(c *Controller, _ *http.Request, _ string, b types.BootSource) error {
+		"PUT /boot-source": {group: "put_api_requests", metric: "boot_source", handle: withBody(func(_ context.Context, c *Controller, _ string, b types.BootSource) error {
 			return c.PutBootSource(b)
 		})},
-		"PUT /actions": {hasBody: true, group: "put_api_requests", metric: "actions", handle: withBody(func(c *Controller, _ *http.Request, _ string, a types.InstanceActionInfo) error {
+		"PUT /actions": {group: "put_api_requests", metric: "actions", handle: withBody(func(_ context.Context, c *Controller, _ string, a types.InstanceActionInfo) error {
 			return c.Action(a)
 		})},
-		"PATCH /vm": {hasBody: true, group: "patch_api_requests", metric: "vm", handle: withBody(func(c *Controller, _ *http.Request, _ string, v types.VM) error {
+		"PATCH /vm": {group: "patch_api_requests", metric: "vm", handle: withBody(func(_ context.Context, c *Controller, _ string, v types.VM) error {
 			return c.PatchVM(v)
 		})},
-		"PUT /logger": {hasBody: true, group: "put_api_requests", metric: "logger", handle: withBody(func(c *Controller, _ *http.Request, _ string, l types.Logger) error {
+		"PUT /logger": {group: "put_api_requests", metric: "logger", handle: withBody(func(_ context.Context, c *Controller, _ string, l types.Logger) error {
 			return c.PutLogger(l)
 		})},
-		"PUT /metrics": {hasBody: true, group: "put_api_requests", metric: "metrics", handle: withBody(func(c *Controller, _ *http.Request, _ string, m types.Metrics) error {
+		"PUT /metrics": {group: "put_api_requests", metric: "metrics", handle: withBody(func(_ context.Context, c *Controller, _ string, m types.Metrics) error {
 			return c.PutMetrics(m)
 		})},
-		"PUT /drives/": {hasBody: true, group: "put_api_requests", metric: "drive", handle: withBody(func(c *Controller, _ *http.Request, id string, d types.Drive) error {
+		"PUT /drives/": {group: "put_api_requests", metric: "drive", handle: withBody(func(_ context.Context, c *Controller, id string, d types.Drive) error {
 			return c.PutDrive(id, d)
 		})},
-		"PUT /network-interfaces/": {hasBody: true, group: "put_api_requests", metric: "network", handle: withBody(func(c *Controller, _ *http.Request, id string, n types.NetworkInterface) error {
+		"PUT /network-interfaces/": {group: "put_api_requests", metric: "network", handle: withBody(func(_ context.Context, c *Controller, id string, n types.NetworkInterface) error {
 			return c.PutNetworkInterface(id, n)
 		})},
-		"PUT /vsock": {hasBody: true, group: "put_api_requests", metric: "vsock", handle: withBody(func(c *Controller, _ *http.Request, _ string, v types.Vsock) error {
+		"PUT /vsock": {group: "put_api_requests", metric: "vsock", handle: withBody(func(_ context.Context, c *Controller, _ string, v types.Vsock) error {
 			return c.PutVsock(v)
 		})},
-		"PUT /entropy": {hasBody: true, group: "put_api_requests", metric: "entropy", handle: withBody(func(c *Controller, _ *http.Request, _ string, e types.EntropyDevice) error {
+		"PUT /entropy": {group: "put_api_requests", metric: "entropy", handle: withBody(func(_ context.Context, c *Controller, _ string, e types.EntropyDevice) error {
 			return c.PutEntropy(e)
 		})},
-		"PUT /snapshot/create": {hasBody: true, group: "put_api_requests", metric: "snapshot_create", handle: withBody(func(c *Controller, r *http.Request, _ string, p types.SnapshotCreateParams) error {
-			return c.CreateSnapshot(r.Context(), p)
+		"PUT /snapshot/create": {group: "put_api_requests", metric: "snapshot_create", handle: withBody(func(ctx context.Context, c *Controller, _ string, p types.SnapshotCreateParams) error {
+			return c.CreateSnapshot(ctx, p)
 		})},
-		"PUT /snapshot/load": {hasBody: true, group: "put_api_requests", metric: "snapshot_load", handle: withBody(func(c *Controller, r *http.Request, _ string, p types.SnapshotLoadParams) error {
-			return c.LoadSnapshot(r.Context(), p)
+		"PUT /snapshot/load": {group: "put_api_requests", metric: "snapshot_load", handle: withBody(func(ctx context.Context, c *Controller, _ string, p types.SnapshotLoadParams) error {
+			return c.LoadSnapshot(ctx, p)
 		})},
 	}
 	// collections take one path segment after the prefix: the id.

@@ -161,11 +161,11 @@ func TestFirecrackerSequenceBootsProbe(t *testing.T) {
 	})
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "api.sock")
-	srv, err := Listen(sock)
+	srv, err := Listen(sock, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv.Start(ctrl.Handler())
+	srv.Start(ctrl.Handler(), nil)
 	t.Cleanup(func() {
 		srv.Shutdown(ctx)
 		ctrl.Close()
@@ -258,7 +258,7 @@ func TestListenRefusesToReplaceFiles(t *testing.T) {
 	if err := os.WriteFile(regular, []byte("keep me"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Listen(regular); err == nil || !strings.Contains(err.Error(), "not a socket") {
+	if _, err := Listen(regular, 0); err == nil || !strings.Contains(err.Error(), "not a socket") {
 		t.Fatalf("Listen over a regular file: %v", err)
 	}
 	if b, _ := os.ReadFile(regular); string(b) != "keep me" {
@@ -266,11 +266,11 @@ func TestListenRefusesToReplaceFiles(t *testing.T) {
 	}
 
 	sock := filepath.Join(dir, "api.sock")
-	live, err := Listen(sock)
+	live, err := Listen(sock, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Listen(sock); err == nil || !strings.Contains(err.Error(), "another process is serving it") {
+	if _, err := Listen(sock, 0); err == nil || !strings.Contains(err.Error(), "another process is serving it") {
 		t.Fatalf("Listen over a live socket: %v", err)
 	}
 	live.Shutdown(context.Background())
@@ -286,11 +286,54 @@ func TestListenRefusesToReplaceFiles(t *testing.T) {
 	}
 	ln.SetUnlinkOnClose(false)
 	ln.Close()
-	srv, err := Listen(sock)
+	srv, err := Listen(sock, 0)
 	if err != nil {
 		t.Fatalf("Listen over a stale socket: %v", err)
 	}
 	srv.Shutdown(context.Background())
+}
+
+// TestSocketRefusalsAreAPIFaults checks that requests the HTTP layer
+// refuses before they reach the handler still get the API's JSON fault
+// body, as Firecracker's clients expect of every error.
+func TestSocketRefusalsAreAPIFaults(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	srv, err := Listen(sock, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrl := NewController(Options{LogOutput: io.Discard})
+	defer ctrl.Close()
+	srv.Start(ctrl.Handler(), nil)
+	defer srv.Shutdown(context.Background())
+	for _, tt := range []struct{ raw, status, fault string }{
+		{"PUT /boot-source HTTP/1.1\r\nContent-Length: 1025\r\n\r\n", "413", "request body of 1025 bytes exceeds the limit of 1024"},
+		{"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: -1\r\n\r\n", "400", `Content-Length \"-1\" is not a non-negative integer`},
+		{"BAD\r\n\r\n", "400", `malformed request line \"BAD\"`},
+		{"GET /version HTTP/1.1\r\nConnection: close\r\n\r\n", "200", ""},
+	} {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(c, tt.raw)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("%q: %v", tt.raw, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		c.Close()
+		if fmt.Sprint(resp.StatusCode) != tt.status || resp.Header.Get("Content-Type") != "application/json" {
+			t.Errorf("%q: %d %q, want %s application/json", tt.raw, resp.StatusCode, resp.Header.Get("Content-Type"), tt.status)
+		}
+		if tt.fault != "" && !strings.Contains(string(body), `{"fault_message":"`+tt.fault) {
+			t.Errorf("%q: body %s, want fault %q", tt.raw, body, tt.fault)
+		}
+		if err := checkSwagger(map[bool]string{true: "Error", false: "FirecrackerVersion"}[tt.fault != ""], body); err != nil {
+			t.Errorf("%q: %v", tt.raw, err)
+		}
+	}
 }
 
 // probeVM is a controller serving the API over a socket, with the guest
@@ -307,11 +350,11 @@ func startProbeVM(t *testing.T, dir, name string) *probeVM {
 	outR, outW := io.Pipe()
 	ctrl := NewController(Options{ID: name, LogOutput: io.Discard, Base: vmm.Config{Console: outW, ConsoleInput: inR}})
 	sock := filepath.Join(dir, name+".sock")
-	srv, err := Listen(sock)
+	srv, err := Listen(sock, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv.Start(ctrl.Handler())
+	srv.Start(ctrl.Handler(), nil)
 	t.Cleanup(func() {
 		srv.Shutdown(context.Background())
 		ctrl.Close()

@@ -5,32 +5,48 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"time"
+
+	"github.com/voltvmm/volt/vmm/api/microhttp"
+	"github.com/voltvmm/volt/vmm/api/types"
 )
 
 // Server serves the API on a Unix socket.
 type Server struct {
-	path string
-	ln   *net.UnixListener
-	http *http.Server
-	done chan error
+	path    string
+	ln      *net.UnixListener
+	maxBody int64
+	http    *microhttp.Server
+	done    chan error
 }
 
-// Timeouts that keep a slow or stuck client from holding a connection
-// forever; requests themselves are small and quick.
-const (
-	readHeaderTimeout = 10 * time.Second
-	idleTimeout       = 2 * time.Minute
-	maxHeaderBytes    = 16 << 10
-)
+// CheckSocketPath refuses a socket path the kernel cannot bind, with a
+// message that says why instead of bind's "invalid argument".
+func CheckSocketPath(path string) error {
+	if path == "" {
+		return errors.New("empty socket path")
+	}
+	if len(path) > types.MaxSocketPath {
+		return fmt.Errorf("socket path %s is %d bytes long; a Unix socket path can be at most %d (use a shorter directory)", path, len(path), types.MaxSocketPath)
+	}
+	return nil
+}
 
 // Listen creates the API socket at path. A socket file left behind by a
 // dead process is replaced; anything else at path (a regular file, or a
 // socket some live process still serves) is an error, never deleted.
-func Listen(path string) (*Server, error) {
+// maxBody bounds request bodies (Firecracker's
+// --http-api-max-payload-size); 0 means types.MaxBodySize.
+func Listen(path string, maxBody int64) (*Server, error) {
+	if err := CheckSocketPath(path); err != nil {
+		return nil, fmt.Errorf("api socket: %w", err)
+	}
+	if maxBody <= 0 {
+		maxBody = types.MaxBodySize
+	}
 	if err := removeStaleSocket(path); err != nil {
 		return nil, err
 	}
@@ -40,7 +56,7 @@ func Listen(path string) (*Server, error) {
 	}
 	// The socket file is removed when the listener closes.
 	ln.SetUnlinkOnClose(true)
-	return &Server{path: path, ln: ln}, nil
+	return &Server{path: path, ln: ln, maxBody: maxBody}, nil
 }
 
 func removeStaleSocket(path string) error {
@@ -67,14 +83,21 @@ func removeStaleSocket(path string) error {
 // Path is the socket's file name.
 func (s *Server) Path() string { return s.path }
 
-// Start serves h on its own goroutine until Shutdown.
-func (s *Server) Start(h http.Handler) {
-	s.http = &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: readHeaderTimeout,
-		IdleTimeout:       idleTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
-	}
+// Start serves h on its own goroutine until Shutdown. Requests the server
+// refuses before they reach h (malformed, too large, too slow) get the same
+// JSON fault body as the API's own errors, and are logged to log.
+func (s *Server) Start(h microhttp.Handler, log *slog.Logger) {
+	s.http = microhttp.New(microhttp.Config{
+		Handler:    h,
+		Fault:      Fault,
+		ServerName: AppName,
+		Limits:     microhttp.Limits{MaxBodyBytes: s.maxBody},
+		OnProtocolError: func(status int, msg string) {
+			if log != nil {
+				log.Warn("api request refused", "status", status, "err", msg)
+			}
+		},
+	})
 	s.done = make(chan error, 1)
 	go func() { s.done <- s.http.Serve(s.ln) }()
 }
@@ -86,10 +109,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return s.ln.Close()
 	}
 	err := s.http.Shutdown(ctx)
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		err = s.http.Close()
-	}
-	if serveErr := <-s.done; serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+	if serveErr := <-s.done; serveErr != nil && !errors.Is(serveErr, microhttp.ErrServerClosed) {
 		return errors.Join(err, serveErr)
 	}
 	return err

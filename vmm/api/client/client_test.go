@@ -124,11 +124,11 @@ func TestClientDrivesTheRealVMM(t *testing.T) {
 	dir := t.TempDir()
 	ctrl := api.NewController(api.Options{LogOutput: io.Discard, Base: vmm.Config{}})
 	defer ctrl.Close()
-	srv, err := api.Listen(filepath.Join(dir, "api.sock"))
+	srv, err := api.Listen(filepath.Join(dir, "api.sock"), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv.Start(ctrl.Handler())
+	srv.Start(ctrl.Handler(), nil)
 	defer srv.Shutdown(ctx)
 
 	c := client.New(srv.Path())

@@ -279,9 +279,11 @@ func (n NetworkInterface) Validate(pathID string) error {
 // Vsock CIDs 0–2 are reserved (hypervisor, local, host) and 2^32-1 is
 // VMADDR_CID_ANY; a Unix socket path must fit sockaddr_un.sun_path.
 const (
-	minGuestCID   = 3
-	maxGuestCID   = 1<<32 - 2
-	maxSocketPath = 107
+	minGuestCID = 3
+	maxGuestCID = 1<<32 - 2
+	// MaxSocketPath is the longest path a Unix socket can be bound to
+	// (sockaddr_un.sun_path holds 108 bytes with the terminating NUL).
+	MaxSocketPath = 107
 )
 
 // Validate checks a vsock device.
@@ -292,8 +294,8 @@ func (v Vsock) Validate() error {
 	if v.UDSPath == "" {
 		return errors.New("uds_path must not be empty")
 	}
-	if len(v.UDSPath) > maxSocketPath {
-		return fmt.Errorf("uds_path is %d bytes, longer than a Unix socket path can be (%d)", len(v.UDSPath), maxSocketPath)
+	if len(v.UDSPath) > MaxSocketPath {
+		return fmt.Errorf("uds_path is %d bytes, longer than a Unix socket path can be (%d)", len(v.UDSPath), MaxSocketPath)
 	}
 	return checkPaths(map[string]string{"uds_path": v.UDSPath})
 }
