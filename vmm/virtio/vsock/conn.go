@@ -117,6 +117,9 @@ type conn struct {
 	// when a read would block. The socket is polled edge-triggered, so this
 	// flag is the level.
 	readable bool
+	// hostEOF: the host shut its write side (EPOLLRDHUP): a read will
+	// return 0 once the data before it is taken, and no new edge comes.
+	hostEOF bool
 	// hostGone: the host end closed completely (EPOLLHUP).
 	hostGone bool
 	// hostWriteShut: the host socket's write side was shut after the guest
@@ -332,7 +335,7 @@ func (c *conn) recvData(h *Header, guestCID uint64, data sgList, now time.Time) 
 			break
 		}
 	}
-	if drained {
+	if drained && (!c.hostEOF || eof) {
 		c.readable = false
 	}
 	if total > 0 {
@@ -524,6 +527,9 @@ func (c *conn) hostEvent(events uint32, now time.Time) {
 	}
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
 		c.readable = true
+	}
+	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
+		c.hostEOF = true
 	}
 	if events&unix.EPOLLHUP != 0 && !c.hostGone {
 		c.hostGone = true

@@ -280,6 +280,8 @@ func (m *muxer) remove(c *conn) {
 
 // drop closes a handshake that never became a connection.
 func (m *muxer) drop(c *conn) {
+	c.state, c.pending = stateKilled, 0
+	c.disarm()
 	c.closeHost()
 	if c.regFd >= 0 {
 		delete(m.byFd, c.regFd)
@@ -388,6 +390,7 @@ func (m *muxer) readConnectLine(c *conn, events uint32, now time.Time) {
 	// Bytes the client sent right after the line wait in the socket; they
 	// flow once the guest accepts.
 	c.readable = n > nl+1 || events&unix.EPOLLRDHUP != 0
+	c.hostEOF = events&unix.EPOLLRDHUP != 0
 	m.conns[c.key] = c
 	m.m.ConnsAdded.Add(1)
 }

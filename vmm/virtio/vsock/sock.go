@@ -64,6 +64,10 @@ func connectUnix(path string) (int, error) {
 	return fd, nil
 }
 
+// listenBacklog lets many pool callers connect at once while the worker is
+// busy; Unix connects beyond it fail with EAGAIN.
+const listenBacklog = 1024
+
 // listenUnix binds and listens on path. A socket file left by a VMM that
 // died (nobody accepts on it) is replaced; a live socket or any other file
 // at path is an error, so that a typo never deletes a user's file and two
@@ -93,7 +97,7 @@ func listenUnix(path string) (int, error) {
 		unix.Close(fd)
 		return -1, fmt.Errorf("bind vsock uds_path %s: %w", path, err)
 	}
-	if err := unix.Listen(fd, 128); err != nil {
+	if err := unix.Listen(fd, listenBacklog); err != nil {
 		unix.Close(fd)
 		os.Remove(path)
 		return -1, fmt.Errorf("listen on %s: %w", path, err)
