@@ -33,7 +33,8 @@ func paramError(key, format string, args ...any) error {
 // same boundaries the kernel saw: blanks separate parameters except inside
 // double quotes, a quote around the whole parameter or around its value is
 // removed, and the kernel has no escape character. Parsing stops at "--"
-// because what follows is handed to init as argv, which Parse reads anyway.
+// (also a quoted one, as in the kernel's parse_args) because what follows is
+// handed to init as argv, which Parse reads anyway.
 func SplitKernelCmdline(s string) []string {
 	var params []string
 	for {
@@ -57,12 +58,12 @@ func SplitKernelCmdline(s string) []string {
 				inQuote = !inQuote
 			}
 		}
-		param := s[:i]
+		param := unquoteParam(s[:i], quoted)
 		s = s[i:]
-		if !quoted && param == "--" {
+		if param == "--" { // quoted or not: next_arg has removed the quotes by then
 			return params
 		}
-		params = append(params, unquoteParam(param, quoted))
+		params = append(params, param)
 	}
 }
 
