@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/voltvmm/volt/guest/marker"
+	"github.com/voltvmm/volt/internal/hostfile"
 	"github.com/voltvmm/volt/vmm/boot"
 	"github.com/voltvmm/volt/vmm/cpu"
 	"github.com/voltvmm/volt/vmm/devices/bootmarker"
@@ -225,23 +226,20 @@ func (v *VM) setupMemory(mc memory.Config) error {
 }
 
 func (v *VM) loadKernel() error {
-	k, err := os.Open(v.cfg.KernelPath)
+	k, err := hostfile.Open("kernel", v.cfg.KernelPath)
 	if err != nil {
-		return fmt.Errorf("open kernel: %w", err)
+		return err
 	}
 	defer k.Close()
 	kst, err := k.Stat()
 	if err != nil {
 		return fmt.Errorf("stat kernel %s: %w", v.cfg.KernelPath, err)
 	}
-	if !kst.Mode().IsRegular() {
-		return fmt.Errorf("kernel %s is not a regular file", v.cfg.KernelPath)
-	}
 	bc := boot.Config{Kernel: k, KernelSize: kst.Size(), Cmdline: v.cfg.Cmdline, CPUs: v.cfg.CPUs, Protocol: v.cfg.Protocol}
 	if v.cfg.InitrdPath != "" {
-		f, err := os.Open(v.cfg.InitrdPath)
+		f, err := hostfile.Open("initrd", v.cfg.InitrdPath)
 		if err != nil {
-			return fmt.Errorf("open initrd: %w", err)
+			return err
 		}
 		defer f.Close()
 		st, err := f.Stat()

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/voltvmm/volt/vmm/kvm"
 	"github.com/voltvmm/volt/vmm/snapshot"
 )
@@ -15,6 +17,18 @@ func TestUsageAndErrors(t *testing.T) {
 	dir := t.TempDir()
 	junk := filepath.Join(dir, "junk")
 	os.WriteFile(junk, []byte("not a snapshot"), 0o600)
+	// FIFOs where files are read must be refused, not block forever.
+	fifo := filepath.Join(dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fifoSnap := filepath.Join(dir, "fifo-snap")
+	os.Mkdir(fifoSnap, 0o755)
+	for _, name := range []string{"vm.state", "vm.mem"} {
+		if err := unix.Mkfifo(filepath.Join(fifoSnap, name), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	tests := []struct {
 		args   []string
 		status int
@@ -26,6 +40,9 @@ func TestUsageAndErrors(t *testing.T) {
 		{[]string{"info", junk}, 1, "bad magic"},
 		{[]string{"info", filepath.Join(dir, "missing")}, 1, "no such file"},
 		{[]string{"merge", dir, dir}, 1, "vm.state"},
+		{[]string{"info", fifo}, 1, "snapshot state " + fifo + " is a named pipe (FIFO)"},
+		{[]string{"merge", fifoSnap, fifoSnap}, 1, "is a named pipe (FIFO)"},
+		{[]string{"info", "/dev/zero"}, 1, "snapshot state /dev/zero is a character device"},
 	}
 	for _, tt := range tests {
 		var stdout, stderr bytes.Buffer

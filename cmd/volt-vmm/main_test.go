@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/voltvmm/volt/guest/probe"
 	"github.com/voltvmm/volt/vmm"
 	"github.com/voltvmm/volt/vmm/kvm/kvmtest"
@@ -24,6 +26,16 @@ import (
 func TestUsageErrors(t *testing.T) {
 	junk := filepath.Join(t.TempDir(), "junk")
 	if err := os.WriteFile(junk, bytes.Repeat([]byte{0x90}, 4096), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A FIFO at a path volt-vmm reads must be refused at once: opened
+	// plainly it would block until a writer came, ignoring SIGTERM.
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := unix.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fifoSnapshot := t.TempDir()
+	if err := unix.Mkfifo(filepath.Join(fifoSnapshot, "vm.state"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
@@ -44,9 +56,14 @@ func TestUsageErrors(t *testing.T) {
 		{"bad protocol", []string{"--kernel", junk, "--boot-protocol", "efi"}, exitUsage, "boot-protocol", false},
 		{"extra argument", []string{"--kernel", junk, "stray"}, exitUsage, "unexpected argument", false},
 		{"unknown flag", []string{"--kernal", junk}, exitUsage, "unknown flag", false},
-		{"missing kernel file", []string{"--kernel", filepath.Join(t.TempDir(), "nope")}, exitVMMError, "open kernel", true},
+		{"missing kernel file", []string{"--kernel", "/nonexistent/vmlinux"}, exitVMMError, "kernel /nonexistent/vmlinux: no such file or directory", true},
 		{"malformed kernel", []string{"--kernel", junk}, exitVMMError, "load kernel", true},
 		{"missing initrd", []string{"--kernel", junk, "--initrd", "/nonexistent/initrd"}, exitVMMError, "initrd", true},
+		{"kernel is a FIFO", []string{"--kernel", fifo}, exitVMMError, "kernel " + fifo + " is a named pipe (FIFO)", true},
+		{"initrd is a FIFO", []string{"--kernel", junk, "--initrd", fifo}, exitVMMError, "initrd " + fifo + " is a named pipe (FIFO)", true},
+		{"kernel is a device", []string{"--kernel", "/dev/zero"}, exitVMMError, "kernel /dev/zero is a character device", true},
+		{"config file is a FIFO", []string{"--config-file", fifo}, exitUsage, "config file " + fifo + " is a named pipe (FIFO)", false},
+		{"snapshot state is a FIFO", []string{"--restore", fifoSnapshot}, exitVMMError, "is a named pipe (FIFO)", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -54,7 +71,14 @@ func TestUsageErrors(t *testing.T) {
 				kvmtest.Require(t)
 			}
 			var stderr bytes.Buffer
-			status := run(tt.args, strings.NewReader(""), &bytes.Buffer{}, &stderr)
+			done := make(chan int, 1)
+			go func() { done <- run(tt.args, strings.NewReader(""), &bytes.Buffer{}, &stderr) }()
+			var status int
+			select {
+			case status = <-done:
+			case <-time.After(time.Minute):
+				t.Fatal("volt-vmm hung")
+			}
 			if status != tt.status {
 				t.Fatalf("status %d, want %d; stderr:\n%s", status, tt.status, stderr.String())
 			}
@@ -151,7 +175,14 @@ func TestAPIUsageErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var stderr bytes.Buffer
-			status := run(tt.args, strings.NewReader(""), &bytes.Buffer{}, &stderr)
+			done := make(chan int, 1)
+			go func() { done <- run(tt.args, strings.NewReader(""), &bytes.Buffer{}, &stderr) }()
+			var status int
+			select {
+			case status = <-done:
+			case <-time.After(time.Minute):
+				t.Fatal("volt-vmm hung")
+			}
 			if status != tt.status {
 				t.Fatalf("status %d, want %d; stderr:\n%s", status, tt.status, stderr.String())
 			}

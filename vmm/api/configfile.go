@@ -6,8 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 
+	"github.com/voltvmm/volt/internal/hostfile"
 	"github.com/voltvmm/volt/vmm/api/types"
 )
 
@@ -59,9 +59,9 @@ func ParseConfigFile(data []byte) (ConfigFile, error) {
 
 // LoadConfigFile reads a config file from path.
 func LoadConfigFile(path string) (ConfigFile, error) {
-	f, err := os.Open(path)
+	f, err := hostfile.Open("config file", path)
 	if err != nil {
-		return ConfigFile{}, fmt.Errorf("config file: %w", err)
+		return ConfigFile{}, err
 	}
 	defer f.Close()
 	var buf bytes.Buffer

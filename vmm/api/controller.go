@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/voltvmm/volt/internal/hostfile"
 	"github.com/voltvmm/volt/vmm"
 	"github.com/voltvmm/volt/vmm/api/types"
 	"github.com/voltvmm/volt/vmm/cpu"
@@ -340,11 +341,11 @@ func (c *Controller) PutBootSource(b types.BootSource) error {
 	if err := b.Validate(); err != nil {
 		return err
 	}
-	if err := checkRegularFile("kernel_image_path", b.KernelImagePath); err != nil {
+	if err := hostfile.CheckRegular("kernel_image_path", b.KernelImagePath); err != nil {
 		return err
 	}
 	if b.InitrdPath != "" {
-		if err := checkRegularFile("initrd_path", b.InitrdPath); err != nil {
+		if err := hostfile.CheckRegular("initrd_path", b.InitrdPath); err != nil {
 			return err
 		}
 	}
@@ -357,17 +358,6 @@ func (c *Controller) PutBootSource(b types.BootSource) error {
 		c.cfg.Cmdline = vmm.DefaultCmdline
 	}
 	c.configured = true
-	return nil
-}
-
-func checkRegularFile(field, path string) error {
-	st, err := os.Stat(path)
-	if err != nil {
-		return fmt.Errorf("%s: %w", field, err)
-	}
-	if !st.Mode().IsRegular() {
-		return fmt.Errorf("%s: %s is not a regular file", field, path)
-	}
 	return nil
 }
 

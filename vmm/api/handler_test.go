@@ -287,7 +287,7 @@ func TestErrorResponses(t *testing.T) {
 		{"drive nested path", false, false, nil, step{"PUT", "/drives/a/b", `{}`}, "only PUT is supported"},
 		{"empty PUT", false, false, nil, step{"PUT", "/boot-source", ""}, "empty body"},
 		{"missing kernel file", false, false, nil, step{"PUT", "/boot-source", `{"kernel_image_path": "/nonexistent/vmlinux"}`}, "kernel_image_path: stat /nonexistent/vmlinux: no such file"},
-		{"kernel is a directory", false, false, nil, step{"PUT", "/boot-source", `{"kernel_image_path": "/"}`}, "kernel_image_path: / is not a regular file"},
+		{"kernel is a directory", false, false, nil, step{"PUT", "/boot-source", `{"kernel_image_path": "/"}`}, "kernel_image_path / is a directory: not a regular file"},
 		{"missing initrd", false, false, nil, step{"PUT", "/boot-source", `{"kernel_image_path": "KERNEL", "initrd_path": "/nonexistent/initrd"}`}, "initrd_path: stat"},
 		{"start without boot source", false, false, nil, step{"PUT", "/actions", `{"action_type": "InstanceStart"}`}, "no boot source: PUT /boot-source first"},
 		{"flush without metrics", false, false, nil, step{"PUT", "/actions", `{"action_type": "FlushMetrics"}`}, "metrics are not configured: PUT /metrics first"},

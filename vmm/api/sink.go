@@ -40,9 +40,15 @@ func openSink(path string) (*sink, error) {
 	case err != nil && !os.IsNotExist(err):
 		return nil, fmt.Errorf("stat %s: %w", path, err)
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	// Non-blocking, then checked: a FIFO put there since the Stat must
+	// not hang the open, and nothing but a regular file is appended to.
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NONBLOCK, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s changed while it was opened: no longer a regular file", path)
 	}
 	return &sink{f: f}, nil
 }

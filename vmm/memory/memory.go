@@ -11,9 +11,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/voltvmm/volt/internal/hostfile"
 )
 
 // GuestAddr is a guest physical address. It is a distinct type so that host
@@ -198,17 +199,14 @@ func mapAnonymous(size uint64, extra int) ([]byte, error) {
 // past the end of a short file would raise SIGBUS in the VMM instead of an
 // error here.
 func mapPrivateFile(path string, size uint64) ([]byte, error) {
-	f, err := os.Open(path)
+	f, err := hostfile.Open("memory file", path)
 	if err != nil {
-		return nil, fmt.Errorf("open memory file: %w", err)
+		return nil, err
 	}
 	defer f.Close()
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		return nil, fmt.Errorf("stat memory file %s: %w", path, err)
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return nil, fmt.Errorf("memory file %s is not a regular file", path)
 	}
 	if uint64(st.Size) != size {
 		return nil, fmt.Errorf("memory file %s holds %d bytes, the VM needs exactly %d", path, st.Size, size)

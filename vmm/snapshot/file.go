@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/voltvmm/volt/internal/hostfile"
 	"github.com/voltvmm/volt/vmm/boot"
 	"github.com/voltvmm/volt/vmm/memory"
 )
@@ -158,17 +159,14 @@ func (st *VMState) Validate() error {
 // ReadStateFile reads and verifies a state file, refusing anything larger
 // than MaxStateSize before reading it.
 func ReadStateFile(path string) (*VMState, error) {
-	f, err := os.Open(path)
+	f, err := hostfile.Open("snapshot state", path)
 	if err != nil {
-		return nil, fmt.Errorf("open snapshot state: %w", err)
+		return nil, err
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("stat snapshot state %s: %w", path, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("snapshot state %s is not a regular file", path)
 	}
 	if fi.Size() > MaxStateSize {
 		return nil, fmt.Errorf("snapshot state %s is %d bytes, over the %d-byte limit", path, fi.Size(), MaxStateSize)

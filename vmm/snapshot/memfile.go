@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/voltvmm/volt/internal/hostfile"
 	"github.com/voltvmm/volt/vmm/memory"
 )
 
@@ -57,14 +58,14 @@ func writePages(f *os.File, mapping []byte, want func(page uint64) bool) error {
 // as zero, which is what the guest last wrote). Sizes are checked first so
 // a mismatched pair is refused before the base is touched.
 func MergeDiff(basePath, diffPath string, dirty []uint64) error {
-	base, err := os.OpenFile(basePath, os.O_RDWR, 0)
+	base, err := hostfile.OpenReadWrite("base memory file", basePath)
 	if err != nil {
-		return fmt.Errorf("open base memory file: %w", err)
+		return err
 	}
 	defer base.Close()
-	diff, err := os.Open(diffPath)
+	diff, err := hostfile.Open("diff memory file", diffPath)
 	if err != nil {
-		return fmt.Errorf("open diff memory file: %w", err)
+		return err
 	}
 	defer diff.Close()
 	bs, err := base.Stat()
