@@ -598,6 +598,21 @@ func (m *muxer) recv(h *Header, data sgList) bool {
 	return false
 }
 
+// resetConns ends every connection and handshake without telling the guest
+// (its driver was reset), keeping the listener.
+func (m *muxer) resetConns() {
+	for _, c := range m.byFd {
+		c.closeHost()
+	}
+	for _, c := range m.conns {
+		c.closeHost()
+	}
+	m.byFd, m.conns = map[int]*conn{}, map[connKey]*conn{}
+	m.ports = map[uint32]struct{}{}
+	m.rxq, m.rxHead, m.nRsts = m.rxq[:0], 0, 0
+	m.timers = m.timers[:0]
+}
+
 // close shuts every host socket and the listener, and removes the socket
 // file if it is still the one this muxer bound.
 func (m *muxer) close() {

@@ -1,0 +1,481 @@
+package vsock
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/voltvmm/volt/vmm/virtio"
+)
+
+// Queues of the device (§5.10.2), and their sizes (Firecracker's 256).
+const (
+	rxQueue   = 0
+	txQueue   = 1
+	evQueue   = 2
+	numQueues = 3
+	QueueSize = 256
+)
+
+// EventTransportReset is VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (§5.10.6.5): the
+// guest closes its connections and re-reads its CID; listeners survive.
+const EventTransportReset uint32 = 0
+
+// eventSize is struct virtio_vsock_event: one le32 id.
+const eventSize = 4
+
+// configSize is struct virtio_vsock_config: le64 guest_cid.
+const configSize = 8
+
+// Notifier tokens in the muxer's epoll set.
+const kickToken = 0
+
+var errNotActive = errors.New("vsock: device is not active")
+
+// Option changes a device's defaults.
+type Option func(*Device)
+
+// WithLogger sets the device's logger (the default is slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(d *Device) { d.log = l } }
+
+// WithMaxConnections bounds the host sockets the device holds at once.
+func WithMaxConnections(n int) Option { return func(d *Device) { d.maxConns = n } }
+
+// withParams changes buffer sizes and timeouts (tests).
+func withParams(p connParams) Option { return func(d *Device) { d.params = p } }
+
+// Device is a virtio-vsock device with the hybrid Unix-socket host side.
+//
+// The host socket is bound by New, so clients may connect before the guest
+// driver is up (they wait in the listen backlog). Everything else runs in
+// Run, on the transport's worker goroutine.
+type Device struct {
+	cid      uint64
+	udsPath  string
+	log      *slog.Logger
+	params   connParams
+	maxConns int
+	metrics  Metrics
+	mux      *muxer
+	kick     int // eventfd in the muxer's epoll set: notifications and stop
+
+	// Written by Activate/Reset/Restore, read by Run; never concurrently.
+	act       virtio.Activation
+	active    bool
+	dirty     virtio.DirtyMarker // nil when memory tracks no VMM writes
+	resetOwed bool               // a TRANSPORT_RESET event is due
+
+	notified atomic.Uint32 // queue bits the forwarder saw
+
+	// Reused on every packet: no allocation on the data path.
+	sg, sg2 sgList
+	hdrBuf  [HeaderSize]byte
+}
+
+var _ virtio.Device = (*Device)(nil)
+
+// New validates cfg and binds the host socket at cfg.UDSPath.
+func New(cfg Config, opts ...Option) (*Device, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	d := &Device{cid: cfg.GuestCID, udsPath: cfg.UDSPath, log: slog.Default(), params: defaultParams(), maxConns: DefaultMaxConns}
+	for _, o := range opts {
+		o(d)
+	}
+	if !cfg.GuestPortPathsFit() {
+		d.log.Warn("vsock: uds_path is long; guest connections to high port numbers will be refused (their socket paths exceed 107 bytes)", "uds_path", cfg.UDSPath)
+	}
+	kick, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("vsock: eventfd: %w", err)
+	}
+	mux, err := newMuxer(cfg.GuestCID, cfg.UDSPath, muxerOptions{params: d.params, maxConns: d.maxConns, log: d.log, metrics: &d.metrics})
+	if err != nil {
+		unix.Close(kick)
+		return nil, err
+	}
+	if err := mux.addNotifier(kick, kickToken); err != nil {
+		mux.close()
+		unix.Close(kick)
+		return nil, err
+	}
+	d.mux, d.kick = mux, kick
+	return d, nil
+}
+
+// Close closes every host socket and removes the host socket file. Run must
+// not be running.
+func (d *Device) Close() error {
+	if d.mux != nil {
+		d.mux.close()
+		d.mux = nil
+	}
+	if d.kick >= 0 {
+		unix.Close(d.kick)
+		d.kick = -1
+	}
+	return nil
+}
+
+// Config returns the device's guest CID and host socket path.
+func (d *Device) Config() Config { return Config{GuestCID: d.cid, UDSPath: d.udsPath} }
+
+// Metrics returns the device's counters; they are safe to read at any time.
+func (d *Device) Metrics() *Metrics { return &d.metrics }
+
+// Type implements virtio.Device.
+func (d *Device) Type() virtio.DeviceType { return virtio.DeviceVsock }
+
+// Features implements virtio.Device: stream sockets only (no
+// VIRTIO_VSOCK_F_SEQPACKET), with the queue features of the core.
+func (d *Device) Features() uint64 { return virtio.QueueFeatures }
+
+// QueueMaxSizes implements virtio.Device: rx, tx and event queues.
+func (d *Device) QueueMaxSizes() []uint16 { return []uint16{QueueSize, QueueSize, QueueSize} }
+
+// ReadConfig implements virtio.Device: the guest CID, little-endian.
+func (d *Device) ReadConfig(offset uint64, data []byte) {
+	var cfg [configSize]byte
+	binary.LittleEndian.PutUint64(cfg[:], d.cid)
+	for i := range data {
+		data[i] = 0
+		if o := offset + uint64(i); o < configSize {
+			data[i] = cfg[o]
+		}
+	}
+}
+
+// WriteConfig implements virtio.Device: the configuration is read-only.
+func (d *Device) WriteConfig(offset uint64, data []byte) {
+	d.log.Debug("vsock: guest wrote the read-only configuration space", "offset", offset, "len", len(data))
+}
+
+// Activate implements virtio.Device.
+func (d *Device) Activate(a virtio.Activation) error {
+	if len(a.Queues) != numQueues {
+		return fmt.Errorf("vsock: %d queues, want %d", len(a.Queues), numQueues)
+	}
+	if a.Memory == nil {
+		return errors.New("vsock: activation without guest memory")
+	}
+	for _, i := range []int{rxQueue, txQueue} {
+		if !a.Queues[i].Active() {
+			return fmt.Errorf("vsock: the driver did not make queue %d ready", i)
+		}
+	}
+	if a.Log != nil {
+		d.log = a.Log
+		d.mux.log = a.Log
+	}
+	d.act, d.active = a, true
+	d.dirty, _ = a.Memory.(virtio.DirtyMarker)
+	return nil
+}
+
+// Reset implements virtio.Device: every connection ends (the guest's driver
+// starts over); the host socket stays bound.
+func (d *Device) Reset() {
+	d.mux.resetConns()
+	d.act, d.active, d.dirty, d.resetOwed = virtio.Activation{}, false, nil, false
+	d.notified.Store(0)
+}
+
+// Run implements virtio.Device: the worker. It waits in one epoll set for
+// the host sockets, the connection timers and a kick eventfd, which the
+// queue notifications and ctx's cancellation write to.
+func (d *Device) Run(ctx context.Context) error {
+	if !d.active {
+		return errNotActive
+	}
+	stopKick := context.AfterFunc(ctx, d.wake)
+	defer stopKick()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	fwdCtx, cancelFwd := context.WithCancel(ctx)
+	defer cancelFwd()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d.forwardNotifications(fwdCtx)
+	}()
+
+	// The first pass looks at every queue: a notification may have been
+	// consumed before a pause.
+	bits := uint32(1<<rxQueue | 1<<txQueue | 1<<evQueue)
+	for {
+		if err := d.process(bits); err != nil {
+			return err
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if _, err := d.mux.poll(-1); err != nil {
+			return err
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		d.drainKick()
+		bits = d.notified.Swap(0)
+	}
+}
+
+// forwardNotifications turns the transport's notification channels into
+// kicks of the epoll set (see /work/notes-team/vsock-needs.md: with the
+// ioeventfds themselves the worker could wait on them directly).
+func (d *Device) forwardNotifications(ctx context.Context) {
+	chans := d.act.Notify
+	var rx, tx, ev <-chan struct{}
+	if len(chans) == numQueues {
+		rx, tx, ev = chans[rxQueue], chans[txQueue], chans[evQueue]
+	}
+	for {
+		var bit uint32
+		select {
+		case <-ctx.Done():
+			return
+		case <-rx:
+			bit = 1 << rxQueue
+		case <-tx:
+			bit = 1 << txQueue
+		case <-ev:
+			bit = 1 << evQueue
+		}
+		if d.notified.Or(bit)&bit == 0 {
+			d.wake()
+		}
+	}
+}
+
+// wake kicks the worker out of epoll_wait.
+func (d *Device) wake() {
+	var one [8]byte
+	binary.LittleEndian.PutUint64(one[:], 1)
+	unix.Write(d.kick, one[:])
+}
+
+func (d *Device) drainKick() {
+	var b [8]byte
+	unix.Read(d.kick, b[:])
+}
+
+// process runs the queues named by bits (tx first: guest packets make
+// replies), then fills rx buffers with whatever the host side has, and
+// signals the guest once per queue.
+func (d *Device) process(bits uint32) error {
+	q := d.act.Queues
+	if bits&(1<<txQueue) != 0 {
+		if err := d.processTx(q[txQueue]); err != nil {
+			return err
+		}
+		if err := q[txQueue].SignalUsed(); err != nil {
+			return err
+		}
+	}
+	if d.resetOwed {
+		if err := d.sendTransportReset(q[evQueue]); err != nil {
+			return err
+		}
+	}
+	if d.mux.hasRx() {
+		if err := d.processRx(q[rxQueue]); err != nil {
+			return err
+		}
+		if err := q[rxQueue].SignalUsed(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// slices resolves a chain's buffers to guest memory, reusing dst.
+func (d *Device) slices(bufs []virtio.Buffer, dst sgList) (sgList, error) {
+	dst = dst[:0]
+	for _, b := range bufs {
+		s, err := d.act.Memory.Slice(b.Addr, uint64(b.Len))
+		if err != nil {
+			return dst, fmt.Errorf("vsock: %w", err) // checked by the queue; memory never shrinks
+		}
+		dst = append(dst, s)
+	}
+	return dst, nil
+}
+
+// processTx hands every packet on the tx queue to the muxer. Packets are
+// always consumed (the muxer buffers or resets, it never refuses), so the
+// guest's tx queue never stalls behind a slow host client.
+func (d *Device) processTx(q *virtio.Queue) error {
+	for {
+		if err := q.DisableNotification(); err != nil {
+			return err
+		}
+		for {
+			c, err := q.Pop()
+			if err != nil {
+				return err
+			}
+			if c == nil {
+				break
+			}
+			if err := d.handleTx(c); err != nil {
+				return err
+			}
+			if err := q.PushUsed(c.Head, 0); err != nil {
+				return err
+			}
+		}
+		more, err := q.EnableNotification()
+		if err != nil {
+			return err
+		}
+		if !more {
+			return nil
+		}
+	}
+}
+
+func (d *Device) handleTx(c *virtio.Chain) error {
+	sg, err := d.slices(c.Readable(), d.sg)
+	d.sg = sg
+	if err != nil {
+		return err
+	}
+	var h Header
+	if len(sg) > 0 && len(sg[0]) >= HeaderSize {
+		h, _ = DecodeHeader(sg[0])
+	} else if sg.gather(d.hdrBuf[:]) == HeaderSize {
+		h, _ = DecodeHeader(d.hdrBuf[:])
+	} else {
+		d.metrics.PacketsDropped.Add(1)
+		d.log.Debug("vsock: tx chain shorter than a packet header", "len", c.ReadableLen())
+		return nil
+	}
+	d.sg2 = sg.skip(HeaderSize, d.sg2)
+	d.mux.send(h, d.sg2)
+	return nil
+}
+
+// processRx fills the guest's rx buffers with packets from the muxer until
+// either runs out.
+func (d *Device) processRx(q *virtio.Queue) error {
+	for d.mux.hasRx() {
+		c, err := q.Pop()
+		if err != nil {
+			return err
+		}
+		if c == nil {
+			// No buffers: ask to be told when the guest adds some, and look
+			// once more in case it did meanwhile.
+			more, err := q.EnableNotification()
+			if err != nil || !more {
+				return err
+			}
+			continue
+		}
+		written, err := d.fillRx(c)
+		if err != nil {
+			return err
+		}
+		if written < 0 {
+			if err := q.UndoPop(); err != nil {
+				return err
+			}
+			return nil
+		}
+		if err := q.PushUsed(c.Head, uint32(written)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// fillRx writes one packet into an rx chain and returns its length, 0 for
+// a buffer too small for a header (returned empty; the guest drops it), or
+// -1 when the muxer had nothing after all.
+func (d *Device) fillRx(c *virtio.Chain) (int, error) {
+	if c.WritableLen() < HeaderSize {
+		d.log.Debug("vsock: rx buffer shorter than a packet header", "len", c.WritableLen())
+		return 0, nil
+	}
+	sg, err := d.slices(c.Writable(), d.sg)
+	d.sg = sg
+	if err != nil {
+		return 0, err
+	}
+	payload := sg.skip(HeaderSize, d.sg2)
+	payload = payload.limit(MaxPayload)
+	d.sg2 = payload
+	var h Header
+	if !d.mux.recv(&h, payload) {
+		return -1, nil
+	}
+	if len(sg[0]) >= HeaderSize {
+		h.Encode(sg[0])
+	} else {
+		h.Encode(d.hdrBuf[:])
+		sg.scatter(d.hdrBuf[:])
+	}
+	n := HeaderSize + int(h.Len)
+	d.markDirty(c.Writable(), n)
+	return n, nil
+}
+
+// markDirty reports the first n bytes written into bufs to memory that
+// tracks the VMM's own writes (for diff snapshots).
+func (d *Device) markDirty(bufs []virtio.Buffer, n int) {
+	if d.dirty == nil {
+		return
+	}
+	for _, b := range bufs {
+		if n <= 0 {
+			return
+		}
+		l := min(int(b.Len), n)
+		d.dirty.MarkDirty(b.Addr, uint64(l))
+		n -= l
+	}
+}
+
+// sendTransportReset puts VIRTIO_VSOCK_EVENT_TRANSPORT_RESET on the event
+// queue, or leaves it owed until the guest gives an event buffer.
+func (d *Device) sendTransportReset(q *virtio.Queue) error {
+	for d.resetOwed {
+		c, err := q.Pop()
+		if err != nil {
+			return err
+		}
+		if c == nil {
+			more, err := q.EnableNotification()
+			if err != nil || !more {
+				return err
+			}
+			continue
+		}
+		written := 0
+		if c.WritableLen() >= eventSize {
+			var ev [eventSize]byte
+			binary.LittleEndian.PutUint32(ev[:], EventTransportReset)
+			sg, err := d.slices(c.Writable(), d.sg)
+			d.sg = sg
+			if err != nil {
+				return err
+			}
+			sg.scatter(ev[:])
+			d.markDirty(c.Writable(), eventSize)
+			written = eventSize
+			d.resetOwed = false
+			d.log.Debug("vsock: sent transport reset")
+		}
+		if err := q.PushUsed(c.Head, uint32(written)); err != nil {
+			return err
+		}
+	}
+	return q.SignalUsed()
+}
