@@ -48,15 +48,15 @@ func OpenMacvtap(name string) (*Macvtap, error) {
 	if err != nil {
 		return nil, fmt.Errorf("macvtap %s: %w", name, err)
 	}
-	t := &Tap{fd: fd, name: name, kind: KindMacvtap}
-	if err := t.checkFeatures(); err != nil {
-		t.Close()
+	if err := checkFeatures(fd, KindMacvtap, name); err != nil {
+		unix.Close(fd)
 		return nil, err
 	}
 	if _, err := setIff(fd, name, tapFlags); err != nil {
-		t.Close()
+		unix.Close(fd)
 		return nil, fmt.Errorf("macvtap %s: set flags: %w", name, err)
 	}
+	t := newTap(fd, name, KindMacvtap)
 	if err := t.setup(); err != nil {
 		t.Close()
 		return nil, err

@@ -13,6 +13,9 @@ package netdev
 import (
 	"errors"
 	"fmt"
+	"os"
+	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -76,6 +79,11 @@ const tapFlags = unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR
 // The Tap owns its descriptor; Close releases it (and a TAP this process
 // created disappears with it).
 type Tap struct {
+	// f owns the descriptor and registers it with Go's poller, so that a
+	// worker can wait for a frame without an OS thread (RawConn) and be
+	// woken by a deadline. fd is f's number, used for the ioctls and the
+	// non-blocking reads and writes; it is valid until Close.
+	f       *os.File
 	fd      int
 	name    string
 	kind    Kind
@@ -84,8 +92,18 @@ type Tap struct {
 	supported Offload
 }
 
-// Fd is the descriptor to wait on for readability. It stays owned by the Tap.
+// Fd is the descriptor, for poll(2) in tests and tools. It stays owned by
+// the Tap and is valid until Close.
 func (t *Tap) Fd() int { return t.fd }
+
+// SyscallConn gives access to the descriptor through Go's poller: its Read
+// method waits for readability without holding an OS thread.
+func (t *Tap) SyscallConn() (syscall.RawConn, error) { return t.f.SyscallConn() }
+
+// SetReadDeadline makes a wait in SyscallConn's Read return
+// os.ErrDeadlineExceeded at d (a time in the past wakes it now); the zero
+// time clears it.
+func (t *Tap) SetReadDeadline(d time.Time) error { return t.f.SetReadDeadline(d) }
 
 // Name is the host interface name (the kernel's choice when a pattern such
 // as "volt%d" was asked for).
@@ -152,11 +170,11 @@ func (t *Tap) SetVnetHdrSize(n int) error {
 
 // Close releases the descriptor. It is safe to call twice.
 func (t *Tap) Close() error {
-	if t.fd < 0 {
+	if t.f == nil {
 		return nil
 	}
-	err := unix.Close(t.fd)
-	t.fd = -1
+	err := t.f.Close()
+	t.f, t.fd = nil, -1
 	if err != nil {
 		return fmt.Errorf("close %s %s: %w", t.kind, t.name, err)
 	}
@@ -181,9 +199,8 @@ func OpenTap(name string) (*Tap, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open /dev/net/tun for TAP %s: %w (the host needs CONFIG_TUN, and the VMM CAP_NET_ADMIN to create a TAP)", name, err)
 	}
-	t := &Tap{fd: fd, name: name, kind: KindTap, created: !existed}
-	if err := t.checkFeatures(); err != nil {
-		t.Close()
+	if err := checkFeatures(fd, KindTap, name); err != nil {
+		unix.Close(fd)
 		return nil, err
 	}
 	got, err := setIff(fd, name, tapFlags)
@@ -193,10 +210,13 @@ func OpenTap(name string) (*Tap, error) {
 		got, err = setIff(fd, name, tapFlags|unix.IFF_MULTI_QUEUE)
 	}
 	if err != nil {
-		t.Close()
+		unix.Close(fd)
 		return nil, tapSetIffError(name, existed, err)
 	}
-	t.name = got
+	// Only now, attached, may the descriptor meet the poller: an unattached
+	// TUN file polls as EPOLLERR, which the poller would remember.
+	t := newTap(fd, got, KindTap)
+	t.created = !existed
 	if err := t.setup(); err != nil {
 		t.Close()
 		return nil, err
@@ -206,6 +226,11 @@ func OpenTap(name string) (*Tap, error) {
 		return nil, err
 	}
 	return t, nil
+}
+
+// newTap takes ownership of fd (open, non-blocking).
+func newTap(fd int, name string, kind Kind) *Tap {
+	return &Tap{f: os.NewFile(uintptr(fd), string(kind)+":"+name), fd: fd, name: name, kind: kind}
 }
 
 func tapSetIffError(name string, existed bool, err error) error {
@@ -235,13 +260,13 @@ func setIff(fd int, name string, flags uint16) (string, error) {
 
 // checkFeatures makes sure the device can carry a virtio-net header at all;
 // without it offloads cannot be negotiated and large frames are lost.
-func (t *Tap) checkFeatures() error {
-	feats, err := unix.IoctlGetUint32(t.fd, unix.TUNGETFEATURES)
+func checkFeatures(fd int, kind Kind, name string) error {
+	feats, err := unix.IoctlGetUint32(fd, unix.TUNGETFEATURES)
 	if err != nil {
-		return fmt.Errorf("%s %s: TUNGETFEATURES: %w", t.kind, t.name, err)
+		return fmt.Errorf("%s %s: TUNGETFEATURES: %w", kind, name, err)
 	}
 	if feats&unix.IFF_VNET_HDR == 0 || feats&unix.IFF_NO_PI == 0 || feats&unix.IFF_TAP == 0 {
-		return fmt.Errorf("%s %s: the kernel's TAP lacks IFF_TAP|IFF_NO_PI|IFF_VNET_HDR (features %#x)", t.kind, t.name, feats)
+		return fmt.Errorf("%s %s: the kernel's TAP lacks IFF_TAP|IFF_NO_PI|IFF_VNET_HDR (features %#x)", kind, name, feats)
 	}
 	return nil
 }
