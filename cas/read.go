@@ -198,7 +198,7 @@ func (s *Store) OpenChunk(ctx context.Context, d Digest, length int64) (ChunkRea
 	return f, nil
 }
 
-// HasChunk reports whether chunk d is stored with length bytes, without
+// hasChunk reports whether chunk d is stored with length bytes, without
 // reading it.
 func (s *Store) hasChunk(d Digest, length int64) bool {
 	var st unix.Stat_t

@@ -70,30 +70,25 @@ func (ss *Session) check() error {
 	return nil
 }
 
-// PutChunk stores data as a chunk and returns its digest. All-zero data is
-// a hole: nothing is stored and the zero digest is returned. Storing a
-// chunk that exists already writes nothing.
-func (ss *Session) PutChunk(data []byte) (Digest, error) {
+// PutChunk stores data as a chunk and returns its digest, and whether this
+// call wrote it (false: a hole, or a chunk stored already). All-zero data
+// is a hole: nothing is stored and the zero digest is returned.
+func (ss *Session) PutChunk(data []byte) (d Digest, written bool, err error) {
 	if err := ss.check(); err != nil {
-		return Digest{}, err
+		return Digest{}, false, err
 	}
 	if len(data) == 0 || len(data) > MaxChunkSize {
-		return Digest{}, fmt.Errorf("put chunk: length %d out of range", len(data))
+		return Digest{}, false, fmt.Errorf("put chunk: length %d out of range", len(data))
 	}
 	if isZeroes(data) {
-		return Digest{}, nil
+		return Digest{}, false, nil
 	}
-	d := Sum(data)
-	return d, ss.putChunkDigest(d, data)
-}
-
-// putChunkDigest stores data, whose digest the caller computed, as chunk d.
-func (ss *Session) putChunkDigest(d Digest, data []byte) error {
+	d = Sum(data)
 	p, err := ss.startChunk(d, data)
 	if err != nil || p == nil {
-		return err
+		return d, false, err
 	}
-	return ss.finishChunk(p)
+	return d, true, ss.finishChunk(p)
 }
 
 // pendingChunk is a chunk written to a temp file, waiting for its fsync and

@@ -349,7 +349,9 @@ func TestDamagedManifestAndRefFiles(t *testing.T) {
 		{"manifest bit flip", func(t *testing.T, s *Store, d Digest) { flipBit(t, s.manifestPath(d), 8*30+3) }},
 		{"manifest truncated", func(t *testing.T, s *Store, d Digest) { must(t, os.Truncate(s.manifestPath(d), 40)) }},
 		{"manifest missing", func(t *testing.T, s *Store, d Digest) { must(t, os.Remove(s.manifestPath(d))) }},
-		{"ref garbage", func(t *testing.T, s *Store, d Digest) { must(t, os.WriteFile(s.refPath("img"), []byte("hello\n"), 0o644)) }},
+		{"ref garbage", func(t *testing.T, s *Store, d Digest) {
+			must(t, os.WriteFile(s.refPath("img"), []byte("hello\n"), 0o644))
+		}},
 		{"ref empty", func(t *testing.T, s *Store, d Digest) { must(t, os.WriteFile(s.refPath("img"), nil, 0o644)) }},
 		{"ref uppercase", func(t *testing.T, s *Store, d Digest) {
 			must(t, os.WriteFile(s.refPath("img"), []byte(strings.ToUpper(d.String())+"\n"), 0o644))
