@@ -107,7 +107,7 @@ func CheckTxHeader(h Header, frameLen int, acked uint64) (Header, error) {
 	}
 	out := Header{Flags: h.Flags & HdrFNeedsCsum, GSOType: h.GSOType}
 	if out.Flags&HdrFNeedsCsum != 0 {
-		if acked&(1<<FeatureCsum) == 0 {
+		if acked&FeatureCsum == 0 {
 			return Header{}, ErrCsumNotAgreed
 		}
 		if int(h.CsumStart)+int(h.CsumOffset)+2 > frameLen {
@@ -121,15 +121,15 @@ func CheckTxHeader(h Header, frameLen int, acked uint64) (Header, error) {
 	var need uint64
 	switch h.GSOType &^ GSOECN {
 	case GSOTCPv4:
-		need = 1 << FeatureHostTSO4
+		need = FeatureHostTSO4
 	case GSOTCPv6:
-		need = 1 << FeatureHostTSO6
+		need = FeatureHostTSO6
 	default:
 		// UDP fragmentation and UDP segmentation are never offered.
 		return Header{}, ErrGSONotAgreed
 	}
 	if h.GSOType&GSOECN != 0 {
-		need |= 1 << FeatureHostECN
+		need |= FeatureHostECN
 	}
 	if acked&need != need {
 		return Header{}, ErrGSONotAgreed
@@ -149,7 +149,7 @@ func CheckTxHeader(h Header, frameLen int, acked uint64) (Header, error) {
 // (virtio 1.2 §5.1.6.4.1), and a segmentation type the guest did not accept
 // means the frame cannot be delivered (it is dropped, never truncated).
 func FixRxHeader(h Header, acked uint64) (Header, error) {
-	if acked&(1<<FeatureGuestCsum) == 0 {
+	if acked&FeatureGuestCsum == 0 {
 		if h.Flags&HdrFNeedsCsum != 0 {
 			return Header{}, ErrCsumNotAgreed
 		}
@@ -159,14 +159,14 @@ func FixRxHeader(h Header, acked uint64) (Header, error) {
 		var need uint64
 		switch h.GSOType &^ GSOECN {
 		case GSOTCPv4:
-			need = 1 << FeatureGuestTSO4
+			need = FeatureGuestTSO4
 		case GSOTCPv6:
-			need = 1 << FeatureGuestTSO6
+			need = FeatureGuestTSO6
 		default:
 			return Header{}, ErrGSONotAgreed
 		}
 		if h.GSOType&GSOECN != 0 {
-			need |= 1 << FeatureGuestECN
+			need |= FeatureGuestECN
 		}
 		if acked&need != need {
 			return Header{}, ErrGSONotAgreed

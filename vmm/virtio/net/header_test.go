@@ -5,11 +5,13 @@ import (
 	"testing"
 
 	"github.com/voltvmm/volt/vmm/netdev"
+	"github.com/voltvmm/volt/vmm/virtio"
 )
 
 const (
-	allTx = 1<<FeatureVersion1 | 1<<FeatureCsum | 1<<FeatureHostTSO4 | 1<<FeatureHostTSO6 | 1<<FeatureHostECN
-	allRx = 1<<FeatureVersion1 | 1<<FeatureGuestCsum | 1<<FeatureGuestTSO4 | 1<<FeatureGuestTSO6 | 1<<FeatureGuestECN
+	v1    = virtio.FeatureVersion1
+	allTx = v1 | FeatureCsum | FeatureHostTSO4 | FeatureHostTSO6 | FeatureHostECN
+	allRx = v1 | FeatureGuestCsum | FeatureGuestTSO4 | FeatureGuestTSO6 | FeatureGuestECN
 )
 
 func TestHeaderRoundTrip(t *testing.T) {
@@ -39,20 +41,20 @@ func TestCheckTxHeader(t *testing.T) {
 		want  error
 		wantH Header
 	}{
-		{"plain", Header{}, 60, 1 << FeatureVersion1, nil, Header{}},
-		{"unknown flags and num_buffers cleared", Header{Flags: 0xfe, NumBuffers: 7}, 60, 1 << FeatureVersion1, nil, Header{}},
+		{"plain", Header{}, 60, v1, nil, Header{}},
+		{"unknown flags and num_buffers cleared", Header{Flags: 0xfe, NumBuffers: 7}, 60, v1, nil, Header{}},
 		{"too short", Header{}, EthHeaderLen - 1, allTx, ErrFrameTooShort, Header{}},
 		{"longest", Header{}, MaxFrameLen, allTx, nil, Header{}},
 		{"too long", Header{}, MaxFrameLen + 1, allTx, ErrFrameTooLong, Header{}},
 		{"csum", Header{Flags: HdrFNeedsCsum, CsumStart: 34, CsumOffset: 16}, 100, allTx, nil, Header{Flags: HdrFNeedsCsum, CsumStart: 34, CsumOffset: 16}},
-		{"csum not negotiated", Header{Flags: HdrFNeedsCsum, CsumStart: 34, CsumOffset: 16}, 100, 1 << FeatureVersion1, ErrCsumNotAgreed, Header{}},
+		{"csum not negotiated", Header{Flags: HdrFNeedsCsum, CsumStart: 34, CsumOffset: 16}, 100, v1, ErrCsumNotAgreed, Header{}},
 		{"csum field ends at frame end", Header{Flags: HdrFNeedsCsum, CsumStart: 34, CsumOffset: 16}, 52, allTx, nil, Header{Flags: HdrFNeedsCsum, CsumStart: 34, CsumOffset: 16}},
 		{"csum field past frame end", Header{Flags: HdrFNeedsCsum, CsumStart: 34, CsumOffset: 16}, 51, allTx, ErrCsumOutOfFrame, Header{}},
 		{"csum overflow", Header{Flags: HdrFNeedsCsum, CsumStart: 0xffff, CsumOffset: 0xffff}, MaxFrameLen, allTx, ErrCsumOutOfFrame, Header{}},
 		{"tso4", tso4, 60000, allTx, nil, tso4},
-		{"tso4 not negotiated", tso4, 60000, allTx &^ (1 << FeatureHostTSO4), ErrGSONotAgreed, Header{}},
-		{"tso6 not negotiated", Header{Flags: 1, GSOType: GSOTCPv6, HdrLen: 74, GSOSize: 1428, CsumStart: 54, CsumOffset: 16}, 60000, allTx &^ (1 << FeatureHostTSO6), ErrGSONotAgreed, Header{}},
-		{"ecn not negotiated", Header{Flags: 1, GSOType: GSOTCPv4 | GSOECN, HdrLen: 54, GSOSize: 1448, CsumStart: 34, CsumOffset: 16}, 60000, allTx &^ (1 << FeatureHostECN), ErrGSONotAgreed, Header{}},
+		{"tso4 not negotiated", tso4, 60000, allTx &^ FeatureHostTSO4, ErrGSONotAgreed, Header{}},
+		{"tso6 not negotiated", Header{Flags: 1, GSOType: GSOTCPv6, HdrLen: 74, GSOSize: 1428, CsumStart: 54, CsumOffset: 16}, 60000, allTx &^ FeatureHostTSO6, ErrGSONotAgreed, Header{}},
+		{"ecn not negotiated", Header{Flags: 1, GSOType: GSOTCPv4 | GSOECN, HdrLen: 54, GSOSize: 1448, CsumStart: 34, CsumOffset: 16}, 60000, allTx &^ FeatureHostECN, ErrGSONotAgreed, Header{}},
 		{"udp fragmentation never offered", Header{GSOType: GSOUDP, GSOSize: 1400}, 60000, allTx, ErrGSONotAgreed, Header{}},
 		{"udp segmentation never offered", Header{GSOType: GSOUDPL4, GSOSize: 1400}, 60000, allTx, ErrGSONotAgreed, Header{}},
 		{"unknown gso type", Header{GSOType: 0x42, GSOSize: 1400}, 60000, allTx, ErrGSONotAgreed, Header{}},
@@ -78,12 +80,12 @@ func TestFixRxHeader(t *testing.T) {
 		want  Header
 		err   error
 	}{
-		{"data-valid hidden without guest_csum", Header{Flags: HdrFDataValid}, 1 << FeatureVersion1, Header{}, nil},
+		{"data-valid hidden without guest_csum", Header{Flags: HdrFDataValid}, v1, Header{}, nil},
 		{"data-valid kept with guest_csum", Header{Flags: HdrFDataValid}, allRx, Header{Flags: HdrFDataValid}, nil},
-		{"partial csum without guest_csum", Header{Flags: HdrFNeedsCsum}, 1 << FeatureVersion1, Header{}, ErrCsumNotAgreed},
+		{"partial csum without guest_csum", Header{Flags: HdrFNeedsCsum}, v1, Header{}, ErrCsumNotAgreed},
 		{"tso4 accepted", Header{Flags: 1, GSOType: GSOTCPv4, GSOSize: 1448, NumBuffers: 9}, allRx, Header{Flags: 1, GSOType: GSOTCPv4, GSOSize: 1448}, nil},
-		{"tso6 not accepted", Header{Flags: 1, GSOType: GSOTCPv6, GSOSize: 1448}, allRx &^ (1 << FeatureGuestTSO6), Header{}, ErrGSONotAgreed},
-		{"ecn not accepted", Header{Flags: 1, GSOType: GSOTCPv4 | GSOECN, GSOSize: 1448}, allRx &^ (1 << FeatureGuestECN), Header{}, ErrGSONotAgreed},
+		{"tso6 not accepted", Header{Flags: 1, GSOType: GSOTCPv6, GSOSize: 1448}, allRx &^ FeatureGuestTSO6, Header{}, ErrGSONotAgreed},
+		{"ecn not accepted", Header{Flags: 1, GSOType: GSOTCPv4 | GSOECN, GSOSize: 1448}, allRx &^ FeatureGuestECN, Header{}, ErrGSONotAgreed},
 		{"udp never", Header{Flags: 1, GSOType: GSOUDPL4, GSOSize: 1448}, allRx, Header{}, ErrGSONotAgreed},
 	} {
 		got, err := FixRxHeader(tc.h, tc.acked)
@@ -94,21 +96,21 @@ func TestFixRxHeader(t *testing.T) {
 }
 
 func TestOfferedFeaturesFollowTapOffloads(t *testing.T) {
-	base := uint64(1<<FeatureVersion1 | 1<<FeatureMAC | 1<<FeatureStatus | 1<<FeatureMrgRxbuf | allTx)
+	base := uint64(virtio.QueueFeatures | FeatureMAC | FeatureStatus | allTx)
 	for _, tc := range []struct {
-		name     string
-		tap      netdev.Offload
-		mtu      bool
-		eventIdx bool
-		want     uint64
+		name      string
+		tap       netdev.Offload
+		mtu       bool
+		mergeable bool
+		want      uint64
 	}{
 		{"no rx offloads", 0, false, false, base},
-		{"csum only", netdev.OffloadCsum, false, false, base | 1<<FeatureGuestCsum},
+		{"csum only", netdev.OffloadCsum, false, false, base | FeatureGuestCsum},
 		{"tso without csum is meaningless", netdev.OffloadTSO4, false, false, base},
 		{"full", netdev.OffloadCsum | netdev.OffloadTSO4 | netdev.OffloadTSO6 | netdev.OffloadTSOECN, true, true,
-			base | allRx | 1<<FeatureMTU | 1<<FeatureRingEventID},
+			base | allRx | FeatureMTU | FeatureMrgRxbuf},
 	} {
-		if got := offeredFeatures(tc.tap, tc.mtu, tc.eventIdx); got != tc.want {
+		if got := offeredFeatures(tc.tap, tc.mtu, tc.mergeable); got != tc.want {
 			t.Errorf("%s: offered %s, want %s", tc.name, FeatureString(got), FeatureString(tc.want))
 		}
 	}
@@ -119,15 +121,15 @@ func TestCheckAcked(t *testing.T) {
 		acked uint64
 		ok    bool
 	}{
-		{1 << FeatureVersion1, true},
+		{v1, true},
 		{0, false},
 		{allTx, true},
 		{allRx, true},
-		{1<<FeatureVersion1 | 1<<FeatureGuestTSO4, false},
-		{1<<FeatureVersion1 | 1<<FeatureHostTSO6, false},
-		{1<<FeatureVersion1 | 1<<FeatureCsum | 1<<FeatureHostECN, false},
-		{1<<FeatureVersion1 | 1<<FeatureGuestCsum | 1<<FeatureGuestECN, false},
-		{1<<FeatureVersion1 | 1<<FeatureGuestCsum | 1<<FeatureGuestTSO6 | 1<<FeatureGuestECN, true},
+		{v1 | FeatureGuestTSO4, false},
+		{v1 | FeatureHostTSO6, false},
+		{v1 | FeatureCsum | FeatureHostECN, false},
+		{v1 | FeatureGuestCsum | FeatureGuestECN, false},
+		{v1 | FeatureGuestCsum | FeatureGuestTSO6 | FeatureGuestECN, true},
 	} {
 		if err := checkAcked(tc.acked); (err == nil) != tc.ok {
 			t.Errorf("checkAcked(%s) = %v, want ok=%v", FeatureString(tc.acked), err, tc.ok)
@@ -140,12 +142,12 @@ func TestTapOffloadFor(t *testing.T) {
 		acked uint64
 		want  netdev.Offload
 	}{
-		{1 << FeatureVersion1, 0},
-		{1<<FeatureGuestTSO4 | 1<<FeatureGuestTSO6, 0},
-		{1 << FeatureGuestCsum, netdev.OffloadCsum},
-		{1<<FeatureGuestCsum | 1<<FeatureGuestTSO4, netdev.OffloadCsum | netdev.OffloadTSO4},
+		{v1, 0},
+		{FeatureGuestTSO4 | FeatureGuestTSO6, 0},
+		{FeatureGuestCsum, netdev.OffloadCsum},
+		{FeatureGuestCsum | FeatureGuestTSO4, netdev.OffloadCsum | netdev.OffloadTSO4},
 		{allRx, netdev.OffloadCsum | netdev.OffloadTSO4 | netdev.OffloadTSO6 | netdev.OffloadTSOECN},
-		{1<<FeatureGuestCsum | 1<<FeatureGuestECN, netdev.OffloadCsum},
+		{FeatureGuestCsum | FeatureGuestECN, netdev.OffloadCsum},
 	} {
 		if got := tapOffloadFor(tc.acked); got != tc.want {
 			t.Errorf("tapOffloadFor(%s) = %s, want %s", FeatureString(tc.acked), got, tc.want)
@@ -205,7 +207,7 @@ func FuzzTxHeader(f *testing.F) {
 	seed := make([]byte, HeaderSize)
 	(Header{Flags: 1, GSOType: GSOTCPv4, HdrLen: 54, GSOSize: 1448, CsumStart: 34, CsumOffset: 16}).Encode(seed)
 	f.Add(seed, 60000, uint64(allTx))
-	f.Add(make([]byte, HeaderSize), 60, uint64(1<<FeatureVersion1))
+	f.Add(make([]byte, HeaderSize), 60, uint64(v1))
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, 65550, uint64(allTx))
 	f.Fuzz(func(t *testing.T, b []byte, frameLen int, acked uint64) {
 		h, err := DecodeHeader(b)
@@ -222,20 +224,20 @@ func FuzzTxHeader(f *testing.F) {
 		if out.Flags&^HdrFNeedsCsum != 0 || out.NumBuffers != 0 {
 			t.Fatalf("passed flags %#x / num_buffers %d through", out.Flags, out.NumBuffers)
 		}
-		if out.Flags != 0 && (acked&(1<<FeatureCsum) == 0 || int(out.CsumStart)+int(out.CsumOffset)+2 > frameLen) {
+		if out.Flags != 0 && (acked&FeatureCsum == 0 || int(out.CsumStart)+int(out.CsumOffset)+2 > frameLen) {
 			t.Fatalf("accepted checksum request %+v for %d bytes, features %s", out, frameLen, FeatureString(acked))
 		}
 		if out.GSOType != GSONone {
 			if out.GSOSize == 0 || int(out.HdrLen) > frameLen {
 				t.Fatalf("accepted GSO header %+v for %d bytes", out, frameLen)
 			}
-			need := uint(FeatureHostTSO4)
+			need := FeatureHostTSO4
 			if out.GSOType&^GSOECN == GSOTCPv6 {
 				need = FeatureHostTSO6
 			} else if out.GSOType&^GSOECN != GSOTCPv4 {
 				t.Fatalf("accepted GSO type %#x", out.GSOType)
 			}
-			if acked&(1<<need) == 0 {
+			if acked&need == 0 {
 				t.Fatalf("accepted GSO type %#x without %s", out.GSOType, featureNames[need])
 			}
 		}
