@@ -9,6 +9,8 @@ import (
 	"sync"
 	"text/tabwriter"
 	"time"
+
+	"github.com/voltvmm/volt/bench/smaps"
 )
 
 // CloneSpec says how many clones of which snapshot to run at once.
@@ -25,10 +27,10 @@ type CloneSpec struct {
 // Clone is one restored VMM, measured while all of them run.
 type Clone struct {
 	PID   int
-	GenID string      // the probe's `gen` answer, 32 hex digits
-	Sum   string      // `sum` checksum when read back
-	Total SmapsRollup // the whole process: /proc/PID/smaps_rollup
-	Guest SmapsRollup // the mappings of the memory file, from /proc/PID/smaps
+	GenID string       // the probe's `gen` answer, 32 hex digits
+	Sum   string       // `sum` checksum when read back
+	Total smaps.Rollup // the whole process: /proc/PID/smaps_rollup
+	Guest smaps.Rollup // the mappings of the memory file, from /proc/PID/smaps
 }
 
 // CloneReport is the outcome of RunClones.
@@ -83,10 +85,10 @@ func RunClones(ctx context.Context, spec CloneSpec) (*CloneReport, error) {
 		cl := &rep.Clones[i]
 		cl.PID = c.pid()
 		var err error
-		if cl.Total, err = ReadSmapsRollup(cl.PID); err != nil {
+		if cl.Total, err = smaps.ReadRollup(cl.PID); err != nil {
 			return nil, fmt.Errorf("clone %d: %w", i+1, err)
 		}
-		if cl.Guest, err = ReadSmapsOfFile(cl.PID, spec.Snapshot.MemPath()); err != nil {
+		if cl.Guest, err = smaps.ReadOfFile(cl.PID, spec.Snapshot.MemPath()); err != nil {
 			return nil, fmt.Errorf("clone %d: %w", i+1, err)
 		}
 	}
@@ -155,23 +157,12 @@ func (r *CloneReport) DuplicateGenIDs() []string {
 }
 
 // Sum adds the figures of every clone.
-func (r *CloneReport) Sum() (total, guest SmapsRollup) {
+func (r *CloneReport) Sum() (total, guest smaps.Rollup) {
 	for _, c := range r.Clones {
-		total.add(c.Total)
-		guest.add(c.Guest)
+		total.Add(c.Total)
+		guest.Add(c.Guest)
 	}
 	return total, guest
-}
-
-func (s *SmapsRollup) add(o SmapsRollup) {
-	s.Rss += o.Rss
-	s.Pss += o.Pss
-	s.SharedClean += o.SharedClean
-	s.SharedDirty += o.SharedDirty
-	s.PrivateClean += o.PrivateClean
-	s.PrivateDirty += o.PrivateDirty
-	s.Anonymous += o.Anonymous
-	s.Swap += o.Swap
 }
 
 // WriteClones prints one row per clone (the whole VMM process, and the
@@ -188,7 +179,7 @@ func WriteClones(w io.Writer, r *CloneReport) error {
 	fmt.Fprintln(w, "kB from /proc/PID/smaps_rollup (whole VMM process); guest = the memory file's mapping in /proc/PID/smaps")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "clone\tpid\tgeneration ID\tRss\tPss\tShared_Clean\tShared_Dirty\tPrivate_Clean\tPrivate_Dirty\tguest Rss\tguest Pss\tguest Shared_Clean\tguest Private_Dirty\t")
-	row := func(label, pid, gen string, t, g SmapsRollup) {
+	row := func(label, pid, gen string, t, g smaps.Rollup) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", label, pid, gen,
 			t.Rss, t.Pss, t.SharedClean, t.SharedDirty, t.PrivateClean, t.PrivateDirty, g.Rss, g.Pss, g.SharedClean, g.PrivateDirty)
 	}

@@ -10,8 +10,9 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // guestConsole runs one volt-vmm process, untraced, and talks to the probe
@@ -149,7 +150,7 @@ func (c *guestConsole) terminate(grace time.Duration) {
 		return
 	default:
 	}
-	c.cmd.Process.Signal(syscall.SIGTERM)
+	c.cmd.Process.Signal(unix.SIGTERM)
 	select {
 	case <-c.exited:
 	case <-time.After(grace):

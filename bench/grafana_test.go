@@ -98,7 +98,7 @@ func TestGrafanaDashboardQueriesNameExportedMetrics(t *testing.T) {
 
 	// The series the exporter really exposes, after one boot.
 	m := NewMetrics()
-	m.Observe("volt", Boot{Stages: map[string]StageTime{"pid1": {At: 5 * time.Millisecond, UserExits: 3}}})
+	m.Observe("volt", Boot{Stages: map[string]StageTime{"pid1": {At: 5 * time.Millisecond, UserExits: 3, KVMExits: 9}}})
 	m.Observe("volt", Boot{Err: ErrTimeout})
 	families, err := m.Registry().Gather()
 	if err != nil {

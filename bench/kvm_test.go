@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/voltvmm/volt/bench/gate"
+	"github.com/voltvmm/volt/bench/report"
+	"github.com/voltvmm/volt/bench/stats"
 	"github.com/voltvmm/volt/bench/trace"
 	"github.com/voltvmm/volt/guest/probe"
 )
@@ -43,10 +46,26 @@ var (
 	fixtureOnce            sync.Once
 	fixtureVMM, fixtureELF string
 	fixtureErr             error
+
+	floorOnce sync.Once
+	floorDir  string
+	floorErr  error
 )
 
+// TestMain removes the fixtures' build directories.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	for _, d := range fixtureDirs {
+		os.RemoveAll(d)
+	}
+	os.Exit(code)
+}
+
+var fixtureDirs []string
+
 // probeFixture builds volt-vmm from this tree (so its test flags exist) and
-// finds or builds the probe guest.
+// finds or builds the probe guest. $VOLT_VMM names a volt-vmm to use
+// instead, e.g. while the tree's VMM is being changed by someone else.
 func probeFixture(t *testing.T) (vmmBin, kernel string) {
 	t.Helper()
 	fixtureOnce.Do(func() {
@@ -60,12 +79,17 @@ func probeFixture(t *testing.T) (vmmBin, kernel string) {
 			fixtureErr = err
 			return
 		}
-		fixtureVMM = filepath.Join(dir, "volt-vmm")
-		cmd := exec.Command("go", "build", "-o", fixtureVMM, "./cmd/volt-vmm")
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			fixtureErr = errors.New("build volt-vmm: " + err.Error() + "\n" + string(out))
-			return
+		fixtureDirs = append(fixtureDirs, dir)
+		if env := os.Getenv("VOLT_VMM"); env != "" {
+			fixtureVMM = env
+		} else {
+			fixtureVMM = filepath.Join(dir, "volt-vmm")
+			cmd := exec.Command("go", "build", "-o", fixtureVMM, "./cmd/volt-vmm")
+			cmd.Dir = root
+			if out, err := cmd.CombinedOutput(); err != nil {
+				fixtureErr = errors.New("build volt-vmm: " + err.Error() + "\n" + string(out))
+				return
+			}
 		}
 		fixtureELF = filepath.Join(root, "build", "guest", "probe.elf")
 		if _, err := os.Stat(fixtureELF); err != nil {
@@ -76,6 +100,32 @@ func probeFixture(t *testing.T) (vmmBin, kernel string) {
 		t.Fatal(fixtureErr)
 	}
 	return fixtureVMM, fixtureELF
+}
+
+// floorFixture builds the floor helpers with bench/floor/build.sh (gcc and
+// go, both installed by scripts/setup) into a temporary directory.
+func floorFixture(t *testing.T) string {
+	t.Helper()
+	floorOnce.Do(func() {
+		root, err := RepoRoot()
+		if err != nil {
+			floorErr = err
+			return
+		}
+		if floorDir, err = os.MkdirTemp("", "voltbench-floor-"); err != nil {
+			floorErr = err
+			return
+		}
+		fixtureDirs = append(fixtureDirs, floorDir)
+		out, err := exec.Command(filepath.Join(root, "bench", "floor", "build.sh"), floorDir).CombinedOutput()
+		if err != nil {
+			floorErr = errors.New("bench/floor/build.sh: " + err.Error() + "\n" + string(out))
+		}
+	})
+	if floorErr != nil {
+		t.Fatal(floorErr)
+	}
+	return floorDir
 }
 
 func voltConfig(t *testing.T, extra ...string) Config {
@@ -92,18 +142,23 @@ var bootTimerRE = regexp.MustCompile(`(?m)^boot-timer: exec→(\S+) (\d+) µs$`)
 // VMM, the boot-timer from volt-vmm's package initialisation, which comes
 // after the kernel has loaded the binary and the Go runtime has started.
 // So the test measures that offset on the first stage both sides see
-// (eBPF vm-ready vs boot-timer vm-created) and requires only that it is
-// not negative and not absurd: it is process start-up, so on a loaded
-// machine it follows the scheduler (2.0–9.4 ms measured in one CI run, where
-// an 8 ms bound failed). The agreement that matters comes next: every later stage, shifted by the same offset, must agree within
-// max(0.5 ms, 5 %). The residual comes from where each side reads the
-// clock: the kernel at the port write or ioctl return, volt-vmm after
-// the exit reaches user space (~10 µs per exit on this host).
+// (eBPF vm-ready vs boot-timer vm-created). It can never be negative
+// (beyond the few µs between the ioctl's return in the kernel and
+// volt-vmm's clock read), whatever the load: every boot is held to that.
+// Its size is process start-up, which follows the scheduler on a loaded
+// machine, so like the stages below it is judged on the median over the
+// boots: measured here 1.9–8.4 ms per boot, medians 2.5–3.9 ms over 7
+// boots (three runs, load average 3–4.5); bench/README.md quotes the same
+// bound, a median within 0–10 ms. The agreement that matters comes next:
+// every later stage, shifted by the same offset, must agree within
+// max(0.5 ms, 5 %), on the median too. The residual comes from where each
+// side reads the clock: the kernel at the port write or ioctl return,
+// volt-vmm after the exit reaches user space (~10 µs per exit on this host).
 const (
-	originMax   = 200 * time.Millisecond
-	agreeAbs    = 500 * time.Microsecond
-	agreeRel    = 0.05
-	originSlack = 100 * time.Microsecond // the kernel may read its clock first
+	originMedianMax = 10 * time.Millisecond
+	agreeAbs        = 500 * time.Microsecond
+	agreeRel        = 0.05
+	originSlack     = 100 * time.Microsecond // the kernel reads its clock first
 )
 
 func TestEBPFStageTimesAgreeWithVoltBootTimer(t *testing.T) {
@@ -117,6 +172,7 @@ func TestEBPFStageTimesAgreeWithVoltBootTimer(t *testing.T) {
 	const boots = 7
 	deltas := map[string][]time.Duration{}
 	timerAt := map[string][]time.Duration{}
+	var offsets []time.Duration
 	for i := 0; i < boots; i++ {
 		b := r.Boot(context.Background(), cfg)
 		if b.Err != nil {
@@ -141,9 +197,10 @@ func TestEBPFStageTimesAgreeWithVoltBootTimer(t *testing.T) {
 		e0, v0 := get("vmm-ready", "vm-created")
 		offset := e0 - v0
 		t.Logf("boot %d: origin offset (exec → volt-vmm's package init) %.3f ms", i, float64(offset)/1e6)
-		if offset < -originSlack || offset > originMax {
-			t.Errorf("boot %d: eBPF vm-ready %v vs boot-timer vm-created %v: offset %v outside [−%v, %v]", i, e0, v0, offset, originSlack, originMax)
+		if offset < -originSlack {
+			t.Errorf("boot %d: eBPF vm-ready %v vs boot-timer vm-created %v: offset %v, below −%v: the exec came after package init", i, e0, v0, offset, originSlack)
 		}
+		offsets = append(offsets, offset)
 		// Rows whose meaning is the same on both sides.
 		for _, pair := range [][2]string{{"guest-entry", "guest-entry"}, {"kernel-entry", "kernel-entry"}, {"pid1", "pid1"}, {"first-output", "first-output"}, {"ready", "ready"}} {
 			e, v := get(pair[0], pair[1])
@@ -153,6 +210,11 @@ func TestEBPFStageTimesAgreeWithVoltBootTimer(t *testing.T) {
 			deltas[pair[0]] = append(deltas[pair[0]], d)
 			timerAt[pair[0]] = append(timerAt[pair[0]], v)
 		}
+	}
+	if m := median(offsets); m < 0 || m > originMedianMax {
+		t.Errorf("median origin offset %v over %d boots, outside [0, %v]", m, len(offsets), originMedianMax)
+	} else {
+		t.Logf("median origin offset %.3f ms over %d boots", float64(m)/1e6, len(offsets))
 	}
 	for stage, ds := range deltas {
 		d, v := median(ds), median(timerAt[stage])
@@ -178,12 +240,12 @@ func TestQEMUProducesTheSameStageRows(t *testing.T) {
 	_, elf := probeFixture(t)
 	cfg := Config{VMM: VMMQEMU, VMMBin: qemu, Guest: GuestProbe, Kernel: elf, Memory: "128M", CPUs: 1, Timeout: 20 * time.Second}
 	volt := voltConfig(t)
-	runs, err := r.RunPlan(context.Background(), Plan{Arms: []Arm{{"volt", volt}, {"qemu", cfg}}, N: 3})
+	runs, err := r.RunPlan(context.Background(), Plan{Arms: []Arm{{Name: "volt", Config: volt}, {Name: "qemu", Config: cfg}}, N: 3})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
-	WriteCompare(&buf, runs...)
+	report.WriteCompare(&buf, StageNames(), runs, nil)
 	t.Logf("\n%s", buf.String())
 	for _, run := range runs {
 		for _, s := range Stages {
@@ -201,34 +263,34 @@ func TestGatePassesCleanRunAndFailsInjectedDelay(t *testing.T) {
 	// --test-marker-delay stalls the guest at every boot marker: 5 ms at
 	// each of 0x40, 0x41, 0x42 and 0x60 puts pid1 20 ms later.
 	slow := voltConfig(t, "--test-marker-delay=5ms")
-	runs, err := r.RunPlan(context.Background(), Plan{Arms: []Arm{{"base", clean}, {"clean", clean}, {"slow", slow}}, N: n})
+	runs, err := r.RunPlan(context.Background(), Plan{Arms: []Arm{{Name: "base", Config: clean}, {Name: "clean", Config: clean}, {Name: "slow", Config: slow}}, N: n})
 	if err != nil {
 		t.Fatal(err)
 	}
-	tol := DefaultTolerance()
-	g, err := Gate(runs[0], runs[1], tol)
+	tol := stats.DefaultTolerance()
+	g, err := gate.Judge(runs[0], runs[1], GatedStageNames(), tol)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
-	WriteGate(&buf, g)
+	g.Write(&buf)
 	t.Logf("clean A/B:\n%s", buf.String())
 	if g.Failed {
 		t.Error("a clean same-run A/B failed the gate")
 	}
-	g, err = Gate(runs[0], runs[2], tol)
+	g, err = gate.Judge(runs[0], runs[2], GatedStageNames(), tol)
 	if err != nil {
 		t.Fatal(err)
 	}
 	buf.Reset()
-	WriteGate(&buf, g)
+	g.Write(&buf)
 	t.Logf("injected 5 ms marker delay:\n%s", buf.String())
 	if !g.Failed {
 		t.Fatal("an injected 5 ms marker delay passed the gate")
 	}
 	for _, row := range g.Rows {
-		if row.Stage == "pid1" && !row.P50.Regressed {
-			t.Errorf("pid1 p50 not flagged: %+v", row.P50)
+		if row.Stage == "pid1" && !row.Median.Regressed {
+			t.Errorf("pid1 p50 not flagged: %+v", row.Median)
 		}
 	}
 }

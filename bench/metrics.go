@@ -1,6 +1,10 @@
 package bench
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
 	"net/http"
 	"time"
 
@@ -78,13 +82,52 @@ func (m *Metrics) Observe(vmm string, b Boot) {
 		m.failures.WithLabelValues(vmm).Inc()
 		return
 	}
+	// KVM exits are exported only when they were measured: a host whose
+	// kvm:kvm_exit never fires would otherwise show zeros beside exits to
+	// user space, which is impossible. The series is then absent ("no
+	// data" in Grafana), never a false zero.
+	var kvm, user uint64
+	for _, st := range b.Stages {
+		kvm += uint64(st.KVMExits)
+		user += uint64(st.UserExits)
+	}
+	kvmMeasured := !b.KVMExitsUntraced && (kvm > 0 || user == 0)
 	// Every row the boot was timed by: Stages for boots, RestoreStages
 	// for restores and their cold-boot peers.
 	for name, st := range b.Stages {
 		m.stage.WithLabelValues(name, vmm).Observe(st.At.Seconds())
 		m.userExits.WithLabelValues(name, vmm).Add(float64(st.UserExits))
-		m.kvmExits.WithLabelValues(name, vmm).Add(float64(st.KVMExits))
+		if kvmMeasured {
+			m.kvmExits.WithLabelValues(name, vmm).Add(float64(st.KVMExits))
+		}
 	}
+}
+
+// Serve serves the metrics on addr (host:port; port 0 picks one) at
+// /metrics until stop is called, which shuts the server down and waits
+// for it. It returns the address it listens on. Errors of the running
+// server go to logf.
+func (m *Metrics) Serve(addr string, logf func(format string, args ...any)) (bound string, stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", nil, fmt.Errorf("metrics: listen on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", m.Handler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logf("metrics server: %v", err)
+		}
+	}()
+	return ln.Addr().String(), func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		<-done
+	}, nil
 }
 
 // Handler serves the registry in the Prometheus exposition formats

@@ -99,3 +99,28 @@ func TestMetricsHandlerServesAScrape(t *testing.T) {
 		}
 	}
 }
+
+// KVM exits are exported only where they were measured: zero KVM exits
+// beside exits to user space, or an untraced kvm:kvm_exit, leave the series
+// out rather than report a false zero.
+func TestMetricsLeaveOutUnmeasuredKVMExits(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		boot Boot
+		want int
+	}{
+		{"measured", Boot{Stages: map[string]StageTime{"pid1": {At: time.Millisecond, UserExits: 2, KVMExits: 5}}}, 1},
+		{"never fired", Boot{Stages: map[string]StageTime{"pid1": {At: time.Millisecond, UserExits: 2}}}, 0},
+		{"untraced", Boot{Stages: map[string]StageTime{"pid1": {At: time.Millisecond, KVMExits: 5}}, KVMExitsUntraced: true}, 0},
+		{"no VM, no exits", Boot{Stages: map[string]StageTime{"exit": {At: time.Millisecond}}}, 1},
+	} {
+		m := NewMetrics()
+		m.Observe("volt", c.boot)
+		if n := testutil.CollectAndCount(m.kvmExits, MetricKVMExits); n != c.want {
+			t.Errorf("%s: %d kvm exit series, want %d", c.name, n, c.want)
+		}
+		if n := testutil.CollectAndCount(m.userExits, MetricUserspaceExits); n != 1 {
+			t.Errorf("%s: %d user exit series, want 1", c.name, n)
+		}
+	}
+}

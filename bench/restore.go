@@ -5,6 +5,10 @@ import (
 	"io"
 	"sync"
 	"text/tabwriter"
+	"time"
+
+	"github.com/voltvmm/volt/bench/report"
+	"github.com/voltvmm/volt/bench/stats"
 )
 
 // What a restore run asks the probe, at once after the exec: the restored
@@ -20,23 +24,65 @@ const (
 	ArmColdBoot = "cold-boot"
 )
 
-// RestoreArms returns the arms of a restore session: restores of snap and,
-// with compareBoot, cold boots of the same probe (boot's Kernel, Memory,
-// CPUs) driven the same way, first, as the base of the ratios. Both are
-// timed by RestoreStages.
-func RestoreArms(boot Config, snap *Snapshot, compareBoot bool) []Arm {
-	restore := Config{
+// RestoreConfig is how to restore snap under the volt-vmm of boot, driven
+// by RestoreAsk and timed by RestoreStages.
+func RestoreConfig(boot Config, snap *Snapshot) Config {
+	return Config{
 		VMM: VMMVolt, VMMBin: boot.VMMBin, Guest: GuestProbe, RestoreDir: snap.Dir,
 		Memory: snap.Memory, CPUs: snap.CPUs, Timeout: boot.Timeout,
 		Ask: RestoreAsk, Answer: RestoreAnswer, Rows: RestoreStages,
 	}
-	arms := []Arm{{Name: ArmRestore, Config: restore}}
+}
+
+// RestoreArms returns the arms of a restore session: restores of snap and,
+// with compareBoot, cold boots of the same probe (boot's Kernel, Memory,
+// CPUs) driven the same way, first, as the base of the ratios. Both are
+// timed by RestoreStages. With floorDir, each gets its floor, interleaved
+// before it: floor-kvm for the cold boot (its guest answers after its
+// markers, as the cold-booted probe does), floor-kvm-answer for the
+// restore (one byte, no markers, as a restored probe answers).
+func RestoreArms(boot Config, snap *Snapshot, compareBoot bool, floorDir string) ([]Arm, error) {
+	restore := Arm{Name: ArmRestore, Config: RestoreConfig(boot, snap)}
+	var arms []Arm
 	if compareBoot {
 		cold := boot
 		cold.Guest, cold.Ask, cold.Answer, cold.Rows = GuestProbe, RestoreAsk, RestoreAnswer, RestoreStages
-		arms = append([]Arm{{Name: ArmColdBoot, Config: cold}}, arms...)
+		coldArm := Arm{Name: ArmColdBoot, Config: cold}
+		if floorDir != "" {
+			f, err := KVMFloorArm(floorDir, boot.Memory, RestoreStages, boot.Timeout)
+			if err != nil {
+				return nil, err
+			}
+			coldArm.Floor = f.Name
+			arms = append(arms, f)
+		}
+		arms = append(arms, coldArm)
 	}
-	return arms
+	if floorDir != "" {
+		f, err := KVMAnswerFloorArm(floorDir, snap.Memory, boot.Timeout)
+		if err != nil {
+			return nil, err
+		}
+		restore.Floor = f.Name
+		arms = append(arms, f)
+	}
+	return append(arms, restore), nil
+}
+
+// WithKVMFloor puts a floor-kvm arm, timed by rows, before arms and makes
+// it the floor of each of them: boots of any VMM are judged against the
+// same floor, measured interleaved with them.
+func WithKVMFloor(arms []Arm, floorDir, memory string, rows []Stage, timeout time.Duration) ([]Arm, error) {
+	f, err := KVMFloorArm(floorDir, memory, rows, timeout)
+	if err != nil {
+		return nil, err
+	}
+	out := []Arm{f}
+	for _, a := range arms {
+		a.Floor = f.Name
+		out = append(out, a)
+	}
+	return out, nil
 }
 
 // Span is the time between two rows of the same boot: the tables give
@@ -91,14 +137,33 @@ func (s *SpanRecorder) Observe(a Arm, b Boot) {
 	}
 }
 
-// Write prints p50/p90/p99/max of every span for the named arms.
+// Write prints p50/p90/max of every span for the named arms, and p99
+// where every arm has stats.TailMinSamples samples of every span.
 func (s *SpanRecorder) Write(w io.Writer, arms ...string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	fewest := -1
+	for _, a := range arms {
+		for i := range s.Spans {
+			n := 0
+			if s.us[a] != nil {
+				n = len(s.us[a][i])
+			}
+			if fewest < 0 || n < fewest {
+				fewest = n
+			}
+		}
+	}
+	qs, names := []float64{0.5, 0.9, 1}, []string{"p50", "p90", "max"}
+	if _, tail := stats.Tail(fewest); tail == "p99" {
+		qs, names = []float64{0.5, 0.9, 0.99, 1}, []string{"p50", "p90", "p99", "max"}
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprint(tw, "span (ms)\t")
 	for _, a := range arms {
-		fmt.Fprintf(tw, "%s p50\t%s p90\t%s p99\t%s max\t", a, a, a, a)
+		for _, n := range names {
+			fmt.Fprintf(tw, "%s %s\t", a, n)
+		}
 	}
 	fmt.Fprintln(tw)
 	for i, sp := range s.Spans {
@@ -108,8 +173,8 @@ func (s *SpanRecorder) Write(w io.Writer, arms ...string) error {
 			if s.us[a] != nil {
 				xs = s.us[a][i]
 			}
-			for _, q := range []float64{0.5, 0.9, 0.99, 1} {
-				fmt.Fprintf(tw, "%s\t", ms(Quantile(xs, q), int64(len(xs))))
+			for _, q := range qs {
+				fmt.Fprintf(tw, "%s\t", report.FormatMS(stats.Quantile(xs, q), int64(len(xs))))
 			}
 		}
 		fmt.Fprintln(tw)

@@ -5,8 +5,11 @@ import (
 	"context"
 	"os"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/voltvmm/volt/bench/report"
 )
 
 // requireKVM skips where there is no KVM or the test is short; clones need
@@ -44,12 +47,18 @@ func TestRestoreRunTimesEveryStageInOrder(t *testing.T) {
 	r := requireRunner(t)
 	snap := prepareTestSnapshot(t, 100)
 	const n = 5
-	arms := RestoreArms(voltConfig(t), snap, true)
+	arms, err := RestoreArms(voltConfig(t), snap, true, floorFixture(t))
+	if err != nil {
+		t.Fatal(err)
+	}
 	spans := &SpanRecorder{Spans: RestoreSpans}
 	observe := func(a Arm, b Boot) {
 		spans.Observe(a, b)
 		if b.Err != nil {
 			t.Errorf("%s: %v", a.Name, b.Err)
+			return
+		}
+		if a.Config.VMM == VMMFloor {
 			return
 		}
 		var last time.Duration
@@ -74,12 +83,18 @@ func TestRestoreRunTimesEveryStageInOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
+	floors := Floors(arms, runs)
 	for _, run := range runs {
-		WriteTable(&buf, run)
+		report.WriteTable(&buf, run, floors[run.VMM])
 	}
-	WriteCompareRows(&buf, RestoreStageNames(), runs...)
 	spans.Write(&buf, ArmColdBoot, ArmRestore)
 	t.Logf("\n%s", buf.String())
+	if got := []string{runs[0].VMM, runs[1].VMM, runs[2].VMM, runs[3].VMM}; strings.Join(got, " ") != "floor-kvm cold-boot floor-kvm-answer restore" {
+		t.Fatalf("arms %v: want each floor interleaved before its arm", got)
+	}
+	if floors[ArmRestore] != runs[2] || floors[ArmColdBoot] != runs[0] {
+		t.Errorf("floors %v", floors)
+	}
 	for _, run := range runs {
 		for _, s := range RestoreStages {
 			if st := run.Stage(s.Name); st == nil || st.Count != n || st.P50US <= 0 {
@@ -87,8 +102,18 @@ func TestRestoreRunTimesEveryStageInOrder(t *testing.T) {
 			}
 		}
 	}
-	if runs[1].VMM != ArmRestore || runs[1].Unit != "restores" {
-		t.Errorf("second run is %s (%q), want the restores", runs[1].VMM, runs[1].Unit)
+	if runs[3].Unit != "restores" || !runs[2].Floor || runs[2].Unit != "runs" {
+		t.Errorf("units: restore %q, floor %q (floor %v)", runs[3].Unit, runs[2].Unit, runs[2].Floor)
+	}
+	// A floor is a floor: the helper sets up less than volt-vmm, so every
+	// row of its run comes earlier (medians; both measured interleaved).
+	for _, pair := range [][2]int{{0, 1}, {2, 3}} {
+		for _, s := range RestoreStageNames() {
+			f, v := runs[pair[0]].Stage(s), runs[pair[1]].Stage(s)
+			if f.P50US >= v.P50US {
+				t.Errorf("%s: floor %s p50 %.0f µs not below %s's %.0f µs", s, runs[pair[0]].VMM, f.P50US, runs[pair[1]].VMM, v.P50US)
+			}
+		}
 	}
 }
 

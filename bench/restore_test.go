@@ -2,18 +2,24 @@ package bench
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/voltvmm/volt/bench/report"
 	"github.com/voltvmm/volt/bench/trace"
 )
 
 func TestRestoreArmsDriveBothSidesAlike(t *testing.T) {
 	boot := Config{VMM: VMMVolt, VMMBin: "/bin/volt-vmm", Guest: GuestProbe, Kernel: "probe.elf", Memory: "128M", CPUs: 2, Timeout: time.Second}
 	snap := &Snapshot{Dir: "/snap", Memory: "128M", CPUs: 2}
-	arms := RestoreArms(boot, snap, true)
+	arms, err := RestoreArms(boot, snap, true, "")
+	if err != nil {
+		t.Fatal(err)
+	}
 	if len(arms) != 2 || arms[0].Name != ArmColdBoot || arms[1].Name != ArmRestore {
 		t.Fatalf("arms %+v: want cold boot (the base of the ratios), then restore", arms)
 	}
@@ -34,8 +40,27 @@ func TestRestoreArmsDriveBothSidesAlike(t *testing.T) {
 	if got := arms[0].Config.Args(); !slices.Contains(got, "--kernel") || !slices.Contains(got, "2") {
 		t.Errorf("cold boot args %q", got)
 	}
-	if only := RestoreArms(boot, snap, false); len(only) != 1 || only[0].Name != ArmRestore {
+	if only, _ := RestoreArms(boot, snap, false, ""); len(only) != 1 || only[0].Name != ArmRestore {
 		t.Errorf("without --compare-boot: %+v", only)
+	}
+	// With floors: each arm follows its own floor, and names it.
+	dir := fakeFloorDir(t)
+	arms, err = RestoreArms(boot, snap, true, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, a := range arms {
+		got = append(got, a.Name+"→"+a.Floor)
+	}
+	if want := "floor-kvm→ cold-boot→floor-kvm floor-kvm-answer→ restore→floor-kvm-answer"; strings.Join(got, " ") != want {
+		t.Errorf("arms %q, want %q", strings.Join(got, " "), want)
+	}
+	if a := arms[2].Config.Args(); !slices.Equal(a, []string{"answer", "128"}) {
+		t.Errorf("restore floor args %q", a)
+	}
+	if _, err := RestoreArms(boot, snap, true, t.TempDir()); err == nil || !strings.Contains(err.Error(), "bench/floor/build.sh") {
+		t.Errorf("missing helpers: %v, want a hint to build them", err)
 	}
 }
 
@@ -91,12 +116,26 @@ func TestRestoreStageTimesAndSpans(t *testing.T) {
 			t.Errorf("spans lack %q:\n%s", want, buf.String())
 		}
 	}
-	run := NewRunOf(ArmRestore, GuestProbe, RestoreStages)
-	run.Unit = "restores"
-	run.Add(Boot{Stages: st})
+	run := NewRun(Arm{Name: ArmRestore, Config: Config{RestoreDir: "/s", Rows: RestoreStages}})
+	if err := run.Add(Boot{Stages: st}.Observation()); err != nil {
+		t.Fatal(err)
+	}
 	buf.Reset()
-	WriteTable(&buf, run)
+	report.WriteTable(&buf, run, nil)
 	if !strings.Contains(buf.String(), "1 restores") || !strings.Contains(buf.String(), "first-answer") {
 		t.Errorf("table:\n%s", buf.String())
 	}
+}
+
+// fakeFloorDir holds files named as the floor helpers, for tests of the
+// arms (nothing runs them).
+func fakeFloorDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, h := range []string{FloorExecGo, FloorExecC, FloorKVM} {
+		if err := os.WriteFile(filepath.Join(dir, h), []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
 }

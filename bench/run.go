@@ -7,143 +7,55 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/voltvmm/volt/bench/results"
 	"github.com/voltvmm/volt/bench/trace"
+	"github.com/voltvmm/volt/guest/marker"
 	"github.com/voltvmm/volt/guest/probe"
 )
 
-// VMM kinds voltbench knows how to drive.
-const (
-	VMMVolt = "volt"
-	VMMQEMU = "qemu"
-)
-
-// Guest kinds.
-const (
-	GuestProbe = "probe" // guest/probe: ready line on COM1, then "poweroff" on stdin
-	GuestLinux = "linux" // our kernel and volt-init: powers off when volt.run ends
-)
-
-// DefaultLinuxCmdline boots straight into volt-init, which runs a trivial
-// workload and powers the VM off.
-const DefaultLinuxCmdline = "console=ttyS0 reboot=k panic=1 volt.run=/bin/true"
-
-// Config says how to boot one guest under one VMM.
-type Config struct {
-	VMM       string // VMMVolt or VMMQEMU
-	VMMBin    string // path of volt-vmm or of qemu-system-x86_64
-	Guest     string // GuestProbe or GuestLinux
-	Kernel    string
-	Initrd    string // Linux only
-	Cmdline   string // Linux only
-	Memory    string // e.g. "128M"
-	CPUs      int
-	ExtraArgs []string      // appended to the VMM's command line
-	Timeout   time.Duration // per boot; the VMM is killed after it
-
-	// RestoreDir, when set, resumes the snapshot in this directory
-	// (volt-vmm --restore) instead of booting Kernel.
-	RestoreDir string
-	// Ask, when set, is written to the probe's console as soon as the VMM
-	// starts, and the run powers the guest off once it answered with the
-	// line Answer. A restored probe has booted already and prints no ready
-	// line, so this is how a restore is driven; a cold boot driven the same
-	// way is its like-for-like peer.
-	Ask, Answer string
-	// Rows are the stages timed; nil means Stages.
-	Rows []Stage
-}
-
-// rows returns the stages this configuration is timed by.
-func (c Config) rows() []Stage {
-	if c.Rows == nil {
-		return Stages
-	}
-	return c.Rows
-}
-
-// Validate checks the fields a boot cannot do without.
-func (c Config) Validate() error {
-	var errs []error
-	if c.VMM != VMMVolt && c.VMM != VMMQEMU {
-		errs = append(errs, fmt.Errorf("vmm %q is not %s or %s", c.VMM, VMMVolt, VMMQEMU))
-	}
-	if c.Guest != GuestProbe && c.Guest != GuestLinux {
-		errs = append(errs, fmt.Errorf("guest %q is not %s or %s", c.Guest, GuestProbe, GuestLinux))
-	}
-	if c.VMMBin == "" {
-		errs = append(errs, errors.New("no VMM binary"))
-	}
-	switch {
-	case c.RestoreDir != "" && c.VMM != VMMVolt:
-		errs = append(errs, fmt.Errorf("restore under %s: only volt-vmm restores volt snapshots", c.VMM))
-	case c.RestoreDir != "" && c.Guest != GuestProbe:
-		errs = append(errs, errors.New("restore: only the probe guest can be driven after a restore"))
-	case c.RestoreDir == "" && c.Kernel == "":
-		errs = append(errs, errors.New("no kernel"))
-	}
-	if (c.Ask == "") != (c.Answer == "") {
-		errs = append(errs, errors.New("a question to the guest needs its answer, and an answer its question"))
-	}
-	if c.RestoreDir != "" && c.Ask == "" {
-		errs = append(errs, errors.New("restore: nothing to ask the restored guest"))
-	}
-	if c.CPUs < 1 {
-		errs = append(errs, fmt.Errorf("%d vCPUs", c.CPUs))
-	}
-	if c.Timeout <= 0 {
-		errs = append(errs, errors.New("no boot timeout"))
-	}
-	return errors.Join(errs...)
-}
-
-// Args returns the VMM command line (without the binary).
-func (c Config) Args() []string {
-	var a []string
-	switch {
-	case c.RestoreDir != "":
-		// The snapshot carries memory size and vCPUs.
-		a = []string{"--restore", c.RestoreDir, "--console", "stdio"}
-	case c.VMM == VMMVolt:
-		a = []string{"--kernel", c.Kernel, "--memory", c.Memory, "--cpus", fmt.Sprint(c.CPUs), "--console", "stdio"}
-		if c.Initrd != "" {
-			a = append(a, "--initrd", c.Initrd)
-		}
-		if c.Cmdline != "" {
-			a = append(a, "--cmdline", c.Cmdline)
-		}
-	case c.VMM == VMMQEMU:
-		a = []string{"-M", "microvm", "-enable-kvm", "-m", c.Memory, "-smp", fmt.Sprint(c.CPUs),
-			"-kernel", c.Kernel, "-nographic", "-no-reboot"}
-		if c.Initrd != "" {
-			a = append(a, "-initrd", c.Initrd)
-		}
-		if c.Cmdline != "" {
-			a = append(a, "-append", c.Cmdline)
-		}
-	}
-	return append(a, c.ExtraArgs...)
-}
-
-// Boot is the outcome of one boot.
+// Boot is the outcome of one boot (or one run of a floor helper).
 type Boot struct {
 	VMM    string
 	Stages map[string]StageTime
 	Record trace.Record
 	Stderr string // the VMM's stderr, its last 64 KiB
-	Err    error  // timeout, crash, missing ready line, …
+	Err    error  // timeout, non-zero exit, missing stage, no clean power-off, …
+	// KVMExitsUntraced: the tracer could not attach kvm:kvm_exit, so the
+	// KVM exit counts are unknown rather than zero.
+	KVMExitsUntraced bool
 }
 
-// ErrTimeout marks a boot that the per-boot timeout cut short.
-var ErrTimeout = errors.New("boot timed out")
+// Observation is what a results.Run records of the boot.
+func (b Boot) Observation() results.Observation {
+	return results.Observation{Failed: b.Err != nil, Stages: b.Stages, KVMExitsUntraced: b.KVMExitsUntraced}
+}
+
+// Why a boot failed, for callers that branch on it (errors.Is); the
+// message says more.
+var (
+	ErrTimeout = errors.New("boot timed out")
+	// ErrExitStatus: the VMM exited with a status other than 0. Only 0
+	// is a clean power-off; volt-vmm uses other statuses for a reset
+	// without the shutdown marker, a guest panic, a dead guest, …
+	ErrExitStatus = errors.New("VMM exited with a failure status")
+	// ErrGuestPanic: the guest wrote the kernel-panic boot marker.
+	ErrGuestPanic = errors.New("guest kernel panicked")
+	// ErrNoShutdown: the guest never wrote the shutdown marker, so
+	// whatever ended the VM was not the orderly power-off asked for
+	// (QEMU with -no-reboot exits 0 on any reset).
+	ErrNoShutdown = errors.New("guest did not power off")
+	// ErrMissingStage: a row of the boot was never reached.
+	ErrMissingStage = errors.New("stage never reached")
+)
 
 // Runner boots guests with one tracer. Boots run one at a time, so that
-// they do not disturb each other's timings.
+// they do not disturb each other's timings, except in RunThroughput.
 type Runner struct {
 	tracer *trace.Tracer
 	mu     sync.Mutex
@@ -162,15 +74,24 @@ func NewRunner() (*Runner, error) {
 // Close unloads the tracer.
 func (r *Runner) Close() error { return r.tracer.Close() }
 
-// Boot boots the guest once and returns its stage times.
+// Boot boots the guest once and returns its stage times. The boot
+// succeeds only when the VMM exits 0, the guest powered off (wrote the
+// shutdown marker, no panic marker) and every row of cfg was reached.
 func (r *Runner) Boot(ctx context.Context, cfg Config) Boot {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.boot(ctx, cfg)
+}
+
+// boot is Boot without the lock: RunThroughput runs several at once.
+func (r *Runner) boot(ctx context.Context, cfg Config) Boot {
 	b := Boot{VMM: cfg.VMM}
 	if err := cfg.Validate(); err != nil {
 		b.Err = fmt.Errorf("config: %w", err)
 		return b
 	}
+	traced, _ := r.tracer.KVMExitsTraced()
+	b.KVMExitsUntraced = !traced
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 	g := trace.Command(ctx, cfg.VMMBin, cfg.Args()...)
@@ -199,22 +120,86 @@ func (r *Runner) Boot(ctx context.Context, cfg Config) Boot {
 	stdin.Close()
 	rec, recErr := r.tracer.Collect(pid)
 	b.Stderr = stderr.String()
+	b.Record = rec
+	name := filepath.Base(cfg.VMMBin)
 	switch {
-	case ctx.Err() != nil:
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		b.Err = fmt.Errorf("%w after %v (killed); console tail: %q", ErrTimeout, cfg.Timeout, console.String())
+	case ctx.Err() != nil:
+		b.Err = fmt.Errorf("stopped: %w", ctx.Err())
 	case waitErr != nil:
-		b.Err = fmt.Errorf("%s exited: %w; stderr: %s", filepath.Base(cfg.VMMBin), waitErr, strings.TrimSpace(b.Stderr))
+		b.Err = exitError(name, waitErr, rec, b.Stderr)
 	case driveErr != nil:
 		b.Err = fmt.Errorf("%w; console tail: %q", driveErr, console.String())
 	case recErr != nil:
 		b.Err = recErr
+	default:
+		b.Stages = stageTimesFor(rec, cfg.rows())
+		b.Err = checkRecord(cfg, rec, b.Stages, console.String())
 	}
 	if b.Err != nil {
-		return b
+		b.Stages = nil
 	}
-	b.Record = rec
-	b.Stages = stageTimesFor(rec, cfg.rows())
 	return b
+}
+
+// exitError describes a VMM that exited with a failure status: the status
+// (or signal), what its guest's markers say, and its stderr.
+func exitError(name string, waitErr error, rec trace.Record, stderr string) error {
+	status := waitErr.Error()
+	var ee *exec.ExitError
+	if errors.As(waitErr, &ee) && ee.Exited() {
+		status = fmt.Sprintf("status %d", ee.ExitCode())
+	}
+	var guest string
+	if sawMarker(rec, marker.KernelPanic) {
+		guest = "; the guest wrote the kernel-panic marker (0x5f)"
+	}
+	return fmt.Errorf("%w: %s exited with %s (only 0, a clean power-off, is a successful boot)%s; stderr: %s",
+		ErrExitStatus, name, status, guest, strings.TrimSpace(stderr))
+}
+
+// checkRecord fails a boot whose VMM exited 0 but whose guest did not boot
+// and power off as expected.
+func checkRecord(cfg Config, rec trace.Record, stages map[string]StageTime, console string) error {
+	if cfg.bootsAGuest() {
+		if sawMarker(rec, marker.KernelPanic) {
+			return fmt.Errorf("%w: it wrote the kernel-panic marker (0x5f); console tail: %q", ErrGuestPanic, console)
+		}
+		if !sawMarker(rec, marker.Shutdown) {
+			return fmt.Errorf("%w: it never wrote the shutdown marker (0x6f), so the VM ended by a reset or a crash; console tail: %q", ErrNoShutdown, console)
+		}
+	}
+	var missing []string
+	for _, s := range cfg.rows() {
+		if _, ok := stages[s.Name]; !ok {
+			missing = append(missing, s.Name)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%w: %s (milestones seen: %s); console tail: %q", ErrMissingStage, strings.Join(missing, ", "), seen(rec), console)
+	}
+	return nil
+}
+
+func sawMarker(rec trace.Record, s marker.Stage) bool {
+	m, ok := trace.Marker(s)
+	if !ok {
+		return false
+	}
+	_, ok = rec.At(m)
+	return ok
+}
+
+func seen(rec trace.Record) string {
+	var names []string
+	for _, p := range rec.Points {
+		names = append(names, p.Milestone.String())
+	}
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, " ")
 }
 
 // drive plays the guest's side of the protocol on the console: for the
@@ -225,7 +210,7 @@ func (r *Runner) Boot(ctx context.Context, cfg Config) Boot {
 func drive(cfg Config, stdout io.Reader, stdin io.WriteCloser, console io.Writer) error {
 	br := bufio.NewReader(io.TeeReader(stdout, console))
 	var err error
-	if cfg.Guest == GuestProbe {
+	if cfg.VMM != VMMFloor && cfg.Guest == GuestProbe {
 		want := probe.ReadyLine
 		if cfg.Ask != "" {
 			// Sent before the guest can read it: the VMM's UART queues
@@ -277,24 +262,4 @@ func (t *tailBuffer) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.buf.String()
-}
-
-// RepoRoot finds the repository by walking up from the working directory to
-// Volt's go.mod; the default paths (bin/volt-vmm, build/guest/…) are
-// relative to it.
-func RepoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", fmt.Errorf("find repository root: %w", err)
-	}
-	for {
-		if data, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && bytes.Contains(data, []byte("module github.com/voltvmm/volt\n")) {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("find repository root: no go.mod of github.com/voltvmm/volt above the working directory; pass --vmm-bin and --kernel")
-		}
-		dir = parent
-	}
 }

@@ -6,12 +6,36 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/voltvmm/volt/bench/report"
+	"github.com/voltvmm/volt/bench/results"
 )
 
 // Arm is one side of a session: a name for its rows and how to boot it.
 type Arm struct {
-	Name   string // "volt", "qemu", "volt-base", …
+	Name   string // "volt", "qemu", "volt-base", "floor-kvm", …
 	Config Config
+	// Floor names the arm of the same session whose run is this arm's
+	// floor (its ratios are taken to it); "" for none.
+	Floor string
+}
+
+// Floors maps each arm's run to its floor's run, for report.WriteTable,
+// WriteCompare and the plots. runs are RunPlan's, in the arms' order.
+func Floors(arms []Arm, runs []*results.Run) report.Floors {
+	byName := map[string]*results.Run{}
+	for i, r := range runs {
+		if i < len(arms) {
+			byName[arms[i].Name] = r
+		}
+	}
+	f := report.Floors{}
+	for _, a := range arms {
+		if fl := byName[a.Floor]; a.Floor != "" && fl != nil {
+			f[a.Name] = fl
+		}
+	}
+	return f
 }
 
 // Plan is a set of boots: N of every arm, interleaved (A B A B …) so that
@@ -27,29 +51,50 @@ type Plan struct {
 	MaxFailures int
 }
 
+// NewRun starts the empty run of an arm: its rows, and the command line
+// that each of its boots runs.
+func NewRun(a Arm) *results.Run {
+	r := results.NewRun(a.Name, a.Config.Guest, stageNames(a.Config.rows()))
+	r.Kernel = a.Config.Kernel
+	switch {
+	case a.Config.VMM == VMMFloor:
+		r.Unit, r.Floor = results.UnitRuns, true
+	case a.Config.RestoreDir != "":
+		r.Unit = results.UnitRestores
+	}
+	r.Args = append([]string{a.Config.VMMBin}, a.Config.Args()...)
+	r.FloorRun = a.Floor
+	return r
+}
+
 // ErrTooManyFailures ends a session whose boots keep failing.
 var ErrTooManyFailures = errors.New("too many failed boots")
 
 // RunPlan boots every arm N times and returns one Run per arm, in order.
 // The runs hold whatever completed even when an error is returned.
-func (r *Runner) RunPlan(ctx context.Context, p Plan) ([]*Run, error) {
+func (r *Runner) RunPlan(ctx context.Context, p Plan) ([]*results.Run, error) {
 	if p.N < 1 {
 		return nil, fmt.Errorf("plan: %d boots", p.N)
 	}
 	if len(p.Arms) == 0 {
 		return nil, errors.New("plan: no VMM to boot")
 	}
-	runs := make([]*Run, len(p.Arms))
+	runs := make([]*results.Run, len(p.Arms))
+	names := map[string]bool{}
 	for i, a := range p.Arms {
 		if err := a.Config.Validate(); err != nil {
 			return nil, fmt.Errorf("plan: %s: %w", a.Name, err)
 		}
-		runs[i] = NewRunOf(a.Name, a.Config.Guest, a.Config.rows())
-		runs[i].Kernel = a.Config.Kernel
-		if a.Config.RestoreDir != "" {
-			runs[i].Unit = "restores"
+		if names[a.Name] {
+			return nil, fmt.Errorf("plan: two arms named %s", a.Name)
 		}
-		runs[i].Args = append([]string{a.Config.VMMBin}, a.Config.Args()...)
+		names[a.Name] = true
+		runs[i] = NewRun(a)
+	}
+	for _, a := range p.Arms {
+		if a.Floor != "" && !names[a.Floor] {
+			return nil, fmt.Errorf("plan: %s: floor %s is not an arm of the plan", a.Name, a.Floor)
+		}
 	}
 	maxFail := p.MaxFailures
 	if maxFail <= 0 {
@@ -66,7 +111,10 @@ func (r *Runner) RunPlan(ctx context.Context, p Plan) ([]*Run, error) {
 			}
 			start := time.Now()
 			b := r.Boot(ctx, a.Config)
-			runs[j].Add(b)
+			if err := runs[j].Add(b.Observation()); err != nil && b.Err == nil {
+				// Boot checks every row itself; this is the last line.
+				b.Err = err
+			}
 			if p.Observe != nil {
 				p.Observe(a, b)
 			}
@@ -74,7 +122,7 @@ func (r *Runner) RunPlan(ctx context.Context, p Plan) ([]*Run, error) {
 				failures++
 				if p.Log != nil {
 					p.Progress.Clear()
-					fmt.Fprintf(p.Log, "voltbench: %s boot %d failed after %v: %v\n", a.Name, i+1, time.Since(start).Round(time.Millisecond), b.Err)
+					fmt.Fprintf(p.Log, "voltbench: %s %d failed after %v: %v\n", a.Name, i+1, time.Since(start).Round(time.Millisecond), b.Err)
 				}
 				if failures >= maxFail {
 					return runs, fmt.Errorf("%w: %d of %d", ErrTooManyFailures, failures, i*len(p.Arms)+j+1)

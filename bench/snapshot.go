@@ -1,21 +1,19 @@
 package bench
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/voltvmm/volt/guest/probe"
+	"github.com/voltvmm/volt/vmm/api/client"
+	"github.com/voltvmm/volt/vmm/api/types"
 )
 
 // The files of a snapshot directory, as volt-vmm --restore reads them.
@@ -94,12 +92,12 @@ func PrepareSnapshot(ctx context.Context, spec SnapshotSpec) (*Snapshot, error) 
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
 	defer con.close()
-	api := newAPIClient(sock)
-	defer api.CloseIdleConnections()
+	api := client.New(sock)
+	defer api.Close()
 	if err := waitForAPI(ctx, api, con); err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
-	if err := apiCall(ctx, api, http.MethodPut, "/actions", map[string]string{"action_type": "InstanceStart"}); err != nil {
+	if err := api.Start(ctx); err != nil {
 		return nil, fmt.Errorf("snapshot: start the probe: %w", err)
 	}
 	if _, err := con.expect(ctx, probe.ReadyLine); err != nil {
@@ -115,20 +113,19 @@ func PrepareSnapshot(ctx context.Context, spec SnapshotSpec) (*Snapshot, error) 
 			return nil, fmt.Errorf("snapshot: touch: %w", err)
 		}
 	}
-	if err := apiCall(ctx, api, http.MethodPatch, "/vm", map[string]string{"state": "Paused"}); err != nil {
+	if err := api.Pause(ctx); err != nil {
 		return nil, fmt.Errorf("snapshot: pause: %w", err)
 	}
-	body := map[string]string{
-		"snapshot_path": filepath.Join(spec.Dir, SnapshotStateFile),
-		"mem_file_path": filepath.Join(spec.Dir, SnapshotMemFile),
-	}
-	if err := apiCall(ctx, api, http.MethodPut, "/snapshot/create", body); err != nil {
+	if err := api.CreateSnapshot(ctx, types.SnapshotCreateParams{
+		SnapshotPath: filepath.Join(spec.Dir, SnapshotStateFile),
+		MemFilePath:  filepath.Join(spec.Dir, SnapshotMemFile),
+	}); err != nil {
 		return nil, fmt.Errorf("snapshot: create: %w", err)
 	}
 	con.terminate(2 * time.Second)
 	snap.Took = time.Since(start)
-	var st syscall.Stat_t
-	if err := syscall.Stat(snap.MemPath(), &st); err != nil {
+	var st unix.Stat_t
+	if err := unix.Stat(snap.MemPath(), &st); err != nil {
 		return nil, fmt.Errorf("snapshot: memory file: %w", err)
 	}
 	snap.MemFileBytes, snap.MemFileAllocated = st.Size, st.Blocks*512
@@ -145,65 +142,26 @@ func probeSum(line string) (string, error) {
 	return sum, nil
 }
 
-func newAPIClient(sock string) *http.Client {
-	return &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		},
-	}}
-}
-
-// waitForAPI polls until the socket answers GET /: volt-vmm creates it
-// a few milliseconds after its exec.
-func waitForAPI(ctx context.Context, api *http.Client, con *guestConsole) error {
-	for {
-		err := apiCall(ctx, api, http.MethodGet, "/", nil)
-		if err == nil {
-			return nil
-		}
+// waitForAPI waits until the socket answers GET /, or the VMM exits first:
+// volt-vmm creates the socket a few milliseconds after its exec.
+func waitForAPI(ctx context.Context, api *client.Client, con *guestConsole) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
 		select {
 		case <-con.exited:
-			return fmt.Errorf("volt-vmm exited before its API answered: %v; stderr %q", con.waitErr, strings.TrimSpace(con.stderr.String()))
-		case <-ctx.Done():
-			return fmt.Errorf("API socket: %w (last error: %v)", ctx.Err(), err)
-		case <-time.After(5 * time.Millisecond):
+			cancel()
+		case <-stop:
 		}
+	}()
+	defer func() { close(stop); <-done }()
+	_, err := api.WaitReady(ctx, 5*time.Millisecond)
+	select {
+	case <-con.exited:
+		return fmt.Errorf("volt-vmm exited before its API answered: %v; stderr %q", con.waitErr, strings.TrimSpace(con.stderr.String()))
+	default:
 	}
-}
-
-// apiCall sends one request with a JSON body and wants a 2xx answer; a
-// 400's fault_message becomes the error.
-func apiCall(ctx context.Context, api *http.Client, method, path string, body any) error {
-	var rd io.Reader
-	if body != nil {
-		data, err := json.Marshal(body)
-		if err != nil {
-			return fmt.Errorf("%s %s: encode: %w", method, path, err)
-		}
-		rd = bytes.NewReader(data)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://localhost"+path, rd)
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := api.Do(req)
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	defer resp.Body.Close()
-	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
-	if resp.StatusCode/100 != 2 {
-		var fault struct {
-			FaultMessage string `json:"fault_message"`
-		}
-		if json.Unmarshal(msg, &fault) == nil && fault.FaultMessage != "" {
-			return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, fault.FaultMessage)
-		}
-		return fmt.Errorf("%s %s: %s: %q", method, path, resp.Status, msg)
-	}
-	return nil
+	return err
 }

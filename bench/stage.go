@@ -1,9 +1,11 @@
 package bench
 
 import (
+	"cmp"
 	"slices"
 	"time"
 
+	"github.com/voltvmm/volt/bench/results"
 	"github.com/voltvmm/volt/bench/trace"
 	"github.com/voltvmm/volt/guest/marker"
 )
@@ -24,8 +26,8 @@ func markerMilestone(s marker.Stage) trace.Milestone {
 	return m
 }
 
-// Stages lists the rows in the order of the issue: exec → VMM ready →
-// guest entry → first console output → PID 1 → ready → exit.
+// Stages lists the rows of a boot in the order of the issue: exec → VMM
+// ready → guest entry → first console output → PID 1 → ready → exit.
 var Stages = []Stage{
 	{"vmm-ready", trace.VMCreated, true},
 	{"memory", trace.Memory, false},
@@ -53,11 +55,26 @@ var RestoreStages = []Stage{
 	{"exit", trace.Exit, true},
 }
 
+// ExecStages is the one row of a process that only starts and exits: the
+// exec floors.
+var ExecStages = []Stage{{"exit", trace.Exit, false}}
+
 // StageNames returns the names of Stages in order.
 func StageNames() []string { return stageNames(Stages) }
 
 // RestoreStageNames returns the names of RestoreStages in order.
 func RestoreStageNames() []string { return stageNames(RestoreStages) }
+
+// GatedStageNames returns the boot rows the CI gate judges.
+func GatedStageNames() []string {
+	var names []string
+	for _, s := range Stages {
+		if s.Gated {
+			names = append(names, s.Name)
+		}
+	}
+	return names
+}
 
 func stageNames(stages []Stage) []string {
 	names := make([]string, len(stages))
@@ -67,13 +84,8 @@ func stageNames(stages []Stage) []string {
 	return names
 }
 
-// StageTime is one stage of one boot.
-type StageTime struct {
-	At time.Duration // since exec
-	// Exits during the stage: between the previous stage reached (in time
-	// order, among Stages) and this one.
-	KVMExits, UserExits uint32
-}
+// StageTime is one stage of one boot (see results.StageTime).
+type StageTime = results.StageTime
 
 // stageTimes picks the rows of Stages out of a trace record.
 func stageTimes(rec trace.Record) map[string]StageTime { return stageTimesFor(rec, Stages) }
@@ -101,7 +113,7 @@ func stageTimesFor(rec trace.Record, stages []Stage) map[string]StageTime {
 			rows = append(rows, cum{p.At, kvm, user, name})
 		}
 	}
-	slices.SortStableFunc(rows, func(a, b cum) int { return int(a.at - b.at) })
+	slices.SortStableFunc(rows, func(a, b cum) int { return cmp.Compare(a.at, b.at) })
 	out := make(map[string]StageTime, len(rows))
 	var prevKVM, prevUser uint64
 	for _, r := range rows {

@@ -126,7 +126,15 @@ func (r Record) At(m Milestone) (time.Duration, bool) {
 type Tracer struct {
 	objs  stagesObjects
 	links []link.Link
+	// kvmExitErr is why kvm:kvm_exit could not be attached, if it could
+	// not: the tracer works without it, but its exit counts are unknown.
+	kvmExitErr error
 }
+
+// KVMExitsTraced reports whether kvm:kvm_exit is attached, so that a
+// record's KVM exit counts mean something; when it is not, the error says
+// why.
+func (t *Tracer) KVMExitsTraced() (bool, error) { return t.kvmExitErr == nil, t.kvmExitErr }
 
 // tracefsDir is where the kernel's tracing file system normally lives; the
 // tracepoint links read event IDs from it.
@@ -154,7 +162,6 @@ func New() (*Tracer, error) {
 		{"syscalls", "sys_enter_ioctl", t.objs.OnIoctlEnter},
 		{"syscalls", "sys_exit_ioctl", t.objs.OnIoctlExit},
 		{"kvm", "kvm_pio", t.objs.OnPio},
-		{"kvm", "kvm_exit", t.objs.OnKvmExit},
 		{"kvm", "kvm_userspace_exit", t.objs.OnUserspaceExit},
 	}
 	for _, a := range attach {
@@ -163,6 +170,13 @@ func New() (*Tracer, error) {
 			t.Close()
 			return nil, fmt.Errorf("trace: attach %s:%s (is the kvm module loaded?): %w: %w", a.group, a.name, ErrUnsupported, err)
 		}
+		t.links = append(t.links, l)
+	}
+	// Only the exit counts need kvm:kvm_exit; without it every stage is
+	// still timed, and the counts are reported as not measured.
+	if l, err := link.Tracepoint("kvm", "kvm_exit", t.objs.OnKvmExit, nil); err != nil {
+		t.kvmExitErr = fmt.Errorf("trace: attach kvm:kvm_exit: %w", err)
+	} else {
 		t.links = append(t.links, l)
 	}
 	return t, nil

@@ -1,6 +1,7 @@
 // Command voltbench boots guests under KVM many times and times every stage
 // from the exec of the VMM to the guest's PID 1 and exit, from the kernel's
-// side with eBPF, so the same measurement applies to any VMM.
+// side with eBPF, so the same measurement applies to any VMM, and to the
+// floor helpers that show this machine's limit.
 //
 //	voltbench [boot]   boot the probe guest N times under volt-vmm, print the table
 //	voltbench compare  the same boots under volt-vmm and QEMU, side by side
@@ -8,8 +9,10 @@
 //	voltbench serve    boot periodically and export Prometheus metrics
 //	voltbench restore  restore a snapshot of the probe N times, against cold boots
 //	voltbench clones   run N clones of one snapshot at once; their shared memory
+//	voltbench floor    this machine's floor: empty processes and a minimal KVM guest
 //
-// It needs root (eBPF, tracefs) and /dev/kvm.
+// It needs root (eBPF, tracefs) and /dev/kvm. This file holds flag parsing
+// and wiring only; package bench and its sub-packages do the work.
 package main
 
 import (
@@ -17,22 +20,20 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
 	"github.com/voltvmm/volt/bench"
+	"github.com/voltvmm/volt/bench/gate"
+	"github.com/voltvmm/volt/bench/report"
+	"github.com/voltvmm/volt/bench/results"
+	"github.com/voltvmm/volt/bench/stats"
 	"github.com/voltvmm/volt/bench/trace"
-	"github.com/voltvmm/volt/guest/probe"
 )
 
 // Exit statuses.
@@ -44,25 +45,30 @@ const (
 )
 
 func main() {
-	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, cancel := signal.NotifyContext(context.Background(), unix.SIGINT, unix.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	cancel()
 	os.Exit(code)
 }
 
-const usageText = `Usage: voltbench [boot|compare|gate|serve|restore|clones] [flags]
+const usageText = `Usage: voltbench [boot|compare|gate|serve|restore|clones|floor] [flags]
 
-  boot      boot the guest -n times under --vmm and print p50/p90/p99/max per stage (default)
-  compare   boot under volt-vmm and QEMU, interleaved, and print both side by side;
+  boot      boot the guest -n times under --vmm, interleaved with the KVM floor helper,
+            and print p50/p90/max (p99 from 100 boots) per stage with its distance to the floor (default)
+  compare   boot under volt-vmm and QEMU (and the floor), interleaved, and print them side by side;
             or: compare A.json [B.json] to compare saved runs
   gate      compare a fresh run (or --candidate FILE) with --baseline FILE; exit 1 on a regression
   serve     boot every --interval and serve Prometheus metrics on --metrics-listen
   restore   snapshot the probe once, restore it -n times (interleaved with as many cold
-            boots, --compare-boot) and print both per stage
+            boots, --compare-boot, and their floors) and print both per stage;
+            --concurrency 1,2,8 adds restores per second with that many in flight
   clones    restore -n clones of one snapshot at once and print their RSS/PSS and
             shared pages from /proc/PID/smaps_rollup, and their generation IDs
+  floor     run the floor helpers (bench/floor) -n times each: exec → exit of empty static
+            Go and C binaries, and a minimal KVM set-up with a guest of a few instructions
 
-Stages are timed from the exec of the VMM with eBPF (root and /dev/kvm needed).
+--plot FILE.svg (boot, compare, restore, floor) draws each stage's latency CDF, floor marked.
+Stages are timed from the exec with eBPF (root and /dev/kvm needed).
 Run 'voltbench CMD --help' for the flags of CMD.
 `
 
@@ -84,6 +90,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return cmdRestore(ctx, args, stdout, stderr)
 	case "clones":
 		return cmdClones(ctx, args, stdout, stderr)
+	case "floor":
+		return cmdFloor(ctx, args, stdout, stderr)
 	case "help":
 		fmt.Fprint(stdout, usageText)
 		return exitOK
@@ -92,109 +100,92 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return exitUsage
 }
 
-// common holds the flags every boot-running command shares.
-type common struct {
+// session holds the flags of every command that runs boots under the
+// tracer: how many, and what to do with the results.
+type session struct {
+	n                    int
+	timeout              time.Duration
+	jsonOut, metricsAddr string
+	progress, noProgress bool
+}
+
+func (s *session) register(fs *pflag.FlagSet, defaultN int, what string) {
+	fs.IntVarP(&s.n, "boots", "n", defaultN, what)
+	fs.DurationVar(&s.timeout, "timeout", 10*time.Second, "per-boot limit; the VMM is killed and the boot counted as failed after it")
+	fs.StringVar(&s.jsonOut, "json", "", "write the results, with encoded HDR histograms, to this file")
+	fs.StringVar(&s.metricsAddr, "metrics-listen", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9464) while running")
+	fs.BoolVar(&s.progress, "progress", false, "draw a progress bar on stderr even when it is not a terminal")
+	fs.BoolVar(&s.noProgress, "no-progress", false, "never draw a progress bar")
+}
+
+// guestFlags say which guest to boot under which VMM.
+type guestFlags struct {
 	vmm, vmmBin, qemuBin, guest string
 	kernel, initrd, cmdline     string
-	memory                      string
-	cpus, n                     int
-	timeout                     time.Duration
+	memory, guestProfile        string
+	cpus                        int
 	vmmArgs                     []string
-	jsonOut, metricsAddr        string
-	progress, noProgress        bool
 }
 
-func (c *common) register(fs *pflag.FlagSet, defaultN int) {
-	fs.StringVar(&c.vmm, "vmm", bench.VMMVolt, "VMM to boot: volt or qemu")
-	fs.StringVar(&c.vmmBin, "vmm-bin", "", "volt-vmm binary (default: bin/volt-vmm in the repository)")
-	fs.StringVar(&c.qemuBin, "qemu-bin", "qemu-system-x86_64", "QEMU binary")
-	fs.StringVar(&c.guest, "guest", bench.GuestProbe, "guest: probe (build/guest/probe.elf) or linux (build/guest/vmlinux + initramfs.cpio.gz)")
-	fs.StringVar(&c.kernel, "kernel", "", "guest kernel (default: by --guest, under build/guest)")
-	fs.StringVar(&c.initrd, "initrd", "", "initramfs for --guest linux (default: build/guest/initramfs.cpio.gz)")
-	fs.StringVar(&c.cmdline, "cmdline", bench.DefaultLinuxCmdline, "kernel command line for --guest linux")
-	fs.StringVar(&c.memory, "memory", "128M", "guest memory")
-	fs.IntVar(&c.cpus, "cpus", 1, "vCPUs")
-	fs.IntVarP(&c.n, "boots", "n", defaultN, "boots per VMM")
-	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "per-boot limit; the VMM is killed and the boot counted as failed after it")
-	fs.StringArrayVar(&c.vmmArgs, "vmm-arg", nil, "extra argument for the VMM (repeatable), e.g. --vmm-arg=--test-marker-delay=5ms")
-	fs.StringVar(&c.jsonOut, "json", "", "write the results, with encoded HDR histograms, to this file")
-	fs.StringVar(&c.metricsAddr, "metrics-listen", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9464) while running")
-	fs.BoolVar(&c.progress, "progress", false, "draw a progress bar on stderr even when it is not a terminal")
-	fs.BoolVar(&c.noProgress, "no-progress", false, "never draw a progress bar")
+func (g *guestFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&g.vmm, "vmm", bench.VMMVolt, "VMM to boot: volt or qemu")
+	fs.StringVar(&g.vmmBin, "vmm-bin", "", "volt-vmm binary (default: "+bench.DefaultVMMBin+" in the repository)")
+	fs.StringVar(&g.qemuBin, "qemu-bin", "qemu-system-x86_64", "QEMU binary")
+	fs.StringVar(&g.guest, "guest", bench.GuestProbe, "guest: probe ("+bench.DefaultProbe+") or linux ("+bench.DefaultLinuxKernel+" + initramfs.cpio.gz)")
+	fs.StringVar(&g.kernel, "kernel", "", "guest kernel (default: by --guest, under build/guest)")
+	fs.StringVar(&g.initrd, "initrd", "", "initramfs for --guest linux (default: "+bench.DefaultLinuxInitrd+")")
+	fs.StringVar(&g.cmdline, "cmdline", bench.DefaultLinuxCmdline, "kernel command line for --guest linux")
+	fs.StringVar(&g.memory, "memory", "128M", "guest memory")
+	fs.IntVar(&g.cpus, "cpus", 1, "vCPUs")
+	fs.StringVar(&g.guestProfile, "guest-profile", "", "passed to volt-vmm as --guest-profile: how it configures the guest for a kind of host (e.g. nested-pvm for Linux on nested, software-assisted KVM)")
+	fs.StringArrayVar(&g.vmmArgs, "vmm-arg", nil, "extra argument for volt-vmm (repeatable), e.g. --vmm-arg=--test-marker-delay=5ms")
 }
 
-// config builds the boot configuration of one VMM kind.
-func (c *common) config(vmm string) (bench.Config, error) {
+// config resolves the boot configuration of one VMM kind: defaults from
+// the repository, files checked.
+func (g *guestFlags) config(ctx context.Context, vmm string, timeout time.Duration) (bench.Config, error) {
 	cfg := bench.Config{
-		VMM: vmm, Guest: c.guest, Kernel: c.kernel, Initrd: c.initrd,
-		Memory: c.memory, CPUs: c.cpus, ExtraArgs: c.vmmArgs, Timeout: c.timeout,
+		VMM: vmm, VMMBin: g.vmmBin, Guest: g.guest, Kernel: g.kernel, Initrd: g.initrd,
+		Memory: g.memory, CPUs: g.cpus, GuestProfile: g.guestProfile, ExtraArgs: g.vmmArgs, Timeout: timeout,
 	}
-	var root string
-	needRoot := c.kernel == "" || (vmm == bench.VMMVolt && c.vmmBin == "") || (c.guest == bench.GuestLinux && c.initrd == "")
-	if needRoot {
-		var err error
-		if root, err = bench.RepoRoot(); err != nil {
-			return cfg, err
-		}
+	if g.guest == bench.GuestLinux {
+		cfg.Cmdline = g.cmdline
 	}
-	switch vmm {
-	case bench.VMMVolt:
-		cfg.VMMBin = c.vmmBin
-		if cfg.VMMBin == "" {
-			cfg.VMMBin = filepath.Join(root, "bin", "volt-vmm")
-		}
-		if _, err := os.Stat(cfg.VMMBin); err != nil {
-			return cfg, fmt.Errorf("volt-vmm: %w (build it: go build -o bin/volt-vmm ./cmd/volt-vmm, or pass --vmm-bin)", err)
-		}
-	case bench.VMMQEMU:
-		p, err := exec.LookPath(c.qemuBin)
-		if err != nil {
-			return cfg, fmt.Errorf("qemu: %w (apt-get install qemu-system-x86, or pass --qemu-bin)", err)
-		}
-		cfg.VMMBin = p
-	default:
-		return cfg, fmt.Errorf("--vmm %q: want volt or qemu", vmm)
+	if vmm == bench.VMMQEMU {
+		// --vmm-arg and --guest-profile are volt-vmm's.
+		cfg.VMMBin, cfg.ExtraArgs, cfg.GuestProfile = "", nil, ""
 	}
-	switch c.guest {
-	case bench.GuestProbe:
-		if cfg.Kernel == "" {
-			cfg.Kernel = filepath.Join(root, "build", "guest", "probe.elf")
-			if _, err := os.Stat(cfg.Kernel); err != nil {
-				// probe.Path honours $VOLT_PROBE and otherwise builds.
-				p, err := probe.Path(context.Background(), filepath.Dir(cfg.Kernel))
-				if err != nil {
-					return cfg, fmt.Errorf("probe guest: %w", err)
-				}
-				cfg.Kernel = p
-			}
-		}
-	case bench.GuestLinux:
-		if cfg.Kernel == "" {
-			cfg.Kernel = filepath.Join(root, "build", "guest", "vmlinux")
-		}
-		if cfg.Initrd == "" {
-			cfg.Initrd = filepath.Join(root, "build", "guest", "initramfs.cpio.gz")
-		}
-		cfg.Cmdline = c.cmdline
-		for _, p := range []string{cfg.Kernel, cfg.Initrd} {
-			if _, err := os.Stat(p); err != nil {
-				return cfg, fmt.Errorf("linux guest: %w (build it with guest/kernel/build.sh and guest/init/build.sh)", err)
-			}
-		}
-	default:
-		return cfg, fmt.Errorf("--guest %q: want probe or linux", c.guest)
-	}
-	if _, err := os.Stat(cfg.Kernel); err != nil {
-		return cfg, fmt.Errorf("kernel: %w", err)
-	}
-	return cfg, cfg.Validate()
+	return bench.Resolve(ctx, cfg, g.qemuBin)
 }
 
-func (c *common) progressBar(stderr io.Writer) *bench.Progress {
-	if c.noProgress {
+// floorFlags say whether and where the floor helpers run beside the boots.
+type floorFlags struct {
+	floor    bool
+	floorDir string
+	plot     string
+}
+
+func (f *floorFlags) register(fs *pflag.FlagSet, floorFlag bool) {
+	if floorFlag {
+		fs.BoolVar(&f.floor, "floor", true, "run the KVM floor helper interleaved with the boots, and print each stage's distance to it")
+	}
+	fs.StringVar(&f.floorDir, "floor-dir", "", "directory of the floor helpers (default: "+bench.DefaultFloorDir+" in the repository; build them with bench/floor/build.sh DIR)")
+	fs.StringVar(&f.plot, "plot", "", "draw each stage's latency CDF, floor marked, into this SVG file")
+}
+
+// dir is the floor directory when the floor is on, "" when it is off.
+func (f *floorFlags) dir() (string, error) {
+	if !f.floor {
+		return "", nil
+	}
+	return bench.FloorDir(f.floorDir)
+}
+
+func (s *session) progressBar(stderr io.Writer) *bench.Progress {
+	if s.noProgress {
 		return nil
 	}
-	if c.progress || isTerminal(stderr) {
+	if s.progress || isTerminal(stderr) {
 		return bench.NewProgress(stderr)
 	}
 	return nil
@@ -209,21 +200,43 @@ func isTerminal(w io.Writer) bool {
 	return err == nil
 }
 
-// session loads the tracer, optionally serves metrics, and runs the plan;
-// observers see every boot.
-func (c *common) session(ctx context.Context, arms []bench.Arm, stderr io.Writer, observers ...func(bench.Arm, bench.Boot)) ([]*bench.Run, error) {
+func newRunner() (*bench.Runner, error) {
 	runner, err := bench.NewRunner()
+	if errors.Is(err, trace.ErrUnsupported) {
+		return nil, fmt.Errorf("%w (voltbench needs root, BTF and tracefs)", err)
+	}
+	return runner, err
+}
+
+// serveMetrics starts the metrics server when --metrics-listen asks; the
+// returned function stops it.
+func (s *session) serveMetrics(m *bench.Metrics, stderr io.Writer) (func(), error) {
+	addr, stop, err := m.Serve(s.metricsAddr, func(format string, args ...any) {
+		fmt.Fprintf(stderr, "voltbench: "+format+"\n", args...)
+	})
 	if err != nil {
-		if errors.Is(err, trace.ErrUnsupported) {
-			return nil, fmt.Errorf("%w (voltbench needs root, BTF and tracefs)", err)
-		}
+		return nil, fmt.Errorf("--metrics-listen: %w", err)
+	}
+	fmt.Fprintf(stderr, "voltbench: metrics on http://%s/metrics\n", addr)
+	return stop, nil
+}
+
+// plan loads the tracer, optionally serves metrics, and runs the arms;
+// observers see every boot.
+func (s *session) plan(ctx context.Context, arms []bench.Arm, stderr io.Writer, observers ...func(bench.Arm, bench.Boot)) ([]*results.Run, error) {
+	runner, err := newRunner()
+	if err != nil {
 		return nil, err
 	}
 	defer runner.Close()
-	plan := bench.Plan{Arms: arms, N: c.n, Progress: c.progressBar(stderr), Log: stderr}
-	if c.metricsAddr != "" {
+	return s.planWith(ctx, runner, arms, stderr, observers...)
+}
+
+func (s *session) planWith(ctx context.Context, runner *bench.Runner, arms []bench.Arm, stderr io.Writer, observers ...func(bench.Arm, bench.Boot)) ([]*results.Run, error) {
+	plan := bench.Plan{Arms: arms, N: s.n, Progress: s.progressBar(stderr), Log: stderr}
+	if s.metricsAddr != "" {
 		m := bench.NewMetrics()
-		stop, err := serveMetrics(c.metricsAddr, m, stderr)
+		stop, err := s.serveMetrics(m, stderr)
 		if err != nil {
 			return nil, err
 		}
@@ -240,46 +253,17 @@ func (c *common) session(ctx context.Context, arms []bench.Arm, stderr io.Writer
 	return runner.RunPlan(ctx, plan)
 }
 
-func serveMetrics(addr string, m *bench.Metrics, stderr io.Writer) (func(), error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("--metrics-listen %s: %w", addr, err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", m.Handler())
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			fmt.Fprintf(stderr, "voltbench: metrics server: %v\n", err)
+// save writes --json and --plot, as asked.
+func save(jsonOut, plot, title string, rows []string, runs []*results.Run, command []string) error {
+	if jsonOut != "" {
+		if err := bench.WriteResults(jsonOut, runs, append([]string{"voltbench"}, command...)); err != nil {
+			return fmt.Errorf("--json: %w", err)
 		}
-	}()
-	fmt.Fprintf(stderr, "voltbench: metrics on http://%s/metrics\n", ln.Addr())
-	return func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
-		<-done
-	}, nil
-}
-
-func writeJSON(path string, runs []*bench.Run, args []string) error {
-	if path == "" {
-		return nil
 	}
-	res := &bench.Results{Created: time.Now().UTC(), Runs: runs, Command: "voltbench " + strings.Join(args, " ")}
-	res.Host, _ = os.Hostname()
-	var u unix.Utsname
-	if unix.Uname(&u) == nil {
-		res.KernelRelease = unix.ByteSliceToString(u.Release[:])
-	}
-	data, err := res.Marshal()
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		return fmt.Errorf("--json: %w", err)
+	if plot != "" {
+		if err := bench.WritePlot(plot, title, rows, runs); err != nil {
+			return fmt.Errorf("--plot: %w", err)
+		}
 	}
 	return nil
 }
@@ -296,31 +280,70 @@ func parseFlags(fs *pflag.FlagSet, args []string, stderr io.Writer) (bool, int) 
 	return true, 0
 }
 
+func usage(stderr io.Writer, cmd, format string, args ...any) int {
+	fmt.Fprintf(stderr, "voltbench %s: %s\n", cmd, fmt.Sprintf(format, args...))
+	return exitUsage
+}
+
 func fail(stderr io.Writer, format string, args ...any) int {
 	fmt.Fprintf(stderr, "voltbench: "+format+"\n", args...)
 	return exitError
 }
 
+// describe is the title of a plot of boots of cfg.
+func describe(what string, cfg bench.Config) string {
+	return fmt.Sprintf("voltbench %s: guest %s, %s, %d vCPU", what, cfg.Guest, cfg.Memory, cfg.CPUs)
+}
+
+// nonFloor returns the runs that are not floors.
+func nonFloor(runs []*results.Run) []*results.Run {
+	var out []*results.Run
+	for _, r := range runs {
+		if !r.Floor {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 func cmdBoot(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := pflag.NewFlagSet("boot", pflag.ContinueOnError)
-	var c common
-	c.register(fs, 20)
+	var (
+		s session
+		g guestFlags
+		f floorFlags
+	)
+	s.register(fs, 20, "boots (and as many floor runs)")
+	g.register(fs)
+	f.register(fs, true)
 	if ok, code := parseFlags(fs, args, stderr); !ok {
 		return code
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "voltbench boot: unexpected argument %q\n", fs.Arg(0))
-		return exitUsage
+		return usage(stderr, "boot", "unexpected argument %q", fs.Arg(0))
 	}
-	cfg, err := c.config(c.vmm)
+	cfg, err := g.config(ctx, g.vmm, s.timeout)
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
-	runs, err := c.session(ctx, []bench.Arm{{Name: c.vmm, Config: cfg}}, stderr)
-	if len(runs) > 0 {
-		bench.WriteTable(stdout, runs[0])
-		if jerr := writeJSON(c.jsonOut, runs, append([]string{"boot"}, args...)); jerr != nil {
-			return fail(stderr, "%v", jerr)
+	arms := []bench.Arm{{Name: g.vmm, Config: cfg}}
+	dir, err := f.dir()
+	if err != nil {
+		return fail(stderr, "%v", err)
+	}
+	if dir != "" {
+		if arms, err = bench.WithKVMFloor(arms, dir, g.memory, bench.Stages, s.timeout); err != nil {
+			return fail(stderr, "%v (or --floor=false)", err)
+		}
+	}
+	runs, err := s.plan(ctx, arms, stderr)
+	if len(runs) == len(arms) {
+		floors := bench.Floors(arms, runs)
+		for _, r := range nonFloor(runs) {
+			report.WriteTable(stdout, r, floors[r.VMM])
+		}
+		if serr := save(s.jsonOut, f.plot, describe("boot", cfg), bench.StageNames(), runs, append([]string{"boot"}, args...)); serr != nil {
+			return fail(stderr, "%v", serr)
 		}
 	}
 	if err != nil {
@@ -331,48 +354,42 @@ func cmdBoot(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 func cmdCompare(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := pflag.NewFlagSet("compare", pflag.ContinueOnError)
-	var c common
-	c.register(fs, 20)
+	var (
+		s session
+		g guestFlags
+		f floorFlags
+	)
+	s.register(fs, 20, "boots per VMM (and as many floor runs)")
+	g.register(fs)
+	f.register(fs, true)
 	if ok, code := parseFlags(fs, args, stderr); !ok {
 		return code
 	}
 	if fs.NArg() > 0 {
-		// Saved runs: every run of every file, side by side.
-		var runs []*bench.Run
-		for _, path := range fs.Args() {
-			res, err := readResults(path)
-			if err != nil {
-				return fail(stderr, "%v", err)
-			}
-			runs = append(runs, res.Runs...)
-		}
-		rows := bench.StageNames()
-		if len(runs) > 0 && runs[0].Stage("first-answer") != nil {
-			// Saved by voltbench restore: its own rows.
-			rows = bench.RestoreStageNames()
-		}
-		if err := bench.WriteCompareRows(stdout, rows, runs...); err != nil {
-			return fail(stderr, "%v", err)
-		}
-		return exitOK
+		return compareFiles(fs.Args(), f.plot, stdout, stderr)
 	}
 	var arms []bench.Arm
 	for _, vmm := range []string{bench.VMMVolt, bench.VMMQEMU} {
-		cfg, err := c.config(vmm)
+		cfg, err := g.config(ctx, vmm, s.timeout)
 		if err != nil {
 			return fail(stderr, "%v", err)
 		}
-		// --vmm-arg is volt-vmm's; QEMU would not understand it.
-		if vmm == bench.VMMQEMU {
-			cfg.ExtraArgs = nil
-		}
 		arms = append(arms, bench.Arm{Name: vmm, Config: cfg})
 	}
-	runs, err := c.session(ctx, arms, stderr)
+	dir, err := f.dir()
+	if err != nil {
+		return fail(stderr, "%v", err)
+	}
+	if dir != "" {
+		if arms, err = bench.WithKVMFloor(arms, dir, g.memory, bench.Stages, s.timeout); err != nil {
+			return fail(stderr, "%v (or --floor=false)", err)
+		}
+	}
+	runs, err := s.plan(ctx, arms, stderr)
 	if len(runs) == len(arms) {
-		bench.WriteCompare(stdout, runs...)
-		if jerr := writeJSON(c.jsonOut, runs, append([]string{"compare"}, args...)); jerr != nil {
-			return fail(stderr, "%v", jerr)
+		report.WriteCompare(stdout, bench.StageNames(), nonFloor(runs), bench.Floors(arms, runs))
+		if serr := save(s.jsonOut, f.plot, describe("compare", arms[len(arms)-1].Config), bench.StageNames(), runs, append([]string{"compare"}, args...)); serr != nil {
+			return fail(stderr, "%v", serr)
 		}
 	}
 	if err != nil {
@@ -381,28 +398,57 @@ func cmdCompare(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	return exitOK
 }
 
-func readResults(path string) (*bench.Results, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
+// compareFiles shows every run of every saved file side by side, with the
+// floors the files hold.
+func compareFiles(paths []string, plot string, stdout, stderr io.Writer) int {
+	var runs []*results.Run
+	floors := report.Floors{}
+	for _, path := range paths {
+		res, err := bench.ReadResults(path)
+		if err != nil {
+			return fail(stderr, "%v", err)
+		}
+		runs = append(runs, res.Runs...)
+		for name, fl := range res.Floors() {
+			floors[name] = fl
+		}
 	}
-	res, err := bench.ParseResults(data)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+	vmms := nonFloor(runs)
+	if len(vmms) == 0 {
+		return fail(stderr, "compare: no run other than floors in %s", strings.Join(paths, ", "))
 	}
-	return res, nil
+	rows := bench.StageNames()
+	if vmms[0].Stage("first-answer") != nil {
+		// Saved by voltbench restore: its own rows.
+		rows = bench.RestoreStageNames()
+	}
+	if len(vmms) == 1 {
+		report.WriteTable(stdout, vmms[0], floors[vmms[0].VMM])
+	} else if err := report.WriteCompare(stdout, rows, vmms, floors); err != nil {
+		return fail(stderr, "%v", err)
+	}
+	if plot != "" {
+		if err := bench.WritePlot(plot, "voltbench compare: "+strings.Join(paths, ", "), rows, runs); err != nil {
+			return fail(stderr, "--plot: %v", err)
+		}
+	}
+	return exitOK
 }
 
 func cmdGate(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := pflag.NewFlagSet("gate", pflag.ContinueOnError)
-	var c common
-	c.register(fs, 20)
+	var (
+		s session
+		g guestFlags
+	)
+	s.register(fs, 20, "boots of the candidate (and of --ab-vmm-bin)")
+	g.register(fs)
 	var (
 		baseline  = fs.String("baseline", "ci/boot-baseline.json", "baseline results (voltbench boot --json)")
 		candidate = fs.String("candidate", "", "judge these saved results instead of booting")
 		abBin     = fs.String("ab-vmm-bin", "", "baseline volt-vmm binary to boot interleaved with the candidate (same-run A/B, preferred over the file)")
-		tol       = bench.DefaultTolerance()
-		ftol      = bench.FileTolerance()
+		tol       = stats.DefaultTolerance()
+		ftol      = stats.FileTolerance()
 	)
 	fs.Float64Var(&tol.Alpha, "alpha", tol.Alpha, "family-wise significance level, shared by all stage tests")
 	fs.Float64Var(&tol.RelFloor, "rel-floor", tol.RelFloor, "same-run A/B: ignore slowdowns under this fraction of the baseline")
@@ -413,89 +459,66 @@ func cmdGate(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if ok, code := parseFlags(fs, args, stderr); !ok {
 		return code
 	}
+	if fs.NArg() > 0 {
+		return usage(stderr, "gate", "unexpected argument %q", fs.Arg(0))
+	}
 	ftol.Alpha, ftol.Permutations = tol.Alpha, tol.Permutations
-	for _, t := range []bench.Tolerance{tol, ftol} {
+	for _, t := range []stats.Tolerance{tol, ftol} {
 		if err := t.Validate(); err != nil {
-			fmt.Fprintf(stderr, "voltbench gate: %v\n", err)
-			return exitUsage
+			return usage(stderr, "gate", "%v", err)
 		}
 	}
-	baseRes, err := readResults(*baseline)
+	baseRes, err := bench.ReadResults(*baseline)
 	if err != nil {
 		return fail(stderr, "baseline: %v", err)
 	}
-	base := baseRes.Run(c.vmm)
-	if base == nil {
-		return fail(stderr, "baseline %s has no %s run", *baseline, c.vmm)
+	in := gate.Inputs{File: baseRes.Run(g.vmm), FileName: *baseline, FileTol: ftol, ABTol: tol, Gated: bench.GatedStageNames()}
+	if in.File == nil {
+		return fail(stderr, "baseline %s has no %s run", *baseline, g.vmm)
 	}
-
-	var cand, abBase *bench.Run
 	switch {
 	case *candidate != "":
-		res, err := readResults(*candidate)
+		res, err := bench.ReadResults(*candidate)
 		if err != nil {
 			return fail(stderr, "candidate: %v", err)
 		}
-		if cand = res.Run(c.vmm); cand == nil {
-			return fail(stderr, "candidate %s has no %s run", *candidate, c.vmm)
+		if in.Cand = res.Run(g.vmm); in.Cand == nil {
+			return fail(stderr, "candidate %s has no %s run", *candidate, g.vmm)
 		}
 	default:
-		cfg, err := c.config(c.vmm)
+		cfg, err := g.config(ctx, g.vmm, s.timeout)
 		if err != nil {
 			return fail(stderr, "%v", err)
 		}
-		arms := []bench.Arm{{Name: c.vmm, Config: cfg}}
+		arms := []bench.Arm{{Name: g.vmm, Config: cfg}}
 		if *abBin != "" {
 			bcfg := cfg
 			bcfg.VMMBin = *abBin
 			// The baseline binary gets no test flags: it is the reference.
 			bcfg.ExtraArgs = nil
-			arms = append([]bench.Arm{{Name: c.vmm + "-base", Config: bcfg}}, arms...)
+			arms = append([]bench.Arm{{Name: g.vmm + "-base", Config: bcfg}}, arms...)
 		}
-		runs, err := c.session(ctx, arms, stderr)
+		runs, err := s.plan(ctx, arms, stderr)
 		if err != nil && !errors.Is(err, bench.ErrTooManyFailures) {
 			return fail(stderr, "%v", err)
 		}
-		cand = runs[len(runs)-1]
+		in.Cand = runs[len(runs)-1]
 		if len(runs) == 2 {
-			abBase = runs[0]
+			in.AB, in.ABName = runs[0], *abBin
 		}
-		if jerr := writeJSON(c.jsonOut, runs, append([]string{"gate"}, args...)); jerr != nil {
-			return fail(stderr, "%v", jerr)
+		if serr := save(s.jsonOut, "", "", nil, runs, append([]string{"gate"}, args...)); serr != nil {
+			return fail(stderr, "%v", serr)
 		}
 	}
-	if base.Guest != cand.Guest {
-		fmt.Fprintf(stderr, "voltbench gate: warning: baseline guest %q, candidate guest %q\n", base.Guest, cand.Guest)
+	if in.File.Guest != in.Cand.Guest {
+		fmt.Fprintf(stderr, "voltbench gate: warning: baseline guest %q, candidate guest %q\n", in.File.Guest, in.Cand.Guest)
 	}
-	judge := func(b *bench.Run, label string, tol bench.Tolerance) (bench.GateResult, int) {
-		g, err := bench.Gate(b, cand, tol)
-		if err != nil {
-			return g, fail(stderr, "%s: %v", label, err)
-		}
-		fmt.Fprintf(stdout, "== %s\n", label)
-		bench.WriteGate(stdout, g)
-		return g, exitOK
+	d, err := gate.Decide(in)
+	if err != nil {
+		return fail(stderr, "%v", err)
 	}
-	if abBase != nil {
-		// Same-run A/B decides: both sides saw the same machine minute.
-		// The file comparison is printed for the record only.
-		if _, code := judge(base, "against "+*baseline+" (information only; the A/B run decides)", ftol); code != exitOK {
-			fmt.Fprintln(stderr, "voltbench gate: file comparison skipped")
-		}
-		g, code := judge(abBase, "same-run A/B against "+*abBin, tol)
-		if code != exitOK {
-			return code
-		}
-		if g.Failed {
-			return exitRegressed
-		}
-		return exitOK
-	}
-	g, code := judge(base, "against "+*baseline, ftol)
-	if code != exitOK {
-		return code
-	}
-	if g.Failed {
+	d.Write(stdout)
+	if d.Failed {
 		return exitRegressed
 	}
 	return exitOK
@@ -503,26 +526,36 @@ func cmdGate(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
-	var c common
-	c.register(fs, 1)
+	var (
+		s session
+		g guestFlags
+	)
+	s.register(fs, 1, "unused: serve boots until stopped")
+	g.register(fs)
 	interval := fs.Duration("interval", 10*time.Second, "pause between boots")
 	if ok, code := parseFlags(fs, args, stderr); !ok {
 		return code
 	}
-	if c.metricsAddr == "" {
-		c.metricsAddr = "127.0.0.1:9464"
+	if fs.NArg() > 0 {
+		return usage(stderr, "serve", "unexpected argument %q", fs.Arg(0))
 	}
-	cfg, err := c.config(c.vmm)
+	if *interval < 0 {
+		return usage(stderr, "serve", "--interval %v: want 0 or more", *interval)
+	}
+	if s.metricsAddr == "" {
+		s.metricsAddr = "127.0.0.1:9464"
+	}
+	cfg, err := g.config(ctx, g.vmm, s.timeout)
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
-	runner, err := bench.NewRunner()
+	runner, err := newRunner()
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
 	defer runner.Close()
 	m := bench.NewMetrics()
-	stop, err := serveMetrics(c.metricsAddr, m, stderr)
+	stop, err := s.serveMetrics(m, stderr)
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
@@ -532,7 +565,7 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		if ctx.Err() != nil {
 			return exitOK
 		}
-		m.Observe(c.vmm, b)
+		m.Observe(g.vmm, b)
 		if b.Err != nil {
 			fmt.Fprintf(stderr, "voltbench: boot failed: %v\n", b.Err)
 		}
@@ -542,4 +575,57 @@ func cmdServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		case <-time.After(*interval):
 		}
 	}
+}
+
+func cmdFloor(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := pflag.NewFlagSet("floor", pflag.ContinueOnError)
+	var (
+		s session
+		f floorFlags
+	)
+	s.register(fs, 20, "runs of each floor helper")
+	f.register(fs, false)
+	memory := fs.String("memory", "128M", "guest memory of the KVM floor's one slot")
+	if ok, code := parseFlags(fs, args, stderr); !ok {
+		return code
+	}
+	if fs.NArg() > 0 {
+		return usage(stderr, "floor", "unexpected argument %q", fs.Arg(0))
+	}
+	if _, err := bench.MemoryMiB(*memory); err != nil {
+		return usage(stderr, "floor", "--memory: %v", err)
+	}
+	dir, err := bench.FloorDir(f.floorDir)
+	if err != nil {
+		return fail(stderr, "%v", err)
+	}
+	arms, err := bench.ExecFloorArms(dir, s.timeout)
+	if err != nil {
+		return fail(stderr, "%v", err)
+	}
+	kvm, err := bench.KVMFloorArm(dir, *memory, bench.Stages, s.timeout)
+	if err != nil {
+		return fail(stderr, "%v", err)
+	}
+	answer, err := bench.KVMAnswerFloorArm(dir, *memory, s.timeout)
+	if err != nil {
+		return fail(stderr, "%v", err)
+	}
+	arms = append(arms, kvm, answer)
+	runs, err := s.plan(ctx, arms, stderr)
+	if len(runs) == len(arms) {
+		report.WriteFloors(stdout, runs...)
+		for _, r := range runs {
+			fmt.Fprintln(stdout)
+			report.WriteTable(stdout, r, nil)
+		}
+		rows := append(bench.StageNames(), "first-answer")
+		if serr := save(s.jsonOut, f.plot, "voltbench floor: this machine's floor ("+*memory+" of guest memory)", rows, runs, append([]string{"floor"}, args...)); serr != nil {
+			return fail(stderr, "%v", serr)
+		}
+	}
+	if err != nil {
+		return fail(stderr, "%v", err)
+	}
+	return exitOK
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/voltvmm/volt/bench"
+	"github.com/voltvmm/volt/bench/results"
 	"github.com/voltvmm/volt/bench/trace"
 )
 
@@ -37,20 +38,25 @@ func TestUsageAndUnknownCommand(t *testing.T) {
 // writeRun saves n synthetic boots whose stages from pid1 on are delayed.
 func writeRun(t *testing.T, path string, n int, delay time.Duration) {
 	t.Helper()
-	r := bench.NewRun(bench.VMMVolt, bench.GuestProbe)
+	r := results.NewRun(bench.VMMVolt, bench.GuestProbe, bench.StageNames())
 	for i := 0; i < n; i++ {
 		jitter := time.Duration(i%7) * 40 * time.Microsecond
-		b := bench.Boot{Stages: map[string]bench.StageTime{
+		o := results.Observation{Stages: map[string]results.StageTime{
 			"vmm-ready":    {At: 2*time.Millisecond + jitter},
+			"memory":       {At: 2100*time.Microsecond + jitter},
+			"vcpu":         {At: 2500*time.Microsecond + jitter},
 			"guest-entry":  {At: 4*time.Millisecond + jitter},
+			"kernel-entry": {At: 4100*time.Microsecond + jitter},
 			"first-output": {At: 5*time.Millisecond + jitter + delay},
 			"pid1":         {At: 4500*time.Microsecond + jitter + delay},
 			"ready":        {At: 8*time.Millisecond + jitter + delay},
 			"exit":         {At: 20*time.Millisecond + jitter + delay},
 		}}
-		r.Add(b)
+		if err := r.Add(o); err != nil {
+			t.Fatal(err)
+		}
 	}
-	data, err := (&bench.Results{Runs: []*bench.Run{r}}).Marshal()
+	data, err := (&results.Results{Runs: []*results.Run{r}}).Marshal()
 	if err != nil {
 		t.Fatal(err)
 	}

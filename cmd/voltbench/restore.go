@@ -10,36 +10,45 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/voltvmm/volt/bench"
+	"github.com/voltvmm/volt/bench/report"
 )
 
 // snapshotFlags are the flags of the commands that restore a snapshot.
 type snapshotFlags struct {
-	common
-	touch   int
-	dir     string
-	prepare time.Duration
+	vmmBin, kernel, memory string
+	cpus, n                int
+	timeout                time.Duration
+	touch                  int
+	dir                    string
+	prepare                time.Duration
 }
 
 func (s *snapshotFlags) register(fs *pflag.FlagSet, defaultN int, what string) {
-	c := &s.common
-	c.vmm, c.guest = bench.VMMVolt, bench.GuestProbe
-	fs.StringVar(&c.vmmBin, "vmm-bin", "", "volt-vmm binary (default: bin/volt-vmm in the repository)")
-	fs.StringVar(&c.kernel, "kernel", "", "probe guest (default: build/guest/probe.elf)")
-	fs.StringVar(&c.memory, "memory", "128M", "guest memory")
-	fs.IntVar(&c.cpus, "cpus", 1, "vCPUs")
-	fs.IntVarP(&c.n, "count", "n", defaultN, what)
-	fs.DurationVar(&c.timeout, "timeout", 10*time.Second, "per-VM limit; the VMM is killed after it")
+	fs.StringVar(&s.vmmBin, "vmm-bin", "", "volt-vmm binary (default: "+bench.DefaultVMMBin+" in the repository)")
+	fs.StringVar(&s.kernel, "kernel", "", "probe guest (default: "+bench.DefaultProbe+")")
+	fs.StringVar(&s.memory, "memory", "128M", "guest memory")
+	fs.IntVar(&s.cpus, "cpus", 1, "vCPUs")
+	fs.IntVarP(&s.n, "count", "n", defaultN, what)
+	fs.DurationVar(&s.timeout, "timeout", 10*time.Second, "per-VM limit; the VMM is killed after it")
 	fs.IntVar(&s.touch, "touch", 0, "4 KiB pages the probe writes before the snapshot, so that memory has content")
 	fs.StringVar(&s.dir, "dir", os.TempDir(), "where the temporary snapshot directory is made (a disk, so the memory file's blocks mean something)")
 	fs.DurationVar(&s.prepare, "prepare-timeout", 30*time.Second, "limit for booting, touching and snapshotting the probe")
 }
 
-// snapshot boots the probe and snapshots it into a new directory under
-// --dir; the returned function removes it.
-func (s *snapshotFlags) snapshot(ctx context.Context, cfg bench.Config) (*bench.Snapshot, func(), error) {
+// snapshotProbe resolves the probe's boot configuration, boots it once,
+// snapshots it into a new directory under --dir and describes the
+// snapshot; cleanup removes it.
+func (s *snapshotFlags) snapshotProbe(ctx context.Context, stdout io.Writer) (bench.Config, *bench.Snapshot, func(), error) {
+	cfg, err := bench.Resolve(ctx, bench.Config{
+		VMM: bench.VMMVolt, VMMBin: s.vmmBin, Guest: bench.GuestProbe, Kernel: s.kernel,
+		Memory: s.memory, CPUs: s.cpus, Timeout: s.timeout,
+	}, "")
+	if err != nil {
+		return cfg, nil, nil, err
+	}
 	dir, err := os.MkdirTemp(s.dir, "voltbench-snapshot-")
 	if err != nil {
-		return nil, nil, fmt.Errorf("snapshot directory: %w", err)
+		return cfg, nil, nil, fmt.Errorf("snapshot directory: %w", err)
 	}
 	cleanup := func() { os.RemoveAll(dir) }
 	snap, err := bench.PrepareSnapshot(ctx, bench.SnapshotSpec{
@@ -48,67 +57,110 @@ func (s *snapshotFlags) snapshot(ctx context.Context, cfg bench.Config) (*bench.
 	})
 	if err != nil {
 		cleanup()
-		return nil, nil, err
+		return cfg, nil, nil, err
 	}
-	return snap, cleanup, nil
-}
-
-func describeSnapshot(w io.Writer, snap *bench.Snapshot) {
-	fmt.Fprintf(w, "snapshot: probe, %s, %d vCPU, %d pages touched; memory file %d bytes, %d KiB on disk; prepared in %v\n",
+	fmt.Fprintf(stdout, "snapshot: probe, %s, %d vCPU, %d pages touched; memory file %d bytes, %d KiB on disk; prepared in %v\n",
 		snap.Memory, snap.CPUs, snap.TouchPages, snap.MemFileBytes, snap.MemFileAllocated>>10, snap.Took.Round(time.Millisecond))
+	return cfg, snap, cleanup, nil
 }
 
 func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := pflag.NewFlagSet("restore", pflag.ContinueOnError)
-	var s snapshotFlags
-	s.register(fs, 100, "restores (and, with --compare-boot, as many cold boots)")
+	var (
+		s    snapshotFlags
+		sess session
+		f    floorFlags
+	)
+	s.register(fs, 100, "restores (and, with --compare-boot, as many cold boots; with --floor, as many floor runs each)")
 	compareBoot := fs.Bool("compare-boot", true, "also cold-boot the same probe, interleaved, and print restore against cold boot")
-	fs.StringVar(&s.jsonOut, "json", "", "write the results, with encoded HDR histograms, to this file")
-	fs.StringVar(&s.metricsAddr, "metrics-listen", "", "serve Prometheus metrics on this address while running")
-	fs.BoolVar(&s.progress, "progress", false, "draw a progress bar on stderr even when it is not a terminal")
-	fs.BoolVar(&s.noProgress, "no-progress", false, "never draw a progress bar")
+	concurrency := fs.IntSlice("concurrency", nil, "after the latency run, restores per second with this many in flight at once, e.g. 1,2,8 (each its own volt-vmm on the same snapshot)")
+	concurrencyN := fs.Int("concurrency-n", 200, "restores per --concurrency level, in 4 rounds that alternate the levels")
+	fs.StringVar(&sess.jsonOut, "json", "", "write the results, with encoded HDR histograms, to this file")
+	fs.StringVar(&sess.metricsAddr, "metrics-listen", "", "serve Prometheus metrics on this address while running")
+	fs.BoolVar(&sess.progress, "progress", false, "draw a progress bar on stderr even when it is not a terminal")
+	fs.BoolVar(&sess.noProgress, "no-progress", false, "never draw a progress bar")
+	f.register(fs, true)
 	if ok, code := parseFlags(fs, args, stderr); !ok {
 		return code
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "voltbench restore: unexpected argument %q\n", fs.Arg(0))
-		return exitUsage
+		return usage(stderr, "restore", "unexpected argument %q", fs.Arg(0))
 	}
 	if s.touch < 0 {
-		fmt.Fprintf(stderr, "voltbench restore: --touch %d: want 0 or more pages\n", s.touch)
-		return exitUsage
+		return usage(stderr, "restore", "--touch %d: want 0 or more pages", s.touch)
+	}
+	if s.n < 1 {
+		return usage(stderr, "restore", "-n %d: want at least one restore", s.n)
+	}
+	if len(*concurrency) > 0 {
+		if err := bench.ValidateThroughput(*concurrency, *concurrencyN, bench.ThroughputRounds); err != nil {
+			return usage(stderr, "restore", "--concurrency %v, --concurrency-n %d: %v", *concurrency, *concurrencyN, err)
+		}
+	}
+	sess.n, sess.timeout = s.n, s.timeout
+	dir, err := f.dir()
+	if err != nil {
+		return fail(stderr, "%v", err)
 	}
 	cfg, snap, cleanup, err := s.snapshotProbe(ctx, stdout)
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
 	defer cleanup()
-	arms := bench.RestoreArms(cfg, snap, *compareBoot)
+	arms, err := bench.RestoreArms(cfg, snap, *compareBoot, dir)
+	if err != nil {
+		return fail(stderr, "%v (or --floor=false)", err)
+	}
+	runner, err := newRunner()
+	if err != nil {
+		return fail(stderr, "%v", err)
+	}
+	defer runner.Close()
 	spans := &bench.SpanRecorder{Spans: bench.RestoreSpans}
-	runs, err := s.session(ctx, arms, stderr, spans.Observe)
-	if len(runs) == len(arms) {
-		names := make([]string, len(runs))
-		for i, r := range runs {
-			names[i] = r.VMM
-		}
-		restore := runs[len(runs)-1]
-		bench.WriteTable(stdout, restore)
-		if *compareBoot {
-			fmt.Fprintln(stdout)
-			bench.WriteTable(stdout, runs[0])
-			fmt.Fprintf(stdout, "\npeer: cold boot of the same probe under the same volt-vmm, %s, %d vCPU, interleaved with the restores and driven the same way\n"+
-				"(%q queued on the console at exec, answer awaited, then poweroff); first-answer is that reply in both\n",
-				cfg.Memory, cfg.CPUs, bench.RestoreAsk)
-			bench.WriteCompareRows(stdout, bench.RestoreStageNames(), runs...)
-		}
+	runs, err := sess.planWith(ctx, runner, arms, stderr, spans.Observe)
+	if len(runs) != len(arms) {
+		return fail(stderr, "%v", err)
+	}
+	floors := bench.Floors(arms, runs)
+	vmms := nonFloor(runs)
+	restore := vmms[len(vmms)-1]
+	report.WriteTable(stdout, restore, floors[restore.VMM])
+	if *compareBoot {
 		fmt.Fprintln(stdout)
-		spans.Write(stdout, names...)
-		if jerr := writeJSON(s.jsonOut, runs, append([]string{"restore"}, args...)); jerr != nil {
-			return fail(stderr, "%v", jerr)
-		}
+		report.WriteTable(stdout, vmms[0], floors[vmms[0].VMM])
+		fmt.Fprintf(stdout, "\npeer: cold boot of the same probe under the same volt-vmm, %s, %d vCPU, interleaved with the restores and driven the same way\n"+
+			"(%q queued on the console at exec, answer awaited, then poweroff); first-answer is that reply in both\n",
+			cfg.Memory, cfg.CPUs, bench.RestoreAsk)
+		report.WriteCompare(stdout, bench.RestoreStageNames(), vmms, floors)
+	}
+	fmt.Fprintln(stdout)
+	names := make([]string, len(vmms))
+	for i, r := range vmms {
+		names[i] = r.VMM
+	}
+	spans.Write(stdout, names...)
+	title := fmt.Sprintf("voltbench restore: probe, %s, %d vCPU, %d pages touched", snap.Memory, snap.CPUs, snap.TouchPages)
+	if serr := save(sess.jsonOut, f.plot, title, bench.RestoreStageNames(), runs, append([]string{"restore"}, args...)); serr != nil {
+		return fail(stderr, "%v", serr)
 	}
 	if err != nil {
 		return fail(stderr, "%v", err)
+	}
+	if len(*concurrency) == 0 {
+		return exitOK
+	}
+	levels, err := runner.RunThroughput(ctx, bench.ThroughputSpec{
+		Config: bench.RestoreConfig(cfg, snap), Levels: *concurrency, N: *concurrencyN, Rounds: bench.ThroughputRounds, Progress: sess.progressBar(stderr),
+	})
+	fmt.Fprintln(stdout)
+	bench.WriteThroughput(stdout, levels)
+	if err != nil {
+		return fail(stderr, "%v", err)
+	}
+	for _, l := range levels {
+		if l.Failures > 0 {
+			return fail(stderr, "%d of %d restores with %d in flight failed", l.Failures, l.Restores, l.Concurrency)
+		}
 	}
 	return exitOK
 }
@@ -122,12 +174,10 @@ func cmdClones(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return code
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "voltbench clones: unexpected argument %q\n", fs.Arg(0))
-		return exitUsage
+		return usage(stderr, "clones", "unexpected argument %q", fs.Arg(0))
 	}
 	if s.n < 1 || s.touch < 0 {
-		fmt.Fprintf(stderr, "voltbench clones: -n %d --touch %d: want at least one clone and 0 or more pages\n", s.n, s.touch)
-		return exitUsage
+		return usage(stderr, "clones", "-n %d --touch %d: want at least one clone and 0 or more pages", s.n, s.touch)
 	}
 	cfg, snap, cleanup, err := s.snapshotProbe(ctx, stdout)
 	if err != nil {
@@ -147,19 +197,4 @@ func cmdClones(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return fail(stderr, "%v", err)
 	}
 	return exitOK
-}
-
-// snapshotProbe boots the probe once, snapshots it as the flags ask and describes
-// the snapshot; cleanup removes it.
-func (s *snapshotFlags) snapshotProbe(ctx context.Context, stdout io.Writer) (bench.Config, *bench.Snapshot, func(), error) {
-	cfg, err := s.config(bench.VMMVolt)
-	if err != nil {
-		return cfg, nil, nil, err
-	}
-	snap, cleanup, err := s.snapshot(ctx, cfg)
-	if err != nil {
-		return cfg, snap, nil, err
-	}
-	describeSnapshot(stdout, snap)
-	return cfg, snap, cleanup, nil
 }

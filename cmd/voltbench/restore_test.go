@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/voltvmm/volt/bench"
+	"github.com/voltvmm/volt/bench/results"
 )
 
 func TestRestoreAndClonesFlags(t *testing.T) {
@@ -37,17 +38,19 @@ func TestRestoreAndClonesFlags(t *testing.T) {
 }
 
 func TestCompareShowsSavedRestoreRunsWithTheirRows(t *testing.T) {
-	var runs []*bench.Run
+	var runs []*results.Run
 	for i, name := range []string{bench.ArmColdBoot, bench.ArmRestore} {
-		r := bench.NewRunOf(name, bench.GuestProbe, bench.RestoreStages)
-		st := map[string]bench.StageTime{}
+		r := results.NewRun(name, bench.GuestProbe, bench.RestoreStageNames())
+		st := map[string]results.StageTime{}
 		for j, s := range bench.RestoreStageNames() {
-			st[s] = bench.StageTime{At: time.Duration(j+1+i) * time.Millisecond}
+			st[s] = results.StageTime{At: time.Duration(j+1+i) * time.Millisecond}
 		}
-		r.Add(bench.Boot{Stages: st})
+		if err := r.Add(results.Observation{Stages: st}); err != nil {
+			t.Fatal(err)
+		}
 		runs = append(runs, r)
 	}
-	data, err := (&bench.Results{Runs: runs}).Marshal()
+	data, err := (&results.Results{Runs: runs}).Marshal()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,8 @@
-package bench
+// Package stats holds the statistics voltbench judges boots with: quantiles,
+// and one-sided permutation tests that ask "is the candidate slower?" with
+// noise floors for a shared machine. It knows nothing of boots or files: it
+// works on samples in microseconds.
+package stats
 
 import (
 	"errors"
@@ -33,6 +37,23 @@ func quantileSorted(s []float64, q float64) float64 {
 		return s[lo]
 	}
 	return s[lo] + (h-float64(lo))*(s[lo+1]-s[lo])
+}
+
+// TailMinSamples is the fewest samples whose 99th percentile is not their
+// maximum: below 100 the largest sample is the whole top 1 %, so the
+// nearest-rank p99 (what an HDR histogram reports) is the maximum, and an
+// interpolated one lies between the two largest samples. A "p99" of fewer
+// samples is the maximum in disguise.
+const TailMinSamples = 100
+
+// Tail returns the tail quantile that n samples can honestly report, and
+// its label: 0.99 ("p99") from TailMinSamples on, else 1 ("max"). Every
+// table, file and gate test of voltbench names its tail by this label.
+func Tail(n int) (q float64, label string) {
+	if n >= TailMinSamples {
+		return 0.99, "p99"
+	}
+	return 1, "max"
 }
 
 // Tolerance says how much worse a candidate may be before the gate fails.

@@ -1,4 +1,4 @@
-package bench
+package stats
 
 import (
 	"errors"
@@ -250,5 +250,18 @@ func TestCompareShiftKeepsPowerUnderStalls(t *testing.T) {
 	}
 	if r.P >= q.P {
 		t.Errorf("rank sum p %.5f not below median-difference p %.5f", r.P, q.P)
+	}
+}
+
+func TestTailIsTheMaximumBelowAHundredSamples(t *testing.T) {
+	for _, c := range []struct {
+		n     int
+		q     float64
+		label string
+	}{{0, 1, "max"}, {20, 1, "max"}, {99, 1, "max"}, {100, 0.99, "p99"}, {5000, 0.99, "p99"}} {
+		q, label := Tail(c.n)
+		if q != c.q || label != c.label {
+			t.Errorf("Tail(%d) = %v %q, want %v %q", c.n, q, label, c.q, c.label)
+		}
 	}
 }

@@ -1,4 +1,10 @@
-package bench
+// Package smaps parses the kernel's per-process memory accounting,
+// /proc/PID/smaps_rollup and /proc/PID/smaps, into shared and private
+// figures: how much of a VMM's memory its clones share. The text comes from
+// the kernel but is parsed as untrusted (a path in a mapping line is the
+// user's, the format grows with kernels): every line is checked, sizes are
+// bounded, and nothing panics.
+package smaps
 
 import (
 	"bufio"
@@ -10,18 +16,18 @@ import (
 	"strings"
 )
 
-// SmapsRollup is the part of /proc/PID/smaps_rollup (or of the summed
+// Rollup is the part of /proc/PID/smaps_rollup (or of the summed
 // mappings of one file in /proc/PID/smaps) that tells shared from private
 // memory; every field in kB, as the kernel prints them.
-type SmapsRollup struct {
+type Rollup struct {
 	Rss, Pss                   uint64
 	SharedClean, SharedDirty   uint64
 	PrivateClean, PrivateDirty uint64
 	Anonymous, Swap            uint64
 }
 
-// ErrBadSmaps wraps every reason a smaps text is refused.
-var ErrBadSmaps = errors.New("bad smaps")
+// ErrMalformed wraps every reason a smaps text is refused.
+var ErrMalformed = errors.New("malformed smaps")
 
 // Limits on what the parsers accept: a real smaps_rollup is ~1 KiB, a
 // VMM's smaps a few hundred KiB.
@@ -30,8 +36,20 @@ const (
 	maxSmapsKB    = 1 << 50 // a petabyte: anything above is not memory
 )
 
-// smapsFields maps the field names this package keeps to their slots.
-func (s *SmapsRollup) field(name string) *uint64 {
+// Add adds every field of o to s (totals over processes).
+func (s *Rollup) Add(o Rollup) {
+	s.Rss += o.Rss
+	s.Pss += o.Pss
+	s.SharedClean += o.SharedClean
+	s.SharedDirty += o.SharedDirty
+	s.PrivateClean += o.PrivateClean
+	s.PrivateDirty += o.PrivateDirty
+	s.Anonymous += o.Anonymous
+	s.Swap += o.Swap
+}
+
+// field maps the field names this package keeps to their slots.
+func (s *Rollup) field(name string) *uint64 {
 	switch name {
 	case "Rss":
 		return &s.Rss
@@ -53,33 +71,33 @@ func (s *SmapsRollup) field(name string) *uint64 {
 	return nil
 }
 
-// ReadSmapsRollup reads and parses /proc/PID/smaps_rollup.
-func ReadSmapsRollup(pid int) (SmapsRollup, error) {
+// ReadRollup reads and parses /proc/PID/smaps_rollup.
+func ReadRollup(pid int) (Rollup, error) {
 	path := fmt.Sprintf("/proc/%d/smaps_rollup", pid)
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return SmapsRollup{}, fmt.Errorf("smaps_rollup: %w", err)
+		return Rollup{}, fmt.Errorf("smaps_rollup: %w", err)
 	}
-	r, err := ParseSmapsRollup(data)
+	r, err := ParseRollup(data)
 	if err != nil {
-		return SmapsRollup{}, fmt.Errorf("%s: %w", path, err)
+		return Rollup{}, fmt.Errorf("%s: %w", path, err)
 	}
 	return r, nil
 }
 
-// ParseSmapsRollup parses the text of /proc/PID/smaps_rollup: a header
+// ParseRollup parses the text of /proc/PID/smaps_rollup: a header
 // line ending in "[rollup]", then "Name: value kB" lines. Rss and Pss must
 // be there; fields this package does not keep are checked for form only,
 // and lines without a number (none today) are skipped, so that newer
 // kernels' additions do not break it.
-func ParseSmapsRollup(data []byte) (SmapsRollup, error) {
-	var r SmapsRollup
+func ParseRollup(data []byte) (Rollup, error) {
+	var r Rollup
 	if len(data) > maxSmapsBytes {
-		return r, fmt.Errorf("%w: %d bytes", ErrBadSmaps, len(data))
+		return r, fmt.Errorf("%w: %d bytes", ErrMalformed, len(data))
 	}
 	header, rest, _ := bytes.Cut(data, []byte("\n"))
 	if !strings.HasSuffix(strings.TrimSpace(string(header)), "[rollup]") {
-		return r, fmt.Errorf("%w: first line %q is not a rollup header", ErrBadSmaps, truncate(string(header), 80))
+		return r, fmt.Errorf("%w: first line %q is not a rollup header", ErrMalformed, truncate(string(header), 80))
 	}
 	seen := map[string]bool{}
 	sc := bufio.NewScanner(bytes.NewReader(rest))
@@ -87,13 +105,13 @@ func ParseSmapsRollup(data []byte) (SmapsRollup, error) {
 	for n := 2; sc.Scan(); n++ {
 		name, kb, ok, err := parseSmapsField(sc.Text())
 		if err != nil {
-			return r, fmt.Errorf("%w: line %d: %w", ErrBadSmaps, n, err)
+			return r, fmt.Errorf("%w: line %d: %w", ErrMalformed, n, err)
 		}
 		if !ok {
 			continue
 		}
 		if seen[name] {
-			return r, fmt.Errorf("%w: line %d: %s repeated", ErrBadSmaps, n, name)
+			return r, fmt.Errorf("%w: line %d: %s repeated", ErrMalformed, n, name)
 		}
 		seen[name] = true
 		if p := r.field(name); p != nil {
@@ -101,38 +119,38 @@ func ParseSmapsRollup(data []byte) (SmapsRollup, error) {
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return r, fmt.Errorf("%w: %w", ErrBadSmaps, err)
+		return r, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	for _, need := range []string{"Rss", "Pss"} {
 		if !seen[need] {
-			return r, fmt.Errorf("%w: no %s line", ErrBadSmaps, need)
+			return r, fmt.Errorf("%w: no %s line", ErrMalformed, need)
 		}
 	}
 	return r, nil
 }
 
-// ReadSmapsOfFile sums, in /proc/PID/smaps, the mappings of the file at
+// ReadOfFile sums, in /proc/PID/smaps, the mappings of the file at
 // path (e.g. the guest's memory file).
-func ReadSmapsOfFile(pid int, path string) (SmapsRollup, error) {
+func ReadOfFile(pid int, path string) (Rollup, error) {
 	smaps := fmt.Sprintf("/proc/%d/smaps", pid)
 	data, err := os.ReadFile(smaps)
 	if err != nil {
-		return SmapsRollup{}, fmt.Errorf("smaps: %w", err)
+		return Rollup{}, fmt.Errorf("smaps: %w", err)
 	}
-	r, err := ParseSmapsOfFile(data, path)
+	r, err := ParseOfFile(data, path)
 	if err != nil {
-		return SmapsRollup{}, fmt.Errorf("%s: %w", smaps, err)
+		return Rollup{}, fmt.Errorf("%s: %w", smaps, err)
 	}
 	return r, nil
 }
 
-// ParseSmapsOfFile sums the fields of every mapping of path in the text of
+// ParseOfFile sums the fields of every mapping of path in the text of
 // /proc/PID/smaps. A mapping header is "start-end perms offset dev inode
 // [path]"; the fields follow it. No mapping of path gives zeros.
-func ParseSmapsOfFile(data []byte, path string) (SmapsRollup, error) {
-	var r SmapsRollup
+func ParseOfFile(data []byte, path string) (Rollup, error) {
+	var r Rollup
 	if len(data) > maxSmapsBytes {
-		return r, fmt.Errorf("%w: %d bytes", ErrBadSmaps, len(data))
+		return r, fmt.Errorf("%w: %d bytes", ErrMalformed, len(data))
 	}
 	in := false
 	sc := bufio.NewScanner(bytes.NewReader(data))
@@ -145,20 +163,20 @@ func ParseSmapsOfFile(data []byte, path string) (SmapsRollup, error) {
 		}
 		name, kb, ok, err := parseSmapsField(line)
 		if err != nil {
-			return r, fmt.Errorf("%w: line %d: %w", ErrBadSmaps, n, err)
+			return r, fmt.Errorf("%w: line %d: %w", ErrMalformed, n, err)
 		}
 		if !ok || !in {
 			continue
 		}
 		if p := r.field(name); p != nil {
 			if *p+kb > maxSmapsKB {
-				return r, fmt.Errorf("%w: line %d: %s sums past %d kB", ErrBadSmaps, n, name, uint64(maxSmapsKB))
+				return r, fmt.Errorf("%w: line %d: %s sums past %d kB", ErrMalformed, n, name, uint64(maxSmapsKB))
 			}
 			*p += kb
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return r, fmt.Errorf("%w: %w", ErrBadSmaps, err)
+		return r, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	return r, nil
 }

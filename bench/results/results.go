@@ -1,4 +1,8 @@
-package bench
+// Package results is voltbench's record of a session: per arm (a VMM, the
+// restores, a floor helper) one HDR histogram per boot stage, its summary
+// figures, and the JSON file format (`--json`, the CI baseline) with a
+// defensive parser. It knows stage names, not how they are timed.
+package results
 
 import (
 	"bytes"
@@ -10,9 +14,12 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+
+	"github.com/voltvmm/volt/bench/stats"
 )
 
 // Histogram range: 1 µs to 1 h at 3 significant digits. Boots here take
@@ -23,10 +30,15 @@ const (
 	histSigFigs   = 3
 )
 
-// Format names the JSON layout; readers refuse anything else.
-const Format = "voltbench/v1"
+// Format names the JSON layout written now. FormatV1 files (before p99 and
+// KVM exits could be absent) are still read.
+const (
+	Format   = "voltbench/v2"
+	FormatV1 = "voltbench/v1"
+)
 
-// Results is what `--json FILE` writes: one or more runs (one per VMM).
+// Results is what `--json FILE` writes: one or more runs (one per arm of a
+// session: a VMM, the restores, a floor helper, …).
 type Results struct {
 	Format        string    `json:"format"`
 	Created       time.Time `json:"created"`
@@ -36,32 +48,60 @@ type Results struct {
 	Runs          []*Run    `json:"runs"`
 }
 
-// Run holds the boots of one VMM: one histogram per stage.
+// Units of a run, for tables: what each of its Boots was.
+const (
+	UnitBoots    = "boots"
+	UnitRestores = "restores"
+	UnitRuns     = "runs" // a floor helper's processes
+)
+
+// Run holds the boots of one arm: one histogram per stage.
 type Run struct {
-	VMM      string   `json:"vmm"`
+	VMM      string   `json:"vmm"` // the arm's name: "volt", "qemu", "restore", "floor-kvm", …
 	Guest    string   `json:"guest"`
 	Kernel   string   `json:"kernel,omitempty"`
 	Args     []string `json:"args,omitempty"`
 	Boots    int      `json:"boots"`
 	Failures int      `json:"failures"`
-	// Unit names what each of Boots was, for tables: "" means boots;
-	// "restores" for runs of snapshot restores.
-	Unit   string         `json:"unit,omitempty"`
-	Stages []*StageResult `json:"stages"`
+	// Unit names what each of Boots was: "" means boots.
+	Unit string `json:"unit,omitempty"`
+	// Floor marks the run of a floor helper (voltbench floor): the limit
+	// the other runs of the session are measured against, not a VMM.
+	Floor bool `json:"floor,omitempty"`
+	// FloorRun names the run of the same file that is this run's floor:
+	// measured interleaved with it, the base of its ×floor ratios.
+	FloorRun string `json:"floor_run,omitempty"`
+	// Exits over every successful boot of the run, summed over its stages.
+	KVMExitsTotal  uint64 `json:"kvm_exits_total"`
+	UserExitsTotal uint64 `json:"userspace_exits_total"`
+	// KVMExitsNotMeasured says why the run has no KVM exit counts (then
+	// every stage's kvm_exits_mean is null): the tracer could not attach
+	// kvm:kvm_exit, or it never fired while exits to user space did,
+	// which is impossible where it works (every exit to user space is a
+	// KVM exit), so it is not emitted on this host.
+	KVMExitsNotMeasured string         `json:"kvm_exits_not_measured,omitempty"`
+	Stages              []*StageResult `json:"stages"`
+
+	// kvmNote, when set, is why KVM exits were not measured, whatever
+	// the totals say: the tracer could not attach, or the file said so.
+	kvmNote string
 }
 
 // StageResult summarises one stage over every successful boot.
 type StageResult struct {
-	Stage  string  `json:"stage"`
-	Count  int64   `json:"count"`
-	P50US  float64 `json:"p50_us"`
-	P90US  float64 `json:"p90_us"`
-	P99US  float64 `json:"p99_us"`
-	MaxUS  float64 `json:"max_us"`
-	MeanUS float64 `json:"mean_us"`
-	// Mean exits during the stage (see StageTime).
-	KVMExits  float64 `json:"kvm_exits_mean"`
-	UserExits float64 `json:"userspace_exits_mean"`
+	Stage string  `json:"stage"`
+	Count int64   `json:"count"`
+	P50US float64 `json:"p50_us"`
+	P90US float64 `json:"p90_us"`
+	// P99US is there only from stats.TailMinSamples boots on: below that
+	// the 99th percentile is the maximum (MaxUS).
+	P99US  *float64 `json:"p99_us,omitempty"`
+	MaxUS  float64  `json:"max_us"`
+	MeanUS float64  `json:"mean_us"`
+	// Mean exits during the stage (see StageTime); KVMExits is null when
+	// the run did not measure them (Run.KVMExitsNotMeasured).
+	KVMExits  *float64 `json:"kvm_exits_mean"`
+	UserExits float64  `json:"userspace_exits_mean"`
 	// Histogram is the HDR histogram of the stage (µs) in the standard
 	// V2 compressed, base64 form, readable by any HdrHistogram library.
 	Histogram string `json:"histogram"`
@@ -70,14 +110,32 @@ type StageResult struct {
 	kvmSum, userSum float64
 }
 
-// NewRun starts an empty run with a histogram for every stage of Stages.
-func NewRun(vmm, guest string) *Run { return NewRunOf(vmm, guest, Stages) }
+// StageTime is one stage of one boot.
+type StageTime struct {
+	At time.Duration // since the exec of the VMM
+	// Exits during the stage: between the previous stage reached (in time
+	// order) and this one.
+	KVMExits, UserExits uint32
+}
 
-// NewRunOf starts an empty run with a histogram for each of stages.
-func NewRunOf(vmm, guest string, stages []Stage) *Run {
-	r := &Run{VMM: vmm, Guest: guest}
+// Observation is what a run records of one boot.
+type Observation struct {
+	// Failed boots are counted but not timed: a timed-out or crashed
+	// boot has no stage times that mean anything.
+	Failed bool
+	Stages map[string]StageTime
+	// KVMExitsUntraced is set when the tracer could not attach
+	// kvm:kvm_exit, so the boot's KVM exit counts are not zeros but
+	// unknown.
+	KVMExitsUntraced bool
+}
+
+// NewRun starts an empty run with a histogram for each of the stages, in
+// this order.
+func NewRun(name, guest string, stages []string) *Run {
+	r := &Run{VMM: name, Guest: guest}
 	for _, s := range stages {
-		r.Stages = append(r.Stages, &StageResult{Stage: s.Name, hist: newHist()})
+		r.Stages = append(r.Stages, &StageResult{Stage: s, hist: newHist()})
 	}
 	return r
 }
@@ -96,19 +154,49 @@ func (r *Run) Stage(name string) *StageResult {
 	return nil
 }
 
-// Add records one boot. Failed boots are counted but not timed, since a
-// timed-out boot has no stage times that mean anything.
-func (r *Run) Add(b Boot) {
+// StageNames returns the run's stages in order.
+func (r *Run) StageNames() []string {
+	names := make([]string, len(r.Stages))
+	for i, s := range r.Stages {
+		names[i] = s.Stage
+	}
+	return names
+}
+
+// UnitName is Unit, with "" read as boots.
+func (r *Run) UnitName() string {
+	if r.Unit == "" {
+		return UnitBoots
+	}
+	return r.Unit
+}
+
+// ErrIncomplete means a boot reported as successful lacks a stage of the
+// run: it is counted as a failure, never as a boot with a stage missing.
+var ErrIncomplete = errors.New("boot without every stage")
+
+// Add records one boot. A successful boot must carry every stage of the
+// run; one that does not is counted as failed and reported (ErrIncomplete),
+// because a boot that skipped a stage did not boot as expected, and
+// dropping the row silently would time the others on a biased subset.
+func (r *Run) Add(o Observation) error {
 	r.Boots++
-	if b.Err != nil {
+	if o.Failed {
 		r.Failures++
-		return
+		return nil
+	}
+	var missing []string
+	for _, s := range r.Stages {
+		if _, ok := o.Stages[s.Stage]; !ok {
+			missing = append(missing, s.Stage)
+		}
+	}
+	if len(missing) > 0 {
+		r.Failures++
+		return fmt.Errorf("%w: %s never reached", ErrIncomplete, strings.Join(missing, ", "))
 	}
 	for _, s := range r.Stages {
-		st, ok := b.Stages[s.Stage]
-		if !ok {
-			continue
-		}
+		st := o.Stages[s.Stage]
 		if s.hist == nil {
 			s.hist = newHist()
 		}
@@ -116,12 +204,33 @@ func (r *Run) Add(b Boot) {
 		_ = s.hist.RecordValue(min(us, histHighestUS))
 		s.kvmSum += float64(st.KVMExits)
 		s.userSum += float64(st.UserExits)
+		r.KVMExitsTotal += uint64(st.KVMExits)
+		r.UserExitsTotal += uint64(st.UserExits)
+	}
+	if o.KVMExitsUntraced {
+		r.kvmNote = "the tracer could not attach kvm:kvm_exit"
 	}
 	r.summarise()
+	return nil
+}
+
+// KVMExitsMeasured reports whether the run's KVM exit counts mean
+// anything; if not, the reason is in KVMExitsNotMeasured after summarise.
+func (r *Run) KVMExitsMeasured() bool { return r.kvmExitsNote() == "" }
+
+func (r *Run) kvmExitsNote() string {
+	switch {
+	case r.kvmNote != "":
+		return r.kvmNote
+	case r.KVMExitsTotal == 0 && r.UserExitsTotal > 0:
+		return fmt.Sprintf("kvm:kvm_exit never fired while %d exits to user space did: this host's KVM does not emit it", r.UserExitsTotal)
+	}
+	return ""
 }
 
 // summarise refreshes the figures and the encoded histogram of each stage.
 func (r *Run) summarise() {
+	r.KVMExitsNotMeasured = r.kvmExitsNote()
 	for _, s := range r.Stages {
 		h := s.hist
 		if h == nil {
@@ -129,20 +238,40 @@ func (r *Run) summarise() {
 		}
 		s.Count = h.TotalCount()
 		if s.Count == 0 {
+			s.P50US, s.P90US, s.P99US, s.MaxUS, s.MeanUS, s.KVMExits, s.UserExits = 0, 0, nil, 0, 0, nil, 0
+			s.Histogram = ""
 			continue
 		}
 		s.P50US = float64(h.ValueAtQuantile(50))
 		s.P90US = float64(h.ValueAtQuantile(90))
-		s.P99US = float64(h.ValueAtQuantile(99))
+		s.P99US = nil
+		if s.Count >= stats.TailMinSamples {
+			p99 := float64(h.ValueAtQuantile(99))
+			s.P99US = &p99
+		}
 		s.MaxUS = float64(h.Max())
 		s.MeanUS = math.Round(h.Mean()*10) / 10
-		s.KVMExits = math.Round(s.kvmSum/float64(s.Count)*10) / 10
+		s.KVMExits = nil
+		if r.KVMExitsNotMeasured == "" {
+			kvm := math.Round(s.kvmSum/float64(s.Count)*10) / 10
+			s.KVMExits = &kvm
+		}
 		s.UserExits = math.Round(s.userSum/float64(s.Count)*10) / 10
 		enc, err := h.Encode(hdrhistogram.V2CompressedEncodingCookieBase)
 		if err == nil {
 			s.Histogram = string(enc)
 		}
 	}
+}
+
+// Tail returns the stage's tail figure and its label: the p99 from
+// stats.TailMinSamples boots on, else the maximum, named "max".
+func (s *StageResult) Tail() (us float64, label string) {
+	_, label = stats.Tail(int(s.Count))
+	if s.P99US != nil {
+		return *s.P99US, label
+	}
+	return s.MaxUS, label
 }
 
 // Samples returns the recorded values of a stage in µs, one per boot,
@@ -184,6 +313,7 @@ const (
 	maxStages         = 64
 	maxHistograms     = 256 // ~190 KiB of counts each once decoded
 	maxStageCount     = 100_000
+	maxNoteBytes      = 1 << 10
 )
 
 // ErrBadResults wraps every reason a results file is refused.
@@ -201,8 +331,8 @@ func ParseResults(data []byte) (*Results, error) {
 	if err := dec.Decode(&res); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadResults, err)
 	}
-	if res.Format != Format {
-		return nil, fmt.Errorf("%w: format %q, want %q", ErrBadResults, res.Format, Format)
+	if res.Format != Format && res.Format != FormatV1 {
+		return nil, fmt.Errorf("%w: format %q, want %q (or %q)", ErrBadResults, res.Format, Format, FormatV1)
 	}
 	if len(res.Runs) == 0 || len(res.Runs) > maxRuns {
 		return nil, fmt.Errorf("%w: %d runs", ErrBadResults, len(res.Runs))
@@ -218,13 +348,20 @@ func ParseResults(data []byte) (*Results, error) {
 		if r.Boots < 0 || r.Failures < 0 || r.Failures > r.Boots {
 			return nil, fmt.Errorf("%w: run %s: %d boots, %d failures", ErrBadResults, r.VMM, r.Boots, r.Failures)
 		}
-		if r.Unit != "" && r.Unit != "boots" && r.Unit != "restores" {
-			return nil, fmt.Errorf("%w: run %s: unit %q is not boots or restores", ErrBadResults, r.VMM, r.Unit)
+		if r.Unit != "" && r.Unit != UnitBoots && r.Unit != UnitRestores && r.Unit != UnitRuns {
+			return nil, fmt.Errorf("%w: run %s: unit %q is not boots, restores or runs", ErrBadResults, r.VMM, r.Unit)
+		}
+		if r.FloorRun != "" && (r.Floor || r.FloorRun == r.VMM) {
+			return nil, fmt.Errorf("%w: run %s: a floor run, or its own floor, cannot have a floor", ErrBadResults, r.VMM)
+		}
+		if len(r.KVMExitsNotMeasured) > maxNoteBytes {
+			return nil, fmt.Errorf("%w: run %s: kvm_exits_not_measured of %d bytes", ErrBadResults, r.VMM, len(r.KVMExitsNotMeasured))
 		}
 		if len(r.Stages) > maxStages {
 			return nil, fmt.Errorf("%w: run %s: %d stages", ErrBadResults, r.VMM, len(r.Stages))
 		}
 		seen := map[string]bool{}
+		var kvmSum, userSum float64
 		for _, s := range r.Stages {
 			if histograms++; histograms > maxHistograms {
 				return nil, fmt.Errorf("%w: more than %d stage histograms", ErrBadResults, maxHistograms)
@@ -252,11 +389,51 @@ func ParseResults(data []byte) (*Results, error) {
 			}
 			s.hist = h
 			// Keep the exit means when the run is summarised again.
-			s.kvmSum = s.KVMExits * float64(s.Count)
+			if s.KVMExits != nil {
+				if !finite(*s.KVMExits) || *s.KVMExits < 0 {
+					return nil, fmt.Errorf("%w: run %s stage %s: kvm_exits_mean %v", ErrBadResults, r.VMM, s.Stage, *s.KVMExits)
+				}
+				s.kvmSum = *s.KVMExits * float64(s.Count)
+			}
+			if !finite(s.UserExits) || s.UserExits < 0 {
+				return nil, fmt.Errorf("%w: run %s stage %s: userspace_exits_mean %v", ErrBadResults, r.VMM, s.Stage, s.UserExits)
+			}
 			s.userSum = s.UserExits * float64(s.Count)
+			kvmSum += s.kvmSum
+			userSum += s.userSum
+		}
+		// Version 1 files have no totals: rebuild them from the means,
+		// so that a v1 run whose KVM exits were never seen is n/a too.
+		if res.Format == FormatV1 {
+			r.KVMExitsTotal, r.UserExitsTotal = uint64(math.Round(kvmSum)), uint64(math.Round(userSum))
+		}
+		// Whatever made the writer call the exits unmeasured holds for
+		// the reader too.
+		r.kvmNote = r.KVMExitsNotMeasured
+		r.summarise()
+	}
+	for _, r := range res.Runs {
+		if r.FloorRun != "" {
+			if f := res.Run(r.FloorRun); f == nil || !f.Floor {
+				return nil, fmt.Errorf("%w: run %s: floor run %q is not a floor run of the file", ErrBadResults, r.VMM, r.FloorRun)
+			}
 		}
 	}
+	res.Format = Format
 	return &res, nil
+}
+
+func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
+
+// Floors returns, for every run with a floor in the file, that floor.
+func (res *Results) Floors() map[string]*Run {
+	f := map[string]*Run{}
+	for _, r := range res.Runs {
+		if r.FloorRun != "" {
+			f[r.VMM] = res.Run(r.FloorRun)
+		}
+	}
+	return f
 }
 
 // Run returns the first run of the named VMM, or nil.
