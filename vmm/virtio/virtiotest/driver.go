@@ -242,7 +242,9 @@ type Used struct {
 }
 
 // PopUsed returns the next used entry, if the device published one, and
-// frees its descriptors.
+// frees its descriptors. Like Linux's virtqueue_get_buf and
+// virtqueue_enable_cb, it then sets used_event to the next entry it
+// expects, so that a device using VIRTIO_F_EVENT_IDX interrupts for it.
 func (r *Ring) PopUsed() (Used, bool, error) {
 	if r.UsedIdx() == r.lastUsed {
 		return Used{}, false, nil
@@ -257,6 +259,9 @@ func (r *Ring) PopUsed() (Used, bool, error) {
 		return Used{}, false, err
 	}
 	r.lastUsed++
+	if err := r.SetUsedEvent(r.lastUsed); err != nil {
+		return Used{}, false, err
+	}
 	info, ok := r.chains[uint16(id)]
 	if !ok {
 		return Used{}, false, fmt.Errorf("virtiotest: device used unknown head %d", id)
@@ -278,12 +283,27 @@ func (r *Ring) PopUsed() (Used, bool, error) {
 }
 
 // Notifications counts interrupts: a virtio.Interrupt for queue tests.
+// If C is not nil, every interrupt also sends on it (dropped when full).
 type Notifications struct {
 	UsedBuffers, ConfigChanges atomic.Int64
+	C                          chan struct{}
 }
 
-func (n *Notifications) UsedBuffer() error    { n.UsedBuffers.Add(1); return nil }
-func (n *Notifications) ConfigChanged() error { n.ConfigChanges.Add(1); return nil }
+// NewNotifications returns Notifications with a channel of 1024 slots.
+func NewNotifications() *Notifications { return &Notifications{C: make(chan struct{}, 1024)} }
+
+func (n *Notifications) UsedBuffer() error    { n.UsedBuffers.Add(1); n.send(); return nil }
+func (n *Notifications) ConfigChanged() error { n.ConfigChanges.Add(1); n.send(); return nil }
+
+func (n *Notifications) send() {
+	if n.C == nil {
+		return
+	}
+	select {
+	case n.C <- struct{}{}:
+	default:
+	}
+}
 
 // Trigger counts interrupt line pulses: an mmio.Trigger for transport
 // tests. C receives a value on every pulse (dropped when full).
