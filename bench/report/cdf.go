@@ -19,6 +19,9 @@ type Series struct {
 	Floor bool      // a floor helper's: drawn dashed, its median marked
 	Color string    // SVG colour; one per run, the same in every panel
 	Dash  string    // SVG stroke-dasharray, "" for solid
+	// FloorOf is the series (by Name) of this run's floor, whose median
+	// its own is divided by; "" when the run names none.
+	FloorOf string
 }
 
 // Panel is one stage: the CDFs of every run that has it.
@@ -44,14 +47,19 @@ var (
 
 // CDFFigure builds one panel per row from runs: each run's samples of that
 // stage, floor runs (results.Run.Floor) dashed. Runs without the stage, or
-// without samples of it, are left out of its panel.
+// without samples of it, are left out of its panel. A figure of floors
+// alone (voltbench floor) draws them as runs: they are its subject.
 func CDFFigure(title string, rows []string, runs []*results.Run) Figure {
 	fig := Figure{Title: title}
 	style := map[*results.Run]Series{}
+	onlyFloors := true
+	for _, r := range runs {
+		onlyFloors = onlyFloors && r.Floor
+	}
 	var nRun, nFloor int
 	for _, r := range runs {
-		s := Series{Name: r.VMM, Floor: r.Floor}
-		if r.Floor {
+		s := Series{Name: r.VMM, Floor: r.Floor && !onlyFloors}
+		if s.Floor {
 			s.Color, s.Dash = floorColors[nFloor%len(floorColors)], floorDashes[nFloor%len(floorDashes)]
 			s.Name += " (floor)"
 			nFloor++
@@ -61,6 +69,18 @@ func CDFFigure(title string, rows []string, runs []*results.Run) Figure {
 		}
 		style[r] = s
 		fig.Legend = append(fig.Legend, s)
+	}
+	for _, r := range runs {
+		if r.FloorRun == "" || onlyFloors {
+			continue
+		}
+		for _, f := range runs {
+			if f.VMM == r.FloorRun && f.Floor {
+				s := style[r]
+				s.FloorOf = style[f].Name
+				style[r] = s
+			}
+		}
 	}
 	var counts []string
 	for _, r := range runs {
@@ -210,12 +230,14 @@ func writePanel(w *bufio.Writer, p Panel, ox, oy int) {
 		}
 		fmt.Fprintf(w, `<polyline fill="none" stroke="%s" stroke-width="%.1f"%s points="%s"/>`+"\n", s.Color, width, dashAttr(s.Dash), pts.String())
 	}
-	// Medians under the plot, with each run's distance to the first floor.
-	var floorMed float64
+	// Medians under the plot, with each run's distance to its floor: the
+	// one it names, or the panel's only floor.
+	floorMed := map[string]float64{}
+	var floors []string
 	for _, s := range p.Series {
 		if s.Floor && len(s.MS) > 0 {
-			floorMed = median(s.MS)
-			break
+			floorMed[s.Name] = median(s.MS)
+			floors = append(floors, s.Name)
 		}
 	}
 	var parts []string
@@ -225,8 +247,12 @@ func writePanel(w *bufio.Writer, p Panel, ox, oy int) {
 		}
 		m := median(s.MS)
 		part := fmt.Sprintf("%s %s", strings.TrimSuffix(s.Name, " (floor)"), fmtMS(m))
-		if !s.Floor && floorMed > 0 {
-			part += fmt.Sprintf(" (%.1f× floor)", m/floorMed)
+		of := s.FloorOf
+		if of == "" && len(floors) == 1 {
+			of = floors[0]
+		}
+		if f := floorMed[of]; !s.Floor && f > 0 {
+			part += fmt.Sprintf(" (%.1f× floor)", m/f)
 		}
 		parts = append(parts, part)
 	}
@@ -237,14 +263,12 @@ func writePanel(w *bufio.Writer, p Panel, ox, oy int) {
 	fmt.Fprintln(w, `</g>`)
 }
 
+// median is the nearest-rank median, the sample at rank ⌈n/2⌉: the one
+// the tables' p50 (an HDR histogram's) reports too.
 func median(xs []float64) float64 {
 	s := slices.Clone(xs)
 	slices.Sort(s)
-	n := len(s)
-	if n%2 == 1 {
-		return s[n/2]
-	}
-	return (s[n/2-1] + s[n/2]) / 2
+	return s[(len(s)+1)/2-1]
 }
 
 func fmtMS(v float64) string {

@@ -229,3 +229,22 @@ func lineOf(out, first string) string {
 }
 
 var _ io.Writer = (*bytes.Buffer)(nil)
+
+// Each run's distance in the plot is to its own floor, as in the tables.
+func TestCDFRatiosAreToEachRunsOwnFloor(t *testing.T) {
+	cold := fixed(t, "cold-boot", 5, map[string]int{"pid1": 4000}, 0)
+	restore := fixed(t, "restore", 5, map[string]int{"pid1": 3000}, 0)
+	f1 := fixed(t, "floor-kvm", 5, map[string]int{"pid1": 1000}, 0)
+	f2 := fixed(t, "floor-kvm-answer", 5, map[string]int{"pid1": 500}, 0)
+	f1.Floor, f2.Floor = true, true
+	cold.FloorRun, restore.FloorRun = f1.VMM, f2.VMM
+	var buf bytes.Buffer
+	if err := WriteCDF(&buf, CDFFigure("t", []string{"pid1"}, []*results.Run{f1, cold, f2, restore})); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"cold-boot 4.00 ms (4.0× floor)", "restore 3.00 ms (6.0× floor)"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("plot lacks %q", want)
+		}
+	}
+}
