@@ -101,7 +101,7 @@ func describeMode(m os.FileMode) string {
 func (ss *Session) ImportFile(ctx context.Context, path string, opts ImportOptions) (*ImportResult, error) {
 	f, err := OpenRegular(path)
 	if err != nil {
-		return nil, fmt.Errorf("import: %w", err)
+		return nil, err // names the path already
 	}
 	defer f.Close()
 	before, err := f.Stat()

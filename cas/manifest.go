@@ -33,6 +33,16 @@ func (k Kind) MarshalText() ([]byte, error) {
 	return []byte(k.String()), nil
 }
 
+// UnmarshalText parses the kind's name.
+func (k *Kind) UnmarshalText(b []byte) error {
+	p, err := ParseKind(string(b))
+	if err != nil {
+		return err
+	}
+	*k = p
+	return nil
+}
+
 // ParseKind parses "image", "volume" or "memory".
 func ParseKind(s string) (Kind, error) {
 	for k, n := range kindNames {

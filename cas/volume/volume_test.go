@@ -37,7 +37,12 @@ type fixture struct {
 
 func newFixture(t testing.TB, data []byte, chunk int64) *fixture {
 	t.Helper()
-	s, err := cas.Open(filepath.Join(t.TempDir(), "store"))
+	return newFixtureIn(t, t.TempDir(), data, chunk)
+}
+
+func newFixtureIn(t testing.TB, dir string, data []byte, chunk int64) *fixture {
+	t.Helper()
+	s, err := cas.Open(filepath.Join(dir, "store"))
 	if err != nil {
 		t.Fatal(err)
 	}
