@@ -389,10 +389,14 @@ func (c *conn) send(h Header, data sgList, now time.Time) (established bool) {
 	if c.state == stateKilled {
 		return false
 	}
-	// Every packet carries the guest's credit.
+	// Every packet carries the guest's credit. A CREDIT_REQUEST is sent once
+	// per stall: only a change of credit allows another, or a guest whose
+	// application is not reading would be asked again and again.
+	if h.BufAlloc != c.peerBufAlloc || h.FwdCnt != c.peerFwdCnt {
+		c.creditRequested = false
+	}
 	c.peerBufAlloc = h.BufAlloc
 	c.peerFwdCnt = h.FwdCnt
-	c.creditRequested = false
 
 	switch h.Op {
 	case OpResponse:

@@ -719,3 +719,24 @@ func TestListenerPathHandling(t *testing.T) {
 		t.Fatalf("socket left after close: %v", err)
 	}
 }
+
+func TestOneCreditRequestPerStall(t *testing.T) {
+	tm := newTestMux(t, connParams{}, 0)
+	tm.peerBufAlloc = 100
+	c, hostPort := tm.connectHost(52)
+	c.Write(make([]byte, 1000))
+	if p := tm.expect(OpRW); p.h.Len != 100 {
+		t.Fatalf("sent %d bytes against a credit of 100", p.h.Len)
+	}
+	tm.expect(OpCreditRequest)
+	// The guest answers with unchanged credit (its application reads
+	// nothing): no second request, no ping-pong.
+	tm.send(tm.hdr(OpCreditUpdate, 52, hostPort), nil)
+	tm.quiet(30 * time.Millisecond)
+	// Its application reads: credit changes, data flows.
+	tm.fwdCnt = 100
+	tm.send(tm.hdr(OpCreditUpdate, 52, hostPort), nil)
+	if p := tm.expect(OpRW); p.h.Len != 100 {
+		t.Fatalf("sent %d bytes", p.h.Len)
+	}
+}

@@ -99,3 +99,9 @@ func Restore(st State, udsPath string, a virtio.Activation, opts ...Option) (*De
 	d.resetOwed = true
 	return d, nil
 }
+
+// ScheduleTransportReset makes the next Run send the guest
+// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET, for a transport that restores the
+// queues itself and activates a device made with New. Run must not be
+// running.
+func (d *Device) ScheduleTransportReset() { d.resetOwed = true }
