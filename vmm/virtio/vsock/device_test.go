@@ -17,6 +17,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/voltvmm/volt/vmm/virtio"
 )
 
 func newSimDevice(t testing.TB, opts ...Option) (*Device, *simGuest, string) {
@@ -174,8 +176,12 @@ func TestTransportResetAfterRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := d.State()
-	if !st.Activated || len(st.Queues) != 3 || st.GuestCID != testCID || st.UDSPath != path {
+	if st.GuestCID != testCID || st.UDSPath != path {
 		t.Fatalf("state %+v", st)
+	}
+	var qs []virtio.QueueState
+	for _, q := range d.act.Queues {
+		qs = append(qs, q.State())
 	}
 	d.Close()
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
@@ -183,14 +189,26 @@ func TestTransportResetAfterRestore(t *testing.T) {
 	}
 	expectClosed(t, c)
 
+	// The "new process": the device from its state with a new path, then
+	// the queues as the transport restores them, then activation.
 	newPath := path + ".clone"
-	a := d.act // same memory, notification channels and interrupt: the "new process"
-	a.Queues = nil
-	d2, err := Restore(st, newPath, a)
+	d2, err := NewFromState(st, newPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d2.Close() }) // after Run stops (cleanups run last-in first-out)
+	a := d.act
+	a.Queues = nil
+	for i, q := range qs {
+		rq, err := virtio.RestoreQueue(i, QueueSize, q, a.Memory, a.Features, a.Interrupt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.Queues = append(a.Queues, rq)
+	}
+	if err := d2.Activate(a); err != nil {
+		t.Fatal(err)
+	}
 	startDevice(t, d2)
 	g.until("the transport reset event", func() bool { return len(g.events) == 1 })
 	if g.events[0] != EventTransportReset || !old.reset {
@@ -261,5 +279,23 @@ func TestConfigSpace(t *testing.T) {
 	d.ReadConfig(0, b)
 	if b[0] != 3 {
 		t.Fatal("configuration written")
+	}
+}
+
+func TestRestoreChecksState(t *testing.T) {
+	dir := shortTempDir(t)
+	for _, st := range []State{{GuestCID: 2, UDSPath: dir + "/a"}, {GuestCID: 3, UDSPath: ""}, {GuestCID: 3, UDSPath: "@x"}} {
+		if d, err := NewFromState(st, ""); err == nil {
+			d.Close()
+			t.Errorf("state %+v accepted", st)
+		}
+	}
+	d, err := New(Config{GuestCID: 3, UDSPath: dir + "/b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Restore(State{GuestCID: 4, UDSPath: dir + "/b"}); err == nil || !strings.Contains(err.Error(), "guest CID") {
+		t.Fatalf("restore with another CID: %v", err)
 	}
 }

@@ -1,68 +1,34 @@
 package vsock
 
-import (
-	"errors"
-	"fmt"
+import "fmt"
 
-	"github.com/voltvmm/volt/vmm/virtio"
-)
-
-// State is the device's snapshot form, plain data. Host-side connections
-// are not part of it: after a restore the guest is sent a transport reset
-// and closes its connections (its listeners survive), and host clients
-// connect again.
+// State is the device's own snapshot form, plain data. The transport saves
+// the negotiated features and the queues (mmio.State); host-side
+// connections are saved by nobody: after a restore the guest is sent a
+// transport reset and closes its connections (its listeners survive), and
+// host clients connect again.
 type State struct {
 	GuestCID uint64 `json:"guest_cid"`
 	UDSPath  string `json:"uds_path"`
-	// Activated is set once the driver set DRIVER_OK; Features and Queues
-	// (rx, tx, event) are meaningful only then.
-	Activated bool                `json:"activated"`
-	Features  uint64              `json:"features,omitempty"`
-	Queues    []virtio.QueueState `json:"queues,omitempty"`
 }
 
-// State captures the device. Call it only while Run is stopped (the VM is
-// paused).
-func (d *Device) State() State {
-	st := State{GuestCID: d.cid, UDSPath: d.udsPath, Activated: d.active}
-	if d.active {
-		st.Features = d.act.Features
-		for _, q := range d.act.Queues {
-			st.Queues = append(st.Queues, q.State())
-		}
-	}
-	return st
-}
+// State captures the device. Call it only while Run is stopped.
+func (d *Device) State() State { return State{GuestCID: d.cid, UDSPath: d.udsPath} }
 
 // Validate checks a state read from a snapshot file (untrusted).
 func (st State) Validate() error {
 	if err := (Config{GuestCID: st.GuestCID, UDSPath: st.UDSPath}).Validate(); err != nil {
 		return fmt.Errorf("vsock state: %w", err)
 	}
-	if !st.Activated {
-		if len(st.Queues) != 0 || st.Features != 0 {
-			return errors.New("vsock state: an inactive device has queue state")
-		}
-		return nil
-	}
-	if len(st.Queues) != numQueues {
-		return fmt.Errorf("vsock state: %d queues, want %d", len(st.Queues), numQueues)
-	}
-	if st.Features&^virtio.QueueFeatures != 0 || st.Features&virtio.FeatureVersion1 == 0 {
-		return fmt.Errorf("vsock state: features %#x are not a subset of the offered %#x with VERSION_1", st.Features, uint64(virtio.QueueFeatures))
-	}
 	return nil
 }
 
-// Restore creates a device from st. udsPath, when not empty, replaces the
-// saved host socket path (Firecracker's vsock_override), so that clones of
-// one snapshot each get their own socket. The queues are rebuilt from st
-// against mem and checked; the device is active when st is, and its first
-// Run sends the guest VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.
-//
-// notify and log complete the Activation as the transport would at
-// DRIVER_OK (notify may be nil in tests that call Run's pieces directly).
-func Restore(st State, udsPath string, a virtio.Activation, opts ...Option) (*Device, error) {
+// NewFromState creates the device of a snapshot. udsPath, when not empty,
+// replaces the saved host socket path (Firecracker's vsock_override), so
+// that clones of one snapshot each get their own socket. The transport's
+// Restore then re-activates the device, and its first Run sends the guest
+// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.
+func NewFromState(st State, udsPath string, opts ...Option) (*Device, error) {
 	if err := st.Validate(); err != nil {
 		return nil, err
 	}
@@ -74,34 +40,24 @@ func Restore(st State, udsPath string, a virtio.Activation, opts ...Option) (*De
 	if err != nil {
 		return nil, fmt.Errorf("restore vsock: %w", err)
 	}
-	if !st.Activated {
-		return d, nil
-	}
-	if a.Memory == nil {
+	if err := d.Restore(st); err != nil {
 		d.Close()
-		return nil, errors.New("restore vsock: no guest memory")
+		return nil, err
 	}
-	sizes := d.QueueMaxSizes()
-	a.Features = st.Features
-	a.Queues = make([]*virtio.Queue, numQueues)
-	for i, qs := range st.Queues {
-		q, err := virtio.RestoreQueue(i, sizes[i], qs, a.Memory, st.Features, a.Interrupt)
-		if err != nil {
-			d.Close()
-			return nil, fmt.Errorf("restore vsock: %w", err)
-		}
-		a.Queues[i] = q
-	}
-	if err := d.Activate(a); err != nil {
-		d.Close()
-		return nil, fmt.Errorf("restore vsock: %w", err)
-	}
-	d.resetOwed = true
 	return d, nil
 }
 
-// ScheduleTransportReset makes the next Run send the guest
-// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET, for a transport that restores the
-// queues itself and activates a device made with New. Run must not be
-// running.
-func (d *Device) ScheduleTransportReset() { d.resetOwed = true }
+// Restore applies a snapshot's state to a device made with New (before the
+// transport's Restore activates it): the guest CID must be the one the
+// device was made with (the guest's driver keeps it; only the host path may
+// change), and a transport reset becomes due. Run must not be running.
+func (d *Device) Restore(st State) error {
+	if err := st.Validate(); err != nil {
+		return err
+	}
+	if st.GuestCID != d.cid {
+		return fmt.Errorf("restore vsock: snapshot has guest CID %d, the device was made with %d", st.GuestCID, d.cid)
+	}
+	d.resetOwed = true
+	return nil
+}
