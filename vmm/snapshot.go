@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/voltvmm/volt/internal/hostfile"
 	"github.com/voltvmm/volt/vmm/cpu"
 	"github.com/voltvmm/volt/vmm/devices/genid"
 	"github.com/voltvmm/volt/vmm/kvm"
@@ -28,11 +29,15 @@ type SnapshotParams struct {
 	StatePath string
 	MemPath   string
 	Type      SnapshotType // "" means Full
+	// AfterStep, if set, is called after each step of writing the files
+	// (snapshot.CreateSteps); tests kill the VMM there.
+	AfterStep func(snapshot.CreateStep)
 }
 
 // CreateSnapshot writes the VM's state and memory. The VM must be paused;
 // it stays paused. A diff snapshot holds only the pages written since the
-// previous snapshot (or boot) and needs TrackDirtyPages.
+// previous snapshot of this VM (or the snapshot it was restored from),
+// which it names as its base, and needs TrackDirtyPages.
 func (v *VM) CreateSnapshot(ctx context.Context, p SnapshotParams) error {
 	if p.StatePath == "" || p.MemPath == "" {
 		return errors.New("snapshot needs both a state path and a memory path")
@@ -44,9 +49,19 @@ func (v *VM) CreateSnapshot(ctx context.Context, p SnapshotParams) error {
 		if !v.cfg.TrackDirtyPages {
 			return errors.New("diff snapshots need dirty-page tracking, enabled when the VM was created (track_dirty_pages)")
 		}
+		if v.snapshotBase.IsZero() {
+			return errors.New("a Diff snapshot needs a base: take a Full snapshot of this VM first (or restore it from one)")
+		}
 		diff = true
 	default:
 		return fmt.Errorf("unknown snapshot type %q (Full or Diff)", p.Type)
+	}
+	// Refuse bad targets before any work, and before the dirty log is
+	// read (which clears it).
+	for _, t := range []struct{ what, path string }{{"snapshot_path", p.StatePath}, {"mem_file_path", p.MemPath}} {
+		if err := hostfile.CheckCreateTarget(t.what, t.path); err != nil {
+			return err
+		}
 	}
 	st, err := v.captureState()
 	if err != nil {
@@ -64,17 +79,13 @@ func (v *VM) CreateSnapshot(ctx context.Context, p SnapshotParams) error {
 		}
 	}
 	if diff {
-		st.Memory.Diff, st.Memory.DirtyBitmap = true, dirty
-		err = snapshot.WriteDiffMemoryFile(p.MemPath, v.mem.Mapping(), dirty)
-	} else {
-		err = snapshot.WriteMemoryFile(p.MemPath, v.mem.Mapping())
+		st.Memory.Diff, st.Memory.DirtyBitmap, st.Memory.BaseID = true, dirty, v.snapshotBase
 	}
+	id, err := snapshot.Create(snapshot.CreateParams{StatePath: p.StatePath, MemPath: p.MemPath, State: st, Memory: v.mem, AfterStep: p.AfterStep})
 	if err != nil {
-		return fmt.Errorf("write snapshot memory: %w", err)
+		return err
 	}
-	if err := snapshot.WriteStateFile(p.StatePath, st); err != nil {
-		return fmt.Errorf("write snapshot state: %w", err)
-	}
+	v.snapshotBase = id
 	return nil
 }
 
@@ -303,9 +314,16 @@ func Restore(ctx context.Context, rc RestoreConfig) (_ *VM, err error) {
 	if missing := cpu.MissingFeatures(st.VCPUs[0].CPUID, supported); len(missing) > 0 {
 		return nil, fmt.Errorf("restore %s: the snapshot's CPU has features this host's KVM lacks: %s", rc.StatePath, strings.Join(missing, ", "))
 	}
-	if err := v.setupMemory(memory.Config{Size: m.MemorySize, Backing: memory.PrivateFile, Path: rc.MemPath}); err != nil {
+	// The memory file must be this state's pair: checked on the file that
+	// is then mapped, before anything of the guest runs.
+	memFile, err := snapshot.OpenMemory(rc.MemPath, st.Memory.ID, st.Memory.Size)
+	if err != nil {
+		return nil, err
+	}
+	if err := v.setupMemory(memory.Config{Size: m.MemorySize, Backing: memory.PrivateFile, File: memFile}); err != nil {
 		return nil, fmt.Errorf("restore %s: %w", rc.StatePath, err)
 	}
+	v.snapshotBase = st.Memory.ID
 	v.timeline.MemoryReady = time.Now()
 	if err := v.setupPlatform(); err != nil {
 		return nil, err

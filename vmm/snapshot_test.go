@@ -56,8 +56,8 @@ func TestSnapshotRestoresIntoTwentyClones(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fi.Size() != 128<<20 {
-		t.Fatalf("memory file is %d bytes, want %d", fi.Size(), 128<<20)
+	if fi.Size() != 128<<20+snapshot.TrailerSize {
+		t.Fatalf("memory file is %d bytes, want RAM (%d) and its trailer", fi.Size(), 128<<20)
 	}
 	const clones = 20
 	var (
@@ -122,8 +122,8 @@ func TestDiffSnapshotMergesOntoBase(t *testing.T) {
 	}
 	s.vm.Stop()
 
-	if _, err := vmm.Restore(context.Background(), vmm.RestoreConfig{StatePath: diff.StatePath, MemPath: diff.MemPath}); err == nil {
-		t.Fatal("a diff snapshot restored on its own")
+	if _, err := vmm.Restore(context.Background(), vmm.RestoreConfig{StatePath: diff.StatePath, MemPath: diff.MemPath}); err == nil || !strings.Contains(err.Error(), "merge it onto its base") {
+		t.Fatalf("a diff snapshot restored on its own: %v", err)
 	}
 	dst, err := snapshot.ReadStateFile(diff.StatePath)
 	if err != nil {
@@ -138,7 +138,7 @@ func TestDiffSnapshotMergesOntoBase(t *testing.T) {
 	if dirty < 80 || dirty > 2000 {
 		t.Errorf("diff holds %d dirty pages, expected the ~80 touched plus a few of the probe's own", dirty)
 	}
-	if err := snapshot.MergeDiffSnapshot(base.StatePath, base.MemPath, diff.StatePath, diff.MemPath); err != nil {
+	if err := snapshot.Merge(snapshot.MergeParams{BaseState: base.StatePath, BaseMem: base.MemPath, DiffState: diff.StatePath, DiffMem: diff.MemPath}); err != nil {
 		t.Fatal(err)
 	}
 	c := restoreProbe(t, base.StatePath, base.MemPath)
@@ -148,6 +148,22 @@ func TestDiffSnapshotMergesOntoBase(t *testing.T) {
 	}
 	c.send("poweroff")
 	c.wait()
+}
+
+func TestDiffSnapshotNeedsABase(t *testing.T) {
+	s := startProbe(t, vmm.Config{MemorySize: 32 << 20, TrackDirtyPages: true})
+	s.expect(probe.ReadyLine)
+	if err := s.vm.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	err := s.vm.CreateSnapshot(context.Background(), vmm.SnapshotParams{StatePath: filepath.Join(dir, "s"), MemPath: filepath.Join(dir, "m"), Type: vmm.SnapshotDiff})
+	if err == nil || !strings.Contains(err.Error(), "needs a base") {
+		t.Fatalf("diff right after boot: %v, want a refusal", err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Errorf("a refused snapshot left %v", entries)
+	}
 }
 
 func TestRestoreRejectsBadSnapshots(t *testing.T) {
@@ -173,6 +189,7 @@ func TestRestoreRejectsBadSnapshots(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	_, otherMem, _ := snapshotProbe(t, vmm.Config{MemorySize: 32 << 20}, 10)
 	short := write("short.mem", memBytes[:len(memBytes)/2])
 	long := write("long.mem", append(memBytes, make([]byte, 4096)...))
 
@@ -189,8 +206,9 @@ func TestRestoreRejectsBadSnapshots(t *testing.T) {
 		{"empty state", write("empty.state", nil), mem, snapshot.ErrTruncated, "truncated"},
 		{"missing state", filepath.Join(dir, "none.state"), mem, os.ErrNotExist, "no such file"},
 		{"missing memory file", state, filepath.Join(dir, "none.mem"), os.ErrNotExist, "no such file"},
-		{"truncated memory file", state, short, nil, "holds"},
-		{"memory file of another size", state, long, nil, "holds"},
+		{"truncated memory file", state, short, snapshot.ErrNotMemoryFile, "no trailer"},
+		{"memory file with bytes after its trailer", state, long, snapshot.ErrNotMemoryFile, "no trailer"},
+		{"another snapshot's memory file", state, otherMem, snapshot.ErrWrongMemory, "not a pair"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -284,4 +302,38 @@ func TestRestoredTimelineHoldsOnlyThisProcess(t *testing.T) {
 			t.Errorf("restored VM reports boot stage %s at %v: that belongs to the original boot", st.Name, st.At)
 		}
 	}
+}
+
+// A VM restored from a snapshot takes diffs against that snapshot.
+func TestDiffAfterRestoreMergesOntoTheRestoredSnapshot(t *testing.T) {
+	state, mem, _ := snapshotProbe(t, vmm.Config{MemorySize: 32 << 20}, 10)
+	track := true
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	vm, err := vmm.Restore(context.Background(), vmm.RestoreConfig{StatePath: state, MemPath: mem, Resume: true, Console: outW, ConsoleInput: inR, TrackDirtyPages: &track})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := attach(t, vm, inW, outR, outW)
+	s.send("touch 40")
+	want := strings.TrimPrefix(s.expect("touched 40 sum="), "touched 40")
+	if err := vm.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	diff := vmm.SnapshotParams{StatePath: filepath.Join(dir, "vm.state"), MemPath: filepath.Join(dir, "vm.mem"), Type: vmm.SnapshotDiff}
+	if err := vm.CreateSnapshot(context.Background(), diff); err != nil {
+		t.Fatal(err)
+	}
+	vm.Stop()
+	if err := snapshot.Merge(snapshot.MergeParams{BaseState: state, BaseMem: mem, DiffState: diff.StatePath, DiffMem: diff.MemPath}); err != nil {
+		t.Fatal(err)
+	}
+	c := restoreProbe(t, state, mem)
+	c.send("sum 40")
+	if got := strings.TrimPrefix(c.expect("sum 40 sum="), "sum 40"); got != want {
+		t.Fatalf("merged snapshot sum%s, want%s", got, want)
+	}
+	c.send("poweroff")
+	c.wait()
 }

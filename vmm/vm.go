@@ -22,6 +22,7 @@ import (
 	"github.com/voltvmm/volt/vmm/devices/uart"
 	"github.com/voltvmm/volt/vmm/kvm"
 	"github.com/voltvmm/volt/vmm/memory"
+	"github.com/voltvmm/volt/vmm/snapshot"
 )
 
 // Guest-physical addresses KVM needs for Intel VT's real-mode support: three
@@ -87,6 +88,9 @@ type VM struct {
 	work []*vcpuWork
 	// exits counts KVM exits by reason, for metrics.
 	exits [kvm.ExitSystemEvent + 1]atomic.Uint64
+	// snapshotBase is the memory ID of the VM's last snapshot, or of the
+	// snapshot it was restored from: what a diff snapshot applies onto.
+	snapshotBase snapshot.MemoryID
 	// cpuid holds the leaves each vCPU was given. Snapshots record these
 	// rather than KVM_GET_CPUID2's answer, which on some hosts reports bits
 	// that were never set.

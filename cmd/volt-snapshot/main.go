@@ -1,7 +1,7 @@
 // Command volt-snapshot inspects and merges volt-vmm snapshots offline.
 //
-//	volt-snapshot info STATE_FILE           verify a state file and summarise it
-//	volt-snapshot merge BASE_DIR DIFF_DIR   apply a diff snapshot onto its base, in place
+//	volt-snapshot info STATE_FILE [MEM_FILE]  verify a state file (and its memory file) and summarise it
+//	volt-snapshot merge BASE_DIR DIFF_DIR     apply a diff snapshot onto its base, in place
 //
 // A snapshot directory holds vm.state and vm.mem, as volt-vmm --restore
 // reads them.
@@ -13,11 +13,13 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/voltvmm/volt/internal/hostfile"
 	"github.com/voltvmm/volt/vmm"
+	"github.com/voltvmm/volt/vmm/api/types"
 	"github.com/voltvmm/volt/vmm/snapshot"
 )
 
-const usageText = `usage: volt-snapshot info STATE_FILE
+const usageText = `usage: volt-snapshot info STATE_FILE [MEM_FILE]
        volt-snapshot merge BASE_DIR DIFF_DIR
 `
 
@@ -31,24 +33,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	switch {
-	case args[0] == "info" && len(args) == 2:
-		st, err := snapshot.ReadStateFile(args[1])
-		if err != nil {
+	case args[0] == "info" && (len(args) == 2 || len(args) == 3):
+		if err := info(stdout, args[1:]); err != nil {
 			fmt.Fprintf(stderr, "volt-snapshot: %v\n", err)
 			return 1
 		}
-		kind := "full"
-		if st.Memory.Diff {
-			kind = "diff"
-		}
-		fmt.Fprintf(stdout, "format %d.%d, %s snapshot: %d vCPUs, %s memory, generation %s\n",
-			snapshot.MajorVersion, snapshot.MinorVersion, kind, st.Machine.CPUs, vmm.FormatSize(st.Machine.MemorySize), st.Devices.GenID.ID)
 		return 0
 	case args[0] == "merge" && len(args) == 3:
 		base, diff := args[1], args[2]
-		err := snapshot.MergeDiffSnapshot(
-			filepath.Join(base, "vm.state"), filepath.Join(base, "vm.mem"),
-			filepath.Join(diff, "vm.state"), filepath.Join(diff, "vm.mem"))
+		err := snapshot.Merge(snapshot.MergeParams{
+			BaseState: filepath.Join(base, types.SnapshotStateFile), BaseMem: filepath.Join(base, types.SnapshotMemFile),
+			DiffState: filepath.Join(diff, types.SnapshotStateFile), DiffMem: filepath.Join(diff, types.SnapshotMemFile),
+		})
 		if err != nil {
 			fmt.Fprintf(stderr, "volt-snapshot: merge: %v\n", err)
 			return 1
@@ -58,4 +54,43 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprint(stderr, usageText)
 	return 2
+}
+
+// info prints what a state file holds and, given its memory file, whether
+// the two are a pair.
+func info(stdout io.Writer, paths []string) error {
+	st, err := snapshot.ReadStateFile(paths[0])
+	if err != nil {
+		return err
+	}
+	kind := "full"
+	if st.Memory.Diff {
+		kind = "diff"
+	}
+	fmt.Fprintf(stdout, "format %s, %s snapshot: %d vCPUs, %s memory, memory ID %s, generation %s\n",
+		st.Format, kind, st.Machine.CPUs, vmm.FormatSize(st.Machine.MemorySize), st.Memory.ID, st.Devices.GenID.ID)
+	if st.Memory.Diff {
+		fmt.Fprintf(stdout, "diff against memory %s\n", st.Memory.BaseID)
+	}
+	if len(paths) < 2 {
+		return nil
+	}
+	f, err := hostfile.Open("memory file", paths[1])
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	t, err := snapshot.ReadTrailer(f)
+	if err != nil {
+		return err
+	}
+	state := "complete"
+	if t.Merging {
+		state = "merge in progress from " + t.MergeFrom.String()
+	}
+	fmt.Fprintf(stdout, "memory file: %s, %s of RAM, ID %s, %s\n", t.Kind, vmm.FormatSize(t.Size), t.ID, state)
+	if t.ID != st.Memory.ID {
+		return fmt.Errorf("%s and %s are not a pair: %w", paths[0], paths[1], snapshot.ErrWrongMemory)
+	}
+	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/voltvmm/volt/vmm/kvm"
+	"github.com/voltvmm/volt/vmm/memory"
 	"github.com/voltvmm/volt/vmm/snapshot"
 )
 
@@ -52,22 +53,36 @@ func TestUsageAndErrors(t *testing.T) {
 	}
 }
 
-func TestInfoSummarisesAValidState(t *testing.T) {
-	// A minimal valid state, written through the real encoder.
+func TestInfoSummarisesAValidPair(t *testing.T) {
+	// A minimal valid snapshot, written through the real writer.
+	mem, err := memory.New(memory.Config{Size: 2 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
 	st := &snapshot.VMState{
 		Machine: snapshot.Machine{CPUs: 1, MemorySize: 2 << 20},
 		Memory:  snapshot.MemoryState{Size: 2 << 20, Regions: []snapshot.Region{{Size: 2 << 20}}},
 		VCPUs:   []snapshot.VCPUState{{CPUID: make([]kvm.CPUIDEntry, 1)}},
 	}
-	p := filepath.Join(t.TempDir(), "vm.state")
-	if err := snapshot.WriteStateFile(p, st); err != nil {
-		t.Fatal(err)
+	dir, other := t.TempDir(), t.TempDir()
+	for _, d := range []string{dir, other} {
+		if _, err := snapshot.Create(snapshot.CreateParams{StatePath: filepath.Join(d, "vm.state"), MemPath: filepath.Join(d, "vm.mem"), State: st, Memory: mem}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	var stdout, stderr bytes.Buffer
-	if got := run([]string{"info", p}, &stdout, &stderr); got != 0 {
+	if got := run([]string{"info", filepath.Join(dir, "vm.state"), filepath.Join(dir, "vm.mem")}, &stdout, &stderr); got != 0 {
 		t.Fatalf("info: %d %s", got, stderr.String())
 	}
-	if !strings.Contains(stdout.String(), "full snapshot: 1 vCPUs, 2M memory") {
-		t.Errorf("info printed %q", stdout.String())
+	for _, want := range []string{"format 2.0, full snapshot: 1 vCPUs, 2M memory", "memory file: full, 2M of RAM", "complete"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("info printed %q, want %q", stdout.String(), want)
+		}
+	}
+	stdout.Reset()
+	stderr.Reset()
+	if got := run([]string{"info", filepath.Join(dir, "vm.state"), filepath.Join(other, "vm.mem")}, &stdout, &stderr); got != 1 || !strings.Contains(stderr.String(), "are not a pair") {
+		t.Errorf("info on a mismatched pair: %d %q", got, stderr.String())
 	}
 }

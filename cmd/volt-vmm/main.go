@@ -62,7 +62,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		configFile  = fs.String("config-file", "", "boot from a Firecracker JSON config file (boot-source, machine-config, ...)")
 		noAPI       = fs.Bool("no-api", false, "serve no API (the default unless --api-sock is given; for Firecracker-compatible command lines)")
 		instanceID  = fs.String("id", api.DefaultID, "instance id reported by GET /")
-		restoreDir  = fs.String("restore", "", "restore the VM snapshotted into DIR ("+snapshotStateFile+" and "+snapshotMemFile+") and resume it")
+		restoreDir  = fs.String("restore", "", "restore the VM snapshotted into DIR ("+types.SnapshotStateFile+" and "+types.SnapshotMemFile+") and resume it")
 	)
 	fs.MarkHidden("test-marker-delay")
 	fs.Usage = func() {
@@ -152,8 +152,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	switch {
 	case *restoreDir != "":
 		err := ctrl.LoadSnapshot(context.Background(), types.SnapshotLoadParams{
-			SnapshotPath: filepath.Join(*restoreDir, snapshotStateFile),
-			MemBackend:   &types.MemoryBackend{BackendType: "File", BackendPath: filepath.Join(*restoreDir, snapshotMemFile)},
+			SnapshotPath: filepath.Join(*restoreDir, types.SnapshotStateFile),
+			MemBackend:   &types.MemoryBackend{BackendType: "File", BackendPath: filepath.Join(*restoreDir, types.SnapshotMemFile)},
 			ResumeVM:     true,
 		})
 		if err != nil {
@@ -188,13 +188,6 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stderr, "volt-vmm: guest died: %v\n", res.Err)
 	return exitGuestDied
 }
-
-// The files of a snapshot directory, as --restore reads them and
-// volt-snapshot writes them.
-const (
-	snapshotStateFile = "vm.state"
-	snapshotMemFile   = "vm.mem"
-)
 
 // validateFlags checks the VM flags. The kernel may come later, through
 // the API or a config file, unless the flags alone must boot.

@@ -20,6 +20,7 @@ import (
 
 	"github.com/voltvmm/volt/guest/probe"
 	"github.com/voltvmm/volt/vmm"
+	"github.com/voltvmm/volt/vmm/api/types"
 	"github.com/voltvmm/volt/vmm/kvm/kvmtest"
 )
 
@@ -347,7 +348,7 @@ func TestRestoreFromDirectory(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	p := vmm.SnapshotParams{StatePath: filepath.Join(dir, snapshotStateFile), MemPath: filepath.Join(dir, snapshotMemFile)}
+	p := vmm.SnapshotParams{StatePath: filepath.Join(dir, types.SnapshotStateFile), MemPath: filepath.Join(dir, types.SnapshotMemFile)}
 	if err := vm.CreateSnapshot(context.Background(), p); err != nil {
 		t.Fatal(err)
 	}

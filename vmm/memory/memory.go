@@ -11,10 +11,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/voltvmm/volt/internal/hostfile"
 )
 
 // GuestAddr is a guest physical address. It is a distinct type so that host
@@ -66,9 +65,12 @@ func (b Backing) String() string {
 type Config struct {
 	Size    uint64
 	Backing Backing
-	// Path is the file to map for PrivateFile; it must hold exactly Size
-	// bytes laid out as the guest-physical RAM regions in order.
-	Path string
+	// File is the file to map for PrivateFile, already opened (and its
+	// identity checked) by the caller, so that what was checked is what is
+	// mapped. Its first Size bytes are the guest-physical RAM regions in
+	// order; it may be longer (a snapshot memory file ends with a trailer).
+	// Memory owns it from New on and closes it with Close.
+	File *os.File
 }
 
 // Validate checks the configuration without touching the host.
@@ -85,10 +87,10 @@ func (c Config) Validate() error {
 	if c.Backing == HugePages && c.Size%HugePageSize != 0 {
 		return fmt.Errorf("memory size %d is not a multiple of the 2 MiB huge page size", c.Size)
 	}
-	if c.Backing == PrivateFile && c.Path == "" {
-		return errors.New("private-file memory needs a file path")
+	if c.Backing == PrivateFile && c.File == nil {
+		return errors.New("private-file memory needs a file")
 	}
-	if c.Backing != PrivateFile && c.Path != "" {
+	if c.Backing != PrivateFile && c.File != nil {
 		return fmt.Errorf("a memory file is only used with %s backing", PrivateFile)
 	}
 	return nil
@@ -115,6 +117,9 @@ type Memory struct {
 	regions  []Region
 	backing  Backing
 	warnings []string
+	// file backs a PrivateFile mapping; pages of it the guest never
+	// touched are read from here rather than through the mapping.
+	file *os.File
 }
 
 // Layout returns the guest-physical RAM ranges for a VM of the given size:
@@ -141,12 +146,17 @@ type Range struct {
 func (r Range) End() GuestAddr { return r.Start + GuestAddr(r.Size) }
 
 // New maps guest memory as configured.
-func New(cfg Config) (*Memory, error) {
+// A Config.File is closed when New fails, as it would be by Close.
+func New(cfg Config) (_ *Memory, err error) {
+	defer func() {
+		if err != nil && cfg.File != nil {
+			cfg.File.Close()
+		}
+	}()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	m := &Memory{backing: cfg.Backing}
-	var err error
 	switch cfg.Backing {
 	case Anonymous:
 		m.mapping, err = mapAnonymous(cfg.Size, 0)
@@ -164,7 +174,8 @@ func New(cfg Config) (*Memory, error) {
 			}
 		}
 	case PrivateFile:
-		m.mapping, err = mapPrivateFile(cfg.Path, cfg.Size)
+		m.mapping, err = mapPrivateFile(cfg.File, cfg.Size)
+		m.file = cfg.File
 	default:
 		return nil, fmt.Errorf("unknown memory backing %d", int(cfg.Backing))
 	}
@@ -198,22 +209,20 @@ func mapAnonymous(size uint64, extra int) ([]byte, error) {
 // mapPrivateFile checks the file's size before mapping it: touching a page
 // past the end of a short file would raise SIGBUS in the VMM instead of an
 // error here.
-func mapPrivateFile(path string, size uint64) ([]byte, error) {
-	f, err := hostfile.Open("memory file", path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
+func mapPrivateFile(f *os.File, size uint64) ([]byte, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		return nil, fmt.Errorf("stat memory file %s: %w", path, err)
+		return nil, fmt.Errorf("stat memory file %s: %w", f.Name(), err)
 	}
-	if uint64(st.Size) != size {
-		return nil, fmt.Errorf("memory file %s holds %d bytes, the VM needs exactly %d", path, st.Size, size)
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, fmt.Errorf("memory file %s is not a regular file", f.Name())
+	}
+	if uint64(st.Size) < size {
+		return nil, fmt.Errorf("memory file %s holds %d bytes, the VM needs %d", f.Name(), st.Size, size)
 	}
 	b, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_NORESERVE)
 	if err != nil {
-		return nil, fmt.Errorf("map memory file %s: %w", path, err)
+		return nil, fmt.Errorf("map memory file %s: %w", f.Name(), err)
 	}
 	return b, nil
 }
@@ -225,6 +234,10 @@ func (m *Memory) Close() error {
 	}
 	err := unix.Munmap(m.mapping)
 	m.mapping, m.regions = nil, nil
+	if m.file != nil {
+		m.file.Close()
+		m.file = nil
+	}
 	if err != nil {
 		return fmt.Errorf("unmap guest memory: %w", err)
 	}

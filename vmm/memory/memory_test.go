@@ -2,8 +2,11 @@ package memory
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -43,8 +46,8 @@ func TestConfigValidate(t *testing.T) {
 		{"unaligned", Config{Size: 4097}, false},
 		{"huge unaligned", Config{Size: 3 << 20, Backing: HugePages}, false},
 		{"huge", Config{Size: 4 << 20, Backing: HugePages}, true},
-		{"file without path", Config{Size: 4096, Backing: PrivateFile}, false},
-		{"path without file backing", Config{Size: 4096, Path: "/x"}, false},
+		{"file backing without a file", Config{Size: 4096, Backing: PrivateFile}, false},
+		{"file without file backing", Config{Size: 4096, File: os.Stdin}, false},
 		{"too large", Config{Size: MaxSize + PageSize}, false},
 	}
 	for _, tt := range tests {
@@ -117,7 +120,7 @@ func TestPrivateFileIsCopyOnWrite(t *testing.T) {
 	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	m, err := New(Config{Size: 2 * PageSize, Backing: PrivateFile, Path: path})
+	m, err := New(Config{Size: 2 * PageSize, Backing: PrivateFile, File: openFile(t, path)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,11 +142,131 @@ func TestPrivateFileSizeMismatchIsAnError(t *testing.T) {
 	if err := os.WriteFile(path, make([]byte, PageSize), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := New(Config{Size: 2 * PageSize, Backing: PrivateFile, Path: path}); err == nil {
+	if _, err := New(Config{Size: 2 * PageSize, Backing: PrivateFile, File: openFile(t, path)}); err == nil {
 		t.Fatal("mapping a short memory file succeeded; it must fail before any SIGBUS can happen")
 	}
-	if _, err := New(Config{Size: PageSize, Backing: PrivateFile, Path: filepath.Join(t.TempDir(), "missing")}); err == nil {
-		t.Fatal("mapping a missing memory file succeeded")
+}
+
+func openFile(t *testing.T, path string) *os.File {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// mappedPages counts the pages of m mapped in this process's page tables,
+// from the Rss line of /proc/self/smaps: independent of the pagemap that
+// DataRuns reads (mincore would not do: for a file mapping it reports the
+// page cache).
+func mappedPages(t *testing.T, m *Memory) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := fmt.Sprintf("%x-", reflect.ValueOf(m.Mapping()).Pointer())
+	in := false
+	for _, line := range strings.Split(string(b), "\n") {
+		switch {
+		case strings.HasPrefix(line, start):
+			in = true
+		case in && strings.HasPrefix(line, "Rss:"):
+			var kb int
+			if _, err := fmt.Sscanf(strings.TrimPrefix(line, "Rss:"), "%d kB", &kb); err != nil {
+				t.Fatalf("smaps line %q: %v", line, err)
+			}
+			return kb * 1024 / PageSize
+		}
+	}
+	t.Fatalf("mapping %s not found in /proc/self/smaps", start)
+	return 0
+}
+
+// collect gathers what DataRuns reports into a full image, and the pages
+// it covered.
+func collect(t *testing.T, m *Memory) (image []byte, covered []bool) {
+	t.Helper()
+	image = make([]byte, m.Size())
+	covered = make([]bool, m.Size()/PageSize)
+	err := m.DataRuns(func(off uint64, data []byte) error {
+		if off%PageSize != 0 || off+uint64(len(data)) > m.Size() {
+			t.Fatalf("run at %#x+%#x is not page-aligned or past the end", off, len(data))
+		}
+		copy(image[off:], data)
+		for p := off / PageSize; p < (off+uint64(len(data))+PageSize-1)/PageSize; p++ {
+			covered[p] = true
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return image, covered
+}
+
+func TestDataRunsOfAnonymousMemoryNeverTouchUntouchedPages(t *testing.T) {
+	const pages = 64
+	m, err := New(Config{Size: pages * PageSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	written := map[int]bool{3: true, 4: true, 40: true, 63: true}
+	for p := range written {
+		m.WriteUint8(GuestAddr(p*PageSize+7), byte(p))
+	}
+	image, covered := collect(t, m)
+	for p := range pages {
+		if covered[p] != written[p] {
+			t.Errorf("page %d: reported %v, written %v", p, covered[p], written[p])
+		}
+		if written[p] && image[p*PageSize+7] != byte(p) {
+			t.Errorf("page %d: content not reported", p)
+		}
+	}
+	if n := mappedPages(t, m); n != len(written) {
+		t.Errorf("%d pages mapped after DataRuns, %d were written: it mapped pages nobody touched", n, len(written))
+	}
+}
+
+func TestDataRunsOfAFileMappingReportTheFileAndTheGuestsWrites(t *testing.T) {
+	const pages = 32
+	path := filepath.Join(t.TempDir(), "mem")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Pages 2 and 20 hold data in the file; the rest are holes. The file
+	// is one page longer than memory, as a snapshot's trailer makes it.
+	if err := f.Truncate((pages + 1) * PageSize); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []int64{2, 20} {
+		f.WriteAt([]byte{0xA0 + byte(p)}, p*PageSize)
+	}
+	f.WriteAt([]byte("trailer"), pages*PageSize)
+	f.Close()
+	m, err := New(Config{Size: pages * PageSize, Backing: PrivateFile, File: openFile(t, path)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	m.WriteUint8(GuestAddr(9*PageSize), 0x99) // the guest writes page 9
+	m.WriteUint8(GuestAddr(20*PageSize+1), 0x77)
+	image, _ := collect(t, m)
+	want := make([]byte, pages*PageSize)
+	want[2*PageSize], want[9*PageSize], want[20*PageSize], want[20*PageSize+1] = 0xA2, 0x99, 0xB4, 0x77
+	if string(image) != string(want) {
+		for i := range want {
+			if image[i] != want[i] {
+				t.Fatalf("byte %#x = %#x, want %#x", i, image[i], want[i])
+			}
+		}
+	}
+	if n := mappedPages(t, m); n != 2 {
+		t.Errorf("%d pages mapped after DataRuns, the guest wrote 2: it read the file through the mapping", n)
 	}
 }
 

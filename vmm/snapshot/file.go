@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
 	"github.com/voltvmm/volt/internal/hostfile"
 	"github.com/voltvmm/volt/vmm/boot"
@@ -18,8 +17,11 @@ import (
 
 // Format identification.
 const (
-	Magic        = "VOLTSNAP"
-	MajorVersion = 1
+	Magic = "VOLTSNAP"
+	// MajorVersion 2 binds the state to its memory file (MemoryState.ID
+	// and the memory file's trailer); version 1 files cannot be checked
+	// that way and are refused.
+	MajorVersion = 2
 	MinorVersion = 0
 	headerSize   = 8 + 2 + 2 + 4 + 8 + sha256.Size
 	// MaxStateSize caps what is read from a state file; real states are
@@ -29,6 +31,11 @@ const (
 	MaxMSRs        = 1024
 	MaxCPUIDLeaves = 256
 )
+
+// Version is a state file's format version.
+type Version struct{ Major, Minor uint16 }
+
+func (v Version) String() string { return fmt.Sprintf("%d.%d", v.Major, v.Minor) }
 
 // Errors callers may branch on.
 var (
@@ -70,9 +77,15 @@ func Decode(b []byte) (*VMState, error) {
 	if string(b[:len(Magic)]) != Magic {
 		return nil, ErrNotSnapshot
 	}
-	major, minor := binary.LittleEndian.Uint16(b[8:]), binary.LittleEndian.Uint16(b[10:])
-	if major != MajorVersion {
-		return nil, fmt.Errorf("%w: file is %d.%d, this volt-vmm reads %d.x", ErrVersion, major, minor, MajorVersion)
+	ver := Version{binary.LittleEndian.Uint16(b[8:]), binary.LittleEndian.Uint16(b[10:])}
+	if ver.Major != MajorVersion {
+		return nil, fmt.Errorf("%w: file is %s, this volt-vmm reads %d.0 to %d.%d", ErrVersion, ver, MajorVersion, MajorVersion, MinorVersion)
+	}
+	if ver.Minor > MinorVersion {
+		return nil, fmt.Errorf("%w: file is %s, written by a newer volt-vmm; this one reads %d.0 to %d.%d", ErrVersion, ver, MajorVersion, MajorVersion, MinorVersion)
+	}
+	if r := binary.LittleEndian.Uint32(b[12:]); r != 0 {
+		return nil, fmt.Errorf("%w: reserved header bytes are %#x, not zero", ErrInvalid, r)
 	}
 	n := binary.LittleEndian.Uint64(b[16:])
 	payload := b[headerSize:]
@@ -98,6 +111,7 @@ func Decode(b []byte) (*VMState, error) {
 	if err := st.Validate(); err != nil {
 		return nil, err
 	}
+	st.Format = ver
 	return &st, nil
 }
 
@@ -119,6 +133,12 @@ func (st *VMState) Validate() error {
 	}
 	if st.Memory.Size != m.MemorySize {
 		return bad("memory file size %d differs from the machine's %d", st.Memory.Size, m.MemorySize)
+	}
+	if st.Memory.ID.IsZero() {
+		return bad("no memory ID")
+	}
+	if st.Memory.Diff == st.Memory.BaseID.IsZero() {
+		return bad("a diff snapshot needs the ID of its base, and only a diff has one")
 	}
 	want := memory.Layout(m.MemorySize)
 	if len(st.Memory.Regions) != len(want) {
@@ -182,39 +202,14 @@ func ReadStateFile(path string) (*VMState, error) {
 	return st, nil
 }
 
-// WriteStateFile writes st atomically: to a temporary file in the same
-// directory, synced, then renamed, so a crash never leaves a half-written
-// state file under the final name.
+// WriteStateFile writes st atomically: complete under path, or not at all.
 func WriteStateFile(path string, st *VMState) error {
 	b, err := Encode(st)
 	if err != nil {
 		return err
 	}
-	return writeAtomic(path, func(f *os.File) error {
+	return writeAtomic("snapshot state", path, func(f *os.File) error {
 		_, err := f.Write(b)
 		return err
 	})
-}
-
-func writeAtomic(path string, fill func(*os.File) error) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("create %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if err := fill(tmp); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("sync %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("rename %s: %w", path, err)
-	}
-	return nil
 }

@@ -7,13 +7,12 @@ import (
 	"testing"
 
 	"github.com/voltvmm/volt/vmm/kvm"
-	"github.com/voltvmm/volt/vmm/memory"
 )
 
 func validState() *VMState {
 	st := &VMState{
 		Machine: Machine{CPUs: 2, MemorySize: 16 << 20},
-		Memory:  MemoryState{Size: 16 << 20, Regions: []Region{{Guest: 0, Size: 16 << 20}}},
+		Memory:  MemoryState{Size: 16 << 20, ID: MemoryID{1}, Regions: []Region{{Guest: 0, Size: 16 << 20}}},
 	}
 	for i := range 2 {
 		st.VCPUs = append(st.VCPUs, VCPUState{ID: i, CPUID: []kvm.CPUIDEntry{{Function: 0}}, MSRs: []kvm.MSR{{Index: 0x10, Data: 7}}})
@@ -32,8 +31,11 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.VCPUs[1].Regs.RIP != 0x1234 || string(st.Devices.UART.Input) != "pending" || st.VCPUs[0].MSRs[0].Data != 7 {
+	if st.VCPUs[1].Regs.RIP != 0x1234 || string(st.Devices.UART.Input) != "pending" || st.VCPUs[0].MSRs[0].Data != 7 || st.Memory.ID != (MemoryID{1}) {
 		t.Fatalf("round trip lost data: %+v", st.VCPUs[1].Regs)
+	}
+	if st.Format != (Version{MajorVersion, MinorVersion}) {
+		t.Errorf("Format = %v, want the file's version", st.Format)
 	}
 }
 
@@ -60,7 +62,10 @@ func TestDecodeRejects(t *testing.T) {
 		{"empty", nil, ErrTruncated},
 		{"short header", good[:20], ErrTruncated},
 		{"bad magic", mutate(func(b []byte) []byte { b[0] = 'X'; return b }), ErrNotSnapshot},
-		{"future major", mutate(func(b []byte) []byte { b[8] = 2; return b }), ErrVersion},
+		{"future major", mutate(func(b []byte) []byte { b[8] = 3; return b }), ErrVersion},
+		{"version 1, which has no memory binding", mutate(func(b []byte) []byte { b[8] = 1; return b }), ErrVersion},
+		{"future minor", mutate(func(b []byte) []byte { b[10] = MinorVersion + 1; return b }), ErrVersion},
+		{"reserved bytes set", mutate(func(b []byte) []byte { b[13] = 1; return b }), ErrInvalid},
 		{"payload cut", good[:len(good)-1], ErrTruncated},
 		{"extra bytes", append(append([]byte(nil), good...), 0), ErrInvalid},
 		{"flipped payload bit", mutate(func(b []byte) []byte { b[len(b)-3] ^= 1; return b }), ErrChecksum},
@@ -72,6 +77,9 @@ func TestDecodeRejects(t *testing.T) {
 		{"region off layout", reencode(func(s *VMState) { s.Memory.Regions[0].Guest = 4096 }), ErrInvalid},
 		{"diff without bitmap", reencode(func(s *VMState) { s.Memory.Diff = true }), ErrInvalid},
 		{"full with bitmap", reencode(func(s *VMState) { s.Memory.DirtyBitmap = []uint64{1} }), ErrInvalid},
+		{"no memory ID", reencode(func(s *VMState) { s.Memory.ID = MemoryID{} }), ErrInvalid},
+		{"full with a base", reencode(func(s *VMState) { s.Memory.BaseID = MemoryID{2} }), ErrInvalid},
+		{"diff without a base", reencode(func(s *VMState) { s.Memory.Diff, s.Memory.DirtyBitmap = true, make([]uint64, 64) }), ErrInvalid},
 		{"too many MSRs", reencode(func(s *VMState) { s.VCPUs[0].MSRs = make([]kvm.MSR, MaxMSRs+1) }), ErrInvalid},
 		{"no CPUID", reencode(func(s *VMState) { s.VCPUs[0].CPUID = nil }), ErrInvalid},
 		{"vCPU IDs out of order", reencode(func(s *VMState) { s.VCPUs[0].ID = 1 }), ErrInvalid},
@@ -111,42 +119,6 @@ func TestStateFileIsSizeCappedAndAtomic(t *testing.T) {
 	}
 	if _, err := ReadStateFile(dir); err == nil {
 		t.Fatal("a directory accepted as a state file")
-	}
-}
-
-func TestMemoryFilesAreSparseAndMerge(t *testing.T) {
-	dir := t.TempDir()
-	mem := make([]byte, 64*memory.PageSize)
-	mem[3*memory.PageSize] = 1
-	base := filepath.Join(dir, "base.mem")
-	if err := WriteMemoryFile(base, mem); err != nil {
-		t.Fatal(err)
-	}
-	fi, _ := os.Stat(base)
-	if fi.Size() != int64(len(mem)) {
-		t.Fatalf("memory file is %d bytes", fi.Size())
-	}
-	mem[3*memory.PageSize] = 0 // the guest zeroed a page: a dirty zero page
-	mem[9*memory.PageSize] = 2
-	dirty := []uint64{1<<3 | 1<<9}
-	diff := filepath.Join(dir, "diff.mem")
-	if err := WriteDiffMemoryFile(diff, mem, dirty); err != nil {
-		t.Fatal(err)
-	}
-	if err := MergeDiff(base, diff, dirty); err != nil {
-		t.Fatal(err)
-	}
-	got, _ := os.ReadFile(base)
-	if got[3*memory.PageSize] != 0 || got[9*memory.PageSize] != 2 {
-		t.Fatal("merge did not apply the diff's pages, including the zeroed one")
-	}
-	if err := MergeDiff(base, diff, []uint64{1, 2}); err == nil {
-		t.Fatal("bitmap of the wrong length accepted")
-	}
-	short := filepath.Join(dir, "short.mem")
-	os.WriteFile(short, make([]byte, memory.PageSize), 0o600)
-	if err := MergeDiff(base, short, dirty); err == nil {
-		t.Fatal("diff of another size accepted")
 	}
 }
 

@@ -2,14 +2,27 @@
 //
 // A snapshot is two files: the state file (this package's VMState, plain
 // data kept apart from live objects) and the memory file (guest RAM, regions
-// back to back, sparse: zero pages are holes). The state file is
+// back to back, sparse: zero pages are holes, then one trailer page). The
+// state file is
 //
-//	magic "VOLTSNAP" | major u16 | minor u16 | reserved u32 | length u64 |
-//	SHA-256 of the payload (32 bytes) | payload (JSON)
+//	magic "VOLTSNAP" | major u16 | minor u16 | reserved u32 (zero) |
+//	length u64 | SHA-256 of the payload (32 bytes) | payload (JSON)
 //
-// and is verified (size cap, magic, version, length, checksum) before a
-// single byte of the payload is decoded, so a corrupt or truncated file is a
-// clear error and never reaches the decoder.
+// and is verified (size cap, magic, version, reserved bytes, length,
+// checksum) before a single byte of the payload is decoded, so a corrupt or
+// truncated file is a clear error and never reaches the decoder. A reader
+// takes its own major version and minor versions up to its own; a minor
+// version only ever adds fields, and since unknown fields are refused, a
+// file of a newer minor version is refused with a message that says so.
+//
+// The two files are bound to each other: the state records its memory's
+// 128-bit ID, and the memory file's trailer carries the same ID, its kind
+// (full or diff) and a checksum. A restore reads the trailer (one page)
+// before the guest runs, so a memory file from another snapshot, or one
+// left by a create or merge that was killed half-way, is refused. The ID is
+// not a digest of the memory: hashing gigabytes at every restore would undo
+// the point of mapping memory lazily. (Memory kept in the CAS is named by its
+// manifest's digest instead.)
 package snapshot
 
 import (
@@ -22,6 +35,10 @@ import (
 
 // VMState is everything needed to resume a VM except its memory.
 type VMState struct {
+	// Format is the version of the file the state was read from; it is
+	// not part of the payload.
+	Format Version `json:"-"`
+
 	Machine Machine
 	Memory  MemoryState
 	VCPUs   []VCPUState
@@ -49,7 +66,14 @@ type Machine struct {
 
 // MemoryState describes the memory file.
 type MemoryState struct {
-	Size    uint64
+	Size uint64
+	// ID is the identity of this snapshot's memory file, which its trailer
+	// repeats.
+	ID MemoryID
+	// BaseID, in a diff snapshot, is the ID of the snapshot memory the diff
+	// applies onto (the VM's previous snapshot, or the snapshot it was
+	// restored from); a merge refuses any other base.
+	BaseID  MemoryID `json:",omitzero"`
 	Regions []Region
 	// Diff marks a diff snapshot: the memory file holds only the pages set
 	// in DirtyBitmap (one bit per 4 KiB page of the whole memory, in file

@@ -200,3 +200,10 @@ type FullVMConfiguration struct {
 	Vsock             *Vsock                `json:"vsock,omitempty"`
 	Entropy           *EntropyDevice        `json:"entropy,omitempty"`
 }
+
+// The files of a snapshot directory, as volt-vmm --restore DIR reads them
+// and volt-snapshot and the pool write them.
+const (
+	SnapshotStateFile = "vm.state"
+	SnapshotMemFile   = "vm.mem"
+)
