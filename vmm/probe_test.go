@@ -24,7 +24,7 @@ var (
 )
 
 // probeELF builds the probe guest once per test binary (or uses $VOLT_PROBE).
-func probeELF(t *testing.T) string {
+func probeELF(t testing.TB) string {
 	t.Helper()
 	probeOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "volt-probe-")
@@ -42,7 +42,7 @@ func probeELF(t *testing.T) string {
 
 // session is a running probe VM with its console wired to the test.
 type session struct {
-	t      *testing.T
+	t      testing.TB
 	vm     *vmm.VM
 	in     *io.PipeWriter
 	lines  chan string
@@ -51,7 +51,7 @@ type session struct {
 	mu     sync.Mutex
 }
 
-func startProbe(t *testing.T, cfg vmm.Config) *session {
+func startProbe(t testing.TB, cfg vmm.Config) *session {
 	t.Helper()
 	kvmtest.Require(t)
 	if cfg.KernelPath == "" {
@@ -74,7 +74,7 @@ func startProbe(t *testing.T, cfg vmm.Config) *session {
 }
 
 // attach runs vm and connects its console pipes to a new session.
-func attach(t *testing.T, vm *vmm.VM, inW *io.PipeWriter, outR *io.PipeReader, outW *io.PipeWriter) *session {
+func attach(t testing.TB, vm *vmm.VM, inW *io.PipeWriter, outR *io.PipeReader, outW *io.PipeWriter) *session {
 	t.Helper()
 	s := &session{t: t, vm: vm, in: inW, lines: make(chan string, 100), result: make(chan vmm.Result, 1)}
 	go func() {
