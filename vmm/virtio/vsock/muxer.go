@@ -32,13 +32,14 @@ const (
 	acceptBatch = 32
 )
 
-// Epoll registration kinds, kept in the event's Pad field; connections use
-// their generation (≥ genFirst) so that a stale event for a closed fd whose
+// Epoll registrations are told apart by the event's Pad field: the
+// listener is -1, notifier token t is -2-t, and a connection has its
+// generation (≥ genFirst), so that a stale event for a closed fd whose
 // number was reused is recognised.
 const (
-	kindListener int32 = 1
-	kindNotifier int32 = 2
-	genFirst     int32 = 16
+	tagListener int32 = -1
+	tagNotifier int32 = -2
+	genFirst    int32 = 1
 )
 
 // Metrics counts what the muxer did; the device exposes a snapshot.
@@ -126,7 +127,7 @@ func newMuxer(guestCID uint64, udsPath string, o muxerOptions) (*muxer, error) {
 	if err := unix.Stat(udsPath, &st); err == nil {
 		m.udsIno = st.Ino
 	}
-	if err := m.epollAdd(lfd, unix.EPOLLIN, kindListener); err != nil {
+	if err := m.epollAdd(lfd, unix.EPOLLIN, tagListener); err != nil {
 		m.close()
 		return nil, err
 	}
@@ -147,7 +148,7 @@ func (m *muxer) addNotifier(fd int, token uint) error {
 	if token > 63 {
 		return fmt.Errorf("vsock: notifier token %d out of range", token)
 	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd), Pad: kindNotifier | int32(token)<<8}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd), Pad: tagNotifier - int32(token)}
 	if err := unix.EpollCtl(m.ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		return fmt.Errorf("vsock: epoll add notifier fd %d: %w", fd, err)
 	}
@@ -188,10 +189,10 @@ func (m *muxer) poll(timeout time.Duration) (uint64, error) {
 	for i := 0; i < n; i++ {
 		ev := m.events[i]
 		switch tag := ev.Pad; {
-		case tag&0xff == kindNotifier:
-			fired |= 1 << uint(tag>>8)
-		case tag == kindListener:
+		case tag == tagListener:
 			m.acceptHost(now)
+		case tag <= tagNotifier:
+			fired |= 1 << uint(tagNotifier-tag)
 		default:
 			c := m.byFd[int(ev.Fd)]
 			if c == nil || c.gen != tag {
@@ -249,8 +250,7 @@ func (m *muxer) after(c *conn) {
 // connection is gone.
 func (m *muxer) settle(c *conn) bool {
 	if c.fd < 0 && c.regFd >= 0 {
-		delete(m.byFd, c.regFd)
-		c.regFd = -1
+		m.unindexFd(c)
 	}
 	if c.state == stateKilled && c.pending == 0 {
 		// Its RST went out: the connection is over.
@@ -261,13 +261,19 @@ func (m *muxer) settle(c *conn) bool {
 	return true
 }
 
+// unindexFd forgets c's fd registration (closing the fd took it out of the
+// epoll set); the number may already belong to a new socket.
+func (m *muxer) unindexFd(c *conn) {
+	if c.regFd >= 0 && m.byFd[c.regFd] == c {
+		delete(m.byFd, c.regFd)
+	}
+	c.regFd = -1
+}
+
 // remove forgets a connection and closes its host socket.
 func (m *muxer) remove(c *conn) {
 	c.closeHost()
-	if c.regFd >= 0 {
-		delete(m.byFd, c.regFd)
-		c.regFd = -1
-	}
+	m.unindexFd(c)
 	m.timers.remove(c)
 	if cur, ok := m.conns[c.key]; ok && cur == c {
 		delete(m.conns, c.key)
@@ -283,10 +289,7 @@ func (m *muxer) drop(c *conn) {
 	c.state, c.pending = stateKilled, 0
 	c.disarm()
 	c.closeHost()
-	if c.regFd >= 0 {
-		delete(m.byFd, c.regFd)
-		c.regFd = -1
-	}
+	m.unindexFd(c)
 	m.timers.remove(c)
 }
 
@@ -294,7 +297,7 @@ func (m *muxer) drop(c *conn) {
 // is kept in the connection's flags, so no epoll_ctl is needed per packet.
 func (m *muxer) register(c *conn) error {
 	m.gen++
-	if m.gen < genFirst {
+	if m.gen < genFirst { // wrapped
 		m.gen = genFirst
 	}
 	c.gen = m.gen

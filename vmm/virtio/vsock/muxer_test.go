@@ -740,3 +740,72 @@ func TestOneCreditRequestPerStall(t *testing.T) {
 		t.Fatalf("sent %d bytes", p.h.Len)
 	}
 }
+
+// BenchmarkMuxerRoundTrip is the host side alone: a request from a Unix
+// client to the guest's packet interface and an answer back, no queues.
+func BenchmarkMuxerRoundTrip(b *testing.B) {
+	t := &testing.T{}
+	_ = t
+	path := filepath.Join(b.TempDir(), "v.sock")
+	if len(path) > maxSunPath {
+		dir, _ := os.MkdirTemp("", "vsk")
+		defer os.RemoveAll(dir)
+		path = filepath.Join(dir, "v.sock")
+	}
+	m, err := newMuxer(testCID, path, muxerOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.close()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("CONNECT 52\n"))
+	buf := make([]byte, 4096)
+	var h Header
+	next := func() Header {
+		for !m.recv(&h, sgList{buf}) {
+			if _, err := m.poll(time.Second); err != nil {
+				b.Fatal(err)
+			}
+		}
+		return h
+	}
+	req := next()
+	guest := Header{SrcCID: testCID, DstCID: HostCID, SrcPort: 52, DstPort: req.SrcPort, Type: TypeStream, Op: OpResponse, BufAlloc: 256 << 10}
+	m.send(guest, nil)
+	line := make([]byte, len("OK 1073741824\n"))
+	io.ReadFull(c, line)
+	msg := make([]byte, 64)
+	ans := make([]byte, 64)
+	guest.Op = OpRW
+	guest.Len = 64
+	var fwd uint32
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		c.Write(msg)
+		got := next()
+		fwd += got.Len
+		guest.FwdCnt = fwd
+		m.send(guest, sgList{buf[:64]})
+		io.ReadFull(c, ans)
+	}
+}
+
+func TestGenerationsNeverLookLikeNotifiers(t *testing.T) {
+	// Many short-lived host clients: every registration gets a new
+	// generation, which must never be taken for a notifier or the listener.
+	tm := newTestMux(t, connParams{}, 0)
+	for i := 0; i < 600; i++ {
+		c, hostPort := tm.connectHost(52)
+		c.Close()
+		tm.expect(OpShutdown)
+		tm.send(tm.hdr(OpRst, 52, hostPort), nil)
+	}
+	if tm.m.m.HostConnsRejected.Load() != 0 || len(tm.m.byFd) != 0 {
+		t.Fatalf("rejected %d, %d fds left", tm.m.m.HostConnsRejected.Load(), len(tm.m.byFd))
+	}
+}
