@@ -26,10 +26,12 @@ type Macvtap struct {
 }
 
 // OpenMacvtap opens a queue of the macvtap interface name (made beforehand,
-// e.g. `ip link add link eth0 name mvtap0 type macvtap mode bridge`). It
-// opens /dev/tap<ifindex>; where udev has not made that node (containers,
-// network namespaces, minimal hosts) it makes a private node from the
-// device number in sysfs, opens it and removes it again.
+// e.g. `ip link add link eth0 name mvtap0 type macvtap mode bridge`). The
+// interface's character device number comes from sysfs, which must show
+// the caller's network namespace (as under `ip netns exec`): it opens
+// /dev/tap<ifindex> if that node is this device, and otherwise (no node,
+// or another namespace's node under the same index) makes a private node,
+// opens it and removes it again.
 func OpenMacvtap(name string) (*Macvtap, error) {
 	if err := checkIfName(name); err != nil {
 		return nil, err
@@ -68,42 +70,47 @@ func OpenMacvtap(name string) (*Macvtap, error) {
 	return &Macvtap{Tap: t, Index: iface.Index, HardwareAddr: iface.HardwareAddr}, nil
 }
 
-// openMacvtapNode opens node when it exists and is the macvtap character
-// device (checked, so that a regular file or another device at that path is
-// refused), or else a private node made from the sysfs device number.
+// openMacvtapNode opens node when it is the interface's character device
+// (sysDev, from sysfs), and otherwise a private node made from sysDev. The
+// check matters: /dev/tapN is named by an interface index, which network
+// namespaces reuse, so devtmpfs may hold another namespace's (or a deleted
+// interface's) node under the name; and a path in /dev could be anything.
 func openMacvtapNode(node string, major uint32, sysDev uint64, sysErr error) (int, error) {
+	if sysErr != nil {
+		// Without sysfs nothing ties /dev/tapN to our interface: in
+		// another namespace the same index names another VM's macvtap.
+		return -1, fmt.Errorf("cannot tell which device is this interface's (%v): run the VMM where /sys shows its own network namespace (ip netns exec mounts one)", sysErr)
+	}
 	var st unix.Stat_t
 	err := unix.Stat(node, &st)
+	var refused error
 	switch {
-	case err == nil:
-		if st.Mode&unix.S_IFMT != unix.S_IFCHR || unix.Major(st.Rdev) != major {
-			return -1, fmt.Errorf("%s is not a macvtap character device (mode %#o, device %d:%d; macvtap is major %d)", node, st.Mode, unix.Major(st.Rdev), unix.Minor(st.Rdev), major)
-		}
-		if sysErr == nil && st.Rdev != sysDev {
-			return -1, fmt.Errorf("%s is device %d:%d but sysfs says %d:%d: a stale node from an older interface", node, unix.Major(st.Rdev), unix.Minor(st.Rdev), unix.Major(sysDev), unix.Minor(sysDev))
-		}
+	case err != nil && !errors.Is(err, unix.ENOENT):
+		refused = fmt.Errorf("stat %s: %w", node, err)
+	case err != nil:
+		refused = fmt.Errorf("%s does not exist", node)
+	case st.Mode&unix.S_IFMT != unix.S_IFCHR || unix.Major(st.Rdev) != major:
+		refused = fmt.Errorf("%s is not a macvtap character device (mode %#o, device %d:%d; macvtap is major %d)", node, st.Mode, unix.Major(st.Rdev), unix.Minor(st.Rdev), major)
+	case st.Rdev != sysDev:
+		refused = fmt.Errorf("%s is device %d:%d but the interface is %d:%d (another namespace's node, or a stale one)", node, unix.Major(st.Rdev), unix.Minor(st.Rdev), unix.Major(sysDev), unix.Minor(sysDev))
+	default:
 		fd, err := unix.Open(node, unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return -1, fmt.Errorf("open %s: %w", node, err)
 		}
 		return fd, nil
-	case !errors.Is(err, unix.ENOENT):
-		return -1, fmt.Errorf("stat %s: %w", node, err)
-	}
-	if sysErr != nil {
-		return -1, fmt.Errorf("%s does not exist and its device number is unknown (%v): run the VMM where /sys shows its own network namespace (ip netns exec mounts one)", node, sysErr)
 	}
 	if unix.Major(sysDev) != major {
 		return -1, fmt.Errorf("sysfs gives device %d:%d, not of macvtap (major %d)", unix.Major(sysDev), unix.Minor(sysDev), major)
 	}
 	dir, err := os.MkdirTemp("", "volt-macvtap-")
 	if err != nil {
-		return -1, fmt.Errorf("private device node: %w", err)
+		return -1, fmt.Errorf("%v; private device node: %w", refused, err)
 	}
 	defer os.RemoveAll(dir)
 	private := filepath.Join(dir, filepath.Base(node))
 	if err := unix.Mknod(private, unix.S_IFCHR|0o600, int(sysDev)); err != nil {
-		return -1, fmt.Errorf("make private node for %s: %w", node, err)
+		return -1, fmt.Errorf("%v; make a private node instead: %w", refused, err)
 	}
 	fd, err := unix.Open(private, unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
