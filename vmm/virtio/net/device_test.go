@@ -441,6 +441,7 @@ func TestRateLimitersDelayButDeliver(t *testing.T) {
 			t.Errorf("rx frame %d: %d bytes", i, len(got.frame))
 		}
 	}
+	g.waitTxUsed(n, wait) // counted before they are used
 	m := g.dev.Metrics()
 	if m.TxThrottled == 0 || m.RxThrottled == 0 || m.TxFrames != n || m.RxFrames != n {
 		t.Errorf("metrics %+v: want both directions throttled and every frame through", m)

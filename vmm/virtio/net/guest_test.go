@@ -110,6 +110,9 @@ func newSimRing(mem *memory.Memory, index int, size uint16) *simRing {
 		chains: map[uint16][]uint16{}, bufOf: map[uint16]memory.GuestAddr{}}
 	r.avail = base + memory.GuestAddr(16*int(size))
 	r.used = (r.avail + memory.GuestAddr(6+2*int(size)) + 3) &^ 3
+	// A driver allocates its rings zeroed; stale indices from a previous
+	// probe would publish stale chains.
+	mem.Zero(base, uint64(r.used-base)+6+8*uint64(size))
 	for i := range size {
 		r.free = append(r.free, i)
 	}

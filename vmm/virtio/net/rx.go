@@ -231,13 +231,15 @@ func (r *rxPath) deliver() (bool, error) {
 	}
 	clear(r.held)
 	r.held, r.heldCap = r.held[:0], 0
+	// Counted before the guest can see it, so that metrics never lag
+	// what the guest received.
+	r.d.stats.rxFrames.Add(1)
+	r.d.stats.rxBytes.Add(uint64(need - HeaderSize))
 	for _, u := range r.used {
 		if err := r.q.PushUsed(u.head, u.len); err != nil {
 			return false, err
 		}
 	}
-	r.d.stats.rxFrames.Add(1)
-	r.d.stats.rxBytes.Add(uint64(need - HeaderSize))
 	r.unsignalled++
 	if r.unsignalled >= signalEvery {
 		if err := r.signal(); err != nil {
