@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -246,4 +248,21 @@ func TestTouchBeyondMemoryIsRefusedByTheGuest(t *testing.T) {
 	s.expect("error:")
 	s.send("poweroff")
 	s.wait()
+}
+
+// TestProbeBootsAsA32BitELF boots the same probe converted to a 32-bit ELF
+// (as QEMU accepts PVH kernels): the PVH entry is 32-bit code anyway.
+func TestProbeBootsAsA32BitELF(t *testing.T) {
+	elf32 := filepath.Join(t.TempDir(), "probe32.elf")
+	if out, err := exec.Command("objcopy", "-O", "elf32-i386", probeELF(t), elf32).CombinedOutput(); err != nil {
+		t.Fatalf("objcopy (binutils, installed by scripts/setup with gcc): %v: %s", err, out)
+	}
+	s := startProbe(t, vmm.Config{KernelPath: elf32})
+	s.expect(probe.ReadyLine)
+	s.send("echo from a 32-bit image")
+	s.expect("from a 32-bit image")
+	s.send("poweroff")
+	if r := s.wait(); r.Reason != vmm.StopPowerOff {
+		t.Fatalf("stopped with %s: %v", r.Reason, r.Err)
+	}
 }

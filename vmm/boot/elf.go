@@ -9,21 +9,27 @@ import (
 	"github.com/voltvmm/volt/vmm/memory"
 )
 
-// ELF64 as far as loading a vmlinux needs: the file header, program headers,
+// ELF as far as loading a vmlinux needs: the file header, program headers,
 // PT_LOAD segments and the notes that carry the PVH entry point. Section
-// headers are never read, so stripped images load the same.
+// headers are never read, so stripped images load the same. 64-bit images
+// boot through PVH or their 64-bit entry; 32-bit images (which QEMU boots
+// too: the PVH entry is 32-bit anyway) boot through PVH only.
 
 const (
-	elfHeaderSize = 64
-	elfPhdrSize   = 56
+	elfHeaderSize   = 64
+	elfPhdrSize     = 56
+	elf32HeaderSize = 52
+	elf32PhdrSize   = 32
 	// elfMaxPhdrs bounds the program-header table we read; vmlinux has
 	// about five, and a fuzzed header must not make us allocate megabytes.
 	elfMaxPhdrs = 256
 	// elfMaxNote bounds a PT_NOTE segment we scan (vmlinux's are < 4 KiB).
 	elfMaxNote = 64 << 10
 
+	elfClass32      = 1
 	elfClass64      = 2
 	elfDataLSB      = 1
+	elfMachine386   = 3
 	elfMachineX8664 = 62
 
 	ptLoad = 1
@@ -47,6 +53,7 @@ func (s segment) end() uint64 { return s.paddr + s.memsz }
 
 // elfImage is a parsed vmlinux.
 type elfImage struct {
+	class32  bool   // a 32-bit ELF: it has no 64-bit entry, only PVH
 	entry    uint64 // e_entry: Linux links it as the physical startup_64
 	pvhEntry uint64
 	hasPVH   bool
@@ -57,37 +64,81 @@ func isELF(head []byte) bool {
 	return len(head) >= 4 && head[0] == 0x7f && head[1] == 'E' && head[2] == 'L' && head[3] == 'F'
 }
 
+// elfFormat is where the fields a loader needs sit in one ELF class.
+type elfFormat struct {
+	headerSize, phdrSize uint64
+	machines             []uint16
+	// Offsets (and widths, 4 or 8) of header and program-header fields.
+	entry, phoff, phentsize, phnum field
+	pType, pOffset, pPaddr         field
+	pFilesz, pMemsz                field
+}
+
+type field struct{ off, size uint64 }
+
+func (f field) get(b []byte) uint64 {
+	if f.size == 2 {
+		return uint64(binary.LittleEndian.Uint16(b[f.off:]))
+	}
+	if f.size == 4 {
+		return uint64(binary.LittleEndian.Uint32(b[f.off:]))
+	}
+	return binary.LittleEndian.Uint64(b[f.off:])
+}
+
+var (
+	elf64 = elfFormat{
+		headerSize: elfHeaderSize, phdrSize: elfPhdrSize, machines: []uint16{elfMachineX8664},
+		entry: field{24, 8}, phoff: field{32, 8}, phentsize: field{54, 2}, phnum: field{56, 2},
+		pType: field{0, 4}, pOffset: field{8, 8}, pPaddr: field{24, 8}, pFilesz: field{32, 8}, pMemsz: field{40, 8},
+	}
+	elf32 = elfFormat{
+		headerSize: elf32HeaderSize, phdrSize: elf32PhdrSize, machines: []uint16{elfMachine386, elfMachineX8664},
+		entry: field{24, 4}, phoff: field{28, 4}, phentsize: field{42, 2}, phnum: field{44, 2},
+		pType: field{0, 4}, pOffset: field{4, 4}, pPaddr: field{12, 4}, pFilesz: field{16, 4}, pMemsz: field{20, 4},
+	}
+)
+
 // parseELF reads and checks the headers; it touches no guest memory.
 func parseELF(r io.ReaderAt, size int64) (*elfImage, error) {
-	h, err := readAt(r, size, 0, elfHeaderSize)
+	ident, err := readAt(r, size, 0, 16)
 	if err != nil {
 		return nil, fmt.Errorf("ELF header: %w", err)
 	}
-	if !isELF(h) {
+	if !isELF(ident) {
 		return nil, ErrUnknownFormat
 	}
-	if h[4] != elfClass64 {
-		return nil, fmt.Errorf("%w: ELF class %d, only 64-bit (2) kernels boot here", ErrUnsupported, h[4])
+	var f elfFormat
+	switch ident[4] {
+	case elfClass64:
+		f = elf64
+	case elfClass32:
+		f = elf32
+	default:
+		return nil, fmt.Errorf("%w: ELF class %d, want 32-bit (1) or 64-bit (2)", ErrUnsupported, ident[4])
 	}
-	if h[5] != elfDataLSB {
-		return nil, fmt.Errorf("%w: ELF data encoding %d, want little-endian (1)", ErrUnsupported, h[5])
+	if ident[5] != elfDataLSB {
+		return nil, fmt.Errorf("%w: ELF data encoding %d, want little-endian (1)", ErrUnsupported, ident[5])
 	}
-	le := binary.LittleEndian
-	if m := le.Uint16(h[18:]); m != elfMachineX8664 {
-		return nil, fmt.Errorf("%w: ELF machine %d, want x86-64 (%d)", ErrUnsupported, m, elfMachineX8664)
+	h, err := readAt(r, size, 0, f.headerSize)
+	if err != nil {
+		return nil, fmt.Errorf("ELF header: %w", err)
 	}
-	img := &elfImage{entry: le.Uint64(h[24:])}
-	phoff := le.Uint64(h[32:])
-	phentsize := uint64(le.Uint16(h[54:]))
-	phnum := uint64(le.Uint16(h[56:]))
+	if m := binary.LittleEndian.Uint16(h[18:]); !slices.Contains(f.machines, m) {
+		return nil, fmt.Errorf("%w: ELF machine %d, want x86 (%d or %d)", ErrUnsupported, m, elfMachine386, elfMachineX8664)
+	}
+	img := &elfImage{entry: f.entry.get(h), class32: ident[4] == elfClass32}
+	phoff := f.phoff.get(h)
+	phentsize := f.phentsize.get(h)
+	phnum := f.phnum.get(h)
 	if phnum == 0 {
 		return nil, fmt.Errorf("%w: ELF has no program headers", ErrInvalidImage)
 	}
 	if phnum > elfMaxPhdrs {
 		return nil, fmt.Errorf("%w: ELF has %d program headers, at most %d are accepted", ErrInvalidImage, phnum, elfMaxPhdrs)
 	}
-	if phentsize < elfPhdrSize {
-		return nil, fmt.Errorf("%w: ELF program header size %d, want at least %d", ErrInvalidImage, phentsize, elfPhdrSize)
+	if phentsize < f.phdrSize {
+		return nil, fmt.Errorf("%w: ELF program header size %d, want at least %d", ErrInvalidImage, phentsize, f.phdrSize)
 	}
 	table, err := readAt(r, size, phoff, phentsize*phnum)
 	if err != nil {
@@ -95,13 +146,13 @@ func parseELF(r io.ReaderAt, size int64) (*elfImage, error) {
 	}
 	for i := range int(phnum) {
 		p := table[uint64(i)*phentsize:]
-		typ := le.Uint32(p[0:])
+		typ := uint32(f.pType.get(p))
 		s := segment{
 			index:   i,
-			fileOff: le.Uint64(p[8:]),
-			paddr:   le.Uint64(p[24:]),
-			filesz:  le.Uint64(p[32:]),
-			memsz:   le.Uint64(p[40:]),
+			fileOff: f.pOffset.get(p),
+			paddr:   f.pPaddr.get(p),
+			filesz:  f.pFilesz.get(p),
+			memsz:   f.pMemsz.get(p),
 		}
 		switch typ {
 		case ptLoad:
@@ -138,6 +189,9 @@ func parseELF(r io.ReaderAt, size int64) (*elfImage, error) {
 	}
 	if len(img.segments) == 0 {
 		return nil, fmt.Errorf("%w: ELF has no loadable segments", ErrInvalidImage)
+	}
+	if img.class32 && !img.hasPVH {
+		return nil, fmt.Errorf("%w: a 32-bit ELF kernel boots only through PVH, and this one has no PVH entry note", ErrNoPVHNote)
 	}
 	return img, nil
 }

@@ -127,6 +127,7 @@ func FuzzLoadELF(f *testing.F) {
 	// Seeds are kept small: minimising a new input costs one run per byte.
 	f.Add(buildELF(elfSpec{entry: 0x100000, pvhEntry: 0x100010, segs: []elfSeg{{paddr: 0x100000, data: pattern(0x40, 1)}, {paddr: 0x180000, data: pattern(0x20, 2), memsz: 0x2000}}}))
 	f.Add(buildELF(elfSpec{entry: 0x100000, pvhEntry: 0x100010, pvhSize: 4, segs: []elfSeg{{paddr: 0x100000, data: pattern(0x40, 1), memsz: 0x1000}}}))
+	f.Add(buildELF(elfSpec{class32: true, entry: 0x100000, pvhEntry: 0x100010, pvhSize: 4, segs: []elfSeg{{paddr: 0x100000, data: pattern(0x40, 1), memsz: 0x1000}}}))
 	f.Add(buildELF(elfSpec{entry: 0x100000, segs: []elfSeg{{paddr: 0x100000, data: pattern(0x40, 2)}, {paddr: 0x140000, data: pattern(0x20, 3)}}}))
 	f.Add(buildELF(elfSpec{entry: 0x100000, pvhEntry: 0x100000, segs: []elfSeg{{paddr: 0x100000, data: pattern(0x40, 1)}, {paddr: 0x100020, data: pattern(0x40, 2)}}}))
 	f.Add([]byte("\x7fELF"))

@@ -22,6 +22,7 @@ type elfSpec struct {
 	pvhEntry uint64 // 0: no PVH note
 	pvhSize  int    // 4 or 8; 0 means 8
 	segs     []elfSeg
+	class32  bool // a 32-bit ELF (i386), as QEMU's PVH boot also takes
 }
 
 func buildELF(s elfSpec) []byte {
@@ -46,44 +47,55 @@ func buildELF(s elfSpec) []byte {
 	if note != nil {
 		nph++
 	}
-	off := uint64(elfHeaderSize + nph*elfPhdrSize)
+	f := elf64
+	class, machine := byte(elfClass64), uint16(elfMachineX8664)
+	if s.class32 {
+		f, class, machine = elf32, elfClass32, elfMachine386
+	}
+	put := func(b []byte, fl field, v uint64) {
+		switch fl.size {
+		case 2:
+			le.PutUint16(b[fl.off:], uint16(v))
+		case 4:
+			le.PutUint32(b[fl.off:], uint32(v))
+		default:
+			le.PutUint64(b[fl.off:], v)
+		}
+	}
+	off := f.headerSize + uint64(nph)*f.phdrSize
 	h := make([]byte, off)
-	copy(h, []byte{0x7f, 'E', 'L', 'F', elfClass64, elfDataLSB, 1})
+	copy(h, []byte{0x7f, 'E', 'L', 'F', class, elfDataLSB, 1})
 	le.PutUint16(h[16:], 2) // ET_EXEC
-	le.PutUint16(h[18:], elfMachineX8664)
+	le.PutUint16(h[18:], machine)
 	le.PutUint32(h[20:], 1)
-	le.PutUint64(h[24:], s.entry)
-	le.PutUint64(h[32:], elfHeaderSize)
-	le.PutUint16(h[52:], elfHeaderSize)
-	le.PutUint16(h[54:], elfPhdrSize)
-	le.PutUint16(h[56:], uint16(nph))
+	put(h, f.entry, s.entry)
+	put(h, f.phoff, f.headerSize)
+	put(h, f.phentsize, f.phdrSize)
+	put(h, f.phnum, uint64(nph))
 	var body []byte
-	ph := h[elfHeaderSize:]
+	ph := h[f.headerSize:]
 	for i, sg := range s.segs {
-		p := ph[i*elfPhdrSize:]
+		p := ph[uint64(i)*f.phdrSize:]
 		memsz := sg.memsz
 		if memsz == 0 {
 			memsz = uint64(len(sg.data))
 		}
-		le.PutUint32(p[0:], ptLoad)
-		le.PutUint32(p[4:], 7)
-		le.PutUint64(p[8:], off+uint64(len(body)))
-		le.PutUint64(p[16:], 0xffffffff80000000+sg.paddr)
-		le.PutUint64(p[24:], sg.paddr)
-		le.PutUint64(p[32:], uint64(len(sg.data)))
-		le.PutUint64(p[40:], memsz)
-		le.PutUint64(p[48:], 16)
+		put(p, f.pType, ptLoad)
+		put(p, f.pOffset, off+uint64(len(body)))
+		put(p, f.pPaddr, sg.paddr)
+		put(p, f.pFilesz, uint64(len(sg.data)))
+		put(p, f.pMemsz, memsz)
 		body = append(body, sg.data...)
 		for len(body)%16 != 0 {
 			body = append(body, 0)
 		}
 	}
 	if note != nil {
-		p := ph[len(s.segs)*elfPhdrSize:]
-		le.PutUint32(p[0:], ptNote)
-		le.PutUint64(p[8:], off+uint64(len(body)))
-		le.PutUint64(p[32:], uint64(len(note)))
-		le.PutUint64(p[40:], uint64(len(note)))
+		p := ph[uint64(len(s.segs))*f.phdrSize:]
+		put(p, f.pType, ptNote)
+		put(p, f.pOffset, off+uint64(len(body)))
+		put(p, f.pFilesz, uint64(len(note)))
+		put(p, f.pMemsz, uint64(len(note)))
 		body = append(body, note...)
 	}
 	return append(h, body...)

@@ -163,6 +163,9 @@ func loadELF(mem *memory.Memory, cfg Config, img *elfImage, mm []MemoryMapEntry,
 	if proto == ProtocolPVH && !img.hasPVH {
 		return nil, fmt.Errorf("load kernel: %w", ErrNoPVHNote)
 	}
+	if proto == ProtocolLinux64 && img.class32 {
+		return nil, fmt.Errorf("load kernel: %w: a 32-bit ELF has no 64-bit entry point; boot it through PVH", ErrUnsupported)
+	}
 	entry := img.entry
 	if proto == ProtocolPVH {
 		entry = img.pvhEntry

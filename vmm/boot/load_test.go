@@ -124,6 +124,30 @@ func TestLoadPVHAcceptsFourByteNote(t *testing.T) {
 	}
 }
 
+func TestLoad32BitELFBootsThroughPVHOnly(t *testing.T) {
+	m := newMemory(t, 16<<20)
+	img := buildELF(elfSpec{class32: true, entry: testKernelAddr, pvhEntry: testPVHEntry, pvhSize: 4, segs: []elfSeg{{paddr: testKernelAddr, data: pattern(0x400, 3), memsz: 0x800}}})
+	e, err := Load(m, cfgFor(img))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Protocol != ProtocolPVH || e.RIP != testPVHEntry {
+		t.Errorf("protocol %v RIP %#x", e.Protocol, e.RIP)
+	}
+	if got := readMem(t, m, testKernelAddr, 0x400); !bytes.Equal(got, pattern(0x400, 3)) {
+		t.Error("32-bit segment not loaded")
+	}
+	cfg := cfgFor(img)
+	cfg.Protocol = ProtocolLinux64
+	if _, err := Load(newMemory(t, 16<<20), cfg); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("32-bit ELF through the 64-bit protocol: %v, want ErrUnsupported", err)
+	}
+	noNote := buildELF(elfSpec{class32: true, entry: testKernelAddr, segs: []elfSeg{{paddr: testKernelAddr, data: pattern(0x400, 3)}}})
+	if _, err := Load(newMemory(t, 16<<20), cfgFor(noNote)); !errors.Is(err, ErrNoPVHNote) {
+		t.Errorf("32-bit ELF without a PVH note: %v, want ErrNoPVHNote", err)
+	}
+}
+
 // checkGDTMatches reads the GDT back and decodes the descriptors the
 // segment registers name, so registers and memory cannot drift apart.
 func checkGDTMatches(t *testing.T, m *memory.Memory, e *Entry) {
@@ -342,7 +366,8 @@ func TestLoadRejects(t *testing.T) {
 		{name: "ELF truncated header", image: pvh[:40], want: ErrTruncated},
 		{name: "ELF truncated program headers", image: pvh[:elfHeaderSize+10], want: ErrTruncated},
 		{name: "ELF truncated segment", image: pvh[:len(pvh)-200], want: ErrTruncated},
-		{name: "ELF32", image: mutate(pvh, func(b []byte) { b[4] = 1 }), want: ErrUnsupported},
+		{name: "ELF class 3", image: mutate(pvh, func(b []byte) { b[4] = 3 }), want: ErrUnsupported},
+		{name: "64-bit image read as 32-bit", image: mutate(pvh, func(b []byte) { b[4] = elfClass32 }), want: ErrInvalidImage},
 		{name: "ELF aarch64", image: mutate(pvh, func(b []byte) { le.PutUint16(b[18:], 183) }), want: ErrUnsupported},
 		{name: "segment outside RAM", image: elfWith(elfSeg{paddr: 0x3fff000, data: pattern(0x2000, 1)}), want: ErrDoesNotFit},
 		{name: "segment in MMIO gap", image: elfWith(elfSeg{paddr: 0xd0000000, data: pattern(0x100, 1)}), want: ErrDoesNotFit},
