@@ -3,6 +3,7 @@ package bench
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -31,13 +32,14 @@ func WriteResults(path string, runs []*results.Run, command []string) error {
 	return writeFileAtomic(path, data)
 }
 
+// maxResultsFile bounds what ReadResults reads; results.ParseResults
+// refuses anything near it anyway.
+const maxResultsFile = 32 << 20
+
 // ReadResults reads and checks a results file. A path that is not a
-// regular file (a FIFO, a device) is refused without opening it.
+// regular file (a FIFO, a device) is refused without blocking on it.
 func ReadResults(path string) (*results.Results, error) {
-	if err := regular(path); err != nil {
-		return nil, err
-	}
-	data, err := os.ReadFile(path)
+	data, err := readRegular(path, maxResultsFile)
 	if err != nil {
 		return nil, err
 	}
@@ -46,6 +48,37 @@ func ReadResults(path string) (*results.Results, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return res, nil
+}
+
+// readRegular reads a regular file of at most limit bytes. It opens
+// without blocking (O_NONBLOCK: a FIFO without a writer would otherwise
+// hang the open) and checks the opened file itself, so that nothing
+// swapped in between a check and the open is read.
+func readRegular(path string, limit int64) ([]byte, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file (%s)", path, fi.Mode().Type())
+	}
+	if fi.Size() > limit {
+		return nil, fmt.Errorf("%s: %d bytes, at most %d", path, fi.Size(), limit)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("%s: more than %d bytes", path, limit)
+	}
+	return data, nil
 }
 
 // writeFileAtomic writes data to a temporary file in path's directory and

@@ -118,6 +118,7 @@ const (
 	legendColW       = 300
 	fontFamily       = "DejaVu Sans, Liberation Sans, Arial, sans-serif"
 	logScaleMinRatio = 8 // log x when the panel's largest sample is this many times its smallest
+	maxSteps         = 1000
 )
 
 // WriteCDF draws the figure as a self-contained SVG document: per panel, an
@@ -216,9 +217,14 @@ func writePanel(w *bufio.Writer, p Panel, ox, oy int) {
 		n := float64(len(xs))
 		var pts strings.Builder
 		fmt.Fprintf(&pts, "%.1f,%.1f", xAt(xs[0]), yAt(0))
-		for i, v := range xs {
-			x := xAt(v)
-			fmt.Fprintf(&pts, " %.1f,%.1f %.1f,%.1f", x, yAt(float64(i)/n), x, yAt(float64(i+1)/n))
+		// A step per sample up to maxSteps; beyond, a step every n/maxSteps
+		// ranks (always the last): the curve stays within 1/maxSteps of
+		// the CDF, far below a pixel, and the file stays small.
+		stride := max(1, (len(xs)+maxSteps-1)/maxSteps)
+		for i := 0; i < len(xs); i += stride {
+			j := min(i+stride, len(xs)) - 1
+			x := xAt(xs[j])
+			fmt.Fprintf(&pts, " %.1f,%.1f %.1f,%.1f", x, yAt(float64(i)/n), x, yAt(float64(j+1)/n))
 		}
 		fmt.Fprintf(&pts, " %.1f,%.1f", x1, yAt(1))
 		width := 2.0

@@ -248,3 +248,24 @@ func TestCDFRatiosAreToEachRunsOwnFloor(t *testing.T) {
 		}
 	}
 }
+
+func TestCDFOfManySamplesStaysSmall(t *testing.T) {
+	r := resultstest.Run("volt", 3*maxSteps/2, 1, 9)
+	var buf bytes.Buffer
+	if err := WriteCDF(&buf, CDFFigure("many", []string{"pid1"}, []*results.Run{r})); err != nil {
+		t.Fatal(err)
+	}
+	var doc svgDoc
+	if err := xml.Unmarshal(buf.Bytes(), &doc); err != nil {
+		t.Fatal(err)
+	}
+	pts := strings.Fields(doc.Groups[0].Polylines[0].Points)
+	if len(pts) > 2*maxSteps+2 || len(pts) < maxSteps {
+		t.Errorf("%d points for %d samples, want about %d", len(pts), 3*maxSteps/2, 2*maxSteps)
+	}
+	// The curve still ends at 1 at the largest sample.
+	last := pts[len(pts)-2]
+	if !strings.HasSuffix(last, ","+strings.Split(pts[len(pts)-1], ",")[1]) {
+		t.Errorf("curve does not reach 1 at the last sample: %s then %s", last, pts[len(pts)-1])
+	}
+}

@@ -31,7 +31,7 @@ func minCount(runs ...*results.Run) int {
 		if r == nil {
 			continue
 		}
-		for _, s := range r.Stages {
+		for _, s := range r.Rows() {
 			if s.Count > 0 && (n < 0 || int(s.Count) < n) {
 				n = int(s.Count)
 			}
@@ -87,7 +87,7 @@ func WriteTable(w io.Writer, r *results.Run, floor *results.Run) error {
 		fmt.Fprintf(tw, "floor p50\tp50 ×floor\tfloor %s\t%s ×floor\t", floorTail, floorTail)
 	}
 	fmt.Fprintln(tw, "user exits\tkvm exits\t")
-	for _, s := range r.Stages {
+	for _, s := range r.Rows() {
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t", s.Stage, s.Count, FormatMS(s.P50US, s.Count), FormatMS(s.P90US, s.Count))
 		if tail == "p99" {
 			fmt.Fprintf(tw, "%s\t", FormatMS(tailOf(s, "p99"), s.Count))
@@ -119,7 +119,7 @@ func WriteTable(w io.Writer, r *results.Run, floor *results.Run) error {
 			floor.VMM, floor.Boots, floor.UnitName(), floor.Failures)
 	}
 	if !r.KVMExitsMeasured() {
-		fmt.Fprintf(w, "kvm exits n/a: %s\n", r.KVMExitsNotMeasured)
+		fmt.Fprintf(w, "kvm exits n/a: %s\n", r.KVMExitsNote())
 	}
 	return nil
 }
@@ -215,7 +215,7 @@ func WriteFloors(w io.Writer, floors ...*results.Run) error {
 	var rows []string
 	seen := map[string]bool{}
 	for _, f := range floors {
-		for _, s := range f.Stages {
+		for _, s := range f.Rows() {
 			if !seen[s.Stage] {
 				seen[s.Stage] = true
 				rows = append(rows, s.Stage)

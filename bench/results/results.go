@@ -85,6 +85,10 @@ type Run struct {
 	// kvmNote, when set, is why KVM exits were not measured, whatever
 	// the totals say: the tracer could not attach, or the file said so.
 	kvmNote string
+	// stale: boots were added since the figures were last computed.
+	// Reading them through Stage, Rows or a file refreshes them, so that
+	// a boot costs no histogram walk.
+	stale bool
 }
 
 // StageResult summarises one stage over every successful boot.
@@ -144,8 +148,23 @@ func newHist() *hdrhistogram.Histogram {
 	return hdrhistogram.New(histLowestUS, histHighestUS, histSigFigs)
 }
 
-// Stage returns the result of the named stage, or nil.
+// Rows returns the stages, their figures up to date.
+func (r *Run) Rows() []*StageResult {
+	r.refresh()
+	return r.Stages
+}
+
+func (r *Run) refresh() {
+	if r.stale {
+		r.summarise(false) // no encoding, so no error
+		r.stale = false
+	}
+}
+
+// Stage returns the result of the named stage, its figures up to date,
+// or nil.
 func (r *Run) Stage(name string) *StageResult {
+	r.refresh()
 	for _, s := range r.Stages {
 		if s.Stage == name {
 			return s
@@ -210,13 +229,16 @@ func (r *Run) Add(o Observation) error {
 	if o.KVMExitsUntraced {
 		r.kvmNote = "the tracer could not attach kvm:kvm_exit"
 	}
-	r.summarise()
+	r.stale = true
 	return nil
 }
 
 // KVMExitsMeasured reports whether the run's KVM exit counts mean
-// anything; if not, the reason is in KVMExitsNotMeasured after summarise.
+// anything; if not, KVMExitsNote says why.
 func (r *Run) KVMExitsMeasured() bool { return r.kvmExitsNote() == "" }
+
+// KVMExitsNote is why the run's KVM exits were not measured, or "".
+func (r *Run) KVMExitsNote() string { return r.kvmExitsNote() }
 
 func (r *Run) kvmExitsNote() string {
 	switch {
@@ -228,8 +250,10 @@ func (r *Run) kvmExitsNote() string {
 	return ""
 }
 
-// summarise refreshes the figures and the encoded histogram of each stage.
-func (r *Run) summarise() {
+// summarise refreshes the figures of each stage and, with encode, its
+// encoded histogram (only a file needs that, and compressing every
+// histogram after every boot would cost more than the boot's bookkeeping).
+func (r *Run) summarise(encode bool) error {
 	r.KVMExitsNotMeasured = r.kvmExitsNote()
 	for _, s := range r.Stages {
 		h := s.hist
@@ -257,11 +281,15 @@ func (r *Run) summarise() {
 			s.KVMExits = &kvm
 		}
 		s.UserExits = math.Round(s.userSum/float64(s.Count)*10) / 10
-		enc, err := h.Encode(hdrhistogram.V2CompressedEncodingCookieBase)
-		if err == nil {
+		if encode {
+			enc, err := h.Encode(hdrhistogram.V2CompressedEncodingCookieBase)
+			if err != nil {
+				return fmt.Errorf("run %s stage %s: encode histogram: %w", r.VMM, s.Stage, err)
+			}
 			s.Histogram = string(enc)
 		}
 	}
+	return nil
 }
 
 // Tail returns the stage's tail figure and its label: the p99 from
@@ -277,6 +305,9 @@ func (s *StageResult) Tail() (us float64, label string) {
 // Samples returns the recorded values of a stage in µs, one per boot,
 // rebuilt from the histogram (each at the middle of its bucket, within
 // 0.1 % of the recorded value). Runs read from a file have nothing else.
+//
+// Samples of a stage taken from a Run read the histogram directly and need
+// no refresh.
 func (s *StageResult) Samples() []float64 {
 	if s == nil || s.hist == nil {
 		return nil
@@ -295,7 +326,10 @@ func (s *StageResult) Samples() []float64 {
 func (res *Results) Marshal() ([]byte, error) {
 	res.Format = Format
 	for _, r := range res.Runs {
-		r.summarise()
+		if err := r.summarise(true); err != nil {
+			return nil, fmt.Errorf("encode results: %w", err)
+		}
+		r.stale = false
 	}
 	b, err := json.MarshalIndent(res, "", "  ")
 	if err != nil {
@@ -410,7 +444,9 @@ func ParseResults(data []byte) (*Results, error) {
 		// Whatever made the writer call the exits unmeasured holds for
 		// the reader too.
 		r.kvmNote = r.KVMExitsNotMeasured
-		r.summarise()
+		if err := r.summarise(false); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrBadResults, err)
+		}
 	}
 	for _, r := range res.Runs {
 		if r.FloorRun != "" {

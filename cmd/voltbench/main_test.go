@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/voltvmm/volt/bench"
 	"github.com/voltvmm/volt/bench/results"
 	"github.com/voltvmm/volt/bench/trace"
@@ -162,5 +164,78 @@ func TestServeExposesBootMetricsOnLoopback(t *testing.T) {
 		if !strings.Contains(body, want) {
 			t.Errorf("scrape lacks %q:\n%s\nstderr: %s", want, body, stderr.String())
 		}
+	}
+}
+
+// Bad input gets a clear message and the right status, never a hang: FIFOs
+// where files are expected are refused without being opened.
+func TestBadInputIsRefusedClearly(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	good := filepath.Join(dir, "good.json")
+	writeRun(t, good, 12, 0)
+	for _, c := range []struct {
+		args []string
+		code int
+		says string
+	}{
+		{[]string{"gate", "--baseline", fifo, "--candidate", good}, exitError, "not a regular file"},
+		{[]string{"gate", "--baseline", good, "--candidate", fifo}, exitError, "not a regular file"},
+		{[]string{"gate", "extra"}, exitUsage, "unexpected argument"},
+		{[]string{"compare", fifo}, exitError, "not a regular file"},
+		{[]string{"compare", good, "--plot", fifo}, exitError, "refusing to replace it"},
+		{[]string{"compare", good, "--plot", filepath.Join(dir, "no", "such", "dir.svg")}, exitError, "--plot"},
+		{[]string{"floor", "--memory", "0"}, exitUsage, "memory"},
+		{[]string{"floor", "extra"}, exitUsage, "unexpected argument"},
+		{[]string{"floor", "--floor-dir", dir}, exitError, "bench/floor/build.sh"},
+		{[]string{"restore", "--concurrency", "0"}, exitUsage, "concurrency 0"},
+		{[]string{"restore", "--concurrency", "2,2"}, exitUsage, "given twice"},
+		{[]string{"restore", "--concurrency", "1", "--concurrency-n", "2"}, exitUsage, "per round"},
+		{[]string{"restore", "-n", "0"}, exitUsage, "at least one"},
+		{[]string{"serve", "--interval", "-1s"}, exitUsage, "interval"},
+		{[]string{"boot", "--kernel", fifo}, exitError, "not a regular file"},
+		{[]string{"boot", "--vmm", "bochs"}, exitError, "bochs"},
+		{[]string{"boot", "--guest", "windows"}, exitError, "windows"},
+	} {
+		var out, errb bytes.Buffer
+		code := run(context.Background(), c.args, &out, &errb)
+		if code != c.code || !strings.Contains(errb.String(), c.says) {
+			t.Errorf("%q: exit %d, stderr %q; want exit %d saying %q", c.args, code, errb.String(), c.code, c.says)
+		}
+	}
+	// The saved run is untouched by the refused plot.
+	if _, err := bench.ReadResults(good); err != nil {
+		t.Error(err)
+	}
+}
+
+// compare of a saved boot run that holds its floor prints the ×floor
+// columns again, and plots it.
+func TestCompareOfASavedRunShowsItsFloor(t *testing.T) {
+	volt := results.NewRun("volt", bench.GuestProbe, []string{"pid1"})
+	floor := results.NewRun("floor-kvm", "", []string{"pid1"})
+	floor.Floor, floor.Unit, volt.FloorRun = true, results.UnitRuns, "floor-kvm"
+	for i := 0; i < 5; i++ {
+		volt.Add(results.Observation{Stages: map[string]results.StageTime{"pid1": {At: 4 * time.Millisecond}}})
+		floor.Add(results.Observation{Stages: map[string]results.StageTime{"pid1": {At: time.Millisecond}}})
+	}
+	dir := t.TempDir()
+	path, svg := filepath.Join(dir, "run.json"), filepath.Join(dir, "run.svg")
+	if err := bench.WriteResults(path, []*results.Run{floor, volt}, []string{"test"}); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	if code := run(context.Background(), []string{"compare", path, "--plot", svg}, &out, &errb); code != exitOK {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	if !strings.Contains(out.String(), "p50 ×floor") || !strings.Contains(out.String(), "4.00×") {
+		t.Errorf("no distance to the saved floor:\n%s", out.String())
+	}
+	data, err := os.ReadFile(svg)
+	if err != nil || !strings.Contains(string(data), "4.0× floor") {
+		t.Errorf("plot: %v\n%.300s", err, data)
 	}
 }
