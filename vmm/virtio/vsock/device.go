@@ -216,13 +216,16 @@ func (d *Device) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if _, err := d.mux.poll(-1); err != nil {
+		fired, err := d.mux.poll(-1)
+		if err != nil {
 			return err
 		}
 		if ctx.Err() != nil {
 			return nil
 		}
-		d.drainKick()
+		if fired&(1<<kickToken) != 0 {
+			d.drainKick()
+		}
 		bits = d.notified.Swap(0)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -43,6 +44,10 @@ const (
 	simTxSlot    = HeaderSize + simMaxPkt
 	simEvBase    = 0x80000
 )
+
+// simFence orders the simulated driver's ring accesses as Linux's
+// virtio_mb does.
+var simFence atomic.Uint32
 
 // simIRQ is the transport's interrupt as the guest sees it.
 type simIRQ struct {
@@ -155,6 +160,9 @@ func (r *vring) reap(dst []usedElem) []usedElem {
 		idx, _ := r.mem.ReadUint16(r.used + 2)
 		if r.lastUsed == idx {
 			r.mem.WriteUint16(r.avail+4+2*memory.GuestAddr(r.size), r.lastUsed)
+			// Order: used_event before re-reading used.idx (virtio_mb in
+			// virtqueue_enable_cb); a locked instruction is a full fence.
+			simFence.Add(1)
 			if again, _ := r.mem.ReadUint16(r.used + 2); again == idx {
 				return dst
 			}
