@@ -92,8 +92,8 @@ func (t *tempFile) seal(mode fs.FileMode) error {
 func (t *tempFile) linkTo(final string) (existed bool, err error) {
 	err = os.Link(t.path, final)
 	if errors.Is(err, os.ErrNotExist) {
-		// Shard directories are made on first use.
-		if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
+		// Open makes every shard directory; one may have been removed.
+		if err := mkdirDurable(filepath.Dir(final)); err != nil {
 			return false, err
 		}
 		err = os.Link(t.path, final)
@@ -113,7 +113,7 @@ func (t *tempFile) linkTo(final string) (existed bool, err error) {
 func (t *tempFile) renameTo(final string) error {
 	err := os.Rename(t.path, final)
 	if errors.Is(err, os.ErrNotExist) {
-		if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
+		if err := mkdirDurable(filepath.Dir(final)); err != nil {
 			return err
 		}
 		err = os.Rename(t.path, final)

@@ -78,26 +78,41 @@ type Store struct {
 // Open opens the store in dir, creating and initialising the directory if it
 // does not exist or is empty. It refuses a store written by a newer volt
 // (ErrNewerStore) and a non-empty directory that is not a store (ErrNotStore).
-func Open(dir string) (*Store, error) {
+//
+// A directory Open creates is mode 0700: chunk files are 0444, but they
+// may hold guest memory, which other users must not read.
+func Open(dir string) (*Store, error) { return open(dir, true) }
+
+// OpenExisting opens the store in dir like Open, but refuses (ErrNotStore)
+// a directory that is missing or not initialised, so that a mistyped path
+// does not become a new, empty store.
+func OpenExisting(dir string) (*Store, error) { return open(dir, false) }
+
+func open(dir string, create bool) (*Store, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
 	s := &Store{dir: abs}
-	if err := s.open(); err != nil {
+	if err := s.open(create); err != nil {
 		return nil, fmt.Errorf("open store %s: %w", dir, err)
 	}
 	return s, nil
 }
 
-func (s *Store) open() error {
-	if err := os.MkdirAll(s.dir, 0o755); err != nil {
-		return err
+func (s *Store) open(create bool) error {
+	if create {
+		if err := os.MkdirAll(s.dir, 0o700); err != nil {
+			return err
+		}
 	}
 	if b, err := os.ReadFile(filepath.Join(s.dir, versionFile)); err == nil {
 		return s.checkVersionFile(b)
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return err
+	}
+	if !create {
+		return fmt.Errorf("%w: no %s file (create a store with volt cas import, or check the path)", ErrNotStore, versionFile)
 	}
 	// No VERSION: initialise, holding an flock on the directory itself so
 	// that two processes opening a new store at once do it one at a time.
@@ -121,8 +136,21 @@ func (s *Store) open() error {
 			return fmt.Errorf("%w: it holds %q and has no %s file; use an empty directory", ErrNotStore, n, versionFile)
 		}
 	}
+	// Every shard directory exists from the start, so that storing a chunk
+	// never has to make a directory (and fsync its parent). The parents are
+	// fsynced once each, after all their entries are made.
 	for _, sub := range []string{chunksDir, manifestsDir, refsDir, leasesDir, ingestDir} {
-		if err := os.Mkdir(filepath.Join(s.dir, sub), 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		if err := mkdirIfMissing(filepath.Join(s.dir, sub)); err != nil {
+			return err
+		}
+	}
+	for _, sub := range []string{chunksDir, manifestsDir} {
+		for i := range 256 {
+			if err := mkdirIfMissing(filepath.Join(s.dir, sub, fmt.Sprintf("%02x", i))); err != nil {
+				return err
+			}
+		}
+		if err := syncDir(filepath.Join(s.dir, sub)); err != nil {
 			return err
 		}
 	}
@@ -131,6 +159,9 @@ func (s *Store) open() error {
 		return err
 	}
 	lf.Close()
+	if err := syncDir(s.dir); err != nil {
+		return err
+	}
 	// VERSION goes last: its presence says the layout is complete.
 	return s.writeFileAtomic(filepath.Join(s.dir, versionFile), EncodeVersion(StoreVersion), 0o444, true)
 }
@@ -180,6 +211,26 @@ func (s *Store) withSharedLock(ctx context.Context, fn func() error) error {
 		return err
 	}
 	return fn()
+}
+
+func mkdirIfMissing(dir string) error {
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return nil
+}
+
+// mkdirDurable makes dir if it is missing, and makes its entry in the parent
+// durable.
+func mkdirDurable(dir string) error {
+	err := os.Mkdir(dir, 0o755)
+	if errors.Is(err, os.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(dir))
 }
 
 // syncDir makes a directory's entries (new links, renames, unlinks) durable.

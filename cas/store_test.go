@@ -442,6 +442,32 @@ func TestOpenStoreDirectories(t *testing.T) {
 	}
 }
 
+func TestOpenExistingRefusesWhatIsNotAStore(t *testing.T) {
+	root := t.TempDir()
+	absent := filepath.Join(root, "absent")
+	if _, err := OpenExisting(absent); !errors.Is(err, ErrNotStore) {
+		t.Errorf("OpenExisting(absent): %v", err)
+	}
+	if _, err := os.Stat(absent); !errors.Is(err, os.ErrNotExist) {
+		t.Error("OpenExisting created the directory")
+	}
+	empty := filepath.Join(root, "empty")
+	must(t, os.Mkdir(empty, 0o755))
+	if _, err := OpenExisting(empty); !errors.Is(err, ErrNotStore) {
+		t.Errorf("OpenExisting(empty): %v", err)
+	}
+	made := filepath.Join(root, "made")
+	if _, err := Open(made); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(made); err != nil || st.Mode().Perm() != 0o700 {
+		t.Errorf("new store directory: %v, %v; want mode 0700", st.Mode(), err)
+	}
+	if _, err := OpenExisting(made); err != nil {
+		t.Errorf("OpenExisting of a store: %v", err)
+	}
+}
+
 func TestOpenRegularRefusesSpecialFiles(t *testing.T) {
 	dir := t.TempDir()
 	fifo := filepath.Join(dir, "fifo")

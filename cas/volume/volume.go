@@ -171,7 +171,7 @@ func open(ctx context.Context, store *cas.Store, dir string) (*Volume, error) {
 	if !st.Mode().IsRegular() || st.Size() != v.m.Size {
 		return nil, fmt.Errorf("overlay is %d bytes, the volume %d: damaged", st.Size(), v.m.Size)
 	}
-	if err := v.setBase(ctx, v.m.Base); err != nil {
+	if err := v.setBase(ctx, nil, v.m.Base); err != nil {
 		return nil, err
 	}
 	if err := v.reclaimUnwritten(); err != nil {
@@ -181,10 +181,16 @@ func open(ctx context.Context, store *cas.Store, dir string) (*Volume, error) {
 	return v, nil
 }
 
-// setBase leases manifest d and reads through it from now on, releasing
-// the previous base's lease.
-func (v *Volume) setBase(ctx context.Context, d cas.Digest) error {
-	lease, err := v.store.Lease(ctx, cas.LeaseOptions{}, d)
+// setBase leases manifest d (within ss, if the caller has a session) and
+// reads through it from now on, releasing the previous base's lease.
+func (v *Volume) setBase(ctx context.Context, ss *cas.Session, d cas.Digest) error {
+	var lease *cas.Lease
+	var err error
+	if ss != nil {
+		lease, err = ss.Lease(cas.LeaseOptions{}, d)
+	} else {
+		lease, err = v.store.Lease(ctx, cas.LeaseOptions{}, d)
+	}
 	if err != nil {
 		return fmt.Errorf("base %s: %w", d, err)
 	}
@@ -582,16 +588,17 @@ func (v *Volume) commit(ctx context.Context, name string) (*CommitResult, error)
 	}
 	old := v.m
 	v.m, v.dirty = next, false
-	if err := v.setBase(ctx, d); err != nil {
+	if err := v.setBase(ctx, ss, d); err != nil {
 		// The map already names the new base, which the ref protects;
 		// reopening the volume reads it. This handle cannot go on.
 		v.m = old
 		return nil, fmt.Errorf("rebase onto %s: %w; reopen the volume", d.Short(), err)
 	}
+	// Free the old overlay's space. The commit has succeeded whatever
+	// happens here: unlisted overlay data is never read, and Open reclaims
+	// it if this fails.
 	if v.m.Size > 0 {
-		if err := punch(v.overlay, 0, v.m.Size); err != nil {
-			return nil, err
-		}
+		_ = punch(v.overlay, 0, v.m.Size)
 	}
 	return res, nil
 }

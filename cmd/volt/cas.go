@@ -83,8 +83,9 @@ func (f *casFlags) parse(e *env, path string, args []string, minArgs, maxArgs in
 	return -1
 }
 
+// open opens the store, which must exist: only import makes a new one.
 func (f *casFlags) open(e *env, path string) (*cas.Store, int) {
-	s, err := cas.Open(f.store)
+	s, err := cas.OpenExisting(f.store)
 	if err != nil {
 		return nil, failure(e, path, err)
 	}
@@ -148,9 +149,9 @@ func casImport(ctx context.Context, e *env, path string, args []string) int {
 	if err != nil {
 		return failure(e, path, err)
 	}
-	s, rc := f.open(e, path)
-	if rc >= 0 {
-		return rc
+	s, err := cas.Open(f.store) // the first import makes the store
+	if err != nil {
+		return failure(e, path, err)
 	}
 	if rc := refuseExisting(e, path, s, *name, *force); rc >= 0 {
 		return rc
