@@ -68,6 +68,9 @@ func (i *simIRQ) UsedBuffer() error {
 }
 func (i *simIRQ) ConfigChanged() error { return nil }
 
+// Trigger makes simIRQ the transport's interrupt line too.
+func (i *simIRQ) Trigger() error { return i.UsedBuffer() }
+
 // vring is the driver's half of one split virtqueue.
 type vring struct {
 	mem                *memory.Memory
@@ -76,18 +79,27 @@ type vring struct {
 	availIdx, lastUsed uint16
 	free               []uint16
 	notify             chan struct{}
+	kickFn             func() // when set, notifies instead of notify (an MMIO write)
 	q                  *virtio.Queue
 	addrOf             map[uint16]memory.GuestAddr // head → buffer (rx, ev)
 	chains             map[uint16][]uint16         // head → its descriptors
 }
 
-func newVring(mem *memory.Memory, index int, size uint16, features uint64, irq virtio.Interrupt) (*vring, error) {
+// layoutVring places the driver's rings of queue index in guest memory.
+func layoutVring(mem *memory.Memory, index int, size uint16) *vring {
 	base := memory.GuestAddr(simRingBase * (index + 1))
 	r := &vring{mem: mem, size: size, desc: base, avail: base + 0x1000, used: base + 0x2000,
 		notify: make(chan struct{}, 1), addrOf: map[uint16]memory.GuestAddr{}, chains: map[uint16][]uint16{}}
 	for i := uint16(0); i < size; i++ {
 		r.free = append(r.free, i)
 	}
+	return r
+}
+
+// newVring lays out a ring and makes the device's queue for it directly,
+// as a transport would at DRIVER_OK.
+func newVring(mem *memory.Memory, index int, size uint16, features uint64, irq virtio.Interrupt) (*vring, error) {
+	r := layoutVring(mem, index, size)
 	q := virtio.NewQueue(index, QueueSize)
 	q.SetSize(size)
 	q.SetDescTable(r.desc)
@@ -140,6 +152,10 @@ func (r *vring) add(segs ...seg) (uint16, bool) {
 
 // kick notifies the device, coalesced like an ioeventfd.
 func (r *vring) kick() {
+	if r.kickFn != nil {
+		r.kickFn()
+		return
+	}
 	select {
 	case r.notify <- struct{}{}:
 	default:
@@ -223,25 +239,13 @@ func newSimGuest(t testing.TB, cid uint64) (*simGuest, virtio.Activation) {
 	t.Cleanup(func() { mem.Close() })
 	features := uint64(virtio.QueueFeatures &^ virtio.FeatureIndirectDesc)
 	irq := &simIRQ{ch: make(chan struct{}, 1)}
-	g := &simGuest{t: t, mem: mem, cid: cid, irq: irq, listeners: map[uint32]bool{},
-		conns: map[[2]uint32]*gconn{}, nextPort: 1024, txSlots: map[uint16]int{}}
-	for i := 0; i < QueueSize/2; i++ {
-		g.slotFree = append(g.slotFree, i)
-	}
 	var rings [3]*vring
 	for i := range rings {
 		if rings[i], err = newVring(mem, i, QueueSize, features, irq); err != nil {
 			t.Fatal(err)
 		}
 	}
-	g.rx, g.tx, g.ev = rings[0], rings[1], rings[2]
-	g.fillRx()
-	for i := 0; i < 8; i++ {
-		a := memory.GuestAddr(simEvBase + 4*i)
-		h, _ := g.ev.add(seg{a, eventSize, true})
-		g.ev.addrOf[h] = a
-	}
-	g.ev.kick()
+	g := newSimGuestOn(t, mem, cid, irq, rings)
 	a := virtio.Activation{
 		Features:  features,
 		Memory:    mem,
@@ -249,7 +253,30 @@ func newSimGuest(t testing.TB, cid uint64) (*simGuest, virtio.Activation) {
 		Notify:    []<-chan struct{}{g.rx.notify, g.tx.notify, g.ev.notify},
 		Interrupt: irq,
 	}
+	g.start()
 	return g, a
+}
+
+// newSimGuestOn builds the guest's vsock side on rings already laid out.
+func newSimGuestOn(t testing.TB, mem *memory.Memory, cid uint64, irq *simIRQ, rings [3]*vring) *simGuest {
+	g := &simGuest{t: t, mem: mem, cid: cid, irq: irq, listeners: map[uint32]bool{},
+		conns: map[[2]uint32]*gconn{}, nextPort: 1024, txSlots: map[uint16]int{}}
+	for i := 0; i < QueueSize/2; i++ {
+		g.slotFree = append(g.slotFree, i)
+	}
+	g.rx, g.tx, g.ev = rings[0], rings[1], rings[2]
+	return g
+}
+
+// start fills the rx and event queues, as virtio_vsock_vqs_start does.
+func (g *simGuest) start() {
+	g.fillRx()
+	for i := 0; i < 8; i++ {
+		a := memory.GuestAddr(simEvBase + 4*i)
+		h, _ := g.ev.add(seg{a, eventSize, true})
+		g.ev.addrOf[h] = a
+	}
+	g.ev.kick()
 }
 
 // fillRx adds 4 KiB rx buffers until the ring is full, as
