@@ -22,7 +22,9 @@
  * linked, with no runtime to start: a Go VMM's floor is higher by the Go
  * runtime's start-up, which voltbench's exec floors show on their own.
  * No in-kernel irqchip, PIT, TSS, CPUID or MSRs: every OUT and the HLT exit
- * to this process, as port I/O to a VMM's devices does.
+ * to this process, as port I/O to a VMM's devices does. (Real mode needs
+ * KVM_SET_TSS_ADDR only on Intel CPUs without unrestricted guest, none made
+ * since 2010; on those KVM_RUN fails and so does the floor, loudly.)
  *
  * Exit status: 0 the guest ran to its hlt with every expected exit seen;
  * 1 a KVM call failed or the guest did something else (message on stderr);
