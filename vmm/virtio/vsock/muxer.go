@@ -343,6 +343,9 @@ func (m *muxer) acceptHost(now time.Time) {
 // readConnectLine reads a host client's "CONNECT <port>\n" without taking
 // any byte past the newline, which belongs to the stream.
 func (m *muxer) readConnectLine(c *conn, events uint32, now time.Time) {
+	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) == 0 {
+		return // the writable edge every new registration gets
+	}
 	var buf [maxConnectLine]byte
 	n, _, err := unix.Recvfrom(c.fd, buf[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
 	if err != nil {
@@ -392,8 +395,9 @@ func (m *muxer) readConnectLine(c *conn, events uint32, now time.Time) {
 	c.disarm()
 	// Bytes the client sent right after the line wait in the socket; they
 	// flow once the guest accepts.
-	c.readable = n > nl+1 || events&unix.EPOLLRDHUP != 0
-	c.hostEOF = events&unix.EPOLLRDHUP != 0
+	c.readable = n > nl+1 || events&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0
+	c.hostEOF = events&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0
+	c.hostGone = events&unix.EPOLLHUP != 0
 	m.conns[c.key] = c
 	m.m.ConnsAdded.Add(1)
 }

@@ -809,3 +809,21 @@ func TestGenerationsNeverLookLikeNotifiers(t *testing.T) {
 		t.Fatalf("rejected %d, %d fds left", tm.m.m.HostConnsRejected.Load(), len(tm.m.byFd))
 	}
 }
+
+func TestClientClosesRightAfterConnect(t *testing.T) {
+	// "CONNECT 52\n", a request and close, all before the muxer looks. As in
+	// Firecracker the guest is asked; its acceptance cannot be acknowledged
+	// to a client that is gone, so the connection is reset, and nothing is
+	// left behind.
+	tm := newTestMux(t, connParams{}, 0)
+	c := dial(t, tm.path)
+	c.Write([]byte("CONNECT 52\nfire and forget"))
+	c.Close()
+	time.Sleep(10 * time.Millisecond)
+	req := tm.expect(OpRequest)
+	tm.send(tm.hdr(OpResponse, 52, req.h.SrcPort), nil)
+	tm.expect(OpRst)
+	if len(tm.m.conns) != 0 || len(tm.m.byFd) != 0 {
+		t.Fatalf("left %d conns %d fds", len(tm.m.conns), len(tm.m.byFd))
+	}
+}
