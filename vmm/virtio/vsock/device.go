@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -70,6 +71,13 @@ type Device struct {
 	active    bool
 	dirty     virtio.DirtyMarker // nil when memory tracks no VMM writes
 	resetOwed bool               // a TRANSPORT_RESET event is due
+	// resetPending: the reset went out and the guest has not shown yet that
+	// it handled it (see sendTransportReset); until then host-initiated
+	// REQUESTs wait, or the reset would also close them. resetUntil bounds
+	// the wait; evHeld are the event buffers popped meanwhile.
+	resetPending bool
+	resetUntil   time.Time
+	evHeld       []*virtio.Chain
 
 	notified atomic.Uint32 // queue bits the forwarder saw
 
@@ -184,6 +192,8 @@ func (d *Device) Activate(a virtio.Activation) error {
 func (d *Device) Reset() {
 	d.mux.resetConns()
 	d.act, d.active, d.dirty, d.resetOwed = virtio.Activation{}, false, nil, false
+	d.resetPending, d.evHeld = false, nil
+	d.mux.holdRequests(false)
 	d.notified.Store(0)
 }
 
@@ -206,6 +216,11 @@ func (d *Device) Run(ctx context.Context) error {
 		d.forwardNotifications(fwdCtx)
 	}()
 
+	// Event buffers held for the reset handshake cannot stay popped across
+	// a pause (the snapshot would lose them): give them back empty, which
+	// Linux's event handler takes as "no event" and re-adds.
+	defer d.releaseEventBuffers()
+
 	// The first pass looks at every queue: a notification may have been
 	// consumed before a pause.
 	bits := uint32(1<<rxQueue | 1<<txQueue | 1<<evQueue)
@@ -216,7 +231,11 @@ func (d *Device) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		fired, err := d.mux.poll(-1)
+		wait := time.Duration(-1)
+		if d.resetPending {
+			wait = max(time.Until(d.resetUntil), 0)
+		}
+		fired, err := d.mux.poll(wait)
 		if err != nil {
 			return err
 		}
@@ -284,6 +303,11 @@ func (d *Device) process(bits uint32) error {
 	}
 	if d.resetOwed {
 		if err := d.sendTransportReset(q[evQueue]); err != nil {
+			return err
+		}
+	}
+	if d.resetPending {
+		if err := d.checkResetHandled(q[evQueue]); err != nil {
 			return err
 		}
 	}
@@ -446,39 +470,109 @@ func (d *Device) markDirty(bufs []virtio.Buffer, n int) {
 	}
 }
 
+// resetAckTimeout bounds how long host-initiated connections wait after a
+// transport reset for the guest to show it handled it. Linux re-adds the
+// event buffer right after resetting its sockets; a guest that never does
+// delays only its first host connections after a restore, by this much.
+const resetAckTimeout = 250 * time.Millisecond
+
 // sendTransportReset puts VIRTIO_VSOCK_EVENT_TRANSPORT_RESET on the event
 // queue, or leaves it owed until the guest gives an event buffer.
+//
+// The guest handles the event and its rx packets in separate work items
+// that may run in either order; a host REQUEST it handled before the reset
+// would be reset with the old connections. So the device takes every event
+// buffer the guest has posted (the reset uses one), asks to be notified of
+// the next, and holds host-initiated REQUESTs until the guest posts a new
+// event buffer, which Linux does right after handling the event
+// (virtio_transport_event_work), or until resetAckTimeout.
 func (d *Device) sendTransportReset(q *virtio.Queue) error {
-	for d.resetOwed {
+	for {
 		c, err := q.Pop()
 		if err != nil {
 			return err
 		}
 		if c == nil {
-			more, err := q.EnableNotification()
-			if err != nil || !more {
-				return err
-			}
+			break
+		}
+		d.evHeld = append(d.evHeld, c)
+	}
+	sent := false
+	held := d.evHeld[:0]
+	for _, c := range d.evHeld {
+		if sent || c.WritableLen() < eventSize {
+			held = append(held, c)
 			continue
 		}
-		written := 0
-		if c.WritableLen() >= eventSize {
-			var ev [eventSize]byte
-			binary.LittleEndian.PutUint32(ev[:], EventTransportReset)
-			sg, err := d.slices(c.Writable(), d.sg)
-			d.sg = sg
-			if err != nil {
-				return err
-			}
-			sg.scatter(ev[:])
-			d.markDirty(c.Writable(), eventSize)
-			written = eventSize
-			d.resetOwed = false
-			d.log.Debug("vsock: sent transport reset")
+		var ev [eventSize]byte
+		binary.LittleEndian.PutUint32(ev[:], EventTransportReset)
+		sg, err := d.slices(c.Writable(), d.sg)
+		d.sg = sg
+		if err != nil {
+			return err
 		}
-		if err := q.PushUsed(c.Head, uint32(written)); err != nil {
+		sg.scatter(ev[:])
+		d.markDirty(c.Writable(), eventSize)
+		if err := q.PushUsed(c.Head, eventSize); err != nil {
+			return err
+		}
+		sent = true
+	}
+	d.evHeld = held
+	if !sent {
+		// No usable buffer yet: hear of the next one.
+		more, err := q.EnableNotification()
+		if err != nil {
+			return err
+		}
+		if more {
+			return d.sendTransportReset(q)
+		}
+		return nil
+	}
+	d.log.Debug("vsock: sent transport reset")
+	d.resetOwed = false
+	d.resetPending = true
+	d.resetUntil = time.Now().Add(resetAckTimeout)
+	d.mux.holdRequests(true)
+	if _, err := q.EnableNotification(); err != nil {
+		return err
+	}
+	return q.SignalUsed()
+}
+
+// checkResetHandled ends the reset handshake when the guest posts a new
+// event buffer or the wait times out, and lets held REQUESTs go.
+func (d *Device) checkResetHandled(q *virtio.Queue) error {
+	c, err := q.Pop()
+	if err != nil {
+		return err
+	}
+	if c != nil {
+		d.evHeld = append(d.evHeld, c)
+	} else if time.Now().Before(d.resetUntil) {
+		_, err := q.EnableNotification()
+		return err
+	} else {
+		d.log.Debug("vsock: guest did not re-post an event buffer after the transport reset; going on")
+	}
+	d.resetPending = false
+	d.mux.holdRequests(false)
+	return d.releaseEventBuffers()
+}
+
+// releaseEventBuffers returns held event buffers to the guest, empty.
+func (d *Device) releaseEventBuffers() error {
+	if len(d.evHeld) == 0 {
+		return nil
+	}
+	q := d.act.Queues[evQueue]
+	for _, c := range d.evHeld {
+		if err := q.PushUsed(c.Head, 0); err != nil {
+			d.evHeld = nil
 			return err
 		}
 	}
+	d.evHeld = d.evHeld[:0]
 	return q.SignalUsed()
 }

@@ -85,6 +85,10 @@ type muxer struct {
 	gen      int32
 	events   [64]unix.EpollEvent
 	okLine   [32]byte
+	// holding: host-initiated REQUESTs are not sent yet (after a transport
+	// reset, until the guest handled it); held lists their connections.
+	holding bool
+	held    []connKey
 }
 
 type muxerOptions struct {
@@ -241,9 +245,29 @@ func (m *muxer) after(c *conn) {
 		return
 	}
 	if !c.queued && c.wantsRx() {
+		if m.holding && c.state == stateLocalInit && c.pending == pendRequest {
+			c.queued = true // in held, not in rxq
+			m.held = append(m.held, c.key)
+			return
+		}
 		c.queued = true
 		m.rxq = append(m.rxq, rxItem{key: c.key})
 	}
+}
+
+// holdRequests starts or ends holding host-initiated REQUESTs; at the end
+// the held ones are queued in arrival order.
+func (m *muxer) holdRequests(on bool) {
+	m.holding = on
+	if on {
+		return
+	}
+	for _, k := range m.held {
+		if c := m.conns[k]; c != nil && c.queued {
+			m.rxq = append(m.rxq, rxItem{key: k})
+		}
+	}
+	m.held = m.held[:0]
 }
 
 // settle updates everything but the rx queue; it reports false when the
@@ -618,6 +642,7 @@ func (m *muxer) resetConns() {
 	m.ports = map[uint32]struct{}{}
 	m.rxq, m.rxHead, m.nRsts = m.rxq[:0], 0, 0
 	m.timers = m.timers[:0]
+	m.held = m.held[:0]
 }
 
 // close shuts every host socket and the listener, and removes the socket

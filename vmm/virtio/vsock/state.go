@@ -1,6 +1,10 @@
 package vsock
 
-import "fmt"
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+)
 
 // State is the device's own snapshot form, plain data. The transport saves
 // the negotiated features and the queues (mmio.State); host-side
@@ -59,5 +63,14 @@ func (d *Device) Restore(st State) error {
 		return fmt.Errorf("restore vsock: snapshot has guest CID %d, the device was made with %d", st.GuestCID, d.cid)
 	}
 	d.resetOwed = true
+	// The guest may still hold connections of the snapshot's process, whose
+	// host ports started at 2^30 too, until it handles the reset: start this
+	// process's ports elsewhere in the range so that a new connection does
+	// not reuse the tuple of a stale one.
+	var b [4]byte
+	if _, err := rand.Read(b[:]); err == nil {
+		off := binary.LittleEndian.Uint32(b[:]) % (localPortLast - localPortFirst)
+		d.mux.lastPort = localPortFirst + off - 1
+	}
 	return nil
 }
