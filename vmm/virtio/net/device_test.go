@@ -33,7 +33,9 @@ func pairDevice(tb testing.TB, supported netdev.Offload, cfg Config) (*simGuest,
 	if cfg.MAC.IsZero() {
 		cfg.MAC = testMAC
 	}
-	cfg.Log = testLogger(tb)
+	if cfg.Log == nil {
+		cfg.Log = testLogger(tb)
+	}
 	d, err := NewWithBackend(cfg, b)
 	if err != nil {
 		tb.Fatal(err)

@@ -25,7 +25,9 @@ func tapDevice(tb testing.TB, ns *nettest.NS, b BackendConfig, cfg Config) *simG
 	if cfg.ID == "" {
 		cfg.ID = "eth0"
 	}
-	cfg.Log = testLogger(tb)
+	if cfg.Log == nil {
+		cfg.Log = testLogger(tb)
+	}
 	var d *Device
 	if err := ns.Do(func() error {
 		var err error
