@@ -9,7 +9,9 @@
 package vsock
 
 import (
+	"bufio"
 	"bytes"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -297,5 +299,47 @@ func TestRestoreChecksState(t *testing.T) {
 	defer d.Close()
 	if err := d.Restore(State{GuestCID: 4, UDSPath: dir + "/b"}); err == nil || !strings.Contains(err.Error(), "guest CID") {
 		t.Fatalf("restore with another CID: %v", err)
+	}
+}
+
+func TestLinuxGuestManyConcurrentClients(t *testing.T) {
+	d, g, path := newSimDevice(t)
+	startDevice(t, d)
+	stop, done := make(chan struct{}), make(chan struct{})
+	go g.echoServer(stop, done)
+	defer func() { close(stop); <-done }()
+	const clients = 64
+	errs := make(chan error, clients)
+	for i := 0; i < clients; i++ {
+		go func(i int) {
+			c, err := net.Dial("unix", path)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			msg := bytes.Repeat([]byte{byte('a' + i%26)}, 1000+i*100)
+			c.Write(append([]byte("CONNECT 52\n"), msg...))
+			r := bufio.NewReader(c)
+			if line, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "OK ") {
+				errs <- fmt.Errorf("client %d: handshake %q %v", i, line, err)
+				return
+			}
+			got := make([]byte, len(msg))
+			if _, err := io.ReadFull(r, got); err != nil || !bytes.Equal(got, msg) {
+				errs <- fmt.Errorf("client %d: echo of %d bytes: %v", i, len(msg), err)
+				return
+			}
+			errs <- nil
+		}(i)
+	}
+	for i := 0; i < clients; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := d.Metrics().ConnsAdded.Load(); n != clients {
+		t.Fatalf("%d connections added, want %d", n, clients)
 	}
 }
