@@ -34,12 +34,14 @@ func (g *simGuest) echoServer(stop <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
 	g.listen(52)
 	var conns []*gconn
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
 	for {
 		select {
 		case <-stop:
 			return
 		case <-g.irq.ch:
-		case <-time.After(20 * time.Millisecond):
+		case <-tick.C:
 		}
 		g.step(false)
 		conns = append(conns, g.backlog...)

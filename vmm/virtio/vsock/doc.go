@@ -15,10 +15,20 @@
 // credit-based flow control), muxer.go (the Unix sockets, the CONNECT
 // handshake, port allocation, the kill timers) and state.go (snapshot state).
 //
-// Everything runs on one worker goroutine per device, which waits in one
-// epoll set for the queue notifications and every host socket: no socket
-// operation blocks (all are non-blocking), so a slow or vanished host client
-// never stalls the VMM or another connection. A connection whose host reader
-// stalls stops the guest through credit (its buffer is bounded by the
-// buf_alloc it advertises), never by blocking.
+// Everything runs on one worker goroutine per device (Run), which waits in
+// one epoll set for the queue notifications, the connection timers and
+// every host socket: no socket operation blocks, so a slow or vanished host
+// client never stalls the VMM or another connection. A connection whose
+// host reader stalls stops the guest through credit (its buffer is bounded
+// by the buf_alloc it advertises), never by blocking.
+//
+// Snapshots: the device's State is its guest CID and host socket path; the
+// transport saves features and queues. A restored device (NewFromState,
+// optionally with a new path: Firecracker's vsock_override) sends the guest
+// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET on its first Run: the guest closes the
+// snapshot's connections, its listeners survive. Because a guest may handle
+// its rx packets before that event, host-initiated REQUESTs wait until the
+// guest re-posts an event buffer (Linux does so right after handling the
+// reset), at most resetAckTimeout, and a restored device's host ports start
+// at a random point of their range so as not to reuse a stale tuple.
 package vsock
