@@ -33,6 +33,9 @@ func pairDevice(tb testing.TB, supported netdev.Offload, cfg Config) (*simGuest,
 	if cfg.MAC.IsZero() {
 		cfg.MAC = testMAC
 	}
+	// The multi-buffer receive path is tested whether or not the queue
+	// can publish many used entries at once (see usedPublisher).
+	cfg.forceMergeable = !cfg.NoMergeableRx
 	if cfg.Log == nil {
 		cfg.Log = testLogger(tb)
 	}
@@ -499,5 +502,20 @@ func TestConfigValidate(t *testing.T) {
 		if err := bc.b.Validate(); err == nil || !strings.Contains(err.Error(), bc.want) {
 			t.Errorf("Validate(%+v) = %v, want %q", bc.b, err, bc.want)
 		}
+	}
+}
+
+func TestMergeableBuffersOnlyWhereFramesPublishWhole(t *testing.T) {
+	b, _ := newPair(t, fullOffload)
+	d, err := NewWithBackend(Config{ID: "eth0", Log: testLogger(t)}, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if got := d.Features()&FeatureMrgRxbuf != 0; got != queueCanPublishMany() {
+		t.Errorf("MRG_RXBUF offered = %v, but the queue publishes several used entries at once = %v", got, queueCanPublishMany())
+	}
+	if st := d.State(); st.NoMergeableRx == (d.Features()&FeatureMrgRxbuf != 0) {
+		t.Errorf("state says no_mergeable_rx=%v with features %s", st.NoMergeableRx, FeatureString(d.Features()))
 	}
 }

@@ -41,6 +41,8 @@ type rxPath struct {
 	held    []*virtio.Chain
 	heldCap int
 	used    []usedElem
+	heads   []uint16
+	lens    []uint32
 	// unsignalled counts frames delivered since the last SignalUsed.
 	unsignalled int
 	timer       *time.Timer
@@ -235,10 +237,8 @@ func (r *rxPath) deliver() (bool, error) {
 	// what the guest received.
 	r.d.stats.rxFrames.Add(1)
 	r.d.stats.rxBytes.Add(uint64(need - HeaderSize))
-	for _, u := range r.used {
-		if err := r.q.PushUsed(u.head, u.len); err != nil {
-			return false, err
-		}
+	if err := r.publish(); err != nil {
+		return false, err
 	}
 	r.unsignalled++
 	if r.unsignalled >= signalEvery {
@@ -247,6 +247,27 @@ func (r *rxPath) deliver() (bool, error) {
 		}
 	}
 	return true, nil
+}
+
+// publish returns the chains in r.used to the driver: all at once when the
+// queue can, which mergeable buffers need (see usedPublisher).
+func (r *rxPath) publish() error {
+	if len(r.used) > 1 {
+		if p, ok := any(r.q).(usedPublisher); ok {
+			r.heads, r.lens = r.heads[:0], r.lens[:0]
+			for _, u := range r.used {
+				r.heads = append(r.heads, u.head)
+				r.lens = append(r.lens, u.len)
+			}
+			return p.PushUsedN(r.heads, r.lens)
+		}
+	}
+	for _, u := range r.used {
+		if err := r.q.PushUsed(u.head, u.len); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func putNumBuffers(hdr []byte, n uint16) {
@@ -267,11 +288,18 @@ func (r *rxPath) signal() error {
 }
 
 // stop ends a Run. Chains held for a frame that did not fit yet must not
-// stay consumed in a snapshot, where the guest would lose them; without a
-// way to un-pop several chains they go back used and empty, which a
+// stay consumed in a snapshot, where the guest would lose them: they are
+// un-popped where the queue can, else they go back used and empty, which a
 // driver recycles (Linux counts an rx_length_error). The pending frame
 // itself stays for the next Run.
 func (r *rxPath) stop() error {
+	if rw, ok := any(r.q).(rewinder); ok && len(r.held) > 0 {
+		if err := rw.Rewind(uint16(len(r.held))); err != nil {
+			return fmt.Errorf("rx: %w", err)
+		}
+		clear(r.held)
+		r.held, r.heldCap = r.held[:0], 0
+	}
 	if len(r.held) > 0 {
 		for _, c := range r.held {
 			if err := r.q.PushUsed(c.Head, 0); err != nil {

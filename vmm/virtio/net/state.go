@@ -94,6 +94,8 @@ func Restore(st State, opts RestoreOptions) (*Device, error) {
 		QueueSize:     st.QueueSize,
 		NoMergeableRx: st.NoMergeableRx,
 		Log:           opts.Log,
+		// A driver that negotiated mergeable buffers keeps them.
+		forceMergeable: st.Offered&FeatureMrgRxbuf != 0,
 	}
 	d, err := New(cfg, b)
 	if err != nil {

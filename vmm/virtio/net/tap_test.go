@@ -25,6 +25,7 @@ func tapDevice(tb testing.TB, ns *nettest.NS, b BackendConfig, cfg Config) *simG
 	if cfg.ID == "" {
 		cfg.ID = "eth0"
 	}
+	cfg.forceMergeable = !cfg.NoMergeableRx
 	if cfg.Log == nil {
 		cfg.Log = testLogger(tb)
 	}
@@ -106,6 +107,7 @@ func TestFramesOutAndBackThroughATap(t *testing.T) {
 	for seq, size := range []int{56, 1400, 8000} {
 		ping(t, g, reply.SenderMAC, uint16(seq), size)
 	}
+	g.waitTxUsed(4, wait) // counted before they are used
 	m := g.dev.Metrics()
 	if m.TxFrames < 4 || m.RxFrames < 4 || m.TxDroppedBackend+m.TxDroppedHeader+m.TxDroppedMalformed != 0 {
 		t.Errorf("metrics %+v", m)
