@@ -55,14 +55,16 @@ const (
 )
 
 const (
-	simMemSize  = 24 << 20
+	simMemSize  = 40 << 20
 	simQueue    = 256
 	simRingBase = 0x10000 // rings of queue i at simRingBase*(i+1)
-	simRxBase   = 0x100000
-	simTxBase   = 0x800000
-	simTxSlot   = MaxPacketLen
-	descFNext   = 1
-	descFWrite  = 2
+	// Receive buffer and transmit slot i (by descriptor index) sit at a
+	// fixed place, room for a whole 64 KiB packet each.
+	simRxBase  = 0x100000
+	simTxBase  = 0x1200000
+	simTxSlot  = MaxPacketLen
+	descFNext  = 1
+	descFWrite = 2
 )
 
 // countingIRQ is the transport's interrupt line.
