@@ -206,14 +206,21 @@ func (c *streamChunks) next(_ int, buf []byte) (int, bool, error) {
 	}
 }
 
+// The syncer publishes chunks in batches of this many bytes or chunks: one
+// journal commit per batch instead of one per chunk.
+const (
+	syncBatchBytes  = 32 << 20
+	syncBatchChunks = 256
+)
+
 // importChunks runs the import pipeline:
 //
 //	producer ──jobs──► hashers (one per CPU) ──stored──► syncer ──results──► caller
 //
 // The producer reads chunks into pooled buffers; each hasher detects holes,
 // hashes, and writes new chunks to temp files with their writeback started;
-// the syncer fsyncs and links them, a few chunks behind, so that disk writes
-// overlap hashing. Every goroutine is owned by this function, which waits
+// the syncer fsyncs and links them in batches, so that disk writes overlap
+// hashing and one journal commit covers many chunks. Every goroutine is owned by this function, which waits
 // for all of them before returning.
 func (ss *Session) importChunks(ctx context.Context, src chunkProducer, opts ImportOptions) (*ImportResult, error) {
 	if err := ss.check(); err != nil {
@@ -347,9 +354,28 @@ func (ss *Session) importChunks(ctx context.Context, src chunkProducer, opts Imp
 	}()
 
 	wg.Add(1)
-	go func() { // syncer
+	go func() { // syncer: fsyncs and links in batches (see finishChunks)
 		defer wg.Done()
 		defer close(results)
+		var batch []stored
+		var pending []*pendingChunk
+		var batchBytes int64
+		publish := func() {
+			err := ss.finishChunks(pending)
+			if err != nil {
+				fail(err)
+			}
+			for _, st := range batch {
+				if err != nil {
+					break
+				}
+				select {
+				case results <- result{i: st.i, n: st.n, d: st.d, isNew: st.pending != nil}:
+				case <-ctx.Done():
+				}
+			}
+			batch, pending, batchBytes = batch[:0], pending[:0], 0
+		}
 		for st := range storedCh {
 			if ctx.Err() != nil {
 				if st.pending != nil {
@@ -357,19 +383,22 @@ func (ss *Session) importChunks(ctx context.Context, src chunkProducer, opts Imp
 				}
 				continue // drain, so that the hashers can finish
 			}
-			r := result{i: st.i, n: st.n, d: st.d}
+			batch = append(batch, st)
 			if st.pending != nil {
-				if err := ss.finishChunk(st.pending); err != nil {
-					fail(err)
-					continue
-				}
-				r.isNew = true
+				pending = append(pending, st.pending)
+				batchBytes += st.pending.size
 			}
-			select {
-			case results <- r:
-			case <-ctx.Done():
+			if batchBytes >= syncBatchBytes || len(batch) >= syncBatchChunks {
+				publish()
 			}
 		}
+		if ctx.Err() != nil {
+			for _, p := range pending {
+				p.tmp.discard()
+			}
+			return
+		}
+		publish()
 	}()
 
 	res := &ImportResult{}

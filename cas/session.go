@@ -88,7 +88,7 @@ func (ss *Session) PutChunk(data []byte) (d Digest, written bool, err error) {
 	if err != nil || p == nil {
 		return d, false, err
 	}
-	return d, true, ss.finishChunk(p)
+	return d, true, ss.finishChunks([]*pendingChunk{p})
 }
 
 // pendingChunk is a chunk written to a temp file, waiting for its fsync and
@@ -100,9 +100,9 @@ type pendingChunk struct {
 	size int64
 }
 
-// startChunk writes data to a temp file and starts its writeback, or
-// returns nil if chunk d is already stored. A stored chunk of the wrong size
-// (truncated by damage) is replaced.
+// startChunk writes data to a temp file, makes it read-only and starts its
+// writeback, or returns nil if chunk d is already stored. A stored chunk of
+// the wrong size (truncated by damage) is replaced.
 func (ss *Session) startChunk(d Digest, data []byte) (*pendingChunk, error) {
 	if ss.s.hasChunk(d, int64(len(data))) {
 		return nil, nil
@@ -115,20 +115,45 @@ func (ss *Session) startChunk(d Digest, data []byte) (*pendingChunk, error) {
 		t.discard()
 		return nil, fmt.Errorf("chunk %s: write %s: %w", d, t.path, err)
 	}
+	if err := t.Chmod(0o444); err != nil {
+		t.discard()
+		return nil, fmt.Errorf("chunk %s: %w", d, err)
+	}
 	testHook(hookChunkWritten)
-	// Start writeback now so that the fsync in finishChunk finds the data
-	// on its way to disk; this roughly doubles import throughput here.
+	// Start writeback now, so that the fsync in finishChunks finds the data
+	// on its way to disk.
 	_ = unix.SyncFileRange(int(t.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
 	return &pendingChunk{d: d, tmp: t, size: int64(len(data))}, nil
 }
 
-// finishChunk fsyncs the temp file and links it under the chunk's name.
-func (ss *Session) finishChunk(p *pendingChunk) error {
-	final := ss.s.ChunkPath(p.d)
-	if err := p.tmp.seal(0o444); err != nil {
-		p.tmp.discard()
-		return fmt.Errorf("chunk %s: %w", p.d, err)
+// finishChunks fsyncs the temp files, then links each under its chunk's
+// name. All fsyncs come before any link: a link adds to the file system's
+// running journal transaction, and an fsync after it would have to commit
+// that transaction again; this way one journal commit covers the batch.
+// On error every temp file not yet linked is discarded.
+func (ss *Session) finishChunks(ps []*pendingChunk) error {
+	for i, p := range ps {
+		if err := p.tmp.Sync(); err != nil {
+			for _, q := range ps[i:] {
+				q.tmp.discard()
+			}
+			return fmt.Errorf("chunk %s: fsync %s: %w", p.d, p.tmp.path, err)
+		}
 	}
+	for i, p := range ps {
+		if err := ss.publishChunk(p); err != nil {
+			for _, q := range ps[i+1:] {
+				q.tmp.discard()
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// publishChunk links the fsynced temp file under the chunk's name.
+func (ss *Session) publishChunk(p *pendingChunk) error {
+	final := ss.s.ChunkPath(p.d)
 	existed, err := p.tmp.linkTo(final)
 	if err == nil && existed && !ss.s.hasChunk(p.d, p.size) {
 		// A damaged file (wrong size) holds the name: replace it with this
