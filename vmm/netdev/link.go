@@ -10,7 +10,7 @@ import (
 // ifreqCall runs one interface ioctl on a throw-away socket of the calling
 // thread's network namespace.
 func ifreqCall(name string, req uint, fill func(*unix.Ifreq)) (*unix.Ifreq, error) {
-	if err := checkIfName(name); err != nil {
+	if err := ValidateName(name); err != nil {
 		return nil, err
 	}
 	s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
@@ -88,7 +88,7 @@ const BridgedTapPattern = "volt%d"
 // empty), attaches it to bridge and brings it up. The TAP is not
 // persistent: when the VMM exits it disappears and leaves the bridge.
 func OpenBridgedTap(bridge, pattern string) (*Tap, error) {
-	if err := checkIfName(bridge); err != nil {
+	if err := ValidateName(bridge); err != nil {
 		return nil, fmt.Errorf("bridge: %w", err)
 	}
 	if _, err := LinkIndex(bridge); err != nil {

@@ -33,7 +33,7 @@ type Macvtap struct {
 // or another namespace's node under the same index) makes a private node,
 // opens it and removes it again.
 func OpenMacvtap(name string) (*Macvtap, error) {
-	if err := checkIfName(name); err != nil {
+	if err := ValidateName(name); err != nil {
 		return nil, err
 	}
 	iface, err := net.InterfaceByName(name)

@@ -187,7 +187,7 @@ func (t *Tap) Close() error {
 // virtio-net header size is set and offloads are probed, then cleared until
 // the guest's driver negotiates them.
 func OpenTap(name string) (*Tap, error) {
-	if err := checkIfName(name); err != nil {
+	if err := ValidateName(name); err != nil {
 		return nil, err
 	}
 	_, lookErr := LinkIndex(name)
@@ -291,9 +291,9 @@ func (t *Tap) setup() error {
 	return t.SetOffload(0)
 }
 
-// checkIfName rejects names the kernel would truncate or refuse, with a
-// message naming the problem rather than a bare EINVAL.
-func checkIfName(name string) error {
+// ValidateName rejects interface names the kernel would truncate or refuse,
+// with a message naming the problem rather than a bare EINVAL.
+func ValidateName(name string) error {
 	if name == "" {
 		return errors.New("interface name is empty")
 	}

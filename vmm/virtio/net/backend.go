@@ -62,12 +62,23 @@ func (c BackendConfig) Validate() error {
 		if c.Name == "" {
 			return fmt.Errorf("%s backend needs an interface name", c.Kind)
 		}
+		if err := netdev.ValidateName(c.Name); err != nil {
+			return fmt.Errorf("%s backend: %w", c.Kind, err)
+		}
 		if c.Bridge != "" {
 			return fmt.Errorf("%s backend %s: a bridge is only used with the bridge backend", c.Kind, c.Name)
 		}
 	case BackendBridge:
 		if c.Bridge == "" {
 			return errors.New("bridge backend needs a bridge name")
+		}
+		if err := netdev.ValidateName(c.Bridge); err != nil {
+			return fmt.Errorf("bridge backend: %w", err)
+		}
+		if c.Name != "" {
+			if err := netdev.ValidateName(c.Name); err != nil {
+				return fmt.Errorf("bridge backend TAP pattern: %w", err)
+			}
 		}
 	case "":
 		return errors.New("network backend kind missing (tap, macvtap or bridge)")
