@@ -32,7 +32,11 @@ type ThroughputSpec struct {
 	// N restores per level, run in Rounds rounds that alternate the
 	// levels, so that a slow minute of a shared machine hits them alike.
 	N, Rounds int
-	Progress  *Progress // may be nil
+	// Floor, when set, is run the same way at every level, batch for
+	// batch beside the restores (floor-kvm-answer): the rate this machine
+	// and this launcher reach with nothing of a VMM.
+	Floor    *Config
+	Progress *Progress // may be nil
 }
 
 // ThroughputRounds is how many rounds voltbench splits each level's
@@ -41,7 +45,11 @@ const ThroughputRounds = 4
 
 // Validate checks the spec before anything starts.
 func (s ThroughputSpec) Validate() error {
-	return errors.Join(s.Config.Validate(), ValidateThroughput(s.Levels, s.N, s.Rounds))
+	var floorErr error
+	if s.Floor != nil {
+		floorErr = s.Floor.Validate()
+	}
+	return errors.Join(s.Config.Validate(), floorErr, ValidateThroughput(s.Levels, s.N, s.Rounds))
 }
 
 // ValidateThroughput checks concurrency levels and the restores per level,
@@ -78,6 +86,8 @@ type Throughput struct {
 	Run *results.Run
 	// FirstErr is the first failure's message, if any.
 	FirstErr error
+	// The floor's batches at the same level, when the spec has a floor.
+	Floor *Throughput
 }
 
 // PerSecond is successful restores per second of wall time.
@@ -86,6 +96,24 @@ func (t Throughput) PerSecond() float64 {
 		return 0
 	}
 	return float64(t.Restores-t.Failures) / t.Wall.Seconds()
+}
+
+// add counts one batch.
+func (t *Throughput) add(boots []Boot, wall time.Duration, step func(failed bool)) {
+	t.Wall += wall
+	for _, b := range boots {
+		t.Restores++
+		if err := t.Run.Add(b.Observation()); err != nil && b.Err == nil {
+			b.Err = err
+		}
+		if b.Err != nil {
+			t.Failures++
+			if t.FirstErr == nil {
+				t.FirstErr = b.Err
+			}
+		}
+		step(b.Err != nil)
+	}
 }
 
 // RunThroughput restores spec.Config over and over with each level's number
@@ -102,10 +130,24 @@ func (r *Runner) RunThroughput(ctx context.Context, spec ThroughputSpec) ([]Thro
 	for i, l := range spec.Levels {
 		arm := Arm{Name: fmt.Sprintf("restore ×%d", l), Config: spec.Config}
 		out[i] = Throughput{Concurrency: l, Run: NewRun(arm)}
+		if spec.Floor != nil {
+			farm := Arm{Name: fmt.Sprintf("%s ×%d", FloorKVMAnswer, l), Config: *spec.Floor}
+			out[i].Floor = &Throughput{Concurrency: l, Run: NewRun(farm)}
+		}
 	}
-	spec.Progress.Start(spec.N * len(spec.Levels))
+	perLevel := 1
+	if spec.Floor != nil {
+		perLevel = 2
+	}
+	spec.Progress.Start(spec.N * len(spec.Levels) * perLevel)
 	defer spec.Progress.Done()
 	var failures int
+	step := func(failed bool) {
+		if failed {
+			failures++
+		}
+		spec.Progress.Step(failures)
+	}
 	for round := 0; round < spec.Rounds; round++ {
 		// The round's share, the remainder in the last round.
 		n := spec.N / spec.Rounds
@@ -116,22 +158,12 @@ func (r *Runner) RunThroughput(ctx context.Context, spec ThroughputSpec) ([]Thro
 			if err := ctx.Err(); err != nil {
 				return out, fmt.Errorf("throughput stopped: %w", err)
 			}
-			boots, wall := r.batch(ctx, spec.Config, out[i].Concurrency, n)
-			out[i].Wall += wall
-			for _, b := range boots {
-				out[i].Restores++
-				if err := out[i].Run.Add(b.Observation()); err != nil && b.Err == nil {
-					b.Err = err
-				}
-				if b.Err != nil {
-					out[i].Failures++
-					failures++
-					if out[i].FirstErr == nil {
-						out[i].FirstErr = b.Err
-					}
-				}
-				spec.Progress.Step(failures)
+			if spec.Floor != nil {
+				boots, wall := r.batch(ctx, *spec.Floor, out[i].Concurrency, n)
+				out[i].Floor.add(boots, wall, step)
 			}
+			boots, wall := r.batch(ctx, spec.Config, out[i].Concurrency, n)
+			out[i].add(boots, wall, step)
 		}
 	}
 	return out, nil
@@ -183,14 +215,25 @@ func WriteThroughput(w io.Writer, levels []Throughput) error {
 	if fewest >= 100 {
 		tail = "p99"
 	}
+	withFloor := levels[0].Floor != nil
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprint(tw, "in flight\trestores\tfailed\twall s\trestores/s\t")
+	if withFloor {
+		fmt.Fprint(tw, "floor runs/s\tof floor\t")
+	}
 	for _, name := range rows {
 		fmt.Fprintf(tw, "%s p50\t%s %s\t", name, name, tail)
 	}
 	fmt.Fprintln(tw)
 	for _, l := range levels {
 		fmt.Fprintf(tw, "%d\t%d\t%d\t%.2f\t%.1f\t", l.Concurrency, l.Restores, l.Failures, l.Wall.Seconds(), l.PerSecond())
+		if withFloor {
+			f := "-"
+			if l.Floor != nil && l.Floor.PerSecond() > 0 {
+				f = fmt.Sprintf("%.0f %%", 100*l.PerSecond()/l.Floor.PerSecond())
+			}
+			fmt.Fprintf(tw, "%.1f\t%s\t", l.Floor.PerSecond(), f)
+		}
 		for _, name := range rows {
 			s := l.Run.Stage(name)
 			if s == nil {
@@ -208,11 +251,17 @@ func WriteThroughput(w io.Writer, levels []Throughput) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintln(w, "(ms since each restore's exec; wall: first exec to last exit of each batch, summed)")
+	fmt.Fprintln(w, "(ms since each restore's exec; wall: first exec to last exit of each batch, summed; every process, restore or floor, is started through the same /bin/sh gate)")
+	if withFloor {
+		fmt.Fprintf(w, "floor: %s run the same way, batch for batch at each level; \"of floor\" is restores/s over its runs/s\n", FloorKVMAnswer)
+	}
 	var errs []string
 	for _, l := range levels {
 		if l.FirstErr != nil {
 			errs = append(errs, fmt.Sprintf("×%d: %v", l.Concurrency, l.FirstErr))
+		}
+		if l.Floor != nil && l.Floor.FirstErr != nil {
+			errs = append(errs, fmt.Sprintf("floor ×%d: %v", l.Concurrency, l.Floor.FirstErr))
 		}
 	}
 	if len(errs) > 0 {

@@ -149,9 +149,17 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	if len(*concurrency) == 0 {
 		return exitOK
 	}
-	levels, err := runner.RunThroughput(ctx, bench.ThroughputSpec{
+	spec := bench.ThroughputSpec{
 		Config: bench.RestoreConfig(cfg, snap), Levels: *concurrency, N: *concurrencyN, Rounds: bench.ThroughputRounds, Progress: sess.progressBar(stderr),
-	})
+	}
+	if dir != "" {
+		fa, err := bench.KVMAnswerFloorArm(dir, snap.Memory, s.timeout)
+		if err != nil {
+			return fail(stderr, "%v", err)
+		}
+		spec.Floor = &fa.Config
+	}
+	levels, err := runner.RunThroughput(ctx, spec)
 	fmt.Fprintln(stdout)
 	bench.WriteThroughput(stdout, levels)
 	if err != nil {
@@ -160,6 +168,9 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	for _, l := range levels {
 		if l.Failures > 0 {
 			return fail(stderr, "%d of %d restores with %d in flight failed", l.Failures, l.Restores, l.Concurrency)
+		}
+		if l.Floor != nil && l.Floor.Failures > 0 {
+			return fail(stderr, "%d of %d floor runs with %d in flight failed", l.Floor.Failures, l.Floor.Restores, l.Concurrency)
 		}
 	}
 	return exitOK
