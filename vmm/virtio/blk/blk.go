@@ -98,10 +98,11 @@ type Device struct {
 	active bool
 	// negotiated flush: without it every write is made durable before it
 	// completes (§5.2.6.4, writethrough).
-	flush bool
-	log   *slog.Logger
-	bufs  [][]byte
-	stats Stats
+	flush    bool
+	log      *slog.Logger
+	warnings uint64
+	bufs     [][]byte
+	stats    Stats
 }
 
 // Stats counts what the device did, for metrics and tests.

@@ -35,7 +35,7 @@ func (d *Device) handle(c *virtio.Chain) (uint32, time.Duration, error) {
 		// §5.2.6: the status byte is the last device-writable byte; with
 		// none there is nowhere to answer.
 		d.stats.Malformed++
-		d.log.Warn("virtio-blk: request without a status byte, returned unanswered", "head", c.Head, "readable", c.ReadableLen())
+		d.warn("virtio-blk: request without a status byte, returned unanswered", "head", c.Head, "readable", c.ReadableLen())
 		return 0, 0, nil
 	}
 	r, w := c.Reader(), c.Writer()
@@ -161,7 +161,7 @@ func (d *Device) execute(req request, r *virtio.Reader, w *virtio.Writer) byte {
 	}
 	clear(d.bufs) // drop references to guest memory
 	if err != nil {
-		d.log.Warn("virtio-blk: request failed", "type", req.typ, "sector", req.sector, "err", err)
+		d.warn("virtio-blk: request failed", "type", req.typ, "sector", req.sector, "err", err)
 		return statusIOErr
 	}
 	return statusOK
@@ -246,7 +246,7 @@ func (d *Device) discardOrZero(req request, r *virtio.Reader) byte {
 			err = d.zeroes.WriteZeroes(off, length, s.flags&segFlagUnmap != 0)
 		}
 		if err != nil {
-			d.log.Warn("virtio-blk: discard/write-zeroes failed", "type", req.typ, "sector", s.sector, "sectors", s.sectors, "err", err)
+			d.warn("virtio-blk: discard/write-zeroes failed", "type", req.typ, "sector", s.sector, "sectors", s.sectors, "err", err)
 			return statusIOErr
 		}
 	}
@@ -264,4 +264,14 @@ func parseSegment(b []byte) segment {
 		sectors: binary.LittleEndian.Uint32(b[8:]),
 		flags:   binary.LittleEndian.Uint32(b[12:]),
 	}
+}
+
+// warn logs a request failure. A guest can cause failures at will, so
+// after the first few only every 1024th is logged, with the count.
+func (d *Device) warn(msg string, args ...any) {
+	d.warnings++
+	if d.warnings > 16 && d.warnings%1024 != 0 {
+		return
+	}
+	d.log.Warn(msg, append(args, "failures", d.warnings)...)
 }

@@ -115,6 +115,7 @@ func (t *Transport) Restore(st State) error {
 	}
 	if driverOK && st.Status&virtio.StatusFailed == 0 {
 		if err := t.dev.Activate(t.activation()); err != nil {
+			t.reset() // leave nothing half restored
 			return fmt.Errorf("%s: restore: activate: %w", t.name, err)
 		}
 		t.activated = true
