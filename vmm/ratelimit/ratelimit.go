@@ -19,14 +19,15 @@ import (
 )
 
 // BucketConfig describes one token bucket. The zero value is an unlimited
-// bucket.
+// bucket. It is not a wire type: Firecracker's rate_limiter body gives
+// refill_time in milliseconds, which the API layer converts.
 type BucketConfig struct {
 	// Size is the bucket's capacity in tokens (operations or bytes).
-	Size uint64 `json:"size"`
+	Size uint64
 	// OneTimeBurst is extra credit available once, on top of Size.
-	OneTimeBurst uint64 `json:"one_time_burst,omitempty"`
+	OneTimeBurst uint64
 	// RefillTime is how long an empty bucket takes to fill to Size.
-	RefillTime time.Duration `json:"refill_time"`
+	RefillTime time.Duration
 }
 
 // Enabled reports whether the bucket limits anything.
@@ -167,8 +168,8 @@ func (b *Bucket) Budget(now time.Time) int64 {
 
 // Config is the two buckets of a limiter. The zero value limits nothing.
 type Config struct {
-	Ops   BucketConfig `json:"ops"`
-	Bytes BucketConfig `json:"bandwidth"`
+	Ops   BucketConfig
+	Bytes BucketConfig
 }
 
 // Validate checks both buckets.
