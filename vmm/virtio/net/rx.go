@@ -117,6 +117,11 @@ func (r *rxPath) run(ctx context.Context) error {
 			return fmt.Errorf("rx: %w", err)
 		}
 		if more {
+			// Buffers arrived meanwhile: no notifications while there
+			// are some to use.
+			if err := r.q.DisableNotification(); err != nil {
+				return fmt.Errorf("rx: %w", err)
+			}
 			continue
 		}
 		r.d.stats.rxNoBuffers.Add(1)

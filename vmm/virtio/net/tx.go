@@ -81,7 +81,8 @@ func (t *txPath) drain() (throttle time.Duration, err error) {
 			if c == nil {
 				break
 			}
-			if ok, wait := t.limiter.Consume(1, uint64(c.ReadableLen())); !ok {
+			// Frame bytes, as on receive: the header is not traffic.
+			if ok, wait := t.limiter.Consume(1, uint64(max(c.ReadableLen(), HeaderSize)-HeaderSize)); !ok {
 				t.d.stats.txThrottled.Add(1)
 				return wait, t.q.UndoPop()
 			}
