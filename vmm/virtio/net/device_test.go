@@ -165,6 +165,43 @@ func TestTxFramesReachTheBackend(t *testing.T) {
 	}
 }
 
+// Linux sends a frame as an indirect chain when INDIRECT_DESC is
+// negotiated (header, linear part, page fragments).
+func TestTxIndirectChain(t *testing.T) {
+	g, _, peer := pairDevice(t, fullOffload, Config{})
+	if err := g.probe(wantAll); err != nil {
+		t.Fatal(err)
+	}
+	if g.features&virtio.FeatureIndirectDesc == 0 {
+		t.Fatal("INDIRECT_DESC not negotiated")
+	}
+	frame := ethFrame(3000, 5)
+	hdr := Header{Flags: HdrFNeedsCsum, CsumStart: 34, CsumOffset: 16}
+	base := memory.GuestAddr(simTxBase + 100*simTxSlot)
+	var h [HeaderSize]byte
+	hdr.Encode(h[:])
+	g.mem.Write(base, h[:])
+	// The frame in three pieces, out of order in memory.
+	pieces := []struct {
+		at   memory.GuestAddr
+		data []byte
+	}{{base + 0x4000, frame[:100]}, {base + 0x1000, frame[100:2000]}, {base + 0x8000, frame[2000:]}}
+	bufs := []simDesc{{addr: base, len: HeaderSize}}
+	for _, p := range pieces {
+		g.mem.Write(p.at, p.data)
+		bufs = append(bufs, simDesc{addr: p.at, len: uint32(len(p.data))})
+	}
+	if _, ok := g.rings[txQueue].addIndirect(base+0xc000, bufs); !ok {
+		t.Fatal("ring full")
+	}
+	g.tr.Notify(txQueue)
+	pkt := peerRecv(t, peer, wait)
+	if got, _ := DecodeHeader(pkt); got != hdr || !bytes.Equal(pkt[HeaderSize:], frame) {
+		t.Errorf("backend got header %+v and %d bytes, want %+v and the %d-byte frame", got, len(pkt)-HeaderSize, hdr, len(frame))
+	}
+	g.waitTxUsed(1, wait)
+}
+
 func TestTxMalformedChainsAreDroppedAndCounted(t *testing.T) {
 	g, _, peer := pairDevice(t, fullOffload, Config{})
 	// No HOST_TSO6: a TSO6 frame breaks the negotiated features.

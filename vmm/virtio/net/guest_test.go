@@ -159,6 +159,42 @@ func (r *simRing) add(bufs []simDesc) (uint16, bool) {
 	return head, true
 }
 
+// addIndirect publishes bufs as one indirect descriptor whose table sits
+// at table, as Linux does for multi-buffer chains with INDIRECT_DESC.
+func (r *simRing) addIndirect(table memory.GuestAddr, bufs []simDesc) (uint16, bool) {
+	if len(r.free) == 0 {
+		return 0, false
+	}
+	for i, b := range bufs {
+		var flags uint16
+		if b.write {
+			flags |= descFWrite
+		}
+		next := uint16(0)
+		if i+1 < len(bufs) {
+			flags |= descFNext
+			next = uint16(i + 1)
+		}
+		d := table + memory.GuestAddr(16*i)
+		r.mem.WriteUint64(d, uint64(b.addr))
+		r.mem.WriteUint32(d+8, b.len)
+		r.mem.WriteUint16(d+12, flags)
+		r.mem.WriteUint16(d+14, next)
+	}
+	head := r.free[0]
+	r.free = r.free[1:]
+	d := r.desc + memory.GuestAddr(16*int(head))
+	r.mem.WriteUint64(d, uint64(table))
+	r.mem.WriteUint32(d+8, uint32(16*len(bufs)))
+	r.mem.WriteUint16(d+12, 4) // VIRTQ_DESC_F_INDIRECT
+	r.mem.WriteUint16(d+14, 0)
+	r.chains[head] = []uint16{head}
+	r.mem.WriteUint16(r.avail+4+memory.GuestAddr(2*int(r.availIdx%r.size)), head)
+	r.availIdx++
+	r.mem.WriteUint16(r.avail+2, r.availIdx)
+	return head, true
+}
+
 type usedEntry struct {
 	head uint16
 	len  uint32
