@@ -8,14 +8,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/voltvmm/volt/guest/profile"
 	"github.com/voltvmm/volt/vmm/boot"
 	"github.com/voltvmm/volt/vmm/cpu"
 	"github.com/voltvmm/volt/vmm/devices/bootmarker"
 	"github.com/voltvmm/volt/vmm/memory"
+	"github.com/voltvmm/volt/vmm/snapshot"
 )
 
 // Config describes a VM to boot.
@@ -29,7 +33,10 @@ type Config struct {
 
 	MemorySize uint64
 	HugePages  bool
-	CPUs       int
+	// AllowOvercommit lets MemorySize exceed the host's RAM and swap
+	// (HostMemory); otherwise such a VM is refused before it is built.
+	AllowOvercommit bool
+	CPUs            int
 	// TrackDirtyPages has KVM log the pages the guest writes, which diff
 	// snapshots need; it costs a write-protection fault per page per
 	// snapshot interval, so it is off unless asked for.
@@ -37,6 +44,9 @@ type Config struct {
 
 	CPUTemplate string   // see cpu.Templates; "" means host
 	CPUIDMask   []string // extra CPUID features to hide
+	// GuestProfile names a guest/profile whose kernel options and CPUID
+	// masks are added at build ("" and "none" add nothing).
+	GuestProfile string
 
 	// Console receives the guest's serial output; nil discards it.
 	Console io.Writer
@@ -51,12 +61,21 @@ type Config struct {
 	// MarkerDelay stalls the guest at every boot marker. It exists only to
 	// inject a measurable regression for tests and the CI gate.
 	MarkerDelay time.Duration
+	// AfterSnapshotStep, if set, is called after each step of writing a
+	// snapshot; tests kill the VMM there.
+	AfterSnapshotStep func(snapshot.CreateStep)
+	// Logger receives warnings (e.g. the huge-page fallback); nil means
+	// slog's default logger.
+	Logger *slog.Logger
 }
 
 // Defaults used by the CLI and the API.
 const (
-	DefaultMemory  = 128 << 20
-	DefaultCPUs    = 1
+	DefaultMemory = 128 << 20
+	DefaultCPUs   = 1
+	// MaxCPUs is the one vCPU limit for the command line, the API and
+	// config files: Firecracker's (the swagger's vcpu_count maximum).
+	MaxCPUs        = 32
 	MinMemory      = 2 << 20
 	DefaultCmdline = "console=ttyS0 reboot=k panic=1"
 )
@@ -73,8 +92,8 @@ func (c *Config) Validate() error {
 	if err := (memory.Config{Size: c.MemorySize, Backing: c.backing()}).Validate(); err != nil && c.MemorySize >= MinMemory {
 		errs = append(errs, err)
 	}
-	if c.CPUs < 1 || c.CPUs > boot.MaxCPUs {
-		errs = append(errs, fmt.Errorf("vCPU count %d outside 1..%d", c.CPUs, boot.MaxCPUs))
+	if c.CPUs < 1 || c.CPUs > MaxCPUs {
+		errs = append(errs, fmt.Errorf("vCPU count %d outside 1..%d", c.CPUs, MaxCPUs))
 	}
 	if c.CPUTemplate != "" {
 		if _, ok := cpu.Templates[c.CPUTemplate]; !ok {
@@ -86,10 +105,53 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("unknown CPU feature %q in the CPUID mask", f))
 		}
 	}
+	if c.GuestProfile != "" {
+		if _, err := profile.Lookup(c.GuestProfile); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if c.MarkerDelay < 0 {
 		errs = append(errs, errors.New("negative marker delay"))
 	}
 	return errors.Join(errs...)
+}
+
+// applyProfile adds the guest profile's kernel options and CPUID masks to
+// the configuration, so that a snapshot records what the guest really got.
+func (c *Config) applyProfile() error {
+	if c.GuestProfile == "" {
+		return nil
+	}
+	p, err := profile.Lookup(c.GuestProfile)
+	if err != nil {
+		return err
+	}
+	if c.Cmdline, err = p.Apply(c.Cmdline); err != nil {
+		return fmt.Errorf("guest profile %s: %w", p.Name, err)
+	}
+	for _, f := range p.CPUIDMask {
+		if !slices.Contains(c.CPUIDMask, f) {
+			c.CPUIDMask = append(slices.Clip(c.CPUIDMask), f)
+		}
+	}
+	return nil
+}
+
+// CheckHostMemory refuses guest memory larger than the host can back (RAM
+// plus swap) unless overcommit is allowed: the VM would build, and the OOM
+// killer would end it once the guest touched enough of its memory.
+func CheckHostMemory(size uint64, allowOvercommit bool) error {
+	if allowOvercommit {
+		return nil
+	}
+	host, err := memory.HostBacking()
+	if err != nil {
+		return err
+	}
+	if size > host {
+		return fmt.Errorf("guest memory %s is more than this host's RAM and swap (%.1f GiB); allow it with --memory-overcommit", FormatSize(size), float64(host)/(1<<30))
+	}
+	return nil
 }
 
 func (c *Config) backing() memory.Backing {

@@ -266,3 +266,19 @@ func TestProbeBootsAsA32BitELF(t *testing.T) {
 		t.Fatalf("stopped with %s: %v", r.Reason, r.Err)
 	}
 }
+
+// A reset the guest did not announce is never a clean power-off: the
+// probe's "reset" reboots without the shutdown marker, and its "panic"
+// writes the kernel-panic marker first, as our Linux kernel does.
+func TestUnannouncedResetsAndPanicsAreNotPowerOffs(t *testing.T) {
+	for cmd, want := range map[string]vmm.StopReason{"reset": vmm.StopReset, "panic": vmm.StopPanic, "poweroff": vmm.StopPowerOff} {
+		t.Run(cmd, func(t *testing.T) {
+			s := startProbe(t, vmm.Config{})
+			s.expect(probe.ReadyLine)
+			s.send(cmd)
+			if r := s.wait(); r.Reason != want {
+				t.Fatalf("%s: stopped with %s (%v), want %s", cmd, r.Reason, r.Err, want)
+			}
+		})
+	}
+}

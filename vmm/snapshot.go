@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -81,7 +82,11 @@ func (v *VM) CreateSnapshot(ctx context.Context, p SnapshotParams) error {
 	if diff {
 		st.Memory.Diff, st.Memory.DirtyBitmap, st.Memory.BaseID = true, dirty, v.snapshotBase
 	}
-	id, err := snapshot.Create(snapshot.CreateParams{StatePath: p.StatePath, MemPath: p.MemPath, State: st, Memory: v.mem, AfterStep: p.AfterStep})
+	after := p.AfterStep
+	if after == nil {
+		after = v.cfg.AfterSnapshotStep
+	}
+	id, err := snapshot.Create(snapshot.CreateParams{StatePath: p.StatePath, MemPath: p.MemPath, State: st, Memory: v.mem, AfterStep: after})
 	if err != nil {
 		return err
 	}
@@ -255,6 +260,9 @@ type RestoreConfig struct {
 	// TrackDirtyPages overrides the snapshot's setting when set (Firecracker's
 	// enable_diff_snapshots on load).
 	TrackDirtyPages *bool
+	// Logger and AfterSnapshotStep are as in Config.
+	Logger            *slog.Logger
+	AfterSnapshotStep func(snapshot.CreateStep)
 }
 
 // Restore creates a VM from a snapshot: its memory file is mapped
@@ -300,6 +308,7 @@ func Restore(ctx context.Context, rc RestoreConfig) (_ *VM, err error) {
 		KernelPath: m.KernelPath, Cmdline: m.Cmdline, MemorySize: m.MemorySize, HugePages: false,
 		CPUs: m.CPUs, CPUTemplate: m.CPUTemplate, CPUIDMask: m.CPUIDMask, TrackDirtyPages: m.TrackDirtyPages,
 		Console: rc.Console, ConsoleInput: rc.ConsoleInput, Origin: rc.Origin,
+		Logger: rc.Logger, AfterSnapshotStep: rc.AfterSnapshotStep,
 	}
 	if rc.TrackDirtyPages != nil {
 		v.cfg.TrackDirtyPages = *rc.TrackDirtyPages

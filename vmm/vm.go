@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
+	"log/slog"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -36,9 +36,17 @@ const (
 // StopReason says why a VM stopped.
 type StopReason string
 
+// A guest on a PC without ACPI ends itself by resetting (the i8042's reset
+// line, a triple fault, KVM's system event); the reset alone cannot tell a
+// clean power-off from a reboot or a crash, so the boot markers decide: a
+// guest that wrote the shutdown marker (volt-init and the probe do, before
+// they reset) powered off; one whose kernel wrote the panic marker panicked;
+// any other reset is reported as a reset, never as a clean power-off.
 const (
-	StopPowerOff    StopReason = "poweroff"     // the guest asked to power off or reset (i8042, ACPI-less PCs)
-	StopTripleFault StopReason = "triple-fault" // KVM_EXIT_SHUTDOWN: the guest could not continue
+	StopPowerOff    StopReason = "poweroff"     // the guest announced a shutdown (marker 0x6f), then reset
+	StopReset       StopReason = "reset"        // the guest reset without announcing a shutdown: a reboot, or a crash
+	StopPanic       StopReason = "panic"        // the guest kernel panicked (marker 0x5f, or KVM's crash event)
+	StopTripleFault StopReason = "triple-fault" // KVM_EXIT_SHUTDOWN with nothing announced: the guest could not continue
 	StopCanceled    StopReason = "canceled"     // the host asked the VM to stop
 	StopError       StopReason = "error"        // a vCPU failed (emulation failure, entry failure, ioctl error)
 )
@@ -118,6 +126,12 @@ type Timeline struct {
 // start the vCPUs; call Run.
 func New(cfg Config) (_ *VM, err error) {
 	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := cfg.applyProfile(); err != nil {
+		return nil, err
+	}
+	if err := CheckHostMemory(cfg.MemorySize, cfg.AllowOvercommit); err != nil {
 		return nil, err
 	}
 	v, err := newShell(cfg)
@@ -215,7 +229,7 @@ func (v *VM) setupMemory(mc memory.Config) error {
 	}
 	v.mem = mem
 	for _, w := range mem.Warnings() {
-		fmt.Fprintf(os.Stderr, "volt-vmm: warning: %s\n", w)
+		v.logger().Warn(w)
 	}
 	var flags uint32
 	if v.cfg.TrackDirtyPages {
@@ -279,7 +293,7 @@ func (v *VM) setupDevices(id genid.ID) error {
 		v.console.w = io.Discard
 	}
 	v.uart = uart.New(v.console, irqLine{v.vm, uart.COM1IRQ})
-	v.i8042 = i8042.New(func() { v.stop(Result{Reason: StopPowerOff}) },
+	v.i8042 = i8042.New(func() { v.stop(v.guestReset(StopReset, nil)) },
 		i8042.WithKeyboardInterrupt(irqLine{v.vm, i8042.KeyboardIRQ}))
 	opts := []bootmarker.Option{bootmarker.WithDelay(v.cfg.MarkerDelay)}
 	if v.cfg.OnMarker != nil {
@@ -358,6 +372,14 @@ func (v *VM) setupBootVCPUs() error {
 	return nil
 }
 
+// logger is where the VM's warnings go.
+func (v *VM) logger() *slog.Logger {
+	if v.cfg.Logger != nil {
+		return v.cfg.Logger
+	}
+	return slog.Default()
+}
+
 // Memory exposes guest memory (for snapshots and tests).
 func (v *VM) Memory() *memory.Memory { return v.mem }
 
@@ -388,9 +410,8 @@ func (v *VM) Run(ctx context.Context) Result {
 	v.pause = v.startPaused
 	v.mu.Unlock()
 
-	if v.cfg.ConsoleInput != nil {
-		go v.uart.Feed(v.cfg.ConsoleInput, func() { time.Sleep(time.Millisecond) })
-	}
+	stopFeed := v.feedConsole()
+	defer stopFeed()
 	var wg sync.WaitGroup
 	for i := range v.vcpus {
 		wg.Add(1)
@@ -406,6 +427,37 @@ func (v *VM) Run(ctx context.Context) Result {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return v.result
+}
+
+// feedConsole copies console input into the UART on its own goroutine and
+// returns the function that stops it. A reader that takes deadlines (a
+// pipe, a terminal) is interrupted and the goroutine waited for; another
+// reader cannot be interrupted, so the goroutine is left to end at its next
+// read, and delivers nothing more.
+func (v *VM) feedConsole() (stop func()) {
+	in := v.cfg.ConsoleInput
+	if in == nil {
+		return func() {}
+	}
+	done := make(chan struct{})
+	var stopped atomic.Bool
+	go func() {
+		defer close(done)
+		v.uart.Feed(in, func() bool {
+			if stopped.Load() {
+				return false
+			}
+			time.Sleep(time.Millisecond)
+			return !stopped.Load()
+		})
+	}()
+	return func() {
+		stopped.Store(true)
+		d, ok := in.(interface{ SetReadDeadline(time.Time) error })
+		if ok && d.SetReadDeadline(time.Now()) == nil {
+			<-done
+		}
+	}
 }
 
 // stop records the first reason the VM stops for and kicks every vCPU out of
@@ -457,6 +509,15 @@ func (v *VM) Pause() error {
 	if v.stopping.Load() {
 		return errors.New("the VM stopped while pausing")
 	}
+	// Tell a kvmclock guest it was paused, as Firecracker does on every
+	// pause, so its soft-lockup watchdog does not take the pause for a
+	// hang. Guests without kvmclock refuse it, which is fine.
+	v.mu.Unlock()
+	v.onEachVCPU(func(c *kvm.VCPU) error {
+		c.KVMClockCtrl()
+		return nil
+	})
+	v.mu.Lock()
 	return nil
 }
 
@@ -534,6 +595,7 @@ func (v *VM) runVCPU(i int) {
 	runtime.LockOSThread()
 	c := v.vcpus[i]
 	defer func() {
+		c.ReleaseThread()
 		v.mu.Lock()
 		v.running--
 		v.cond.Broadcast()
@@ -588,16 +650,23 @@ func (v *VM) handleExit(c *kvm.VCPU, exit kvm.Exit) error {
 		}
 	case kvm.IntrExit:
 	case kvm.ShutdownExit:
-		v.stop(Result{Reason: StopTripleFault, Err: fmt.Errorf("vCPU %d: guest triple fault\n%s", c.ID, dumpVCPU(c, v.mem))})
+		// Linux's reboot=t resets this way after its shutdown, so the
+		// markers decide here too.
+		v.stop(v.guestReset(StopTripleFault, func() error {
+			return fmt.Errorf("vCPU %d: guest triple fault\n%s", c.ID, dumpVCPU(c, v.mem))
+		}))
 	case kvm.HaltExit:
 		// With the in-kernel LAPIC, HLT waits in the kernel; reaching
 		// here means the guest halted with nothing to wake it.
-		v.stop(Result{Reason: StopPowerOff})
+		v.stop(v.guestReset(StopError, func() error {
+			return fmt.Errorf("vCPU %d: the guest halted with nothing to wake it\n%s", c.ID, dumpVCPU(c, v.mem))
+		}))
 	case kvm.SystemEventExit:
 		if e.Type == kvm.SystemEventCrash {
-			return fmt.Errorf("vCPU %d: guest reported a crash", c.ID)
+			v.stop(Result{Reason: StopPanic, Err: fmt.Errorf("vCPU %d: the guest reported a crash", c.ID)})
+			return nil
 		}
-		v.stop(Result{Reason: StopPowerOff})
+		v.stop(v.guestReset(StopReset, nil))
 	case kvm.InternalErrorExit:
 		what := "KVM internal error"
 		if e.Suberror == kvm.InternalErrorEmulation {
@@ -610,6 +679,23 @@ func (v *VM) handleExit(c *kvm.VCPU, exit kvm.Exit) error {
 		return fmt.Errorf("vCPU %d: unhandled exit %s\n%s", c.ID, exit.Reason(), dumpVCPU(c, v.mem))
 	}
 	return nil
+}
+
+// guestReset classifies a guest's reset by what it announced: a panic
+// marker makes it a panic, a shutdown marker a power-off, and otherwise it
+// is unannounced, reported as reason with the error detail describes.
+func (v *VM) guestReset(unannounced StopReason, detail func() error) Result {
+	switch {
+	case v.markers.Seen(marker.KernelPanic):
+		return Result{Reason: StopPanic, Err: errors.New("the guest kernel panicked (see its console for the message)")}
+	case v.markers.Seen(marker.Shutdown):
+		return Result{Reason: StopPowerOff}
+	}
+	r := Result{Reason: unannounced}
+	if detail != nil {
+		r.Err = detail()
+	}
+	return r
 }
 
 // Close releases every host resource of the VM. It must not be called while

@@ -1,4 +1,5 @@
-// Command volt-vmm runs one KVM microVM. See README.md for the flags.
+// Command volt-vmm runs one KVM microVM. See README.md for the flags and
+// the exit statuses.
 package main
 
 import (
@@ -16,12 +17,14 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
 
 	"github.com/voltvmm/volt/vmm"
 	"github.com/voltvmm/volt/vmm/api"
 	"github.com/voltvmm/volt/vmm/api/types"
 	"github.com/voltvmm/volt/vmm/boot"
 	"github.com/voltvmm/volt/vmm/cpu"
+	"github.com/voltvmm/volt/vmm/snapshot"
 )
 
 // processStart is taken during package initialisation, the earliest point
@@ -29,117 +32,100 @@ import (
 // itself with eBPF.
 var processStart = time.Now()
 
-// Exit statuses.
+// Exit statuses, documented in README.md.
 const (
-	exitOK        = 0 // the guest powered off or reset
-	exitVMMError  = 1 // the VM could not be built (bad kernel, no KVM, …)
-	exitUsage     = 2 // bad flags
-	exitGuestDied = 3 // the guest crashed: triple fault, emulation failure
-	exitStopped   = 4 // stopped by a signal to the VMM
+	exitOK         = 0 // the guest powered off: it announced a shutdown, then reset
+	exitVMMError   = 1 // the VM could not be built (bad kernel, no KVM, …)
+	exitUsage      = 2 // bad flags
+	exitGuestDied  = 3 // the guest crashed: triple fault, emulation failure
+	exitStopped    = 4 // stopped by a signal to the VMM
+	exitGuestReset = 5 // the guest reset without announcing a shutdown
+	exitGuestPanic = 6 // the guest kernel panicked
 )
+
+const usageHead = `Usage: volt-vmm --kernel PATH [flags]
+       volt-vmm --api-sock PATH [flags]
+       volt-vmm --config-file FILE [--api-sock PATH] [flags]
+       volt-vmm --restore DIR [--api-sock PATH]
+
+Runs one KVM microVM until the guest stops.
+Exit status: 0 guest powered off, 1 VMM error, 2 bad usage, 3 guest died,
+4 stopped by signal, 5 guest reset without a shutdown, 6 guest kernel panic.
+
+`
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	fs := pflag.NewFlagSet("volt-vmm", pflag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var (
-		kernel      = fs.String("kernel", "", "guest kernel: ELF vmlinux (PVH or 64-bit entry) or bzImage")
-		initrd      = fs.String("initrd", "", "initial ramdisk to load")
-		cmdline     = fs.String("cmdline", vmm.DefaultCmdline, "kernel command line")
-		memSize     = fs.String("memory", "128M", "guest memory (K, M, G suffixes; a plain number is MiB)")
-		cpus        = fs.Int("cpus", vmm.DefaultCPUs, "number of vCPUs")
-		hugepages   = fs.Bool("hugepages", false, "back guest memory with 2 MiB huge pages (falls back to THP with a warning)")
-		console     = fs.String("console", "stdio", "serial console: stdio, file:PATH or none")
-		bootTimer   = fs.Bool("boot-timer", false, "print the boot timeline (exec→stage in µs) to stderr when the VM stops")
-		protocol    = fs.String("boot-protocol", "auto", "boot protocol: auto, pvh or linux64")
-		template    = fs.String("cpu-template", "host", "CPUID template: "+strings.Join(cpu.TemplateNames(), ", "))
-		cpuidMask   = fs.String("cpuid-mask", "", "comma-separated CPU features to hide from the guest (e.g. cx16,popcnt)")
-		markerDelay = fs.Duration("test-marker-delay", 0, "testing only: stall the guest this long at every boot marker, to inject a regression")
-		apiSock     = fs.String("api-sock", "", "serve the Firecracker-compatible API on this Unix socket and boot on InstanceStart (see docs/api.md)")
-		configFile  = fs.String("config-file", "", "boot from a Firecracker JSON config file (boot-source, machine-config, ...)")
-		noAPI       = fs.Bool("no-api", false, "serve no API (the default unless --api-sock is given; for Firecracker-compatible command lines)")
-		instanceID  = fs.String("id", api.DefaultID, "instance id reported by GET /")
-		restoreDir  = fs.String("restore", "", "restore the VM snapshotted into DIR ("+types.SnapshotStateFile+" and "+types.SnapshotMemFile+") and resume it")
-	)
-	fs.MarkHidden("test-marker-delay")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: volt-vmm --kernel PATH [flags]\n       volt-vmm --api-sock PATH [flags]\n       volt-vmm --config-file FILE [--api-sock PATH] [flags]\n\nRuns one KVM microVM until the guest powers off.\nExit status: 0 guest powered off, 1 VMM error, 2 bad usage, 3 guest died, 4 stopped by signal.\n\n")
-		fs.PrintDefaults()
+	f := newFlags()
+	f.fs.SetOutput(stderr)
+	f.fs.Usage = func() {
+		fmt.Fprint(stderr, usageHead)
+		f.fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := f.fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			return exitOK
 		}
 		return usage(stderr, "%v (see --help)", err)
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "volt-vmm: unexpected argument %q\n", fs.Arg(0))
-		return exitUsage
+	if f.fs.NArg() > 0 {
+		return usage(stderr, "unexpected argument %q", f.fs.Arg(0))
+	}
+	switch {
+	case f.version:
+		fmt.Fprintf(stdout, "volt-vmm %s (Firecracker API %s, snapshot format %d.%d)\n", vmmVersion(), api.FirecrackerAPIVersion, snapshot.MajorVersion, snapshot.MinorVersion)
+		return exitOK
+	case f.describeSnapshot != "":
+		st, err := snapshot.ReadStateFile(f.describeSnapshot)
+		if err != nil {
+			fmt.Fprintf(stderr, "volt-vmm: %v\n", err)
+			return exitVMMError
+		}
+		fmt.Fprintf(stdout, "v%d.%d.0\n", st.Format.Major, st.Format.Minor)
+		return exitOK
 	}
 
-	cfg := vmm.Config{
-		KernelPath:  *kernel,
-		InitrdPath:  *initrd,
-		Cmdline:     *cmdline,
-		CPUs:        *cpus,
-		HugePages:   *hugepages,
-		CPUTemplate: *template,
-		Origin:      processStart,
-		MarkerDelay: *markerDelay,
+	cfg, code := machineConfig(f, stderr)
+	if code != exitOK {
+		return code
 	}
-	var err error
-	if cfg.MemorySize, err = vmm.ParseSize(*memSize); err != nil {
-		return usage(stderr, "--memory: %v", err)
-	}
-	if cfg.Protocol, err = boot.ParseProtocol(*protocol); err != nil {
-		return usage(stderr, "--boot-protocol: %v", err)
-	}
-	if cfg.CPUIDMask, err = cpu.ParseMask(*cpuidMask); err != nil {
-		return usage(stderr, "--cpuid-mask: %v", err)
-	}
-	if *noAPI && *apiSock != "" {
-		return usage(stderr, "--no-api and --api-sock contradict each other")
-	}
-	if *configFile != "" && *kernel != "" {
-		return usage(stderr, "--config-file and --kernel both name the kernel; use one")
-	}
-	if *restoreDir != "" && (*kernel != "" || *configFile != "") {
-		return usage(stderr, "--restore resumes a snapshot; it takes no --kernel or --config-file")
-	}
-	if err := api.ValidateID(*instanceID); err != nil {
-		return usage(stderr, "--id: %v", err)
-	}
-	closeConsole, err := setConsole(&cfg, *console, stdin, stdout)
+	closeConsole, err := setConsole(&cfg, f.console, stdin, stdout)
 	if err != nil {
 		return usage(stderr, "--console: %v", err)
 	}
 	defer closeConsole()
-	if err := validateFlags(cfg, *apiSock == "" && *configFile == "" && *restoreDir == ""); err != nil {
-		return usage(stderr, "%s", strings.ReplaceAll(err.Error(), "\n", "; "))
-	}
 
 	ctrl := api.NewController(api.Options{
-		ID:         *instanceID,
+		ID:         f.id,
 		VMMVersion: vmmVersion(),
 		Base:       cfg,
 		LogOutput:  stderr,
 		LogLevel:   slog.LevelWarn,
 	})
 	defer ctrl.CloseForExit()
-	if *configFile != "" {
-		cf, err := api.LoadConfigFile(*configFile)
+	if f.logPath != "" || f.level != "" || f.showLevel || f.showLogOrigin || f.module != "" {
+		l := types.Logger{LogPath: f.logPath, Level: f.level, ShowLevel: f.showLevel, ShowLogOrigin: f.showLogOrigin, Module: f.module}
+		if err := ctrl.PutLogger(l); err != nil {
+			return usage(stderr, "logger flags: %v", err)
+		}
+	}
+	for _, n := range f.notices() {
+		ctrl.Logger().Warn("notice: " + n)
+	}
+	if f.configFile != "" {
+		cf, err := api.LoadConfigFile(f.configFile)
 		if err != nil {
 			return usage(stderr, "--config-file: %v", err)
 		}
 		if err := ctrl.Apply(cf); err != nil {
-			return usage(stderr, "--config-file %s: %v", *configFile, err)
+			return usage(stderr, "--config-file %s: %v", f.configFile, err)
 		}
 	}
-	if *apiSock != "" {
-		srv, err := api.Listen(*apiSock, 0)
+	if f.apiSock != "" {
+		srv, err := api.Listen(f.apiSock, f.maxPayload)
 		if err != nil {
 			fmt.Fprintf(stderr, "volt-vmm: %v\n", err)
 			return exitVMMError
@@ -150,19 +136,19 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	// Without an API nothing else could start the VM: boot now, as
 	// Firecracker does with --config-file.
 	switch {
-	case *restoreDir != "":
+	case f.restore != "":
 		err := ctrl.LoadSnapshot(context.Background(), types.SnapshotLoadParams{
-			SnapshotPath: filepath.Join(*restoreDir, types.SnapshotStateFile),
-			MemBackend:   &types.MemoryBackend{BackendType: "File", BackendPath: filepath.Join(*restoreDir, types.SnapshotMemFile)},
+			SnapshotPath: filepath.Join(f.restore, types.SnapshotStateFile),
+			MemBackend:   &types.MemoryBackend{BackendType: "File", BackendPath: filepath.Join(f.restore, types.SnapshotMemFile)},
 			ResumeVM:     true,
 		})
 		if err != nil {
-			fmt.Fprintf(stderr, "volt-vmm: --restore %s: %s\n", *restoreDir, strings.ReplaceAll(err.Error(), "\n", "; "))
+			fmt.Fprintf(stderr, "volt-vmm: --restore %s: %s\n", f.restore, oneLine(err))
 			return exitVMMError
 		}
-	case *apiSock == "" || *configFile != "":
+	case f.apiSock == "" || f.configFile != "":
 		if err := ctrl.Start(); err != nil {
-			fmt.Fprintf(stderr, "volt-vmm: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
+			fmt.Fprintf(stderr, "volt-vmm: %s\n", oneLine(err))
 			return exitVMMError
 		}
 	}
@@ -175,28 +161,118 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		ctrl.Stop()
 	}
 	res, ended := ctrl.Result()
-	if m := ctrl.Machine(); m != nil && *bootTimer {
+	if m := ctrl.Machine(); m != nil && f.bootTimer {
 		vmm.WriteBootTimer(stderr, m.BootStages())
 	}
+	return exitStatus(stderr, res, ended)
+}
+
+// exitStatus reports how the VM ended and returns the matching status.
+func exitStatus(stderr io.Writer, res vmm.Result, ended bool) int {
 	switch {
 	case !ended || res.Reason == vmm.StopCanceled:
 		fmt.Fprintln(stderr, "volt-vmm: stopped by signal")
 		return exitStopped
 	case res.Reason == vmm.StopPowerOff:
 		return exitOK
+	case res.Reason == vmm.StopReset:
+		fmt.Fprintln(stderr, "volt-vmm: the guest reset without announcing a shutdown (a reboot, or a crash that reset it)")
+		return exitGuestReset
+	case res.Reason == vmm.StopPanic:
+		fmt.Fprintf(stderr, "volt-vmm: %v\n", res.Err)
+		return exitGuestPanic
 	}
 	fmt.Fprintf(stderr, "volt-vmm: guest died: %v\n", res.Err)
 	return exitGuestDied
 }
 
-// validateFlags checks the VM flags. The kernel may come later, through
-// the API or a config file, unless the flags alone must boot.
-func validateFlags(cfg vmm.Config, needKernel bool) error {
-	if !needKernel && cfg.KernelPath == "" {
-		cfg.KernelPath = "(set later)"
+// machineConfig turns the machine flags into the base configuration that
+// the API and the config file then modify.
+func machineConfig(f *flags, stderr io.Writer) (vmm.Config, int) {
+	cfg := vmm.Config{
+		KernelPath:      f.kernel,
+		InitrdPath:      f.initrd,
+		Cmdline:         f.cmdline,
+		CPUs:            f.cpus,
+		HugePages:       f.hugepages,
+		AllowOvercommit: f.overcommit,
+		CPUTemplate:     f.template,
+		GuestProfile:    f.guestProfile,
+		Origin:          processStart,
+		MarkerDelay:     f.markerDelay,
 	}
-	return cfg.Validate()
+	var err error
+	if cfg.MemorySize, err = vmm.ParseSize(f.memory); err != nil {
+		return cfg, usage(stderr, "--memory %s: %v", f.memory, err)
+	}
+	if cfg.Protocol, err = boot.ParseProtocol(f.protocol); err != nil {
+		return cfg, usage(stderr, "--boot-protocol: %v", err)
+	}
+	if cfg.CPUIDMask, err = cpu.ParseMask(f.cpuidMask); err != nil {
+		return cfg, usage(stderr, "--cpuid-mask: %v", err)
+	}
+	switch {
+	case f.noAPI && f.apiSock != "":
+		return cfg, usage(stderr, "--no-api and --api-sock contradict each other")
+	case f.configFile != "" && f.kernel != "":
+		return cfg, usage(stderr, "--config-file and --kernel both name the kernel; use one")
+	case f.restore != "":
+		if c := f.restoreConflicts(); len(c) > 0 {
+			return cfg, usage(stderr, "--restore takes the machine from the snapshot; it cannot be combined with %s", strings.Join(c, ", "))
+		}
+	}
+	if err := api.ValidateID(f.id); err != nil {
+		return cfg, usage(stderr, "--id: %v", err)
+	}
+	if f.maxPayload <= 0 {
+		return cfg, usage(stderr, "--http-api-max-payload-size %d: must be positive", f.maxPayload)
+	}
+	if f.fs.Changed("start-time-us") {
+		origin, err := originAt(f.startTimeUs)
+		if err != nil {
+			return cfg, usage(stderr, "--start-time-us: %v", err)
+		}
+		cfg.Origin = origin
+	}
+	if f.snapshotKillStep != "" {
+		step := snapshot.CreateStep(f.snapshotKillStep)
+		cfg.AfterSnapshotStep = func(s snapshot.CreateStep) {
+			if s == step {
+				unix.Kill(os.Getpid(), unix.SIGKILL)
+			}
+		}
+	}
+	// The kernel may come later, through the API or a config file,
+	// unless the flags alone must boot.
+	check := cfg
+	if f.apiSock != "" || f.configFile != "" || f.restore != "" {
+		if check.KernelPath == "" {
+			check.KernelPath = "(set later)"
+		}
+	}
+	if err := check.Validate(); err != nil {
+		return cfg, usage(stderr, "%s", oneLine(err))
+	}
+	return cfg, exitOK
 }
+
+// originAt converts a CLOCK_MONOTONIC time in µs (what Firecracker's jailer
+// passes as --start-time-us) into the time.Time the boot timeline starts
+// at.
+func originAt(us int64) (time.Time, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return time.Time{}, fmt.Errorf("read the monotonic clock: %w", err)
+	}
+	now := ts.Nano() / 1000
+	if us <= 0 || us > now {
+		return time.Time{}, fmt.Errorf("%d µs is not a past CLOCK_MONOTONIC time (now %d µs)", us, now)
+	}
+	return time.Now().Add(-time.Duration(now-us) * time.Microsecond), nil
+}
+
+// oneLine folds a multi-line error (register dumps) for a one-line report.
+func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }
 
 // shutdown closes the API socket, giving requests in flight a moment.
 func shutdown(srv *api.Server) {
@@ -231,7 +307,7 @@ func setConsole(cfg *vmm.Config, spec string, stdin io.Reader, stdout io.Writer)
 		if path == "" {
 			return nil, errors.New("file: needs a path")
 		}
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		f, err := openConsoleFile(path)
 		if err != nil {
 			return nil, err
 		}
@@ -239,4 +315,36 @@ func setConsole(cfg *vmm.Config, spec string, stdin io.Reader, stdout io.Writer)
 		return func() { f.Close() }, nil
 	}
 	return nil, fmt.Errorf("%q is not stdio, file:PATH or none", spec)
+}
+
+// openConsoleFile opens a console log: a regular file (created or
+// truncated) or a character device such as a terminal; a FIFO without a
+// reader would block the open, and one with a slow reader would stall the
+// vCPU that writes the UART, so FIFOs are refused.
+func openConsoleFile(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|syscall.O_NONBLOCK, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	switch {
+	case err != nil:
+		f.Close()
+		return nil, err
+	case st.Mode().IsRegular():
+		if err := f.Truncate(0); err != nil {
+			f.Close()
+			return nil, err
+		}
+	case st.Mode()&os.ModeCharDevice != 0:
+	default:
+		f.Close()
+		return nil, fmt.Errorf("%s is neither a regular file nor a character device", path)
+	}
+	// The open only had to be non-blocking; the UART writes whole lines.
+	if err := unix.SetNonblock(int(f.Fd()), false); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }

@@ -3,9 +3,9 @@
  *
  * Mirrors guest/marker/marker.go; TestMarkerHeaderMatches parses the
  * "#define MARKER_X 0xNN" lines below, so keep exactly that form.
- * The probe has no workload and no panic path, so it never writes
- * MARKER_WORKLOAD or MARKER_KERNEL_PANIC; the lines are here so the header
- * covers the whole convention.
+ * The probe has no workload, so it never writes MARKER_WORKLOAD; the line
+ * is here so the header covers the whole convention. MARKER_KERNEL_PANIC
+ * is written by its "panic" command.
  */
 #ifndef VOLT_PROBE_MARKER_H
 #define VOLT_PROBE_MARKER_H

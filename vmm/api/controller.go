@@ -89,6 +89,7 @@ type Options struct {
 type Controller struct {
 	opts    Options
 	log     *slog.Logger
+	vmmLog  *slog.Logger // for the VM's own warnings
 	logSwap *swapHandler
 
 	mu    sync.Mutex // guards the fields below; held for a whole request
@@ -97,10 +98,12 @@ type Controller struct {
 	// configured is set once anything but the logger and metrics was
 	// configured, after which a snapshot can no longer be loaded.
 	configured bool
-	logger     *types.Logger
-	logSink    *sink
-	metrics    *types.Metrics
-	machine    Machine
+	// closing is set by Close; no machine is launched after it.
+	closing bool
+	logger  *types.Logger
+	logSink *sink
+	metrics *types.Metrics
+	machine Machine
 
 	// metricsSink is used by requests and by the periodic flush, which
 	// must not wait behind a request that holds mu (a pause, a start).
@@ -141,6 +144,7 @@ func NewController(opts Options) *Controller {
 		opts:     opts,
 		logSwap:  swap,
 		log:      slog.New(swap).With(ModuleKey, "api"),
+		vmmLog:   slog.New(swap).With(ModuleKey, "vmm"),
 		cfg:      opts.Base,
 		done:     make(chan struct{}),
 		stopTick: make(chan struct{}),
@@ -231,11 +235,14 @@ func (c *Controller) DescribeInstance() types.InstanceInfo {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	state := c.stateLocked()
-	if state == Stopped {
+	switch state {
+	case Stopped:
 		// The swagger's enum has no stopped state: Firecracker's process
 		// exits with its guest, so no client ever sees one. Report the
 		// last state until main exits.
 		state = c.state
+	case Starting:
+		state = NotStarted // nor a starting one
 	}
 	return types.InstanceInfo{AppName: AppName, ID: c.opts.ID, State: state.String(), VMMVersion: c.opts.VMMVersion}
 }
@@ -296,8 +303,7 @@ func (c *Controller) PutMachineConfig(m types.MachineConfiguration) error {
 		return err
 	}
 	defer c.mu.Unlock()
-	c.setMachineConfigLocked(m)
-	return nil
+	return c.setMachineConfigLocked(m)
 }
 
 // PatchMachineConfig answers PATCH /machine-config: only the fields given
@@ -318,12 +324,14 @@ func (c *Controller) PatchMachineConfig(p types.MachineConfigurationPatch) error
 	if err := m.Validate(cpu.TemplateNames()); err != nil {
 		return err
 	}
-	c.setMachineConfigLocked(m)
-	return nil
+	return c.setMachineConfigLocked(m)
 }
 
 // Precondition: c.mu held, m validated.
-func (c *Controller) setMachineConfigLocked(m types.MachineConfiguration) {
+func (c *Controller) setMachineConfigLocked(m types.MachineConfiguration) error {
+	if err := vmm.CheckHostMemory(uint64(m.MemSizeMib)<<20, c.cfg.AllowOvercommit); err != nil {
+		return fmt.Errorf("mem_size_mib: %w", err)
+	}
 	c.cfg.CPUs = int(m.VCPUCount)
 	c.cfg.MemorySize = uint64(m.MemSizeMib) << 20
 	c.cfg.HugePages = m.HugePages == types.HugePages2M
@@ -333,6 +341,7 @@ func (c *Controller) setMachineConfigLocked(m types.MachineConfiguration) {
 	}
 	c.cfg.TrackDirtyPages = m.TrackDirtyPages
 	c.configured = true
+	return nil
 }
 
 // PutBootSource answers PUT /boot-source. The files are checked now, as
@@ -551,7 +560,8 @@ func (c *Controller) start(origin time.Time, prefix string) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("%s%s", prefix, strings.ReplaceAll(err.Error(), "\n", "; "))
 	}
-	m, err := c.opts.Build(cfg)
+	cfg.Logger = c.vmmLog
+	m, err := c.whileStarting(func() (Machine, error) { return c.opts.Build(cfg) })
 	if err != nil {
 		if prefix != "" {
 			return fmt.Errorf("%sbuild the microVM: %w", prefix, err)
@@ -561,6 +571,26 @@ func (c *Controller) start(origin time.Time, prefix string) error {
 	c.launchLocked(m, Running)
 	c.log.Info("microVM started", "vcpus", cfg.CPUs, "memory", vmm.FormatSize(cfg.MemorySize), "kernel", cfg.KernelPath)
 	return nil
+}
+
+// whileStarting runs build, which may take long (loading a large initrd,
+// mapping a snapshot), with c.mu released and the state Starting, so that
+// reads are answered meanwhile and other changes are refused. A controller
+// closed meanwhile gets no machine: the one built is closed.
+// Precondition: c.mu held; it is held again on return.
+func (c *Controller) whileStarting(build func() (Machine, error)) (Machine, error) {
+	c.setStateLocked(Starting)
+	c.mu.Unlock()
+	m, err := build()
+	c.mu.Lock()
+	if err == nil && c.closing {
+		m.Close()
+		err = errors.New("the VMM is shutting down")
+	}
+	if err != nil {
+		c.setStateLocked(NotStarted)
+	}
+	return m, err
 }
 
 // launchLocked runs m on its own goroutine; the controller owns it and
@@ -630,13 +660,15 @@ func restore(ctx context.Context, base vmm.Config, p types.SnapshotLoadParams) (
 	// Firecracker tracks dirty pages after a load only when asked to.
 	track := p.TrackDirtyPages || p.EnableDiffSnapshots
 	v, err := vmm.Restore(ctx, vmm.RestoreConfig{
-		StatePath:       p.SnapshotPath,
-		MemPath:         mem,
-		Resume:          p.ResumeVM,
-		Console:         base.Console,
-		ConsoleInput:    base.ConsoleInput,
-		Origin:          restoreOrigin(base),
-		TrackDirtyPages: &track,
+		StatePath:         p.SnapshotPath,
+		MemPath:           mem,
+		Resume:            p.ResumeVM,
+		Console:           base.Console,
+		ConsoleInput:      base.ConsoleInput,
+		Origin:            restoreOrigin(base),
+		TrackDirtyPages:   &track,
+		Logger:            base.Logger,
+		AfterSnapshotStep: base.AfterSnapshotStep,
 	})
 	if err != nil {
 		return nil, err
@@ -717,7 +749,9 @@ func (c *Controller) LoadSnapshot(ctx context.Context, p types.SnapshotLoadParam
 	if c.opts.LoadSnapshot == nil {
 		return ErrSnapshotUnavailable
 	}
-	m, err := c.opts.LoadSnapshot(ctx, c.cfg, p)
+	base := c.cfg
+	base.Logger = c.vmmLog
+	m, err := c.whileStarting(func() (Machine, error) { return c.opts.LoadSnapshot(ctx, base, p) })
 	if err != nil {
 		return fmt.Errorf("load snapshot: %w", err)
 	}
@@ -759,6 +793,9 @@ func (c *Controller) CloseForExit() error { return c.close(false) }
 func (c *Controller) close(releaseMachine bool) error {
 	var errs []error
 	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.closing = true
+		c.mu.Unlock()
 		c.Stop()
 		close(c.stopTick)
 		c.wg.Wait()

@@ -87,6 +87,8 @@ type fakeEnv struct {
 	mu     sync.Mutex
 	built  []*fakeMachine
 	fail   error // returned by Build when set
+	// gate, when set, makes Build wait until it is closed (a long start).
+	gate chan struct{}
 }
 
 func newFakeEnv(t *testing.T) *fakeEnv {
@@ -101,6 +103,12 @@ func newFakeEnv(t *testing.T) *fakeEnv {
 		VMMVersion: "test",
 		LogOutput:  io.Discard,
 		Build: func(cfg vmm.Config) (Machine, error) {
+			e.mu.Lock()
+			gate := e.gate
+			e.mu.Unlock()
+			if gate != nil {
+				<-gate
+			}
 			e.mu.Lock()
 			defer e.mu.Unlock()
 			if e.fail != nil {
@@ -453,4 +461,64 @@ func TestCloseForExitStopsButLeavesTheMachineToTheKernel(t *testing.T) {
 	if r, ok := e.c.Result(); !ok || r.Reason != vmm.StopCanceled {
 		t.Errorf("result %+v %v", r, ok)
 	}
+}
+
+// TestALongStartDoesNotBlockOtherRequests: while InstanceStart builds the
+// VM (a large initrd can take seconds), reads are answered and changes are
+// refused at once, not queued behind it.
+func TestALongStartDoesNotBlockOtherRequests(t *testing.T) {
+	e := newFakeEnv(t)
+	e.do("PUT", "/boot-source", `{"kernel_image_path": "`+e.kernel+`"}`, statusNoContent)
+	gate := make(chan struct{})
+	e.mu.Lock()
+	e.gate = gate
+	e.mu.Unlock()
+	started := make(chan microhttp.Response, 1)
+	go func() {
+		started <- e.h.ServeAPI(context.Background(), &microhttp.Request{Method: "PUT", Path: "/actions", Body: []byte(`{"action_type": "InstanceStart"}`)})
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for e.c.State() != Starting {
+		if time.Now().After(deadline) {
+			t.Fatal("InstanceStart never reached the build")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var info types.InstanceInfo
+		json.Unmarshal(e.get("/", "InstanceInfo"), &info)
+		if info.State != "Not started" {
+			t.Errorf("GET / during the start: state %q", info.State)
+		}
+		if msg := e.fault("PUT", "/machine-config", `{"vcpu_count": 2, "mem_size_mib": 64}`); !strings.Contains(msg, "while the microVM is starting") {
+			t.Errorf("PUT /machine-config during the start: %q", msg)
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("requests waited for the start to finish")
+	}
+	close(gate)
+	if r := <-started; r.Status != statusNoContent {
+		t.Fatalf("InstanceStart: %d %s", r.Status, r.Body)
+	}
+	if s := e.c.State(); s != Running {
+		t.Fatalf("state after the start: %s", s)
+	}
+}
+
+func TestMemoryTheHostCannotBackIsRefusedAtTheRequest(t *testing.T) {
+	e := newFakeEnv(t)
+	msg := e.fault("PUT", "/machine-config", `{"vcpu_count": 1, "mem_size_mib": 1048576}`)
+	if !strings.Contains(msg, "mem_size_mib: guest memory 1024G is more than this host's RAM and swap") || !strings.Contains(msg, "--memory-overcommit") {
+		t.Errorf("1 TiB guest: %q", msg)
+	}
+	msg = e.fault("PATCH", "/machine-config", `{"mem_size_mib": 1048576}`)
+	if !strings.Contains(msg, "more than this host's RAM and swap") {
+		t.Errorf("1 TiB guest by PATCH: %q", msg)
+	}
+	e.do("PUT", "/machine-config", `{"vcpu_count": 32, "mem_size_mib": 64}`, statusNoContent)
 }

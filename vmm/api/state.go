@@ -10,6 +10,11 @@ type State int
 
 const (
 	NotStarted State = iota
+	// Starting is volt's too: InstanceStart or a snapshot load is building
+	// the VM, which can take long (a large initrd), and the API answers
+	// reads meanwhile instead of waiting. InstanceInfo reports it as
+	// "Not started".
+	Starting
 	Running
 	Paused
 	Stopped
@@ -20,6 +25,8 @@ func (s State) String() string {
 	switch s {
 	case NotStarted:
 		return "Not started"
+	case Starting:
+		return "Starting"
 	case Running:
 		return "Running"
 	case Paused:
@@ -131,6 +138,9 @@ func Check(s State, op Op) error {
 	p := opPhases[op]
 	if s == Stopped && p != anyTime {
 		return fmt.Errorf("%s is not possible: the microVM has stopped", op)
+	}
+	if s == Starting && p != anyTime {
+		return fmt.Errorf("%s is not possible while the microVM is starting; try again once it runs", op)
 	}
 	switch p {
 	case preBoot:

@@ -14,31 +14,32 @@ func TestStateMachine(t *testing.T) {
 		postBoot = "not supported after starting the microVM"
 		stopped  = "the microVM has stopped"
 		unpaused = "needs a paused microVM"
+		starting = "while the microVM is starting"
 	)
 	tests := []struct {
-		op                                 Op
-		notStarted, running, paused, ended string
+		op                                           Op
+		notStarted, starting, running, paused, ended string
 	}{
-		{OpDescribeInstance, ok, ok, ok, ok},
-		{OpGetVersion, ok, ok, ok, ok},
-		{OpGetVMConfig, ok, ok, ok, ok},
-		{OpGetMachineConfig, ok, ok, ok, ok},
-		{OpPutMachineConfig, ok, postBoot, postBoot, stopped},
-		{OpPatchMachineConfig, ok, postBoot, postBoot, stopped},
-		{OpPutBootSource, ok, postBoot, postBoot, stopped},
-		{OpPutLogger, ok, postBoot, postBoot, stopped},
-		{OpPutMetrics, ok, postBoot, postBoot, stopped},
-		{OpPutDrive, ok, postBoot, postBoot, stopped},
-		{OpPutNetworkInterface, ok, postBoot, postBoot, stopped},
-		{OpPutVsock, ok, postBoot, postBoot, stopped},
-		{OpPutEntropy, ok, postBoot, postBoot, stopped},
-		{OpInstanceStart, ok, postBoot, postBoot, stopped},
-		{OpSendCtrlAltDel, preBoot, ok, ok, stopped},
-		{OpFlushMetrics, ok, ok, ok, stopped},
-		{OpPause, preBoot, ok, ok, stopped},
-		{OpResume, preBoot, ok, ok, stopped},
-		{OpCreateSnapshot, preBoot, unpaused, ok, stopped},
-		{OpLoadSnapshot, ok, postBoot, postBoot, stopped},
+		{OpDescribeInstance, ok, ok, ok, ok, ok},
+		{OpGetVersion, ok, ok, ok, ok, ok},
+		{OpGetVMConfig, ok, ok, ok, ok, ok},
+		{OpGetMachineConfig, ok, ok, ok, ok, ok},
+		{OpPutMachineConfig, ok, starting, postBoot, postBoot, stopped},
+		{OpPatchMachineConfig, ok, starting, postBoot, postBoot, stopped},
+		{OpPutBootSource, ok, starting, postBoot, postBoot, stopped},
+		{OpPutLogger, ok, starting, postBoot, postBoot, stopped},
+		{OpPutMetrics, ok, starting, postBoot, postBoot, stopped},
+		{OpPutDrive, ok, starting, postBoot, postBoot, stopped},
+		{OpPutNetworkInterface, ok, starting, postBoot, postBoot, stopped},
+		{OpPutVsock, ok, starting, postBoot, postBoot, stopped},
+		{OpPutEntropy, ok, starting, postBoot, postBoot, stopped},
+		{OpInstanceStart, ok, starting, postBoot, postBoot, stopped},
+		{OpSendCtrlAltDel, preBoot, starting, ok, ok, stopped},
+		{OpFlushMetrics, ok, starting, ok, ok, stopped},
+		{OpPause, preBoot, starting, ok, ok, stopped},
+		{OpResume, preBoot, starting, ok, ok, stopped},
+		{OpCreateSnapshot, preBoot, starting, unpaused, ok, stopped},
+		{OpLoadSnapshot, ok, starting, postBoot, postBoot, stopped},
 	}
 	if len(tests) != int(opCount) {
 		t.Fatalf("table covers %d operations, there are %d", len(tests), opCount)
@@ -47,7 +48,7 @@ func TestStateMachine(t *testing.T) {
 		for _, c := range []struct {
 			state State
 			want  string
-		}{{NotStarted, tt.notStarted}, {Running, tt.running}, {Paused, tt.paused}, {Stopped, tt.ended}} {
+		}{{NotStarted, tt.notStarted}, {Starting, tt.starting}, {Running, tt.running}, {Paused, tt.paused}, {Stopped, tt.ended}} {
 			t.Run(tt.op.String()+"/"+c.state.String(), func(t *testing.T) {
 				err := Check(c.state, tt.op)
 				switch {

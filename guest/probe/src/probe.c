@@ -572,6 +572,30 @@ static void acpi_poweroff(void)
 	spin_tsc(300000000ull);
 }
 
+/* Reset the machine the way a PC reboots, through the i8042. */
+static void reset_machine(void)
+{
+	outb(I8042_CMD, I8042_RESET);
+	spin_tsc(300000000ull);
+	__asm__ volatile("int $0x81");	/* triple fault */
+	for (;;)
+		wait_for_interrupt();
+}
+
+/*
+ * "reset" reboots without announcing a shutdown, and "panic" writes the
+ * kernel-panic marker first, as Volt's Linux does from panic(): the VMM
+ * must report both as what they are, never as a clean power-off.
+ */
+static void cmd_reset(int panic)
+{
+	if (panic)
+		marker(MARKER_KERNEL_PANIC);
+	put_str(panic ? "volt-probe: panic" : "volt-probe: reset");
+	put_line();
+	reset_machine();
+}
+
 static void cmd_poweroff(void)
 {
 	marker(MARKER_SHUTDOWN);
@@ -579,11 +603,7 @@ static void cmd_poweroff(void)
 	put_line();
 	acpi_poweroff();
 	/* A VMM without ACPI ends the VM here. */
-	outb(I8042_CMD, I8042_RESET);
-	spin_tsc(300000000ull);
-	__asm__ volatile("int $0x81");	/* triple fault */
-	for (;;)
-		wait_for_interrupt();
+	reset_machine();
 }
 
 /*
@@ -628,6 +648,10 @@ static void run_command(char *line)
 		cmd_gen();
 	} else if (streq(line, "poweroff")) {
 		cmd_poweroff();
+	} else if (streq(line, "reset")) {
+		cmd_reset(0);
+	} else if (streq(line, "panic")) {
+		cmd_reset(1);
 	} else {
 		error("unknown command");
 	}

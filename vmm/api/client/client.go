@@ -233,6 +233,7 @@ func (c *Client) LoadSnapshot(ctx context.Context, p types.SnapshotLoadParams) e
 // WaitReady polls GET / until the socket answers or ctx ends: a VMM started
 // with --api-sock creates its socket shortly after exec.
 func (c *Client) WaitReady(ctx context.Context, every time.Duration) (types.InstanceInfo, error) {
+	var last error
 	for {
 		info, err := c.Describe(ctx)
 		if err == nil {
@@ -242,9 +243,14 @@ func (c *Client) WaitReady(ctx context.Context, every time.Duration) (types.Inst
 		if errors.As(err, &apiErr) {
 			return info, err
 		}
+		// The attempt the deadline cut short says nothing new: report
+		// why the ones before it failed.
+		if last == nil || ctx.Err() == nil {
+			last = err
+		}
 		select {
 		case <-ctx.Done():
-			return info, fmt.Errorf("API socket %s never answered: %w (last error: %v)", c.socket, ctx.Err(), err)
+			return info, fmt.Errorf("API socket %s never answered: %w (last error: %v)", c.socket, ctx.Err(), last)
 		case <-time.After(every):
 		}
 	}

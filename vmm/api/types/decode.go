@@ -33,7 +33,7 @@ func Decode[T any](data []byte) (T, error) {
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
-	if err := checkValue(dec, reflect.TypeFor[T](), "", 0); err != nil {
+	if err := checkValue(dec, reflect.TypeFor[T](), "", 0, false); err != nil {
 		return v, err
 	}
 	if _, err := dec.Token(); err != io.EOF {
@@ -54,6 +54,10 @@ type field struct {
 	name     string
 	typ      reflect.Type
 	required bool
+	// nonEmpty marks enum strings for which "" is not a value: present,
+	// the field must name one (Firecracker's decoder refuses
+	// "cpu_template": "").
+	nonEmpty bool
 }
 
 // structFields caches the JSON fields of each struct type.
@@ -70,7 +74,8 @@ func fieldsOf(t reflect.Type) []field {
 		if name == "" || name == "-" {
 			continue
 		}
-		out = append(out, field{name: name, typ: sf.Type, required: sf.Tag.Get("volt") == "required"})
+		tags := strings.Split(sf.Tag.Get("volt"), ",")
+		out = append(out, field{name: name, typ: sf.Type, required: slices.Contains(tags, "required"), nonEmpty: slices.Contains(tags, "nonempty")})
 	}
 	structFields.Store(t, out)
 	return out
@@ -131,8 +136,9 @@ func syntaxError(err error) error {
 	return fmt.Errorf("malformed JSON: %w", err)
 }
 
-// checkValue reads one value from dec and checks it against t.
-func checkValue(dec *json.Decoder, t reflect.Type, path string, depth int) error {
+// checkValue reads one value from dec and checks it against t; nonEmpty
+// refuses an empty string.
+func checkValue(dec *json.Decoder, t reflect.Type, path string, depth int, nonEmpty bool) error {
 	if depth > maxDepth {
 		return fmt.Errorf("%s: JSON nested deeper than %d levels", path, maxDepth)
 	}
@@ -166,7 +172,7 @@ func checkValue(dec *json.Decoder, t reflect.Type, path string, depth int) error
 			return fmt.Errorf("%s: want an array, got %s", where, describe(tok))
 		}
 		for i := 0; dec.More(); i++ {
-			if err := checkValue(dec, t.Elem(), fmt.Sprintf("%s[%d]", path, i), depth+1); err != nil {
+			if err := checkValue(dec, t.Elem(), fmt.Sprintf("%s[%d]", path, i), depth+1, false); err != nil {
 				return err
 			}
 		}
@@ -175,8 +181,12 @@ func checkValue(dec *json.Decoder, t reflect.Type, path string, depth int) error
 		}
 		return nil
 	case reflect.String:
-		if _, ok := tok.(string); !ok {
+		str, ok := tok.(string)
+		if !ok {
 			return fmt.Errorf("%s: want a string, got %s", where, describe(tok))
+		}
+		if nonEmpty && str == "" {
+			return fmt.Errorf("%s must not be an empty string: omit it or give a value", where)
 		}
 	case reflect.Bool:
 		if _, ok := tok.(bool); !ok {
@@ -220,7 +230,7 @@ func checkObject(dec *json.Decoder, t reflect.Type, path string, depth int) erro
 			return fmt.Errorf("duplicate field %q", at(path, key))
 		}
 		seen[key] = true
-		if err := checkValue(dec, fields[i].typ, at(path, key), depth+1); err != nil {
+		if err := checkValue(dec, fields[i].typ, at(path, key), depth+1, fields[i].nonEmpty); err != nil {
 			return err
 		}
 	}

@@ -34,6 +34,8 @@ func TestDecodeMachineConfiguration(t *testing.T) {
 		{"smt", `{"vcpu_count": 2, "mem_size_mib": 256, "smt": true}`, `smt cannot be enabled`},
 		{"firecracker template", `{"vcpu_count": 1, "mem_size_mib": 256, "cpu_template": "T2"}`, `cpu_template "T2" is a Firecracker instance-type template`},
 		{"unknown template", `{"vcpu_count": 1, "mem_size_mib": 256, "cpu_template": "fast"}`, `cpu_template "fast" is not a known template`},
+		{"empty template, as Firecracker refuses", `{"vcpu_count": 1, "mem_size_mib": 256, "cpu_template": ""}`, `cpu_template must not be an empty string`},
+		{"empty huge pages", `{"vcpu_count": 1, "mem_size_mib": 256, "huge_pages": ""}`, `huge_pages must not be an empty string`},
 		{"transparent huge pages", `{"vcpu_count": 1, "mem_size_mib": 256, "huge_pages": "Transparent"}`, `huge_pages "Transparent" is not supported`},
 		{"bad huge pages", `{"vcpu_count": 1, "mem_size_mib": 256, "huge_pages": "1G"}`, `huge_pages must be "None" or "2M"`},
 		{"odd memory with 2M pages", `{"vcpu_count": 1, "mem_size_mib": 129, "huge_pages": "2M"}`, `mem_size_mib must be a multiple of 2 with 2M huge pages`},
@@ -210,6 +212,10 @@ func TestDecodeBodies(t *testing.T) {
 		{"snapshot load override index", snapLoad, `{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": "a", "host_dev_name": "b"}, {"iface_id": "c"}]}`, `missing required field "network_overrides[1].host_dev_name"`},
 		{"patch one field", patch, `{"vcpu_count": 2}`, ""},
 		{"patch unknown", patch, `{"cpus": 2}`, `unknown field "cpus"`},
+		{"patch empty template", patch, `{"cpu_template": ""}`, `cpu_template must not be an empty string`},
+		{"boot args at the limit", bootSource, `{"kernel_image_path": "/k", "boot_args": "` + strings.Repeat("a", MaxBootArgs) + `"}`, ""},
+		{"boot args over the limit", bootSource, `{"kernel_image_path": "/k", "boot_args": "` + strings.Repeat("a", MaxBootArgs+1) + `"}`, `boot_args is 2048 bytes long, the kernel takes at most 2047`},
+		{"boot args with NUL", bootSource, `{"kernel_image_path": "/k", "boot_args": "a\u0000b"}`, `boot_args contains a NUL byte at offset 1`},
 		{"deep nesting", entropy, `{"rate_limiter": {"bandwidth": {"size": {"a": {"b": 1}}}}}`, `rate_limiter.bandwidth.size: want an integer, got an object`},
 	}
 	for _, tt := range tests {

@@ -24,9 +24,9 @@ type MachineConfiguration struct {
 	VCPUCount       int64  `json:"vcpu_count" volt:"required"`
 	MemSizeMib      int64  `json:"mem_size_mib" volt:"required"`
 	SMT             bool   `json:"smt"`
-	CPUTemplate     string `json:"cpu_template,omitempty"`
+	CPUTemplate     string `json:"cpu_template,omitempty" volt:"nonempty"`
 	TrackDirtyPages bool   `json:"track_dirty_pages"`
-	HugePages       string `json:"huge_pages,omitempty"`
+	HugePages       string `json:"huge_pages,omitempty" volt:"nonempty"`
 }
 
 // MachineConfigurationPatch is the body of PATCH /machine-config: the same
@@ -35,9 +35,9 @@ type MachineConfigurationPatch struct {
 	VCPUCount       *int64  `json:"vcpu_count,omitempty"`
 	MemSizeMib      *int64  `json:"mem_size_mib,omitempty"`
 	SMT             *bool   `json:"smt,omitempty"`
-	CPUTemplate     *string `json:"cpu_template,omitempty"`
+	CPUTemplate     *string `json:"cpu_template,omitempty" volt:"nonempty"`
 	TrackDirtyPages *bool   `json:"track_dirty_pages,omitempty"`
-	HugePages       *string `json:"huge_pages,omitempty"`
+	HugePages       *string `json:"huge_pages,omitempty" volt:"nonempty"`
 }
 
 // Action types of InstanceActionInfo.

@@ -50,11 +50,22 @@ func checkCPUTemplate(name string, voltTemplates []string) error {
 		name, CPUTemplateNone, strings.Join(voltTemplates, ", "))
 }
 
+// MaxBootArgs is the longest kernel command line, without its NUL: x86
+// Linux's COMMAND_LINE_SIZE is 2048 with it (boot.DefaultCmdlineMax; a test
+// in package api keeps the two equal). The kernel would cut a longer one.
+const MaxBootArgs = 2047
+
 // Validate checks a boot source's fields; whether the files exist is
 // checked by the controller, which may touch the host.
 func (b BootSource) Validate() error {
 	if b.KernelImagePath == "" {
 		return errors.New("kernel_image_path must not be empty")
+	}
+	if len(b.BootArgs) > MaxBootArgs {
+		return fmt.Errorf("boot_args is %d bytes long, the kernel takes at most %d", len(b.BootArgs), MaxBootArgs)
+	}
+	if i := strings.IndexByte(b.BootArgs, 0); i >= 0 {
+		return fmt.Errorf("boot_args contains a NUL byte at offset %d, which would end the command line there", i)
 	}
 	return checkPaths(map[string]string{"kernel_image_path": b.KernelImagePath, "initrd_path": b.InitrdPath})
 }

@@ -29,8 +29,12 @@ type Device struct {
 	origin  time.Time
 	events  []Event
 	dropped uint64
-	notify  func(Event)
-	delay   time.Duration
+	// seen has a bit per stage ever written, kept even when the log is
+	// full: whether the guest announced a shutdown or a panic decides how
+	// its end is reported.
+	seen   [4]uint64
+	notify func(Event)
+	delay  time.Duration
 }
 
 // Option configures a Device.
@@ -70,6 +74,7 @@ func (d *Device) Write(offset uint64, data []byte) {
 	}
 	e := Event{Stage: marker.Stage(data[0]), At: time.Now()}
 	d.mu.Lock()
+	d.seen[e.Stage/64] |= 1 << (e.Stage % 64)
 	if len(d.events) < MaxEvents {
 		d.events = append(d.events, e)
 	} else {
@@ -102,6 +107,13 @@ func (d *Device) First(stage marker.Stage) (time.Time, bool) {
 		}
 	}
 	return time.Time{}, false
+}
+
+// Seen reports whether the guest ever wrote stage, in this process.
+func (d *Device) Seen(stage marker.Stage) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.seen[stage/64]&(1<<(stage%64)) != 0
 }
 
 // State is the device's snapshot form: stages with offsets from the origin.

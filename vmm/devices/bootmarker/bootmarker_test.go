@@ -36,6 +36,15 @@ func TestLogIsBounded(t *testing.T) {
 	if len(d.Events()) != MaxEvents || d.State().Dropped != 5 {
 		t.Fatalf("events %d dropped %d", len(d.Events()), d.State().Dropped)
 	}
+	// A shutdown announced after the log filled up still counts.
+	if d.Seen(marker.Shutdown) {
+		t.Fatal("Seen(Shutdown) before it was written")
+	}
+	d.Write(0, []byte{byte(marker.Shutdown)})
+	d.Write(0, []byte{0xff})
+	if !d.Seen(marker.Shutdown) || !d.Seen(0xff) || d.Seen(marker.KernelPanic) {
+		t.Fatal("Seen does not follow the writes past the log's bound")
+	}
 }
 
 func TestStateRoundTrip(t *testing.T) {

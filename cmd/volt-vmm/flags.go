@@ -1,0 +1,138 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/voltvmm/volt/guest/profile"
+	"github.com/voltvmm/volt/vmm"
+	"github.com/voltvmm/volt/vmm/api"
+	"github.com/voltvmm/volt/vmm/api/types"
+	"github.com/voltvmm/volt/vmm/cpu"
+)
+
+// flags are volt-vmm's command line: its own, and Firecracker's so that
+// tools written for Firecracker (the Go SDK starts it with
+// "--api-sock PATH --id UUID --no-seccomp") start volt-vmm unchanged.
+type flags struct {
+	fs *pflag.FlagSet
+
+	kernel, initrd, cmdline string
+	memory                  string
+	cpus                    int
+	hugepages               bool
+	overcommit              bool
+	console                 string
+	bootTimer               bool
+	protocol                string
+	template, cpuidMask     string
+	guestProfile            string
+	apiSock, configFile     string
+	noAPI                   bool
+	id                      string
+	restore                 string
+
+	// Firecracker's.
+	seccompFilter                                string
+	noSeccomp                                    bool
+	level, logPath, module                       string
+	showLevel, showLogOrigin                     bool
+	startTimeUs, startTimeCPUUs, parentCPUTimeUs int64
+	maxPayload                                   int64
+	mmdsSizeLimit                                int64
+	metadata                                     string
+	version                                      bool
+	describeSnapshot                             string
+
+	// Testing only.
+	markerDelay      time.Duration
+	snapshotKillStep string
+}
+
+// machineFlags are the flags that describe the machine, which a restore
+// takes from its snapshot instead.
+var machineFlags = []string{"kernel", "initrd", "cmdline", "memory", "cpus", "hugepages", "boot-protocol",
+	"cpu-template", "cpuid-mask", "guest-profile", "config-file"}
+
+func newFlags() *flags {
+	f := &flags{fs: pflag.NewFlagSet("volt-vmm", pflag.ContinueOnError)}
+	fs := f.fs
+	fs.SortFlags = false
+	fs.StringVar(&f.kernel, "kernel", "", "guest kernel: ELF vmlinux (PVH or 64-bit entry) or bzImage")
+	fs.StringVar(&f.initrd, "initrd", "", "initial ramdisk to load")
+	fs.StringVar(&f.cmdline, "cmdline", vmm.DefaultCmdline, "kernel command line")
+	fs.StringVar(&f.memory, "memory", "128M", "guest memory (K, M, G suffixes; a plain number is MiB)")
+	fs.IntVar(&f.cpus, "cpus", vmm.DefaultCPUs, fmt.Sprintf("number of vCPUs (1 to %d)", vmm.MaxCPUs))
+	fs.BoolVar(&f.hugepages, "hugepages", false, "back guest memory with 2 MiB huge pages (falls back to THP with a warning)")
+	fs.BoolVar(&f.overcommit, "memory-overcommit", false, "allow guest memory larger than this host's RAM and swap (pages are only backed when the guest touches them)")
+	fs.StringVar(&f.console, "console", "stdio", "serial console: stdio, file:PATH or none")
+	fs.BoolVar(&f.bootTimer, "boot-timer", false, "print the boot timeline (exec→stage in µs) to stderr when the VM stops")
+	fs.StringVar(&f.protocol, "boot-protocol", "auto", "boot protocol: auto, pvh or linux64")
+	fs.StringVar(&f.template, "cpu-template", "host", "CPUID template: "+strings.Join(cpu.TemplateNames(), ", "))
+	fs.StringVar(&f.cpuidMask, "cpuid-mask", "", "comma-separated CPU features to hide from the guest (e.g. cx16,popcnt)")
+	fs.StringVar(&f.guestProfile, "guest-profile", profile.None, "kernel options and CPUID masks for a kind of host: "+strings.Join(profile.Names(), ", ")+" (see guest/README.md)")
+	fs.StringVar(&f.apiSock, "api-sock", "", "serve the Firecracker-compatible API on this Unix socket and boot on InstanceStart (see docs/api.md)")
+	fs.StringVar(&f.configFile, "config-file", "", "boot from a Firecracker JSON config file (boot-source, machine-config, ...)")
+	fs.BoolVar(&f.noAPI, "no-api", false, "serve no API (the default unless --api-sock is given; for Firecracker-compatible command lines)")
+	fs.StringVar(&f.id, "id", api.DefaultID, "instance id reported by GET / (1 to 64 letters, digits and '-')")
+	fs.StringVar(&f.restore, "restore", "", "restore the VM snapshotted into DIR ("+types.SnapshotStateFile+" and "+types.SnapshotMemFile+") and resume it")
+
+	fs.StringVar(&f.level, "level", "", "Firecracker: log level (Error, Warning, Info, Debug, Trace, Off)")
+	fs.StringVar(&f.logPath, "log-path", "", "Firecracker: write the log to this file or FIFO instead of standard error")
+	fs.BoolVar(&f.showLevel, "show-level", false, "Firecracker: show each log record's level")
+	fs.BoolVar(&f.showLogOrigin, "show-log-origin", false, "Firecracker: show each log record's source file and line")
+	fs.StringVar(&f.module, "module", "", "Firecracker: log only records of this module")
+	fs.Int64Var(&f.maxPayload, "http-api-max-payload-size", types.MaxBodySize, "Firecracker: largest API request body in bytes")
+	fs.Int64Var(&f.startTimeUs, "start-time-us", 0, "Firecracker: the CLOCK_MONOTONIC time in µs at which the caller started this VMM (e.g. a jailer); the boot timeline starts there")
+	fs.Int64Var(&f.startTimeCPUUs, "start-time-cpu-us", 0, "Firecracker: the caller's CPU time at start, in µs (recorded, not used)")
+	fs.Int64Var(&f.parentCPUTimeUs, "parent-cpu-time-us", 0, "Firecracker: the parent's CPU time in µs (recorded, not used)")
+	fs.BoolVar(&f.version, "version", false, "print volt-vmm's version and exit")
+	fs.StringVar(&f.describeSnapshot, "describe-snapshot", "", "print the format version of a snapshot state file and exit")
+	fs.BoolVar(&f.noSeccomp, "no-seccomp", false, "Firecracker: install no seccomp filters")
+	fs.StringVar(&f.seccompFilter, "seccomp-filter", "", "Firecracker: a custom seccomp filter file (not applied by volt-vmm: see the notice)")
+	fs.Int64Var(&f.mmdsSizeLimit, "mmds-size-limit", 0, "Firecracker: MMDS data store limit (volt-vmm has no MMDS)")
+	fs.StringVar(&f.metadata, "metadata", "", "Firecracker: MMDS contents (volt-vmm has no MMDS)")
+
+	fs.DurationVar(&f.markerDelay, "test-marker-delay", 0, "testing only: stall the guest this long at every boot marker, to inject a regression")
+	fs.StringVar(&f.snapshotKillStep, "test-snapshot-kill-at", "", "testing only: SIGKILL the VMM after this step of writing a snapshot")
+	fs.MarkHidden("test-marker-delay")
+	fs.MarkHidden("test-snapshot-kill-at")
+	return f
+}
+
+// notices are the Firecracker flags volt-vmm accepts but that have no effect
+// in it, each with the one line it prints when given. They are documented in
+// README.md.
+func (f *flags) notices() []string {
+	var out []string
+	if f.fs.Changed("no-seccomp") {
+		out = append(out, "--no-seccomp: volt-vmm installs no seccomp filters yet, so there is nothing to turn off")
+	}
+	if f.fs.Changed("seccomp-filter") {
+		out = append(out, "--seccomp-filter "+f.seccompFilter+": volt-vmm does not load Firecracker filter files; the VMM runs without a seccomp filter")
+	}
+	if f.fs.Changed("mmds-size-limit") {
+		out = append(out, "--mmds-size-limit: volt-vmm has no MMDS; the limit is ignored")
+	}
+	if f.fs.Changed("metadata") {
+		out = append(out, "--metadata "+f.metadata+": volt-vmm has no MMDS; the guest will not see this metadata")
+	}
+	if f.fs.Changed("start-time-cpu-us") || f.fs.Changed("parent-cpu-time-us") {
+		out = append(out, "--start-time-cpu-us/--parent-cpu-time-us: recorded only; volt-vmm reports no CPU-time metrics")
+	}
+	return out
+}
+
+// restoreConflicts names the machine flags given with --restore.
+func (f *flags) restoreConflicts() []string {
+	var out []string
+	for _, name := range machineFlags {
+		if f.fs.Changed(name) {
+			out = append(out, "--"+name)
+		}
+	}
+	return out
+}
