@@ -251,10 +251,12 @@ func TestBuildExt4PassesFsck(t *testing.T) {
 			t.Errorf("/dev/console:\n%s", got)
 		}
 	}
-	if got := exec.Command("e2label", img); got != nil {
-		if out, err := got.Output(); err == nil && strings.TrimSpace(string(out)) != DefaultLabel {
-			t.Errorf("label %q", out)
-		}
+	out, err := exec.Command("e2label", img).Output()
+	if err != nil {
+		t.Fatalf("e2label (e2fsprogs, installed by scripts/setup): %v", err)
+	}
+	if strings.TrimSpace(string(out)) != DefaultLabel {
+		t.Errorf("label %q, want %q", out, DefaultLabel)
 	}
 }
 

@@ -217,7 +217,8 @@ func reg(e *kvm.CPUIDEntry, r Register) *uint32 {
 }
 
 // setTopology describes one socket with cfg.CPUs cores, one thread each, in
-// both Intel's (leaves 1, 4, 0xb) and AMD's (0x80000008, 0x8000001e) terms,
+// both Intel's (leaves 1, 4, 0xb and its successor 0x1f, which guests
+// prefer when the host has it) and AMD's (0x80000008, 0x8000001e) terms,
 // and marks the CPU as running under a hypervisor.
 func setTopology(leaves []kvm.CPUIDEntry, cpus, apicID int) {
 	coreBits := uint32(bits.Len(uint(cpus - 1)))
@@ -246,7 +247,7 @@ func setTopology(leaves []kvm.CPUIDEntry, cpus, apicID int) {
 			e.EAX = uint32(apicID)
 			e.EBX = e.EBX&^0xffff | uint32(apicID)&0xff
 			e.ECX &^= 0x7ff
-		case 0xb:
+		case 0xb, 0x1f:
 			e.EDX = uint32(apicID)
 			switch e.Index {
 			case 0: // SMT level: one thread per core

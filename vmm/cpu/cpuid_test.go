@@ -2,6 +2,7 @@ package cpu
 
 import (
 	"encoding/binary"
+	"slices"
 	"testing"
 
 	"github.com/voltvmm/volt/vmm/kvm"
@@ -15,6 +16,10 @@ func hostLeaves() []kvm.CPUIDEntry {
 		{Function: 7, Index: 0, Flags: kvm.CPUIDFlagSignificantIndex, EBX: 1<<7 | 1<<20 | 1<<5},
 		{Function: 0xb, Index: 0, Flags: kvm.CPUIDFlagSignificantIndex},
 		{Function: 0xb, Index: 1, Flags: kvm.CPUIDFlagSignificantIndex},
+		// A host's die level in 0x1f, which the guest must not see.
+		{Function: 0x1f, Index: 0, Flags: kvm.CPUIDFlagSignificantIndex, EAX: 1, EBX: 2, ECX: 1<<8, EDX: 9},
+		{Function: 0x1f, Index: 1, Flags: kvm.CPUIDFlagSignificantIndex, EAX: 4, EBX: 16, ECX: 1 | 2<<8, EDX: 9},
+		{Function: 0x1f, Index: 2, Flags: kvm.CPUIDFlagSignificantIndex, EAX: 6, EBX: 32, ECX: 2 | 5<<8, EDX: 9},
 		{Function: 0xd, Index: 0, Flags: kvm.CPUIDFlagSignificantIndex, EAX: 7},
 		{Function: 0xd, Index: 1, Flags: kvm.CPUIDFlagSignificantIndex, EAX: 1},
 		{Function: 0x80000008, ECX: 0x7000},
@@ -76,8 +81,16 @@ func TestTopology(t *testing.T) {
 	if e := find(t, l, 1, 0); e.EBX>>24 != 3 || (e.EBX>>16)&0xff != 4 {
 		t.Errorf("leaf 1 EBX = %#x", e.EBX)
 	}
-	if e := find(t, l, 0xb, 1); e.EBX != 4 || e.EAX != 2 || e.EDX != 3 {
-		t.Errorf("leaf 0xb.1 = %+v", e)
+	for _, leaf := range []uint32{0xb, 0x1f} {
+		if e := find(t, l, leaf, 0); e.EBX != 1 || e.EAX != 0 || e.ECX != 1<<8 || e.EDX != 3 {
+			t.Errorf("leaf %#x.0 = %+v, want the SMT level with one thread", leaf, e)
+		}
+		if e := find(t, l, leaf, 1); e.EBX != 4 || e.EAX != 2 || e.ECX != 1|2<<8 || e.EDX != 3 {
+			t.Errorf("leaf %#x.1 = %+v, want the core level with 4 cores", leaf, e)
+		}
+	}
+	if e := find(t, l, 0x1f, 2); e.EAX != 0 || e.EBX != 0 || e.ECX != 2 {
+		t.Errorf("leaf 0x1f.2 = %+v: the host's die level reached the guest", e)
 	}
 	if e := find(t, l, 4, 0); e.EAX>>26 != 3 {
 		t.Errorf("leaf 4 EAX = %#x", e.EAX)
@@ -143,5 +156,41 @@ func TestKVMParavirtualFeaturesCanBeHidden(t *testing.T) {
 	}
 	if e := find(t, l, 0x40000001, 0); e.EAX != 1<<3 {
 		t.Fatalf("KVM feature leaf EAX = %#x, want only kvm_clocksource2 (bit 3) left", e.EAX)
+	}
+}
+
+func TestMissingFeatures(t *testing.T) {
+	withAVX2 := func(on bool) []kvm.CPUIDEntry {
+		l := hostLeaves()
+		for i := range l {
+			if l[i].Function == 7 {
+				if on {
+					l[i].EBX |= 1 << 5
+				} else {
+					l[i].EBX &^= 1 << 5
+				}
+			}
+		}
+		return l
+	}
+	tests := []struct {
+		name             string
+		saved, supported []kvm.CPUIDEntry
+		want             []string // exactly these, in any order
+	}{
+		{"host has what the guest saw", withAVX2(true), withAVX2(true), nil},
+		{"the guest saw a feature the host lacks", withAVX2(true), withAVX2(false), []string{"avx2"}},
+		{"a feature the guest never saw", withAVX2(false), withAVX2(true), nil},
+		// Only leaves 0 and 1 on the host: every leaf-7 and leaf-0xd
+		// feature the guest saw is missing, none of leaf 1's.
+		{"a leaf the host lacks entirely", withAVX2(true), hostLeaves()[:2], []string{"avx2", "smep", "smap", "xsaveopt"}},
+	}
+	for _, tt := range tests {
+		got := MissingFeatures(tt.saved, tt.supported)
+		slices.Sort(got)
+		want := slices.Sorted(slices.Values(tt.want))
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: MissingFeatures = %v, want %v", tt.name, got, want)
+		}
 	}
 }

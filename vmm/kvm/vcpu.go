@@ -79,6 +79,11 @@ func (c *VCPU) Kick() {
 	}
 }
 
+// ReleaseThread forgets the thread that ran the vCPU: call it from that
+// thread when it stops running the vCPU for good (and before the thread
+// ends), so that a later Kick cannot signal a thread that reused its ID.
+func (c *VCPU) ReleaseThread() { c.tid.Store(0) }
+
 // Exit is a decoded KVM exit. The concrete types below are the ones a VMM
 // handles; Data slices of IOExit and MMIOExit alias kvm_run and are valid
 // only until the next Run.

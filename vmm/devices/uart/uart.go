@@ -267,9 +267,10 @@ func (u *UART) Lost() uint64 {
 }
 
 // Feed copies r into the UART until r ends, pacing itself when the guest
-// is not reading so that no input is lost. It is meant to run on its own
-// goroutine; it returns r's error (nil at EOF).
-func (u *UART) Feed(r io.Reader, wait func()) error {
+// is not reading so that no input is lost: while the FIFO is full it calls
+// wait, and stops (returning nil) when wait reports false. It is meant to
+// run on its own goroutine; it returns r's error (nil at EOF).
+func (u *UART) Feed(r io.Reader, wait func() bool) error {
 	buf := make([]byte, 4096)
 	for {
 		n, err := r.Read(buf)
@@ -279,8 +280,8 @@ func (u *UART) Feed(r io.Reader, wait func()) error {
 			k := u.enqueue(p)
 			u.mu.Unlock()
 			p = p[k:]
-			if len(p) > 0 {
-				wait()
+			if len(p) > 0 && !wait() {
+				return nil
 			}
 		}
 		if err == io.EOF {

@@ -118,17 +118,30 @@ func TestFeedWaitsInsteadOfDropping(t *testing.T) {
 	u := New(nil, nil)
 	input := strings.Repeat("x", MaxInput+100)
 	drained := 0
-	err := u.Feed(strings.NewReader(input), func() {
+	err := u.Feed(strings.NewReader(input), func() bool {
 		for range 200 {
 			rd(u, regData)
 			drained++
 		}
+		return true
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if u.Lost() != 0 || len(u.State().Input)+drained != len(input) {
 		t.Fatalf("lost %d, buffered %d + drained %d != %d", u.Lost(), len(u.State().Input), drained, len(input))
+	}
+}
+
+func TestFeedStopsWhenToldWhileTheGuestIsNotReading(t *testing.T) {
+	u := New(nil, nil)
+	waits := 0
+	err := u.Feed(strings.NewReader(strings.Repeat("x", 2*MaxInput)), func() bool {
+		waits++
+		return false
+	})
+	if err != nil || waits != 1 || len(u.State().Input) != MaxInput {
+		t.Fatalf("Feed = %v after %d waits with %d bytes buffered; want it to stop at the first wait with the FIFO full", err, waits, len(u.State().Input))
 	}
 }
 
