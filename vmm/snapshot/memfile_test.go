@@ -395,3 +395,64 @@ func FuzzDecodeTrailer(f *testing.F) {
 		}
 	})
 }
+
+// FuzzDiffBitmap writes and merges diffs with arbitrary dirty bitmaps (a
+// state file's bitmap is untrusted, and its length is checked only against
+// the memory size): the merge must apply exactly the dirty pages and never
+// touch a page outside memory.
+func FuzzDiffBitmap(f *testing.F) {
+	f.Add([]byte{0xff}, []byte{1, 2, 3})
+	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 0x80}, []byte{9})
+	f.Fuzz(func(t *testing.T, bits []byte, fill []byte) {
+		words := (testPages + 63) / 64
+		dirty := make([]uint64, words)
+		for i, b := range bits {
+			if i/8 < words {
+				dirty[i/8] |= uint64(b) << (8 * (i % 8))
+			}
+		}
+		dir := t.TempDir()
+		base := guestMemory(t, nil)
+		for p := range testPages {
+			base.WriteUint8(memory.GuestAddr(p*memory.PageSize), 0xB0)
+		}
+		baseMem := filepath.Join(dir, "base.mem")
+		bf, _ := os.Create(baseMem)
+		if err := writeFullMemory(bf, base); err != nil {
+			t.Fatal(err)
+		}
+		diff := guestMemory(t, nil)
+		for p := range testPages {
+			if len(fill) > 0 {
+				diff.WriteUint8(memory.GuestAddr(p*memory.PageSize), fill[p%len(fill)])
+			}
+		}
+		diffMem := filepath.Join(dir, "diff.mem")
+		df, _ := os.Create(diffMem)
+		if err := writeDiffMemory(df, diff, dirty); err != nil {
+			t.Fatal(err)
+		}
+		if err := copyDirtyPages(bf, df, dirty, base.Size()); err != nil {
+			t.Fatal(err)
+		}
+		// A bitmap of the wrong length is refused, not indexed.
+		if copyDirtyPages(bf, df, dirty[:0], base.Size()) == nil || writeDiffMemory(df, diff, append(dirty, 1)) == nil {
+			t.Fatal("a bitmap of the wrong length was accepted")
+		}
+		bf.Close()
+		df.Close()
+		got, _ := os.ReadFile(baseMem)
+		for p := range testPages {
+			want := byte(0xB0)
+			if dirty[p/64]&(1<<(p%64)) != 0 {
+				want = diff.Mapping()[p*memory.PageSize]
+			}
+			if got[p*memory.PageSize] != want {
+				t.Fatalf("page %d holds %#x after the merge, want %#x", p, got[p*memory.PageSize], want)
+			}
+		}
+		if len(got) != testPages*memory.PageSize {
+			t.Fatalf("the merge changed the base's size to %d", len(got))
+		}
+	})
+}
