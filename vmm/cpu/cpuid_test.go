@@ -17,7 +17,7 @@ func hostLeaves() []kvm.CPUIDEntry {
 		{Function: 0xb, Index: 0, Flags: kvm.CPUIDFlagSignificantIndex},
 		{Function: 0xb, Index: 1, Flags: kvm.CPUIDFlagSignificantIndex},
 		// A host's die level in 0x1f, which the guest must not see.
-		{Function: 0x1f, Index: 0, Flags: kvm.CPUIDFlagSignificantIndex, EAX: 1, EBX: 2, ECX: 1<<8, EDX: 9},
+		{Function: 0x1f, Index: 0, Flags: kvm.CPUIDFlagSignificantIndex, EAX: 1, EBX: 2, ECX: 1 << 8, EDX: 9},
 		{Function: 0x1f, Index: 1, Flags: kvm.CPUIDFlagSignificantIndex, EAX: 4, EBX: 16, ECX: 1 | 2<<8, EDX: 9},
 		{Function: 0x1f, Index: 2, Flags: kvm.CPUIDFlagSignificantIndex, EAX: 6, EBX: 32, ECX: 2 | 5<<8, EDX: 9},
 		{Function: 0xd, Index: 0, Flags: kvm.CPUIDFlagSignificantIndex, EAX: 7},
