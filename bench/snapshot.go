@@ -16,12 +16,6 @@ import (
 	"github.com/voltvmm/volt/vmm/api/types"
 )
 
-// The files of a snapshot directory, as volt-vmm --restore reads them.
-const (
-	SnapshotStateFile = "vm.state"
-	SnapshotMemFile   = "vm.mem"
-)
-
 // SnapshotSpec says which probe VM to boot and snapshot.
 type SnapshotSpec struct {
 	VMMBin     string
@@ -73,7 +67,7 @@ type Snapshot struct {
 }
 
 // MemPath is the memory file's path.
-func (s *Snapshot) MemPath() string { return filepath.Join(s.Dir, SnapshotMemFile) }
+func (s *Snapshot) MemPath() string { return filepath.Join(s.Dir, types.SnapshotMemFile) }
 
 // PrepareSnapshot boots the probe under volt-vmm with its API on a socket
 // in spec.Dir, waits for it to be ready, optionally touches pages, pauses
@@ -117,8 +111,8 @@ func PrepareSnapshot(ctx context.Context, spec SnapshotSpec) (*Snapshot, error) 
 		return nil, fmt.Errorf("snapshot: pause: %w", err)
 	}
 	if err := api.CreateSnapshot(ctx, types.SnapshotCreateParams{
-		SnapshotPath: filepath.Join(spec.Dir, SnapshotStateFile),
-		MemFilePath:  filepath.Join(spec.Dir, SnapshotMemFile),
+		SnapshotPath: filepath.Join(spec.Dir, types.SnapshotStateFile),
+		MemFilePath:  filepath.Join(spec.Dir, types.SnapshotMemFile),
 	}); err != nil {
 		return nil, fmt.Errorf("snapshot: create: %w", err)
 	}
