@@ -14,14 +14,16 @@ import (
 // WriteObject writes the object m describes to w, byte for byte, verifying
 // every chunk before writing it. object names it in errors (a ref name or a
 // digest). Holes are written as zeros, except to a regular file, where they
-// are skipped with a seek and the file is sized at the end, leaving holes.
-// progress, if set, is called with the bytes written so far.
+// are skipped and the file is sized at the end, leaving holes. progress, if
+// set, is called with the bytes written so far.
 func WriteObject(ctx context.Context, src Source, m *Manifest, object string, w io.Writer, progress func(int64)) error {
 	if err := m.Validate(); err != nil {
 		return fmt.Errorf("object %s: %w", object, err)
 	}
 	f, _ := w.(*os.File)
-	start, sparse := sparseFrom(f)
+	if start, ok := sparseFrom(f); ok {
+		return writeObjectToFile(ctx, src, m, object, f, start, progress)
+	}
 	buf := getBuffer(m.ChunkSize)
 	defer putBuffer(buf)
 	var done int64
@@ -30,20 +32,14 @@ func WriteObject(ctx context.Context, src Source, m *Manifest, object string, w 
 			return err
 		}
 		n := m.ChunkLen(i)
-		off := int64(i) * m.ChunkSize
-		switch {
-		case d.IsZero() && sparse:
-			if _, err := f.Seek(n, io.SeekCurrent); err != nil {
-				return fmt.Errorf("object %s: seek: %w", object, err)
-			}
-		case d.IsZero():
+		if d.IsZero() {
 			if err := writeZeros(w, n); err != nil {
 				return fmt.Errorf("object %s: write: %w", object, err)
 			}
-		default:
+		} else {
 			p := (*buf)[:n]
 			if err := src.ReadChunk(ctx, d, p); err != nil {
-				return inObject(err, object, i, off)
+				return inObject(err, object, i, int64(i)*m.ChunkSize)
 			}
 			if _, err := w.Write(p); err != nil {
 				return fmt.Errorf("object %s: write: %w", object, err)
@@ -54,11 +50,62 @@ func WriteObject(ctx context.Context, src Source, m *Manifest, object string, w 
 			progress(done)
 		}
 	}
-	if sparse {
-		// A trailing hole exists only once the file is sized.
-		if err := f.Truncate(start + m.Size); err != nil {
-			return fmt.Errorf("object %s: size the output: %w", object, err)
+	return nil
+}
+
+// chunkFiler is a Source whose chunks are local files (*Store): their
+// verified bytes can be copied to the output inside the kernel.
+type chunkFiler interface {
+	ChunkFile(ctx context.Context, d Digest, length int64) (*os.File, error)
+}
+
+// writeObjectToFile writes the object at offset start of the regular file
+// f, leaving holes, and leaves f's offset at its end. From a local store,
+// each chunk is verified (read and hashed) and then copied from its file
+// inside the kernel: chunk files never change, so the copied bytes are the
+// verified ones.
+func writeObjectToFile(ctx context.Context, src Source, m *Manifest, object string, f *os.File, start int64, progress func(int64)) error {
+	files, _ := src.(chunkFiler)
+	buf := getBuffer(m.ChunkSize)
+	defer putBuffer(buf)
+	var done int64
+	for i, d := range m.Chunks {
+		if err := ctx.Err(); err != nil {
+			return err
 		}
+		n := m.ChunkLen(i)
+		off := int64(i) * m.ChunkSize
+		if !d.IsZero() {
+			copied := false
+			if files != nil {
+				cf, err := files.ChunkFile(ctx, d, n)
+				if err != nil {
+					return inObject(err, object, i, off)
+				}
+				copied = copyRange(cf, 0, f, start+off, n)
+				cf.Close()
+			}
+			if !copied {
+				p := (*buf)[:n]
+				if err := src.ReadChunk(ctx, d, p); err != nil {
+					return inObject(err, object, i, off)
+				}
+				if _, err := f.WriteAt(p, start+off); err != nil {
+					return fmt.Errorf("object %s: write: %w", object, err)
+				}
+			}
+		}
+		done += n
+		if progress != nil {
+			progress(done)
+		}
+	}
+	// A trailing hole exists only once the file is sized.
+	if err := f.Truncate(start + m.Size); err != nil {
+		return fmt.Errorf("object %s: size the output: %w", object, err)
+	}
+	if _, err := f.Seek(start+m.Size, io.SeekStart); err != nil {
+		return fmt.Errorf("object %s: seek: %w", object, err)
 	}
 	return nil
 }

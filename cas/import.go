@@ -118,7 +118,7 @@ func (ss *Session) ImportFile(ctx context.Context, path string, opts ImportOptio
 		return nil, fmt.Errorf("import %s: %w", path, err)
 	}
 	if after.Size() != before.Size() || !after.ModTime().Equal(before.ModTime()) {
-		return nil, fmt.Errorf("import %s: the file changed while it was being imported; import it again when nothing writes to it", path)
+		return nil, fmt.Errorf("import %s: %w; import it again when nothing writes to it", path, ErrSourceChanged)
 	}
 	return res, nil
 }
@@ -309,11 +309,16 @@ func (ss *Session) importChunks(ctx context.Context, src chunkProducer, opts Imp
 		}
 	}()
 
+	file, _ := src.(*fileChunks)
 	var hwg sync.WaitGroup
 	for range hashers {
 		hwg.Add(1)
 		go func() {
 			defer hwg.Done()
+			var from *copySource
+			if file != nil {
+				from = &copySource{f: file.f, check: make([]byte, opts.ChunkSize)}
+			}
 			for j := range jobs {
 				if ctx.Err() != nil {
 					if j.buf != nil {
@@ -326,7 +331,10 @@ func (ss *Session) importChunks(ctx context.Context, src chunkProducer, opts Imp
 					data := (*j.buf)[:j.n]
 					if !isZeroes(data) {
 						st.d = Sum(data)
-						p, err := ss.startChunk(st.d, data)
+						if from != nil {
+							from.off = int64(j.i) * opts.ChunkSize
+						}
+						p, err := ss.startChunk(st.d, data, from)
 						if err != nil {
 							free <- j.buf
 							fail(err)

@@ -648,3 +648,35 @@ func TestImportCancelled(t *testing.T) {
 		t.Errorf("cancelled import left temp files: %v", names)
 	}
 }
+
+// TestCopiedChunkIsCheckedAgainstTheHashedBytes: when a chunk is copied
+// from the source file inside the kernel, a source that changed since it
+// was hashed must be refused, never stored under the old digest.
+func TestCopiedChunkIsCheckedAgainstTheHashedBytes(t *testing.T) {
+	s := newStore(t)
+	hashed := randomBytes(150, MinChunkSize)
+	changed := writeFile(t, t.TempDir(), "src", randomBytes(151, MinChunkSize))
+	f, err := os.Open(changed)
+	must(t, err)
+	defer f.Close()
+	ss, err := s.Begin(context.Background())
+	must(t, err)
+	defer ss.Close()
+	_, err = ss.startChunk(Sum(hashed), hashed, &copySource{f: f, check: make([]byte, MinChunkSize)})
+	if !errors.Is(err, ErrSourceChanged) {
+		t.Fatalf("startChunk from a changed source: %v", err)
+	}
+	if files := chunkFiles(t, s); len(files) != 0 {
+		t.Errorf("chunk files: %v", files)
+	}
+	if names := ingestFiles(t, s); len(names) != 0 {
+		t.Errorf("temp files left: %v", names)
+	}
+	// The same source, unchanged, is copied and accepted.
+	same, _ := os.ReadFile(changed)
+	p, err := ss.startChunk(Sum(same), same, &copySource{f: f, check: make([]byte, MinChunkSize)})
+	must(t, err)
+	must(t, ss.finishChunks([]*pendingChunk{p}))
+	got := make([]byte, MinChunkSize)
+	must(t, s.ReadChunk(context.Background(), Sum(same), got))
+}
