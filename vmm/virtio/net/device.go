@@ -13,9 +13,10 @@
 //   - receive (TAP → guest): reads a frame without blocking, waits in Go's
 //     poller when the TAP is empty, charges the RX rate limiter, then copies
 //     the frame into one receive chain (or several, with
-//     VIRTIO_NET_F_MRG_RXBUF). With no buffer posted it keeps the frame and
-//     waits for the driver's notification; the TAP queues (and, when full,
-//     drops) meanwhile.
+//     VIRTIO_NET_F_MRG_RXBUF, offered only once the virtio queue can publish
+//     a frame's used entries at once: see usedPublisher). With no buffer
+//     posted it keeps the frame and waits for the driver's notification; the
+//     TAP queues (and, when full, drops) meanwhile.
 //   - transmit (guest → TAP): validates each chain (readable only, a header
 //     within the negotiated features, length caps), charges the TX rate
 //     limiter, and writes the header and the guest's buffers to the TAP in
