@@ -48,6 +48,13 @@ type Config struct {
 	// masks are added at build ("" and "none" add nothing).
 	GuestProfile string
 
+	// Drives, Nets, Vsock and Entropy are the virtio devices, declared to
+	// the guest on its command line (virtio_mmio.device=...).
+	Drives  []DriveConfig
+	Nets    []NetConfig
+	Vsock   *VsockConfig
+	Entropy *EntropyConfig
+
 	// Console receives the guest's serial output; nil discards it.
 	Console io.Writer
 	// ConsoleInput, if set, is fed to the guest's serial port.
@@ -113,6 +120,7 @@ func (c *Config) Validate() error {
 	if c.MarkerDelay < 0 {
 		errs = append(errs, errors.New("negative marker delay"))
 	}
+	errs = append(errs, c.validateDevices()...)
 	return errors.Join(errs...)
 }
 

@@ -113,6 +113,10 @@ func (v *VM) dirtyBitmap() ([]uint64, error) {
 			}
 		}
 	}
+	// KVM logs the guest's writes only; the devices' own come from here.
+	if v.devMem != nil {
+		v.devMem.takeDirty(out)
+	}
 	return out, nil
 }
 
@@ -158,6 +162,9 @@ func (v *VM) captureState() (*snapshot.VMState, error) {
 		return nil, err
 	}
 	if st.Clock, err = v.vm.Clock(); err != nil {
+		return nil, err
+	}
+	if st.Devices.Virtio, err = v.virtioStates(); err != nil {
 		return nil, err
 	}
 	st.Devices.UART = v.uart.State()
@@ -263,6 +270,8 @@ type RestoreConfig struct {
 	// Logger and AfterSnapshotStep are as in Config.
 	Logger            *slog.Logger
 	AfterSnapshotStep func(snapshot.CreateStep)
+	// Overrides change the host side of the restored devices.
+	Overrides VirtioOverrides
 }
 
 // Restore creates a VM from a snapshot: its memory file is mapped
@@ -360,6 +369,11 @@ func Restore(ctx context.Context, rc RestoreConfig) (_ *VM, err error) {
 	}
 	v.uart.Restore(st.Devices.UART)
 	v.i8042.Restore(st.Devices.I8042)
+	// Guest memory is in place, so the queues can be checked against it.
+	v.restored = true
+	if err := v.restoreVirtio(st.Devices.Virtio, rc.Overrides); err != nil {
+		return nil, fmt.Errorf("restore %s: %w", rc.StatePath, err)
+	}
 	// The boot-marker timeline is not put back: its offsets are from the
 	// original VM's exec, and mixed into this process's timeline they
 	// would show a restore "reaching" PID 1 before it created its VM. The

@@ -337,3 +337,65 @@ func TestDiffAfterRestoreMergesOntoTheRestoredSnapshot(t *testing.T) {
 	c.send("poweroff")
 	c.wait()
 }
+
+// TestVirtioDevicesSurviveASnapshot gives the probe a disk, a vsock device
+// and an entropy device (the probe does not drive them) and checks that a
+// snapshot records them in their slots, a restore puts them back with the
+// vsock socket moved as vsock_override asks, and the kernel was told where
+// they are.
+func TestVirtioDevicesSurviveASnapshot(t *testing.T) {
+	dir := t.TempDir()
+	disk, root := filepath.Join(dir, "disk.img"), filepath.Join(dir, "root.img")
+	for _, p := range []string{disk, root} {
+		if err := os.WriteFile(p, make([]byte, 1<<20), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := vmm.Config{
+		MemorySize: 32 << 20,
+		Drives:     []vmm.DriveConfig{{ID: "data", Path: disk}, {ID: "rootfs", Path: root, ReadOnly: true, Root: true}},
+		Vsock:      &vmm.VsockConfig{GuestCID: 3, UDSPath: filepath.Join(dir, "v.sock")},
+		Entropy:    &vmm.EntropyConfig{},
+	}
+	state, mem, _ := snapshotProbe(t, cfg, 1)
+	st, err := snapshot.ReadStateFile(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	for _, d := range st.Devices.Virtio {
+		kinds = append(kinds, d.Kind+":"+d.Name)
+	}
+	if got := strings.Join(kinds, " "); got != "block:virtio-block0 block:virtio-block1 vsock:virtio-vsock0 entropy:virtio-entropy0" {
+		t.Errorf("devices in the snapshot: %s", got)
+	}
+	if d := st.Devices.Virtio[0].Drive; d == nil || d.ID != "rootfs" || !d.Root {
+		t.Errorf("the root disk is not in the first slot: %+v", d)
+	}
+	for _, want := range []string{"virtio_mmio.device=4K@0xd0000000:5", "virtio_mmio.device=4K@0xd0003000:9", "root=/dev/vda ro"} {
+		if !strings.Contains(st.Machine.Cmdline, want) {
+			t.Errorf("kernel command line %q lacks %q", st.Machine.Cmdline, want)
+		}
+	}
+	if _, err := os.Stat(cfg.Vsock.UDSPath); !os.IsNotExist(err) {
+		t.Errorf("the stopped VM left its vsock socket behind: %v", err)
+	}
+	moved := filepath.Join(dir, "clone.sock")
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	vm, err := vmm.Restore(context.Background(), vmm.RestoreConfig{StatePath: state, MemPath: mem, Resume: true, Console: outW, ConsoleInput: inR,
+		Overrides: vmm.VirtioOverrides{VsockUDSPath: moved}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := attach(t, vm, inW, outR, outW)
+	if fi, err := os.Stat(moved); err != nil || fi.Mode().Type() != os.ModeSocket {
+		t.Fatalf("restored vsock socket at %s: %v", moved, err)
+	}
+	s.send("echo restored with devices")
+	s.expect("restored with devices")
+	s.send("poweroff")
+	if r := s.wait(); r.Reason != vmm.StopPowerOff {
+		t.Fatalf("stopped with %s: %v", r.Reason, r.Err)
+	}
+}

@@ -90,12 +90,18 @@ type VM struct {
 	// startPaused makes Run park every vCPU before it first enters the
 	// guest (a restore that is not to resume yet).
 	startPaused bool
+	// restored marks a VM built from a snapshot: its devices start paused.
+	restored bool
 	done        chan struct{}
 	// work holds, per vCPU, a function that vCPU's own thread must run
 	// while parked (state capture for snapshots).
 	work []*vcpuWork
 	// exits counts KVM exits by reason, for metrics.
 	exits [kvm.ExitSystemEvent + 1]atomic.Uint64
+	// virtio holds the virtio-mmio devices in slot order; devMem is the
+	// memory they write through (dirty tracking).
+	virtio []*virtioSlot
+	devMem *deviceMemory
 	// snapshotBase is the memory ID of the VM's last snapshot, or of the
 	// snapshot it was restored from: what a diff snapshot applies onto.
 	snapshotBase snapshot.MemoryID
@@ -152,6 +158,11 @@ func New(cfg Config) (_ *VM, err error) {
 	}
 	v.timeline.MemoryReady = time.Now()
 	if err := v.setupPlatform(); err != nil {
+		return nil, err
+	}
+	// Devices first: they add their parameters to the command line that
+	// loading the kernel writes into guest memory.
+	if err := v.setupVirtio(); err != nil {
 		return nil, err
 	}
 	if err := v.loadKernel(); err != nil {
@@ -412,6 +423,10 @@ func (v *VM) Run(ctx context.Context) Result {
 
 	stopFeed := v.feedConsole()
 	defer stopFeed()
+	// A restored VM's devices wait, paused, until it runs.
+	if v.restored && !v.startPaused {
+		v.resumeDevices()
+	}
 	var wg sync.WaitGroup
 	for i := range v.vcpus {
 		wg.Add(1)
@@ -423,6 +438,11 @@ func (v *VM) Run(ctx context.Context) Result {
 	stopCtx := context.AfterFunc(ctx, func() { v.stop(Result{Reason: StopCanceled}) })
 	defer stopCtx()
 	wg.Wait()
+	// A stopped guest needs no devices; closing them now also removes
+	// their host sockets, which a process exiting without Close leaves.
+	if err := v.closeDevices(); err != nil {
+		v.logger().Warn("closing virtio devices", "err", err)
+	}
 	close(v.done)
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -511,8 +531,11 @@ func (v *VM) Pause() error {
 	}
 	// Tell a kvmclock guest it was paused, as Firecracker does on every
 	// pause, so its soft-lockup watchdog does not take the pause for a
-	// hang. Guests without kvmclock refuse it, which is fine.
+	// hang. Guests without kvmclock refuse it, which is fine. The devices
+	// stop too: a paused VM's memory and queues must stand still for a
+	// snapshot.
 	v.mu.Unlock()
+	v.pauseDevices()
 	v.onEachVCPU(func(c *kvm.VCPU) error {
 		c.KVMClockCtrl()
 		return nil
@@ -527,6 +550,9 @@ func (v *VM) Resume() error {
 	defer v.mu.Unlock()
 	if !v.started || v.stopping.Load() {
 		return errors.New("the VM is not running")
+	}
+	if v.pause {
+		v.resumeDevices()
 	}
 	v.pause = false
 	v.cond.Broadcast()
@@ -701,7 +727,7 @@ func (v *VM) guestReset(unannounced StopReason, detail func() error) Result {
 // Close releases every host resource of the VM. It must not be called while
 // Run is still running.
 func (v *VM) Close() error {
-	var errs []error
+	errs := []error{v.closeDevices()}
 	for _, c := range v.vcpus {
 		errs = append(errs, c.Close())
 	}

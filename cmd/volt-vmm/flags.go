@@ -35,6 +35,15 @@ type flags struct {
 	id                      string
 	restore                 string
 
+	// Devices.
+	drives     []string
+	rootfs     string
+	nets       []string
+	netBackend string
+	netBridge  string
+	vsock      string
+	entropy    bool
+
 	// Firecracker's.
 	seccompFilter                                string
 	noSeccomp                                    bool
@@ -55,7 +64,8 @@ type flags struct {
 // machineFlags are the flags that describe the machine, which a restore
 // takes from its snapshot instead.
 var machineFlags = []string{"kernel", "initrd", "cmdline", "memory", "cpus", "hugepages", "boot-protocol",
-	"cpu-template", "cpuid-mask", "guest-profile", "config-file"}
+	"cpu-template", "cpuid-mask", "guest-profile", "config-file", "drive", "rootfs", "net", "net-backend", "net-bridge",
+	"vsock", "entropy"}
 
 func newFlags() *flags {
 	f := &flags{fs: pflag.NewFlagSet("volt-vmm", pflag.ContinueOnError)}
@@ -79,6 +89,14 @@ func newFlags() *flags {
 	fs.BoolVar(&f.noAPI, "no-api", false, "serve no API (the default unless --api-sock is given; for Firecracker-compatible command lines)")
 	fs.StringVar(&f.id, "id", api.DefaultID, "instance id reported by GET / (1 to 64 letters, digits and '-')")
 	fs.StringVar(&f.restore, "restore", "", "restore the VM snapshotted into DIR ("+types.SnapshotStateFile+" and "+types.SnapshotMemFile+") and resume it")
+
+	fs.StringArrayVar(&f.drives, "drive", nil, "a virtio-blk disk: id=ID,path=PATH[,readonly=true][,root=true][,direct=true] (repeatable)")
+	fs.StringVar(&f.rootfs, "rootfs", "", "the root file system image: a virtio-blk disk mounted as / (root=/dev/vda rw)")
+	fs.StringArrayVar(&f.nets, "net", nil, "a virtio-net interface: tap=NAME|macvtap=NAME|bridge=BR[,id=eth0][,mac=..][,mtu=N][,rx-ops=N/DUR,...] (repeatable)")
+	fs.StringVar(&f.netBackend, "net-backend", "", "with --net-bridge: virtio-net (or vhost-net, which falls back to the userspace path where /dev/vhost-net is missing)")
+	fs.StringVar(&f.netBridge, "net-bridge", "", "create a TAP attached to this existing bridge and give the guest a virtio-net interface on it")
+	fs.StringVar(&f.vsock, "vsock", "", "a virtio-vsock device: cid=N,uds=PATH (Firecracker's hybrid Unix socket)")
+	fs.BoolVar(&f.entropy, "entropy", false, "a virtio-rng device fed from getrandom(2)")
 
 	fs.StringVar(&f.level, "level", "", "Firecracker: log level (Error, Warning, Info, Debug, Trace, Off)")
 	fs.StringVar(&f.logPath, "log-path", "", "Firecracker: write the log to this file or FIFO instead of standard error")

@@ -24,7 +24,9 @@ import (
 	"github.com/voltvmm/volt/vmm/api/types"
 	"github.com/voltvmm/volt/vmm/boot"
 	"github.com/voltvmm/volt/vmm/cpu"
+	"github.com/voltvmm/volt/vmm/netdev"
 	"github.com/voltvmm/volt/vmm/snapshot"
+	vnet "github.com/voltvmm/volt/vmm/virtio/net"
 )
 
 // processStart is taken during package initialisation, the earliest point
@@ -224,6 +226,9 @@ func machineConfig(f *flags, stderr io.Writer) (vmm.Config, int) {
 	if err := api.ValidateID(f.id); err != nil {
 		return cfg, usage(stderr, "--id: %v", err)
 	}
+	if err := deviceConfig(f, &cfg); err != nil {
+		return cfg, usage(stderr, "%v", err)
+	}
 	if f.maxPayload <= 0 {
 		return cfg, usage(stderr, "--http-api-max-payload-size %d: must be positive", f.maxPayload)
 	}
@@ -254,6 +259,52 @@ func machineConfig(f *flags, stderr io.Writer) (vmm.Config, int) {
 		return cfg, usage(stderr, "%s", oneLine(err))
 	}
 	return cfg, exitOK
+}
+
+// deviceConfig adds the virtio devices the flags name.
+func deviceConfig(f *flags, cfg *vmm.Config) error {
+	for _, s := range f.drives {
+		d, err := vmm.ParseDrive(s)
+		if err != nil {
+			return err
+		}
+		cfg.Drives = append(cfg.Drives, d)
+	}
+	if f.rootfs != "" {
+		cfg.Drives = append(cfg.Drives, vmm.DriveConfig{ID: "rootfs", Path: f.rootfs, Root: true})
+	}
+	for _, s := range f.nets {
+		n, err := vnet.ParseSpec(s)
+		if err != nil {
+			return err
+		}
+		cfg.Nets = append(cfg.Nets, n)
+	}
+	switch {
+	case f.netBridge != "":
+		if f.netBackend != "" && f.netBackend != "virtio-net" && f.netBackend != "vhost-net" {
+			return fmt.Errorf("--net-backend %q: want virtio-net or vhost-net", f.netBackend)
+		}
+		if f.netBackend == "vhost-net" {
+			if ok, why := netdev.VhostNetAvailable(); !ok {
+				slog.Warn("vhost-net unavailable: " + why)
+			}
+		}
+		cfg.Nets = append(cfg.Nets, vmm.NetConfig{Config: vnet.Config{ID: vnet.DefaultID}, Backend: vnet.BackendConfig{Kind: vnet.BackendBridge, Bridge: f.netBridge}})
+	case f.netBackend != "":
+		return errors.New("--net-backend needs --net-bridge (or use --net tap=NAME)")
+	}
+	if f.vsock != "" {
+		v, err := vmm.ParseVsock(f.vsock)
+		if err != nil {
+			return err
+		}
+		cfg.Vsock = &v
+	}
+	if f.entropy {
+		cfg.Entropy = &vmm.EntropyConfig{}
+	}
+	return nil
 }
 
 // originAt converts a CLOCK_MONOTONIC time in µs (what Firecracker's jailer

@@ -100,6 +100,11 @@ type Controller struct {
 	configured bool
 	// closing is set by Close; no machine is launched after it.
 	closing bool
+	// The device request bodies as given, for GET /vm/config.
+	drives  []types.Drive
+	nets    []types.NetworkInterface
+	vsock   *types.Vsock
+	entropy *types.EntropyDevice
 	logger  *types.Logger
 	logSink *sink
 	metrics *types.Metrics
@@ -282,10 +287,12 @@ func (c *Controller) VMConfig() types.FullVMConfiguration {
 	mc := c.machineConfigLocked()
 	full := types.FullVMConfiguration{
 		MachineConfig:     &mc,
-		Drives:            []types.Drive{},
-		NetworkInterfaces: []types.NetworkInterface{},
+		Drives:            append([]types.Drive{}, c.drives...),
+		NetworkInterfaces: append([]types.NetworkInterface{}, c.nets...),
 		Logger:            c.logger,
 		Metrics:           c.metrics,
+		Vsock:             c.vsock,
+		Entropy:           c.entropy,
 	}
 	if c.cfg.KernelPath != "" {
 		full.BootSource = &types.BootSource{KernelImagePath: c.cfg.KernelPath, InitrdPath: c.cfg.InitrdPath, BootArgs: c.cfg.Cmdline}
@@ -452,61 +459,6 @@ func (c *Controller) flushPeriodically() {
 	}
 }
 
-// errDeviceUnavailable answers device requests until the virtio devices
-// exist: accepting them silently would boot a guest without the disk or
-// network its caller configured.
-func errDeviceUnavailable(op Op, what string) error {
-	return fmt.Errorf("%s: %s devices are not available in this build of volt-vmm yet; nothing was configured", op, what)
-}
-
-// PutDrive answers PUT /drives/{id}.
-func (c *Controller) PutDrive(pathID string, d types.Drive) error {
-	if err := d.Validate(pathID); err != nil {
-		return err
-	}
-	if err := c.begin(OpPutDrive); err != nil {
-		return err
-	}
-	defer c.mu.Unlock()
-	return errDeviceUnavailable(OpPutDrive, "virtio-blk")
-}
-
-// PutNetworkInterface answers PUT /network-interfaces/{id}.
-func (c *Controller) PutNetworkInterface(pathID string, n types.NetworkInterface) error {
-	if err := n.Validate(pathID); err != nil {
-		return err
-	}
-	if err := c.begin(OpPutNetworkInterface); err != nil {
-		return err
-	}
-	defer c.mu.Unlock()
-	return errDeviceUnavailable(OpPutNetworkInterface, "virtio-net")
-}
-
-// PutVsock answers PUT /vsock.
-func (c *Controller) PutVsock(v types.Vsock) error {
-	if err := v.Validate(); err != nil {
-		return err
-	}
-	if err := c.begin(OpPutVsock); err != nil {
-		return err
-	}
-	defer c.mu.Unlock()
-	return errDeviceUnavailable(OpPutVsock, "virtio-vsock")
-}
-
-// PutEntropy answers PUT /entropy.
-func (c *Controller) PutEntropy(e types.EntropyDevice) error {
-	if err := e.Validate(); err != nil {
-		return err
-	}
-	if err := c.begin(OpPutEntropy); err != nil {
-		return err
-	}
-	defer c.mu.Unlock()
-	return errDeviceUnavailable(OpPutEntropy, "virtio-rng")
-}
-
 // Action answers PUT /actions.
 func (c *Controller) Action(a types.InstanceActionInfo) error {
 	if err := a.Validate(); err != nil {
@@ -669,11 +621,28 @@ func restore(ctx context.Context, base vmm.Config, p types.SnapshotLoadParams) (
 		TrackDirtyPages:   &track,
 		Logger:            base.Logger,
 		AfterSnapshotStep: base.AfterSnapshotStep,
+		Overrides:         overrides(p),
 	})
 	if err != nil {
 		return nil, err
 	}
 	return v, nil
+}
+
+// overrides turns Firecracker's vsock_override and network_overrides into
+// the restore's device overrides.
+func overrides(p types.SnapshotLoadParams) vmm.VirtioOverrides {
+	var o vmm.VirtioOverrides
+	if p.VsockOverride != nil {
+		o.VsockUDSPath = p.VsockOverride.UDSPath
+	}
+	for _, n := range p.NetworkOverrides {
+		if o.HostDevNames == nil {
+			o.HostDevNames = map[string]string{}
+		}
+		o.HostDevNames[n.IfaceID] = n.HostDevName
+	}
+	return o
 }
 
 // restoreOrigin is where a restored VM's timeline starts: the process start

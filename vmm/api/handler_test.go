@@ -304,10 +304,14 @@ func TestErrorResponses(t *testing.T) {
 		{"resume before start", false, false, nil, step{"PATCH", "/vm", `{"state": "Resumed"}`}, "PATCH /vm Resumed is not supported before starting"},
 		{"empty PATCH", false, false, nil, step{"PATCH", "/machine-config", `{}`}, "empty PATCH"},
 		{"PATCH to invalid", false, false, nil, step{"PATCH", "/machine-config", `{"huge_pages": "2M", "mem_size_mib": 3}`}, "mem_size_mib must be a multiple of 2"},
-		{"drive not available", false, false, nil, step{"PUT", "/drives/rootfs", `{"drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true}`}, "virtio-blk devices are not available in this build"},
-		{"network not available", false, false, nil, step{"PUT", "/network-interfaces/eth0", `{"iface_id": "eth0", "host_dev_name": "tap0"}`}, "virtio-net devices are not available"},
-		{"vsock not available", false, false, nil, step{"PUT", "/vsock", `{"guest_cid": 3, "uds_path": "/tmp/v.sock"}`}, "virtio-vsock devices are not available"},
-		{"entropy not available", false, false, nil, step{"PUT", "/entropy", `{}`}, "virtio-rng devices are not available"},
+		{"drive file missing", false, false, nil, step{"PUT", "/drives/rootfs", `{"drive_id": "rootfs", "path_on_host": "/nonexistent/r", "is_root_device": true}`}, "path_on_host: stat /nonexistent/r: no such file"},
+		{"drive on a character device", false, false, nil, step{"PUT", "/drives/rootfs", `{"drive_id": "rootfs", "path_on_host": "/dev/null", "is_root_device": true}`}, "path_on_host /dev/null is neither a regular file nor a block device"},
+		{"vhost-user drive", false, false, nil, step{"PUT", "/drives/d", `{"drive_id": "d", "socket": "/s", "is_root_device": false}`}, "vhost-user drives are not supported"},
+		{"second root drive", false, false, []step{{"PUT", "/drives/a", `{"drive_id": "a", "path_on_host": "KERNEL", "is_root_device": true}`}},
+			step{"PUT", "/drives/b", `{"drive_id": "b", "path_on_host": "KERNEL", "is_root_device": true}`}, `drive "a" is already the root device`},
+		{"vsock path with a trailing slash", false, false, nil, step{"PUT", "/vsock", `{"guest_cid": 3, "uds_path": "/tmp/v/"}`}, "uds_path"},
+		{"bad MAC", false, false, nil, step{"PUT", "/network-interfaces/eth0", `{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "ff:ff:ff:ff:ff:ff"}`}, "guest_mac"},
+		{"entropy bucket without refill", false, false, nil, step{"PUT", "/entropy", `{"rate_limiter": {"ops": {"size": 10, "refill_time": 0, "one_time_burst": -1}}}`}, "one_time_burst must not be negative"},
 		{"metrics twice", false, false, []step{{"PUT", "/metrics", `{"metrics_path": "METRICS"}`}}, step{"PUT", "/metrics", `{"metrics_path": "METRICS"}`}, "metrics are already configured"},
 		{"metrics to a directory", false, false, nil, step{"PUT", "/metrics", `{"metrics_path": "/"}`}, "neither a regular file nor a FIFO"},
 		{"logger to a missing directory", false, false, nil, step{"PUT", "/logger", `{"log_path": "/nonexistent/dir/log"}`}, "log_path: open /nonexistent/dir/log"},
@@ -319,7 +323,7 @@ func TestErrorResponses(t *testing.T) {
 		{"machine config PATCH after start", true, false, nil, step{"PATCH", "/machine-config", `{"vcpu_count": 1}`}, "PATCH /machine-config is not supported after starting"},
 		{"logger after start", true, false, nil, step{"PUT", "/logger", `{}`}, "PUT /logger is not supported after starting"},
 		{"metrics after start", true, false, nil, step{"PUT", "/metrics", `{"metrics_path": "METRICS"}`}, "PUT /metrics is not supported after starting"},
-		{"drive after start", true, false, nil, step{"PUT", "/drives/rootfs", `{"drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true}`}, "PUT /drives is not supported after starting"},
+		{"drive after start", true, false, nil, step{"PUT", "/drives/rootfs", `{"drive_id": "rootfs", "path_on_host": "KERNEL", "is_root_device": true}`}, "PUT /drives is not supported after starting"},
 		{"second start", true, false, nil, step{"PUT", "/actions", `{"action_type": "InstanceStart"}`}, "InstanceStart is not supported after starting"},
 		{"snapshot load after start", true, false, nil, step{"PUT", "/snapshot/load", `{"snapshot_path": "/s", "mem_file_path": "/m"}`}, "PUT /snapshot/load is not supported after starting"},
 		{"snapshot create while running", true, false, nil, step{"PUT", "/snapshot/create", `{"snapshot_path": "/s", "mem_file_path": "/m"}`}, `needs a paused microVM: PATCH /vm {"state": "Paused"} first`},
@@ -521,4 +525,36 @@ func TestMemoryTheHostCannotBackIsRefusedAtTheRequest(t *testing.T) {
 		t.Errorf("1 TiB guest by PATCH: %q", msg)
 	}
 	e.do("PUT", "/machine-config", `{"vcpu_count": 32, "mem_size_mib": 64}`, statusNoContent)
+}
+
+// TestDevicesReachTheVMConfiguration configures every kind of device
+// through the API and checks GET /vm/config and what the VM is built with.
+func TestDevicesReachTheVMConfiguration(t *testing.T) {
+	e := newFakeEnv(t)
+	e.do("PUT", "/boot-source", `{"kernel_image_path": "`+e.kernel+`"}`, statusNoContent)
+	e.do("PUT", "/drives/rootfs", `{"drive_id": "rootfs", "path_on_host": "`+e.kernel+`", "is_root_device": true, "is_read_only": true, "rate_limiter": {"ops": {"size": 100, "refill_time": 1000}}}`, statusNoContent)
+	e.do("PUT", "/drives/data", `{"drive_id": "data", "path_on_host": "`+e.kernel+`", "is_root_device": false}`, statusNoContent)
+	// The same ID again replaces the drive.
+	e.do("PUT", "/drives/data", `{"drive_id": "data", "path_on_host": "`+e.kernel+`", "is_root_device": false, "is_read_only": true}`, statusNoContent)
+	e.do("PUT", "/network-interfaces/eth0", `{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02", "mtu": 1400}`, statusNoContent)
+	e.do("PUT", "/vsock", `{"guest_cid": 3, "uds_path": "/tmp/volt-test.vsock"}`, statusNoContent)
+	e.do("PUT", "/entropy", `{}`, statusNoContent)
+	var full types.FullVMConfiguration
+	if err := json.Unmarshal(e.get("/vm/config", "FullVmConfiguration"), &full); err != nil {
+		t.Fatal(err)
+	}
+	if len(full.Drives) != 2 || full.Drives[1].IsReadOnly == nil || !*full.Drives[1].IsReadOnly || len(full.NetworkInterfaces) != 1 || full.Vsock == nil || full.Entropy == nil {
+		t.Fatalf("GET /vm/config: %+v", full)
+	}
+	e.do("PUT", "/actions", `{"action_type": "InstanceStart"}`, statusNoContent)
+	cfg := e.machine().cfg
+	if len(cfg.Drives) != 2 || !cfg.Drives[0].Root || !cfg.Drives[0].ReadOnly || cfg.Drives[0].RateLimit.Ops.Size != 100 || cfg.Drives[0].RateLimit.Ops.RefillTime != time.Second {
+		t.Errorf("drives built: %+v", cfg.Drives)
+	}
+	if len(cfg.Nets) != 1 || cfg.Nets[0].Backend.Name != "tap0" || cfg.Nets[0].Config.MTU != 1400 || cfg.Nets[0].Config.MAC.String() != "06:00:ac:10:00:02" {
+		t.Errorf("network built: %+v", cfg.Nets)
+	}
+	if cfg.Vsock == nil || cfg.Vsock.GuestCID != 3 || cfg.Entropy == nil {
+		t.Errorf("vsock %+v, entropy %+v", cfg.Vsock, cfg.Entropy)
+	}
 }

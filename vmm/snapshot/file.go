@@ -159,6 +159,14 @@ func (st *VMState) Validate() error {
 	} else if len(st.Memory.DirtyBitmap) != 0 {
 		return bad("a full snapshot with a dirty bitmap")
 	}
+	if len(st.Devices.Virtio) > MaxVirtioDevices {
+		return bad("%d virtio devices, at most %d", len(st.Devices.Virtio), MaxVirtioDevices)
+	}
+	for i, d := range st.Devices.Virtio {
+		if err := d.validate(); err != nil {
+			return bad("virtio device %d: %v", i, err)
+		}
+	}
 	for i, c := range st.VCPUs {
 		if c.ID != i {
 			return bad("vCPU state %d has ID %d", i, c.ID)
@@ -212,4 +220,36 @@ func WriteStateFile(path string, st *VMState) error {
 		_, err := f.Write(b)
 		return err
 	})
+}
+
+// MaxVirtioDevices bounds the virtio-mmio devices of one VM.
+const MaxVirtioDevices = 32
+
+// validate checks that exactly a virtio device's kind's state is present
+// (its placement is checked by the VMM, which owns the layout); each kind's state is checked again by its package when
+// restored.
+func (d VirtioState) validate() error {
+	kinds := 0
+	for _, set := range []bool{d.Block != nil, d.Net != nil, d.Vsock != nil, d.Entropy != nil} {
+		if set {
+			kinds++
+		}
+	}
+	ok := kinds == 1
+	switch d.Kind {
+	case VirtioBlock:
+		ok = ok && d.Block != nil && d.Drive != nil && d.Drive.Path != ""
+	case VirtioNet:
+		ok = ok && d.Net != nil
+	case VirtioVsock:
+		ok = ok && d.Vsock != nil
+	case VirtioEntropy:
+		ok = ok && d.Entropy != nil
+	default:
+		return fmt.Errorf("unknown kind %q", d.Kind)
+	}
+	if !ok {
+		return fmt.Errorf("%s device without exactly its own state", d.Kind)
+	}
+	return nil
 }

@@ -31,6 +31,12 @@ import (
 	"github.com/voltvmm/volt/vmm/devices/i8042"
 	"github.com/voltvmm/volt/vmm/devices/uart"
 	"github.com/voltvmm/volt/vmm/kvm"
+	"github.com/voltvmm/volt/vmm/ratelimit"
+	"github.com/voltvmm/volt/vmm/virtio/blk"
+	"github.com/voltvmm/volt/vmm/virtio/mmio"
+	"github.com/voltvmm/volt/vmm/virtio/net"
+	"github.com/voltvmm/volt/vmm/virtio/rng"
+	"github.com/voltvmm/volt/vmm/virtio/vsock"
 )
 
 // VMState is everything needed to resume a VM except its memory.
@@ -119,4 +125,47 @@ type DeviceState struct {
 	I8042      i8042.State
 	BootMarker bootmarker.State
 	GenID      genid.State
+	// Virtio holds the virtio-mmio devices, in the order of their slots.
+	Virtio []VirtioState `json:",omitempty"`
+}
+
+// Kinds of VirtioState.
+const (
+	VirtioBlock   = "block"
+	VirtioNet     = "net"
+	VirtioVsock   = "vsock"
+	VirtioEntropy = "entropy"
+)
+
+// VirtioState is one virtio-mmio device: where it sits, its transport, and
+// the state of its kind (exactly one of the kind fields is set).
+type VirtioState struct {
+	Kind      string
+	Name      string
+	Base      uint64
+	GSI       uint32
+	Transport mmio.State
+	// Drive says how the disk was opened, to open it again.
+	Drive   *DriveState   `json:",omitempty"`
+	Block   *blk.State    `json:",omitempty"`
+	Net     *net.State    `json:",omitempty"`
+	Vsock   *vsock.State  `json:",omitempty"`
+	Entropy *EntropyState `json:",omitempty"`
+}
+
+// EntropyState is the entropy device and its limit.
+type EntropyState struct {
+	State     rng.State
+	RateLimit ratelimit.Config
+}
+
+// DriveState is how a virtio-blk disk was configured.
+type DriveState struct {
+	ID        string
+	Path      string
+	ReadOnly  bool
+	Root      bool
+	PartUUID  string `json:",omitempty"`
+	Direct    bool
+	RateLimit ratelimit.Config
 }
