@@ -155,7 +155,7 @@ func BenchmarkRequest(b *testing.B) {
 					b.Fatal(err)
 				}
 				h.Kick(0)
-				h.Wait(0)
+				h.WaitEntry(0)
 				h.Rings[0].ResetHeap()
 			}
 		})
