@@ -7,6 +7,7 @@ require golang.org/x/sys v0.50.0
 require (
 	github.com/HdrHistogram/hdrhistogram-go v1.2.0
 	github.com/cilium/ebpf v0.20.0
+	github.com/coreos/go-systemd/v22 v22.6.0
 	github.com/prometheus/client_golang v1.25.0
 	github.com/schollz/progressbar/v3 v3.19.1
 	github.com/spf13/pflag v1.1.0

@@ -1,0 +1,217 @@
+package pool
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// process is one VMM process, started by this daemon (cmd set) or adopted
+// from a previous one. It is identified by a pidfd, so a signal can never
+// reach another process that reused the pid.
+type process struct {
+	pid   int
+	start uint64 // starttime in /proc/PID/stat: tells a reused pid apart
+	pidfd int
+	cmd   *exec.Cmd
+
+	done    chan struct{} // closed once the process has exited (and, if ours, been reaped)
+	mu      sync.Mutex
+	exitMsg string // how it ended, once done
+	closed  bool
+}
+
+// startProcess starts argv with stdio redirected to log (stdin from
+// /dev/null), in a session of its own (a signal to the daemon's terminal or
+// process group does not reach the VMMs: a lease survives a daemon restart),
+// and with a network namespace of its own when newNetns.
+func startProcess(argv []string, log *os.File, newNetns bool) (*process, error) {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &unix.SysProcAttr{Setsid: true}
+	if newNetns {
+		cmd.SysProcAttr.Cloneflags = unix.CLONE_NEWNET
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", argv[0], err)
+	}
+	p := &process{pid: cmd.Process.Pid, cmd: cmd, done: make(chan struct{})}
+	// The child cannot be reaped before we Wait, so its pid is stable.
+	fd, err := unix.PidfdOpen(p.pid, 0)
+	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, fmt.Errorf("pidfd_open %d: %w", p.pid, err)
+	}
+	p.pidfd = fd
+	if p.start, err = procStartTime(p.pid); err != nil {
+		p.kill()
+		cmd.Wait()
+		unix.Close(fd)
+		return nil, err
+	}
+	return p, nil
+}
+
+// adoptProcess opens a pidfd on pid if it still is the process that
+// started at start; it returns os.ErrProcessDone otherwise.
+func adoptProcess(pid int, start uint64) (*process, error) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		if errors.Is(err, unix.ESRCH) {
+			return nil, os.ErrProcessDone
+		}
+		return nil, fmt.Errorf("pidfd_open %d: %w", pid, err)
+	}
+	// Read the start time after the pidfd is open: if it matches, the
+	// pidfd refers to that process and no later reuse can fool it.
+	st, err := procStartTime(pid)
+	if err != nil || st != start {
+		unix.Close(fd)
+		return nil, os.ErrProcessDone
+	}
+	return &process{pid: pid, start: start, pidfd: fd, done: make(chan struct{})}, nil
+}
+
+// kill sends SIGKILL through the pidfd. A process that already exited is
+// not an error.
+func (p *process) kill() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil
+	}
+	err := unix.PidfdSendSignal(p.pidfd, unix.SIGKILL, nil, 0)
+	if err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("kill VMM %d: %w", p.pid, err)
+	}
+	return nil
+}
+
+// wait blocks until the process exits, reaps it if it is ours, records how
+// it ended, closes the pidfd and closes done. Exactly one goroutine calls it.
+func (p *process) wait() {
+	var msg string
+	if p.cmd != nil {
+		err := p.cmd.Wait()
+		msg = exitMessage(p.cmd.ProcessState, err)
+	} else {
+		// Not our child: wait for the pidfd to become readable (the
+		// process exited); whoever its parent is reaps it.
+		for {
+			fds := []unix.PollFd{{Fd: int32(p.pidfd), Events: unix.POLLIN}}
+			n, err := unix.Poll(fds, -1)
+			if err == nil && n > 0 {
+				break
+			}
+			if err != nil && !errors.Is(err, unix.EINTR) {
+				msg = "poll pidfd: " + err.Error()
+				break
+			}
+		}
+		if msg == "" {
+			msg = "exited (adopted: status unknown)"
+		}
+	}
+	p.mu.Lock()
+	p.exitMsg = msg
+	p.closed = true
+	unix.Close(p.pidfd)
+	p.mu.Unlock()
+	close(p.done)
+}
+
+func (p *process) exited() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.exitMsg
+}
+
+func exitMessage(ps *os.ProcessState, err error) string {
+	if ps == nil {
+		return fmt.Sprintf("wait: %v", err)
+	}
+	return ps.String() // "exit status 4", "signal: killed"
+}
+
+// procStartTime returns field 22 of /proc/PID/stat (starttime, in clock
+// ticks since boot).
+func procStartTime(pid int) (uint64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, fmt.Errorf("read /proc/%d/stat: %w", pid, err)
+	}
+	// comm (field 2) is in parentheses and may hold anything: split
+	// after the last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no ')'", pid)
+	}
+	fields := strings.Fields(string(b[i+1:]))
+	// fields[0] is field 3 (state); starttime is field 22.
+	if len(fields) < 20 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields after comm", pid, len(fields))
+	}
+	v, err := strconv.ParseUint(fields[19], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat starttime: %w", pid, err)
+	}
+	return v, nil
+}
+
+// strayVMMs scans /proc for volt-vmm processes whose --api-sock lies under
+// dir: VMMs a previous daemon started and whose record is missing or
+// unreadable (it was killed between the start and the record).
+func strayVMMs(dir string) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	prefix := strings.TrimSuffix(dir, "/") + "/"
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		for i, a := range args {
+			if a == "--api-sock" && i+1 < len(args) && strings.HasPrefix(args[i+1], prefix) {
+				pids = append(pids, pid)
+				break
+			}
+			if strings.HasPrefix(a, "--api-sock="+prefix) {
+				pids = append(pids, pid)
+				break
+			}
+		}
+	}
+	return pids
+}
+
+// killAndWait kills an adopted or stray process and waits (bounded) until
+// it is gone.
+func killAndWait(p *process, limit time.Duration) error {
+	if err := p.kill(); err != nil {
+		return err
+	}
+	go p.wait()
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(limit):
+		return fmt.Errorf("VMM %d still alive %v after SIGKILL", p.pid, limit)
+	}
+}

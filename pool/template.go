@@ -1,0 +1,461 @@
+package pool
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/voltvmm/volt/guest/agent"
+	"github.com/voltvmm/volt/guest/marker"
+	pc "github.com/voltvmm/volt/pool/client"
+	"github.com/voltvmm/volt/vmm/api/types"
+)
+
+const templateFile = "template.json"
+
+// MaxWarm bounds a template's warm target.
+const MaxWarm = 1024
+
+var templateName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// validateSpec checks a template spec as a caller's input.
+func validateSpec(s *pc.TemplateSpec) error {
+	if !templateName.MatchString(s.Name) {
+		return errorf(ErrBadRequest, "template name %q: 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit", s.Name)
+	}
+	if s.Warm < 0 || s.Warm > MaxWarm {
+		return errorf(ErrBadRequest, "warm %d out of range: 0 to %d", s.Warm, MaxWarm)
+	}
+	if s.Network != nil {
+		n := s.Network
+		if n.IfaceID == "" {
+			n.IfaceID = "eth0"
+		}
+		if n.HostDevName == "" || len(n.HostDevName) > 15 || strings.ContainsAny(n.HostDevName, "/ \x00") {
+			return errorf(ErrBadRequest, "network host_dev_name %q: a TAP name of 1 to 15 bytes", n.HostDevName)
+		}
+	}
+	if s.ReadyTimeout != "" {
+		d, err := time.ParseDuration(s.ReadyTimeout)
+		if err != nil || d <= 0 || d > time.Hour {
+			return errorf(ErrBadRequest, "ready_timeout %q: a duration up to 1h", s.ReadyTimeout)
+		}
+	}
+	if s.FromSnapshot != "" {
+		if s.Kernel != "" || s.Initrd != "" || s.Rootfs != "" || s.Cmdline != "" || s.MemoryMiB != 0 || s.CPUs != 0 || s.GuestProfile != "" {
+			return errorf(ErrBadRequest, "from_snapshot takes the machine from the snapshot: kernel, initrd, rootfs, cmdline, memory, cpus and guest_profile do not apply")
+		}
+		if !filepath.IsAbs(s.FromSnapshot) {
+			return errorf(ErrBadRequest, "from_snapshot %q must be an absolute path", s.FromSnapshot)
+		}
+		return nil
+	}
+	if s.Kernel == "" {
+		return errorf(ErrBadRequest, "a template needs a kernel (or from_snapshot)")
+	}
+	for _, f := range []struct{ what, path string }{{"kernel", s.Kernel}, {"initrd", s.Initrd}, {"rootfs", s.Rootfs}} {
+		if f.path == "" {
+			continue
+		}
+		if !filepath.IsAbs(f.path) {
+			return errorf(ErrBadRequest, "%s %q must be an absolute path (the daemon does not share the caller's directory)", f.what, f.path)
+		}
+		st, err := os.Stat(f.path)
+		if err != nil {
+			return errorf(ErrBadRequest, "%s: %v", f.what, err)
+		}
+		if !st.Mode().IsRegular() {
+			return errorf(ErrBadRequest, "%s %s is not a regular file", f.what, f.path)
+		}
+	}
+	if s.MemoryMiB == 0 {
+		s.MemoryMiB = 128
+	}
+	if s.CPUs == 0 {
+		s.CPUs = 1
+	}
+	if s.MemoryMiB < 2 || s.MemoryMiB > 1<<20 || s.CPUs < 1 || s.CPUs > 32 {
+		return errorf(ErrBadRequest, "memory %d MiB / cpus %d out of range (2 MiB to 1 TiB, 1 to 32 vCPUs)", s.MemoryMiB, s.CPUs)
+	}
+	return nil
+}
+
+func (p *Pool) templateDir(name string) string {
+	return filepath.Join(p.cfg.StateDir, "templates", name)
+}
+
+// loadTemplates reads every templates/NAME/template.json; a template whose
+// files are damaged is logged and skipped, never half-loaded.
+func (p *Pool) loadTemplates(ctx context.Context) error {
+	root := filepath.Join(p.cfg.StateDir, "templates")
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		return fmt.Errorf("pool: templates: %w", err)
+	}
+	for _, e := range ents {
+		name := e.Name()
+		if strings.HasPrefix(name, ".") {
+			// A staging directory of a create that a killed daemon
+			// never finished.
+			os.RemoveAll(filepath.Join(root, name))
+			continue
+		}
+		var t pc.Template
+		if err := readJSON(filepath.Join(root, name, templateFile), &t); err != nil {
+			p.cfg.Log.Error("template skipped", "template", name, "err", err)
+			continue
+		}
+		if t.Name != name {
+			p.cfg.Log.Error("template skipped: its record names another", "dir", name, "name", t.Name)
+			continue
+		}
+		snap, err := p.cfg.Store.Get(ctx, name)
+		if err != nil {
+			p.cfg.Log.Error("template skipped", "template", name, "err", err)
+			continue
+		}
+		p.templates[name] = &tmpl{t: t, snap: snap}
+	}
+	return nil
+}
+
+// Templates lists the templates by name.
+func (p *Pool) Templates() []pc.Template {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := []pc.Template{}
+	for _, t := range p.templates {
+		if !t.creating && !t.removed {
+			out = append(out, t.t)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// CreateTemplate boots spec's guest once, waits until it is ready (its agent
+// answers a ping over vsock; without vsock, its ready boot marker), pauses
+// it and stores its snapshot; or adopts spec.FromSnapshot after a trial
+// restore. It returns once the template is usable.
+func (p *Pool) CreateTemplate(ctx context.Context, spec pc.TemplateSpec) (pc.Template, error) {
+	if err := validateSpec(&spec); err != nil {
+		return pc.Template{}, err
+	}
+	p.mu.Lock()
+	if p.draining {
+		p.mu.Unlock()
+		return pc.Template{}, errorf(ErrUnavailable, "voltpool is shutting down")
+	}
+	if _, ok := p.templates[spec.Name]; ok {
+		p.mu.Unlock()
+		return pc.Template{}, errorf(ErrExists, "template %q already exists (voltpool template rm it first)", spec.Name)
+	}
+	t := &tmpl{creating: true, t: pc.Template{TemplateSpec: spec}}
+	p.templates[spec.Name] = t
+	p.mu.Unlock()
+
+	tpl, snap, err := p.buildTemplate(ctx, spec)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err != nil {
+		delete(p.templates, spec.Name)
+		p.metrics.failures.WithLabelValues(spec.Name, "template").Inc()
+		return pc.Template{}, err
+	}
+	t.t, t.snap, t.creating = tpl, snap, false
+	p.kick()
+	return tpl, nil
+}
+
+func (p *Pool) buildTemplate(ctx context.Context, spec pc.TemplateSpec) (pc.Template, Snapshot, error) {
+	root := filepath.Join(p.cfg.StateDir, "templates")
+	staging, err := os.MkdirTemp(root, ".create-"+spec.Name+"-")
+	if err != nil {
+		return pc.Template{}, Snapshot{}, fmt.Errorf("template %s: %w", spec.Name, err)
+	}
+	defer os.RemoveAll(staging)
+	snapDir := filepath.Join(staging, "snapshot")
+	if err := os.Mkdir(snapDir, 0o750); err != nil {
+		return pc.Template{}, Snapshot{}, err
+	}
+	tpl := pc.Template{TemplateSpec: spec, CreatedAt: time.Now().UTC()}
+	if spec.FromSnapshot != "" {
+		for _, f := range []string{types.SnapshotStateFile, types.SnapshotMemFile} {
+			if err := copySparse(filepath.Join(spec.FromSnapshot, f), filepath.Join(snapDir, f)); err != nil {
+				return pc.Template{}, Snapshot{}, errorf(ErrBadRequest, "template %s from %s: %v", spec.Name, spec.FromSnapshot, err)
+			}
+		}
+		// A trial restore: a snapshot this volt-vmm cannot load is
+		// refused now, not at every refill.
+		trial := Snapshot{StatePath: filepath.Join(snapDir, types.SnapshotStateFile), MemPath: filepath.Join(snapDir, types.SnapshotMemFile)}
+		v, err := p.restore(ctx, spec.Name, trial, spec, false)
+		if err != nil {
+			return pc.Template{}, Snapshot{}, errorf(ErrBadRequest, "template %s: %s does not restore: %v", spec.Name, spec.FromSnapshot, err)
+		}
+		p.mu.Lock()
+		p.stop(v)
+		p.mu.Unlock()
+		<-v.proc.done
+	} else {
+		d, err := p.bootTemplate(ctx, spec, staging, snapDir)
+		if err != nil {
+			return pc.Template{}, Snapshot{}, fmt.Errorf("template %s: %w", spec.Name, err)
+		}
+		tpl.BootToReady = d
+	}
+	if err := os.MkdirAll(p.templateDir(spec.Name), 0o750); err != nil {
+		return pc.Template{}, Snapshot{}, err
+	}
+	snap, err := p.cfg.Store.Put(ctx, spec.Name, snapDir)
+	if err != nil {
+		os.RemoveAll(p.templateDir(spec.Name))
+		return pc.Template{}, Snapshot{}, err
+	}
+	tpl.MemBytes = snap.MemBytes
+	// The record last: a template without its record is not loaded
+	// (loadTemplates skips it), so a crash here leaves no half template.
+	if err := writeJSON(filepath.Join(p.templateDir(spec.Name), templateFile), tpl, true); err != nil {
+		p.cfg.Store.Remove(ctx, spec.Name)
+		os.RemoveAll(p.templateDir(spec.Name))
+		return pc.Template{}, Snapshot{}, err
+	}
+	return tpl, snap, nil
+}
+
+// bootTemplate boots the guest in a VMM of its own under staging, waits for
+// it to be ready, pauses it and snapshots it into snapDir.
+func (p *Pool) bootTemplate(ctx context.Context, spec pc.TemplateSpec, staging, snapDir string) (time.Duration, error) {
+	timeout := 60 * time.Second
+	if spec.ReadyTimeout != "" {
+		timeout, _ = time.ParseDuration(spec.ReadyTimeout)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	args := []string{"--console", "file:" + filepath.Join(staging, "console.log")}
+	if spec.GuestProfile != "" {
+		args = append(args, "--guest-profile", spec.GuestProfile)
+	}
+	v, err := spawn(ctx, spawnSpec{id: "template", template: spec.Name, dir: filepath.Join(staging, "vm"), vmmBin: p.cfg.VMMBin,
+		extraArgs: args, network: spec.Network, vsock: spec.Vsock})
+	if v == nil {
+		return 0, err
+	}
+	// This VMM is not in p.vms: it lives only for this call.
+	go v.proc.wait()
+	defer func() {
+		v.proc.kill()
+		<-v.proc.done
+		v.api.Close()
+	}()
+	if err != nil {
+		return 0, err
+	}
+	fail := func(err error) (time.Duration, error) {
+		select {
+		case <-v.proc.done:
+			err = fmt.Errorf("%w; the VMM exited: %s", err, v.proc.exited())
+		default:
+		}
+		if tail := logTail(v.dir); tail != "" {
+			err = fmt.Errorf("%w (VMM log: %s)", err, tail)
+		}
+		if c := tailFile(filepath.Join(staging, "console.log")); c != "" {
+			err = fmt.Errorf("%w (console: %s)", err, c)
+		}
+		return 0, err
+	}
+	c := v.api
+	if err := c.PutMachineConfig(ctx, types.MachineConfiguration{VCPUCount: spec.CPUs, MemSizeMib: spec.MemoryMiB}); err != nil {
+		return fail(err)
+	}
+	if err := c.PutBootSource(ctx, types.BootSource{KernelImagePath: spec.Kernel, InitrdPath: spec.Initrd, BootArgs: spec.Cmdline}); err != nil {
+		return fail(err)
+	}
+	if spec.Rootfs != "" {
+		ro := false
+		if err := c.PutDrive(ctx, types.Drive{DriveID: "rootfs", PathOnHost: spec.Rootfs, IsRootDevice: true, IsReadOnly: &ro}); err != nil {
+			return fail(err)
+		}
+	}
+	if n := spec.Network; n != nil {
+		if err := c.PutNetworkInterface(ctx, types.NetworkInterface{IfaceID: n.IfaceID, HostDevName: n.HostDevName, GuestMAC: n.GuestMAC}); err != nil {
+			return fail(err)
+		}
+	}
+	if spec.Vsock {
+		if err := c.PutVsock(ctx, types.Vsock{GuestCID: 3, UDSPath: v.vsockUDS}); err != nil {
+			return fail(err)
+		}
+	}
+	metricsPath := filepath.Join(staging, "metrics.json")
+	if !spec.Vsock {
+		if err := c.PutMetrics(ctx, types.Metrics{MetricsPath: metricsPath}); err != nil {
+			return fail(err)
+		}
+	}
+	start := time.Now()
+	if err := c.Start(ctx); err != nil {
+		return fail(err)
+	}
+	if err := waitReady(ctx, v, spec.Vsock, metricsPath); err != nil {
+		return fail(err)
+	}
+	ready := time.Since(start)
+	if err := c.Pause(ctx); err != nil {
+		return fail(err)
+	}
+	if err := c.CreateSnapshot(ctx, types.SnapshotCreateParams{
+		SnapshotPath: filepath.Join(snapDir, types.SnapshotStateFile),
+		MemFilePath:  filepath.Join(snapDir, types.SnapshotMemFile),
+		SnapshotType: types.SnapshotFull,
+	}); err != nil {
+		return fail(err)
+	}
+	return ready, nil
+}
+
+// waitReady polls until the guest is ready for work: its agent answers a
+// ping on vsock, or, for a guest without vsock, the VMM's boot timeline has
+// the ready marker (0x61), read through FlushMetrics.
+func waitReady(ctx context.Context, v *vm, vsock bool, metricsPath string) error {
+	var last error
+	for {
+		select {
+		case <-v.proc.done:
+			return fmt.Errorf("the guest stopped before it was ready (%s)", v.proc.exited())
+		default:
+		}
+		var err error
+		if vsock {
+			err = pingAgent(ctx, v.vsockUDS)
+		} else {
+			err = readyMarker(ctx, v, metricsPath)
+		}
+		if err == nil {
+			return nil
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the guest was not ready in time: %w (last: %v)", ctx.Err(), last)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func pingAgent(ctx context.Context, uds string) error {
+	pctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	conn, err := agent.DialHybrid(pctx, uds, agent.Port)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return agent.Ping(pctx, conn)
+}
+
+// vmmMetrics is the part of volt-vmm's metrics line the pool reads.
+type vmmMetrics struct {
+	VMM struct {
+		BootTimeline map[string]int64 `json:"boot_timeline_us"`
+	} `json:"vmm"`
+}
+
+func readyMarker(ctx context.Context, v *vm, path string) error {
+	if err := v.api.FlushMetrics(ctx); err != nil {
+		return err
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	var m vmmMetrics
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &m); err != nil {
+		return fmt.Errorf("metrics line: %w", err)
+	}
+	if _, ok := m.VMM.BootTimeline[marker.Ready.String()]; !ok {
+		return errors.New("no ready marker yet")
+	}
+	return nil
+}
+
+func tailFile(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	if len(b) > 512 {
+		b = b[len(b)-512:]
+	}
+	return strings.Join(strings.Fields(string(b)), " ")
+}
+
+// RemoveTemplate stops name's warm VMMs and removes it from disk. Leased VMs
+// of it run until released (their memory stays mapped).
+func (p *Pool) RemoveTemplate(ctx context.Context, name string) error {
+	p.mu.Lock()
+	t := p.templates[name]
+	if t == nil || t.removed {
+		p.mu.Unlock()
+		return errorf(ErrNotFound, "no template %q", name)
+	}
+	if t.creating {
+		p.mu.Unlock()
+		return errorf(ErrUnavailable, "template %q is still being created", name)
+	}
+	t.removed = true
+	for _, v := range t.warm {
+		p.stop(v)
+	}
+	t.warm = nil
+	p.mu.Unlock()
+	// The record first: without it the template is gone on restart even
+	// if what follows fails.
+	errRec := os.Remove(filepath.Join(p.templateDir(name), templateFile))
+	errSnap := p.cfg.Store.Remove(ctx, name)
+	errDir := os.RemoveAll(p.templateDir(name))
+	p.mu.Lock()
+	if p.templates[name] == t {
+		delete(p.templates, name)
+	}
+	p.mu.Unlock()
+	if errRec != nil && !errors.Is(errRec, os.ErrNotExist) {
+		return fmt.Errorf("remove template %s: %w", name, errRec)
+	}
+	return errors.Join(errSnap, errDir)
+}
+
+// SetWarm changes name's warm target (persisted).
+func (p *Pool) SetWarm(name string, warm int) (pc.Template, error) {
+	if warm < 0 || warm > MaxWarm {
+		return pc.Template{}, errorf(ErrBadRequest, "warm %d out of range: 0 to %d", warm, MaxWarm)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	t := p.templates[name]
+	if t == nil || t.removed || t.creating {
+		return pc.Template{}, errorf(ErrNotFound, "no template %q", name)
+	}
+	nt := t.t
+	nt.Warm = warm
+	if err := writeJSON(filepath.Join(p.templateDir(name), templateFile), nt, true); err != nil {
+		return pc.Template{}, err
+	}
+	t.t = nt
+	// Shrink at once: the newest warm VMs go first.
+	for len(t.warm) > warm {
+		v := t.warm[len(t.warm)-1]
+		t.warm = t.warm[:len(t.warm)-1]
+		p.stop(v)
+	}
+	p.kick()
+	return nt, nil
+}
