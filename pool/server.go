@@ -34,6 +34,9 @@ type ServerConfig struct {
 // API) and readiness is sent with sd_notify; without systemd both are
 // no-ops and the daemon listens itself.
 func Serve(ctx context.Context, cfg Config, sc ServerConfig) error {
+	if err := cfg.setDefaults(); err != nil {
+		return err
+	}
 	api, metricsLn, owned, err := listeners(sc)
 	if err != nil {
 		return err
