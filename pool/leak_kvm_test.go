@@ -18,7 +18,7 @@ import (
 // resources are what a leak would grow.
 type resources struct {
 	fds, threads, goroutines, vmms, netns, mounts, namedNetns int
-	heap, rss                                              uint64 // bytes
+	heap, rss                                                 uint64 // bytes
 }
 
 func countDir(path string) int {

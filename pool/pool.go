@@ -578,22 +578,13 @@ func (p *Pool) Leases() []pc.Lease {
 	return ls
 }
 
-// VMInfo describes one VMM the pool owns (GET /v1/vms).
-type VMInfo struct {
-	ID       string `json:"id"`
-	Template string `json:"template"`
-	State    string `json:"state"`
-	PID      int    `json:"pid"`
-	APISock  string `json:"api_sock"`
-}
-
 // VMs lists every VMM the pool owns.
-func (p *Pool) VMs() []VMInfo {
+func (p *Pool) VMs() []pc.VMInfo {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := make([]VMInfo, 0, len(p.vms))
+	out := make([]pc.VMInfo, 0, len(p.vms))
 	for _, v := range p.vms {
-		out = append(out, VMInfo{ID: v.id, Template: v.template, State: string(v.state), PID: v.proc.pid, APISock: v.api.Socket()})
+		out = append(out, pc.VMInfo{ID: v.id, Template: v.template, State: string(v.state), PID: v.proc.pid, APISock: v.api.Socket()})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out

@@ -10,6 +10,7 @@
 //	voltbench restore  restore a snapshot of the probe N times, against cold boots
 //	voltbench clones   run N clones of one snapshot at once; their shared memory
 //	voltbench floor    this machine's floor: empty processes and a minimal KVM guest
+//	voltbench pool     acquire → agent answer → release through voltpool, against cold paths
 //
 // It needs root (eBPF, tracefs) and /dev/kvm. This file holds flag parsing
 // and wiring only; package bench and its sub-packages do the work.
@@ -51,7 +52,7 @@ func main() {
 	os.Exit(code)
 }
 
-const usageText = `Usage: voltbench [boot|compare|gate|serve|restore|clones|floor] [flags]
+const usageText = `Usage: voltbench [boot|compare|gate|serve|restore|clones|floor|pool] [flags]
 
   boot      boot the guest -n times under --vmm, interleaved with the KVM floor helper,
             and print p50/p90/max (p99 from 100 boots) per stage with its distance to the floor (default)
@@ -64,6 +65,8 @@ const usageText = `Usage: voltbench [boot|compare|gate|serve|restore|clones|floo
             --concurrency 1,2,8 adds restores per second with that many in flight
   clones    restore -n clones of one snapshot at once and print their RSS/PSS and
             shared pages from /proc/PID/smaps_rollup, and their generation IDs
+  pool      acquire a VM from voltpool, ask its guest agent over vsock, release it, with 1, 8 and
+            64 callers, against the cold-restore path and a cold boot (HDR p50/p99 per stage, PSS)
   floor     run the floor helpers (bench/floor) -n times each: exec → exit of empty static
             Go and C binaries, and a minimal KVM set-up with a guest of a few instructions
 
@@ -92,6 +95,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return cmdClones(ctx, args, stdout, stderr)
 	case "floor":
 		return cmdFloor(ctx, args, stdout, stderr)
+	case "pool":
+		return cmdPool(ctx, args, stdout, stderr)
 	case "help":
 		fmt.Fprint(stdout, usageText)
 		return exitOK

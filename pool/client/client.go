@@ -175,3 +175,9 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 	var s Status
 	return s, c.do(ctx, http.MethodGet, "/v1/status", nil, &s)
 }
+
+// VMs lists every VMM the pool owns, for diagnostics and memory figures.
+func (c *Client) VMs(ctx context.Context) ([]VMInfo, error) {
+	var vs []VMInfo
+	return vs, c.do(ctx, http.MethodGet, "/v1/vms", nil, &vs)
+}

@@ -110,3 +110,13 @@ type Status struct {
 type Error struct {
 	Error string `json:"error"`
 }
+
+// VMInfo describes one VMM the pool owns (GET /v1/vms): warm, starting,
+// leased or stopping.
+type VMInfo struct {
+	ID       string `json:"id"`
+	Template string `json:"template"`
+	State    string `json:"state"`
+	PID      int    `json:"pid"`
+	APISock  string `json:"api_sock"`
+}
