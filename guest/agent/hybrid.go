@@ -49,7 +49,7 @@ func handshake(ctx context.Context, conn net.Conn, port uint32) error {
 	for {
 		if _, err := conn.Read(one[:]); err != nil {
 			if ctx.Err() != nil {
-				return ctx.Err()
+				return fmt.Errorf("no answer to CONNECT (is an agent listening in the guest?): %w", ctx.Err())
 			}
 			// Firecracker closes the connection when nothing listens on
 			// the port.

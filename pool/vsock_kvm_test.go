@@ -1,0 +1,155 @@
+package pool
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/voltvmm/volt/guest/agent"
+	pc "github.com/voltvmm/volt/pool/client"
+	"github.com/voltvmm/volt/vmm/api/client"
+	"github.com/voltvmm/volt/vmm/api/types"
+)
+
+// vsockSnapshot boots the probe with a vsock device through the API, pauses
+// and snapshots it into a new directory.
+func vsockSnapshot(t *testing.T, cmdline string) string {
+	t.Helper()
+	vmmBin, kernel, _ := fixture(t)
+	dir := shortDir(t)
+	v, err := spawn(context.Background(), spawnSpec{id: "snap", dir: filepath.Join(dir, "vm"), vmmBin: vmmBin, extraArgs: []string{"--console", "none"}, vsock: true})
+	if v == nil {
+		t.Fatal(err)
+	}
+	go v.proc.wait()
+	defer func() {
+		v.proc.kill()
+		<-v.proc.done
+	}()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := v.api
+	snap := filepath.Join(dir, "snap")
+	os.Mkdir(snap, 0o755)
+	for _, step := range []func() error{
+		func() error { return c.PutMachineConfig(ctx, types.MachineConfiguration{VCPUCount: 1, MemSizeMib: 64}) },
+		func() error {
+			return c.PutBootSource(ctx, types.BootSource{KernelImagePath: kernel, BootArgs: cmdline})
+		},
+		func() error { return c.PutVsock(ctx, types.Vsock{GuestCID: 3, UDSPath: v.vsockUDS}) },
+		func() error { return c.PutMetrics(ctx, types.Metrics{MetricsPath: filepath.Join(dir, "metrics")}) },
+		func() error { return c.Start(ctx) },
+		func() error { return waitReady(ctx, v, false, filepath.Join(dir, "metrics")) },
+		func() error { return c.Pause(ctx) },
+		func() error {
+			return c.CreateSnapshot(ctx, types.SnapshotCreateParams{SnapshotPath: filepath.Join(snap, types.SnapshotStateFile), MemFilePath: filepath.Join(snap, types.SnapshotMemFile)})
+		},
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return snap
+}
+
+// Each clone of a vsock template listens on its own socket (the snapshot's
+// path replaced through vsock_override), prepared before the acquire.
+func TestVsockTemplateGivesEachCloneItsOwnSocket(t *testing.T) {
+	snap := vsockSnapshot(t, "console=ttyS0 reboot=k panic=1")
+	s := serve(t, Config{})
+	ctx := context.Background()
+	if _, err := s.client.CreateTemplate(ctx, pc.TemplateSpec{Name: "vs", FromSnapshot: snap, Vsock: true, Warm: 2}); err != nil {
+		t.Fatal(err)
+	}
+	s.waitWarm(t, "vs", 2)
+	l, err := s.client.Acquire(ctx, "vs", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.waitWarm(t, "vs", 2)
+	var socks []string
+	for _, v := range s.pool.VMs() {
+		if v.ID != l.ID {
+			socks = append(socks, filepath.Join(filepath.Dir(v.APISock), vmVsockSock))
+		}
+	}
+	if l.VsockUDS == "" || filepath.Dir(l.VsockUDS) != filepath.Dir(l.APISock) {
+		t.Fatalf("lease vsock %q (API %q)", l.VsockUDS, l.APISock)
+	}
+	seen := map[string]bool{}
+	for _, p := range append(socks, l.VsockUDS) {
+		st, err := os.Stat(p)
+		if err != nil || st.Mode().Type() != os.ModeSocket {
+			t.Errorf("clone vsock socket %s: %v", p, err)
+		}
+		seen[p] = true
+	}
+	if len(seen) < 3 {
+		t.Errorf("clones share vsock sockets: %v", seen)
+	}
+	// The probe here has no vsock driver, so nothing in the guest answers
+	// the connection: a run fails at its deadline, never succeeds.
+	rctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if res, err := pc.RunOn(rctx, l, agent.Request{Args: []string{"echo", "x"}}, nil); err == nil {
+		t.Errorf("run without an agent answered: %+v", res)
+	}
+	if err := s.client.Release(ctx, l.ID); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// probeHasAgent reports whether the probe guest built here answers the
+// agent protocol on vsock (probe.agent on its command line).
+func probeHasAgent(t *testing.T) bool {
+	_, kernel, _ := fixture(t)
+	b, err := os.ReadFile(kernel)
+	return err == nil && bytes.Contains(b, []byte("probe.agent"))
+}
+
+// The FaaS flow end to end: a template whose readiness is its agent
+// answering, then acquire → command through the agent → output → release,
+// and clones that differ (their generation IDs).
+func TestRunThroughTheGuestAgent(t *testing.T) {
+	if !probeHasAgent(t) {
+		t.Skip("skipping: the probe guest built here has no vsock agent (probe.agent) yet")
+	}
+	_, kernel, _ := fixture(t)
+	s := serve(t, Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := s.client.CreateTemplate(ctx, pc.TemplateSpec{Name: "agent", Kernel: kernel, Cmdline: "console=ttyS0 reboot=k panic=1 probe.agent",
+		MemoryMiB: 64, Vsock: true, Warm: 2}); err != nil {
+		t.Fatal(err)
+	}
+	s.waitWarm(t, "agent", 2)
+	res, lease, times, err := s.client.Run(ctx, "agent", time.Minute, agent.Request{Args: []string{"echo", "hello", "pool"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Success() || strings.TrimSpace(string(res.Stdout)) != "hello pool" || lease.Path != pc.PathWarm {
+		t.Errorf("run: %+v stdout %q path %s", res.Status, res.Stdout, lease.Path)
+	}
+	t.Logf("acquire %v, answer %v, release %v", times.Acquire, times.FirstAnswer, times.Release)
+	gens := map[string]bool{}
+	for i := 0; i < 3; i++ {
+		res, _, _, err := s.client.Run(ctx, "agent", time.Minute, agent.Request{Args: []string{"gen"}}, nil)
+		if err != nil || !res.Success() {
+			t.Fatalf("gen: %+v %v", res.Status, err)
+		}
+		gens[strings.TrimSpace(string(res.Stdout))] = true
+	}
+	if len(gens) != 3 {
+		t.Errorf("generation IDs of 3 clones: %v, want 3 different", gens)
+	}
+	if _, err := client.New(lease.APISock).Describe(ctx); err == nil {
+		t.Error("the VMM of a released lease still answers")
+	}
+}
