@@ -129,6 +129,19 @@ func (p *process) wait() {
 	close(p.done)
 }
 
+// hasExited polls the pidfd without blocking: true once the process has
+// exited (whether or not it was reaped yet).
+func (p *process) hasExited() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return true
+	}
+	fds := []unix.PollFd{{Fd: int32(p.pidfd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 0)
+	return err == nil && n > 0
+}
+
 func (p *process) exited() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()

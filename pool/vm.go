@@ -2,6 +2,7 @@ package pool
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -109,10 +110,38 @@ func spawn(ctx context.Context, s spawnSpec) (*vm, error) {
 			return v, fmt.Errorf("clone network: %w", err)
 		}
 	}
-	if _, err := v.api.WaitReady(ctx, time.Millisecond); err != nil {
-		return v, fmt.Errorf("VMM %d: %w", p.pid, err)
+	if err := waitAPI(ctx, v); err != nil {
+		return v, err
 	}
 	return v, nil
+}
+
+// waitAPI polls the new VMM's API until it answers, the process exits (a
+// bad flag, a missing /dev/kvm: no point waiting for the deadline) or ctx
+// ends.
+func waitAPI(ctx context.Context, v *vm) error {
+	var last error
+	for {
+		actx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := v.api.Describe(actx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		last = err
+		if v.proc.hasExited() {
+			msg := fmt.Sprintf("VMM %d exited before its API answered", v.proc.pid)
+			if tail := logTail(v.dir); tail != "" {
+				msg += ": " + tail
+			}
+			return errors.New(msg)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("VMM %d: API socket never answered: %w (last: %v)", v.proc.pid, ctx.Err(), last)
+		case <-time.After(time.Millisecond):
+		}
+	}
 }
 
 // load restores snap into a freshly spawned VMM, paused unless resume; the
