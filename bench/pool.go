@@ -60,7 +60,9 @@ type PoolSpec struct {
 	// the cold-restore arm).
 	Warm, Cold string
 	Callers    []int
-	Rounds     int // per arm and caller count: each round every caller does one cycle
+	// Samples is the number of cycles per arm and caller count, rounded up
+	// to whole rounds (each round every caller does one cycle).
+	Samples int
 	// Ask is the agent request of each cycle (a ping when it has no
 	// Args); with Agent false there is no agent and first-answer is not
 	// measured.
@@ -108,8 +110,8 @@ func (c *PoolCell) record(stage string, d time.Duration, obs func(string, int, s
 // RunPool measures each arm at each caller count, arms interleaved round
 // by round so that the machine's drift hits them alike.
 func RunPool(ctx context.Context, spec PoolSpec) (*PoolReport, error) {
-	if spec.Client == nil || spec.Warm == "" || len(spec.Callers) == 0 || spec.Rounds < 1 {
-		return nil, errors.New("pool bench: need a client, a warm template, caller counts and at least one round")
+	if spec.Client == nil || spec.Warm == "" || len(spec.Callers) == 0 || spec.Samples < 1 {
+		return nil, errors.New("pool bench: need a client, a warm template, caller counts and at least one sample")
 	}
 	if spec.Timeout <= 0 {
 		spec.Timeout = 30 * time.Second
@@ -132,7 +134,8 @@ func RunPool(ctx context.Context, spec PoolSpec) (*PoolReport, error) {
 			arms = append(arms, newPoolCell(PoolArmColdBoot, n))
 		}
 		rep.Cells = append(rep.Cells, arms...)
-		for r := 0; r < spec.Rounds; r++ {
+		rounds := PoolRounds(spec.Samples, n)
+		for r := 0; r < rounds; r++ {
 			for _, cell := range arms {
 				if err := ctx.Err(); err != nil {
 					return rep, err
@@ -142,7 +145,7 @@ func RunPool(ctx context.Context, spec PoolSpec) (*PoolReport, error) {
 						return rep, err
 					}
 				}
-				measurePSS := cell.Arm == PoolArmWarm && n == maxCallers && r == spec.Rounds-1
+				measurePSS := cell.Arm == PoolArmWarm && n == maxCallers && r == rounds-1
 				if measurePSS {
 					rep.WarmPSS = warmPSS(ctx, spec.Client, spec.Warm)
 				}
@@ -159,6 +162,9 @@ func RunPool(ctx context.Context, spec PoolSpec) (*PoolReport, error) {
 	}
 	return rep, nil
 }
+
+// PoolRounds is how many rounds of callers give at least samples cycles.
+func PoolRounds(samples, callers int) int { return (samples + callers - 1) / callers }
 
 // waitWarm waits until template has at least n warm VMMs (the warm arm
 // measures the warm path, not a refill race).

@@ -81,7 +81,9 @@ func fixture(t *testing.T) (vmmBin, kernel, voltpool string) {
 			return
 		}
 		fixtureK = filepath.Join(root, "build", "guest", "probe.elf")
-		if _, err := os.Stat(fixtureK); err != nil {
+		if env := os.Getenv(probe.EnvProbe); env != "" {
+			fixtureK = env
+		} else if _, err := os.Stat(fixtureK); err != nil {
 			fixtureK, fixtureErr = probe.Path(context.Background(), fixtureDir)
 		}
 	})

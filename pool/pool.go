@@ -271,10 +271,13 @@ func (p *Pool) stop(v *vm) {
 // restore starts a VMM of t and loads its snapshot (paused unless resume).
 // The VMM is registered (so Shutdown and the watcher know it) before it is
 // loaded.
+//
+// A refill (not resume) runs at the lowest CPU priority until it is
+// warm, so that it never slows down the VMs callers hold.
 func (p *Pool) restore(ctx context.Context, name string, snap Snapshot, spec pc.TemplateSpec, resume bool) (*vm, error) {
 	id := newID()
 	v, err := spawn(ctx, spawnSpec{id: id, template: name, dir: filepath.Join(p.vmsDir, id), vmmBin: p.cfg.VMMBin,
-		extraArgs: p.cfg.VMMArgs, network: spec.Network, vsock: spec.Vsock})
+		extraArgs: p.cfg.VMMArgs, network: spec.Network, vsock: spec.Vsock, background: !resume})
 	if v == nil {
 		return nil, err
 	}
@@ -285,6 +288,9 @@ func (p *Pool) restore(ctx context.Context, name string, snap Snapshot, spec pc.
 	p.watch(v)
 	if err == nil {
 		err = v.load(ctx, snap, resume)
+	}
+	if err == nil && !resume {
+		err = v.proc.setPriority(0)
 	}
 	if err != nil {
 		if tail := logTail(v.dir); tail != "" {

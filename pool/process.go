@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,7 +34,59 @@ type process struct {
 // /dev/null), in a session of its own (a signal to the daemon's terminal or
 // process group does not reach the VMMs: a lease survives a daemon restart),
 // and with a network namespace of its own when newNetns.
-func startProcess(argv []string, log *os.File, newNetns bool) (*process, error) {
+//
+// With background, the process starts at the lowest CPU priority (nice 19,
+// inherited from the forking thread): a refill then takes only the CPU the
+// callers' VMs leave idle, instead of competing with the VM that was just
+// handed out. setPriority raises it once the VMM is warm.
+func startProcess(argv []string, log *os.File, newNetns, background bool) (*process, error) {
+	if !background {
+		return startProcessNow(argv, log, newNetns)
+	}
+	type result struct {
+		p   *process
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		// The thread's nice value is changed for the fork and never
+		// restored: it is not unlocked, so it exits with this goroutine
+		// and no other goroutine ever runs at nice 19.
+		runtime.LockOSThread()
+		if err := unix.Setpriority(unix.PRIO_PROCESS, 0, backgroundNice); err != nil {
+			ch <- result{nil, fmt.Errorf("lower the refill's priority: %w", err)}
+			return
+		}
+		p, err := startProcessNow(argv, log, newNetns)
+		ch <- result{p, err}
+	}()
+	r := <-ch
+	return r.p, r.err
+}
+
+const backgroundNice = 19
+
+// setPriority gives every thread of the process nice value nice (0: the
+// normal priority of a VM handed to a caller). Threads created later
+// inherit it from their creators.
+func (p *process) setPriority(nice int) error {
+	tasks, err := os.ReadDir("/proc/" + strconv.Itoa(p.pid) + "/task")
+	if err != nil {
+		return fmt.Errorf("threads of VMM %d: %w", p.pid, err)
+	}
+	for _, t := range tasks {
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		if err := unix.Setpriority(unix.PRIO_PROCESS, tid, nice); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("priority of VMM %d thread %d: %w", p.pid, tid, err)
+		}
+	}
+	return nil
+}
+
+func startProcessNow(argv []string, log *os.File, newNetns bool) (*process, error) {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &unix.SysProcAttr{Setsid: true}

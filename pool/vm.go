@@ -74,6 +74,7 @@ type spawnSpec struct {
 	extraArgs    []string
 	network      *pc.Network
 	vsock        bool
+	background   bool // restore at the lowest CPU priority (a refill)
 }
 
 // spawn starts a VMM serving its API in dir, in its own network namespace
@@ -97,7 +98,7 @@ func spawn(ctx context.Context, s spawnSpec) (*vm, error) {
 		return nil, fmt.Errorf("VMM log: %w", err)
 	}
 	argv := append([]string{s.vmmBin, "--api-sock", api, "--id", "pool-" + s.id}, s.extraArgs...)
-	p, err := startProcess(argv, log, s.network != nil)
+	p, err := startProcess(argv, log, s.network != nil, s.background)
 	log.Close()
 	if err != nil {
 		os.RemoveAll(s.dir)

@@ -38,7 +38,7 @@ func cmdPool(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	memory := fs.Int64("memory", 64, "guest memory, MiB")
 	useAgent := fs.Bool("agent", true, "the guest has a vsock agent (the probe with probe.agent): first-answer is its answer over vsock")
 	callers := fs.String("callers", "1,8,64", "concurrent callers, comma-separated")
-	rounds := fs.Int("rounds", 20, "rounds per arm and caller count (each caller does one cycle per round)")
+	samples := fs.Int("samples", 100, "cycles per arm and caller count (rounded up to whole rounds of all callers; p99 needs 100)")
 	coldBoot := fs.Bool("cold-boot", true, "add the cold-boot arm (a fresh volt-vmm per cycle)")
 	coldRestore := fs.Bool("cold-restore", true, "add the cold-restore arm (a template with no warm VMs)")
 	metricsAddr := fs.String("metrics-listen", "", "serve Prometheus metrics of the run on this address")
@@ -113,7 +113,7 @@ func cmdPool(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if !*coldRestore {
 		coldName = ""
 	}
-	spec := bench.PoolSpec{Client: client, Warm: warmName, Cold: coldName, Callers: counts, Rounds: *rounds,
+	spec := bench.PoolSpec{Client: client, Warm: warmName, Cold: coldName, Callers: counts, Samples: *samples,
 		Ask: agent.Request{Args: []string{"echo", "answer"}}, Agent: *useAgent, Timeout: *timeout}
 	if *coldBoot {
 		spec.Boot = &bench.PoolColdBoot{VMMBin: abs(*vmmBin), Kernel: abs(*kernel), Agent: *useAgent, ReadyLine: "volt-probe: ready", Dir: work,
@@ -140,7 +140,7 @@ func cmdPool(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if spec.Boot != nil {
 			arms++
 		}
-		total += n * *rounds * arms
+		total += n * bench.PoolRounds(*samples, n) * arms
 	}
 	if f, ok := stderr.(*os.File); ok {
 		if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err == nil {
