@@ -279,7 +279,11 @@ func (p *Pool) bootTemplate(ctx context.Context, spec pc.TemplateSpec, staging, 
 		return fail(err)
 	}
 	if spec.Rootfs != "" {
-		ro := false
+		// Every clone restores with this same disk: it is attached
+		// read-only (the kernel mounts a read-only root read-only), or
+		// clones would write into one file under each other. Writable
+		// per-clone disks come with the CAS volume backend.
+		ro := true
 		if err := c.PutDrive(ctx, types.Drive{DriveID: "rootfs", PathOnHost: spec.Rootfs, IsRootDevice: true, IsReadOnly: &ro}); err != nil {
 			return fail(err)
 		}

@@ -109,6 +109,7 @@ func parse(fs *pflag.FlagSet, args []string, nargs int, what string) ([]string, 
 		if errors.Is(err, pflag.ErrHelp) {
 			return nil, exitOK
 		}
+		fmt.Fprintf(fs.Output(), "%s: %v\n", fs.Name(), err)
 		return nil, exitUsage
 	}
 	if nargs >= 0 && fs.NArg() != nargs {

@@ -1,0 +1,55 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+)
+
+func TestUsageErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{nil, exitUsage, "Usage: voltpool"},
+		{[]string{"frobnicate"}, exitUsage, `unknown command "frobnicate"`},
+		{[]string{"acquire"}, exitUsage, "want TEMPLATE"},
+		{[]string{"acquire", "a", "b"}, exitUsage, "want TEMPLATE"},
+		{[]string{"release"}, exitUsage, "want ID"},
+		{[]string{"renew", "x"}, exitUsage, "--ttl is required"},
+		{[]string{"template"}, exitUsage, "want create"},
+		{[]string{"template", "bake"}, exitUsage, `unknown subcommand "bake"`},
+		{[]string{"template", "create"}, exitUsage, "want NAME"},
+		{[]string{"template", "create", "x", "--memory", "12Q"}, exitUsage, "--memory"},
+		{[]string{"template", "create", "x", "--from-snapshot", "/s", "--memory", "64M"}, exitUsage, "come from the snapshot"},
+		{[]string{"template", "warm", "x", "many"}, exitUsage, "not a number"},
+		{[]string{"run", "tpl"}, exitUsage, "want TEMPLATE -- CMD"},
+		{[]string{"run", "tpl", "--"}, exitUsage, "no command after --"},
+		{[]string{"serve", "extra"}, exitUsage, "no arguments"},
+		{[]string{"acquire", "--ttl", "soon", "x"}, exitUsage, "invalid argument"},
+		{[]string{"status", "--socket", "/nonexistent/pool.sock"}, exitError, "no such file"},
+	} {
+		var out, errb bytes.Buffer
+		code := run(context.Background(), tc.args, &out, &errb)
+		if code != tc.code || !strings.Contains(out.String()+errb.String(), tc.want) {
+			t.Errorf("%q: exit %d, output %q; want %d with %q", tc.args, code, out.String()+errb.String(), tc.code, tc.want)
+		}
+	}
+}
+
+func TestParseMiB(t *testing.T) {
+	for in, want := range map[string]int64{"128M": 128, "128": 128, "1G": 1024, "2048K": 2, "1000K": -1, "0": -1, "-5M": -1, "M": -1, "1T": -1} {
+		got, err := parseMiB(in)
+		if want < 0 {
+			if err == nil {
+				t.Errorf("%q: %d, want an error", in, got)
+			}
+			continue
+		}
+		if err != nil || got != want {
+			t.Errorf("%q: %d %v, want %d", in, got, err, want)
+		}
+	}
+}
