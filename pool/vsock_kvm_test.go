@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -151,5 +152,14 @@ func TestRunThroughTheGuestAgent(t *testing.T) {
 	}
 	if _, err := client.New(lease.APISock).Describe(ctx); err == nil {
 		t.Error("the VMM of a released lease still answers")
+	}
+	// The same through the CLI, as a FaaS caller would type it.
+	_, _, voltpool := fixture(t)
+	out, err := exec.CommandContext(ctx, voltpool, "run", "--socket", s.socket, "--quiet", "agent", "--", "echo", "from", "cli").Output()
+	if err != nil || strings.TrimSpace(string(out)) != "from cli" {
+		t.Errorf("voltpool run: %q %v", out, err)
+	}
+	if ls, _ := s.client.Leases(ctx); len(ls) != 0 {
+		t.Errorf("voltpool run left leases: %+v", ls)
 	}
 }

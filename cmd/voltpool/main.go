@@ -426,19 +426,21 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	ttl := fs.Duration("ttl", 0, "lease time (default: the daemon's)")
 	timeout := fs.Duration("timeout", 0, "the command's time limit in the guest (default: the agent's, 5m)")
 	quiet := fs.Bool("quiet", false, "do not print the exit status line on stderr")
-	fs.SetInterspersed(false)
 	rest, code := parse(fs, args, -1, "")
 	if code >= 0 {
 		return code
 	}
-	if len(rest) < 2 {
-		fmt.Fprintln(stderr, "voltpool run: want TEMPLATE -- CMD [ARG...]")
+	// Flags may stand anywhere before "--"; the command is everything
+	// after it, so its own flags are never read as ours.
+	if len(rest) == 0 || fs.ArgsLenAtDash() != 1 {
+		if len(rest) == 1 && fs.ArgsLenAtDash() == 1 {
+			fmt.Fprintln(stderr, "voltpool run: no command after --")
+		} else {
+			fmt.Fprintln(stderr, "voltpool run: want TEMPLATE -- CMD [ARG...]")
+		}
 		return exitUsage
 	}
 	template, argv := rest[0], rest[1:]
-	if argv[0] == "--" {
-		argv = argv[1:]
-	}
 	if len(argv) == 0 {
 		fmt.Fprintln(stderr, "voltpool run: no command after --")
 		return exitUsage
