@@ -304,48 +304,79 @@ func Restore(ctx context.Context, rc RestoreConfig) (_ *VM, err error) {
 			v.Close()
 		}
 	}()
-	d := <-stateCh
-	if d.err != nil {
-		return nil, d.err
+	// The memory file describes itself (its trailer: size, ID, kind), so it
+	// is mapped and registered while the state decodes; the pair is checked
+	// once the state is in, before anything of the guest runs. Only whether
+	// KVM must log dirty pages comes from the state alone, and the API
+	// always says it.
+	var (
+		st       *snapshot.VMState
+		stateErr error
+		received bool
+	)
+	// waitState waits for the decode; every return path calls it, so the
+	// decoding goroutine never outlives Restore.
+	waitState := func() error {
+		if !received {
+			d := <-stateCh
+			st, stateErr, received = d.st, d.err, true
+		}
+		return stateErr
 	}
-	st := d.st
+	memFile, trailer, err := snapshot.OpenRestorableMemory(rc.MemPath)
+	if err != nil {
+		// A bad state file is the first thing to report: a caller who
+		// mistyped the directory is told about its state file.
+		if serr := waitState(); serr != nil {
+			return nil, serr
+		}
+		return nil, err
+	}
+	if rc.TrackDirtyPages != nil {
+		v.cfg.TrackDirtyPages = *rc.TrackDirtyPages
+	} else {
+		if err := waitState(); err != nil {
+			memFile.Close()
+			return nil, err
+		}
+		v.cfg.TrackDirtyPages = st.Machine.TrackDirtyPages
+	}
+	if err := v.setupMemory(memory.Config{Size: trailer.Size, Backing: memory.PrivateFile, File: memFile}); err != nil {
+		waitState()
+		return nil, fmt.Errorf("restore %s: %w", rc.MemPath, err)
+	}
+	v.timeline.MemoryReady = time.Now()
+	if err := v.setupPlatform(); err != nil {
+		waitState()
+		return nil, err
+	}
+	if err := waitState(); err != nil {
+		return nil, err
+	}
 	if st.Memory.Diff {
 		return nil, errors.New("a diff snapshot cannot be restored on its own: merge it onto its base first")
+	}
+	if err := trailer.Matches(rc.MemPath, st.Memory.ID, st.Memory.Size); err != nil {
+		return nil, err
 	}
 	m := st.Machine
 	v.cfg = Config{
 		KernelPath: m.KernelPath, Cmdline: m.Cmdline, MemorySize: m.MemorySize, HugePages: false,
-		CPUs: m.CPUs, CPUTemplate: m.CPUTemplate, CPUIDMask: m.CPUIDMask, TrackDirtyPages: m.TrackDirtyPages,
+		CPUs: m.CPUs, CPUTemplate: m.CPUTemplate, CPUIDMask: m.CPUIDMask, TrackDirtyPages: v.cfg.TrackDirtyPages,
 		Console: rc.Console, ConsoleInput: rc.ConsoleInput, Origin: rc.Origin,
 		Logger: rc.Logger, AfterSnapshotStep: rc.AfterSnapshotStep,
-	}
-	if rc.TrackDirtyPages != nil {
-		v.cfg.TrackDirtyPages = *rc.TrackDirtyPages
 	}
 	if err := v.checkVCPUCount(); err != nil {
 		return nil, err
 	}
-	supported, err := v.sys.SupportedCPUID()
+	supported, err := v.supportedCPUID()
 	if err != nil {
 		return nil, err
 	}
 	if missing := cpu.MissingFeatures(st.VCPUs[0].CPUID, supported); len(missing) > 0 {
 		return nil, fmt.Errorf("restore %s: the snapshot's CPU has features this host's KVM lacks: %s", rc.StatePath, strings.Join(missing, ", "))
 	}
-	// The memory file must be this state's pair: checked on the file that
-	// is then mapped, before anything of the guest runs.
-	memFile, err := snapshot.OpenMemory(rc.MemPath, st.Memory.ID, st.Memory.Size)
-	if err != nil {
-		return nil, err
-	}
-	if err := v.setupMemory(memory.Config{Size: m.MemorySize, Backing: memory.PrivateFile, File: memFile}); err != nil {
-		return nil, fmt.Errorf("restore %s: %w", rc.StatePath, err)
-	}
 	v.snapshotBase = st.Memory.ID
-	v.timeline.MemoryReady = time.Now()
-	if err := v.setupPlatform(); err != nil {
-		return nil, err
-	}
 	for _, c := range []kvm.IRQChip{st.IRQChip.PICMaster, st.IRQChip.PICSlave, st.IRQChip.IOAPIC} {
 		if err := v.vm.SetIRQChip(c); err != nil {
 			return nil, err
@@ -353,6 +384,9 @@ func Restore(ctx context.Context, rc RestoreConfig) (_ *VM, err error) {
 	}
 	if st.IRQChip.PICMaster.ChipID != kvm.IRQChipPICMaster || st.IRQChip.PICSlave.ChipID != kvm.IRQChipPICSlave || st.IRQChip.IOAPIC.ChipID != kvm.IRQChipIOAPIC {
 		return nil, fmt.Errorf("restore %s: %w: interrupt controller IDs out of place", rc.StatePath, snapshot.ErrInvalid)
+	}
+	if err := v.waitPIT(); err != nil {
+		return nil, err
 	}
 	if err := v.vm.SetPIT(st.PIT); err != nil {
 		return nil, err

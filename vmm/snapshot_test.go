@@ -122,7 +122,7 @@ func TestDiffSnapshotMergesOntoBase(t *testing.T) {
 	}
 	s.vm.Stop()
 
-	if _, err := vmm.Restore(context.Background(), vmm.RestoreConfig{StatePath: diff.StatePath, MemPath: diff.MemPath}); err == nil || !strings.Contains(err.Error(), "merge it onto its base") {
+	if _, err := vmm.Restore(context.Background(), vmm.RestoreConfig{StatePath: diff.StatePath, MemPath: diff.MemPath}); err == nil || !strings.Contains(err.Error(), "must be merged onto its base") {
 		t.Fatalf("a diff snapshot restored on its own: %v", err)
 	}
 	dst, err := snapshot.ReadStateFile(diff.StatePath)

@@ -92,6 +92,13 @@ type VM struct {
 	startPaused bool
 	// restored marks a VM built from a snapshot: its devices start paused.
 	restored bool
+	// The answers of set-up steps run in parallel with others: the
+	// supported CPUID (cpuidDone is closed when it is in) and the PIT's
+	// creation (pitDone delivers its error once, nil after waitPIT).
+	cpuidDone      chan struct{}
+	cpuidSupported []kvm.CPUIDEntry
+	cpuidErr       error
+	pitDone        chan error
 	done        chan struct{}
 	// work holds, per vCPU, a function that vCPU's own thread must run
 	// while parked (state capture for snapshots).
@@ -176,6 +183,9 @@ func New(cfg Config) (_ *VM, err error) {
 	if err := v.setupDevices(id); err != nil {
 		return nil, err
 	}
+	if err := v.waitPIT(); err != nil {
+		return nil, err
+	}
 	if err := v.createVCPUs(); err != nil {
 		return nil, err
 	}
@@ -198,6 +208,14 @@ func newShell(cfg Config) (*VM, error) {
 	if v.sys, err = kvm.Open(); err != nil {
 		return nil, err
 	}
+	// KVM_GET_SUPPORTED_CPUID takes about a millisecond here and nothing
+	// before the vCPUs' set-up needs it: ask now and let VM creation,
+	// memory and the kernel load overlap it.
+	v.cpuidDone = make(chan struct{})
+	go func() {
+		defer close(v.cpuidDone)
+		v.cpuidSupported, v.cpuidErr = v.sys.SupportedCPUID()
+	}()
 	if cfg.CPUs > 0 {
 		if err := v.checkVCPUCount(); err != nil {
 			v.Close()
@@ -220,6 +238,10 @@ func (v *VM) checkVCPUCount() error {
 	return nil
 }
 
+// setupPlatform creates the in-kernel interrupt controllers and starts
+// creating the PIT, which may take from a hundred microseconds to several
+// milliseconds (it starts a kernel thread) and is needed only once the
+// vCPUs run: waitPIT collects it.
 func (v *VM) setupPlatform() error {
 	if err := v.vm.SetTSSAddr(tssAddr); err != nil {
 		return err
@@ -230,7 +252,25 @@ func (v *VM) setupPlatform() error {
 	if err := v.vm.CreateIRQChip(); err != nil {
 		return err
 	}
-	return v.vm.CreatePIT2()
+	v.pitDone = make(chan error, 1)
+	go func() { v.pitDone <- v.vm.CreatePIT2() }()
+	return nil
+}
+
+// waitPIT returns once the PIT exists (or failed to be created).
+func (v *VM) waitPIT() error {
+	if v.pitDone == nil {
+		return nil
+	}
+	err := <-v.pitDone
+	v.pitDone = nil
+	return err
+}
+
+// supportedCPUID returns what KVM_GET_SUPPORTED_CPUID answered.
+func (v *VM) supportedCPUID() ([]kvm.CPUIDEntry, error) {
+	<-v.cpuidDone
+	return v.cpuidSupported, v.cpuidErr
 }
 
 func (v *VM) setupMemory(mc memory.Config) error {
@@ -345,7 +385,7 @@ func (v *VM) createVCPUs() error {
 // setupBootVCPUs gives fresh vCPUs their CPUID, MSRs, FPU and LAPIC wiring,
 // and the boot processor the kernel's entry state.
 func (v *VM) setupBootVCPUs() error {
-	supported, err := v.sys.SupportedCPUID()
+	supported, err := v.supportedCPUID()
 	if err != nil {
 		return err
 	}
@@ -728,6 +768,12 @@ func (v *VM) guestReset(unannounced StopReason, detail func() error) Result {
 // Run is still running.
 func (v *VM) Close() error {
 	errs := []error{v.closeDevices()}
+	// The set-up's own goroutines use the VM and /dev/kvm: let them end
+	// before their fds are closed (and their numbers reused).
+	if v.cpuidDone != nil {
+		<-v.cpuidDone
+	}
+	errs = append(errs, v.waitPIT())
 	for _, c := range v.vcpus {
 		errs = append(errs, c.Close())
 	}

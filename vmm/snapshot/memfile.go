@@ -210,22 +210,43 @@ func writeTrailer(f *os.File, t Trailer) error {
 // that will be mapped. It refuses a diff, a file of another snapshot and a
 // file a killed merge left behind.
 func OpenMemory(path string, id MemoryID, size uint64) (*os.File, error) {
-	f, err := hostfile.Open("memory file", path)
+	f, t, err := OpenRestorableMemory(path)
 	if err != nil {
 		return nil, err
 	}
-	t, err := ReadTrailer(f)
-	if err == nil {
-		err = t.matches(path, id, size)
-	}
-	if err != nil {
+	if err := t.Matches(path, id, size); err != nil {
 		f.Close()
 		return nil, err
 	}
 	return f, nil
 }
 
-func (t Trailer) matches(path string, id MemoryID, size uint64) error {
+// OpenRestorableMemory opens a memory file and checks that it can be
+// restored at all (a complete full snapshot), before its state file is
+// decoded: a restore maps it while the state decodes, and then checks the
+// pair with Matches before anything of the guest runs.
+func OpenRestorableMemory(path string) (*os.File, Trailer, error) {
+	f, err := hostfile.Open("memory file", path)
+	if err != nil {
+		return nil, Trailer{}, err
+	}
+	t, err := ReadTrailer(f)
+	switch {
+	case err != nil:
+	case t.Merging:
+		err = fmt.Errorf("memory file %s: a merge into it did not finish; run volt-snapshot merge again with the same diff", path)
+	case t.Kind != FullMemory:
+		err = fmt.Errorf("memory file %s holds a diff snapshot, which must be merged onto its base before a restore", path)
+	}
+	if err != nil {
+		f.Close()
+		return nil, t, err
+	}
+	return f, t, nil
+}
+
+// Matches checks a trailer against what a state file says of its memory.
+func (t Trailer) Matches(path string, id MemoryID, size uint64) error {
 	switch {
 	case t.Merging:
 		return fmt.Errorf("memory file %s: a merge into it did not finish; run volt-snapshot merge again with the same diff", path)
