@@ -42,9 +42,9 @@
 #define GATE_INTR	0x8e	/* present, DPL 0, 64-bit interrupt gate */
 #define GATE_USER	0xee	/* the same, callable from ring 3 with int */
 
-#define VEC_IRQ4	0x24	/* PIC master remapped to 0x20 by ring 3 */
-#define VEC_IRQ7	0x27	/* where the master PIC's spurious IRQs land */
-#define VEC_APIC_SPUR	0x2f	/* LAPIC spurious vector chosen by ring 3 */
+#define VEC_PIC1	0x20	/* PIC master remapped to 0x20-0x27 by ring 3 */
+#define VEC_PIC2	0x28	/* and the slave to 0x28-0x2f */
+#define VEC_APIC_SPUR	0x3f	/* LAPIC spurious vector chosen by ring 3 */
 #define VEC_WAIT	0x80
 #define VEC_RESET	0x81
 #define NVEC		(VEC_RESET + 1)
@@ -129,10 +129,19 @@ isr_ud:
 	popq	%rax
 	jmp	isr_wait
 
-/* irq_seen covers a host that runs ring 3 with interrupts on anyway: an
+/*
+ * PIC interrupts: the UART's (IRQ 4) and a virtio device's, which ring 3
+ * unmasks when it wants to sleep on one. Every vector of a PIC gets the
+ * same handler: a non-specific EOI (to both PICs for the slave's lines)
+ * and irq_seen; ring 3 then looks at all of its devices. The master's
+ * spurious IRQ 7 is acknowledged too: with nothing in service the EOI
+ * does nothing. Few instructions, because each is emulated.
+ *
+ * irq_seen covers a host that runs ring 3 with interrupts on anyway: an
  * interrupt taken between ring 3's LSR read and its int $0x80 must not
- * leave the wait gate sleeping on data that has already arrived. */
-isr_irq4:
+ * leave the wait gate sleeping on data that has already arrived.
+ */
+isr_pic1:
 	pushq	%rax
 	movb	$0x20, %al		/* non-specific EOI to the master PIC */
 	outb	%al, $0x20
@@ -140,7 +149,16 @@ isr_irq4:
 	popq	%rax
 	iretq
 
-/* Spurious PIC and LAPIC interrupts must not be acknowledged. */
+isr_pic2:
+	pushq	%rax
+	movb	$0x20, %al		/* non-specific EOI, slave then master */
+	outb	%al, $0xa0
+	outb	%al, $0x20
+	movl	$1, irq_seen(%rip)
+	popq	%rax
+	iretq
+
+/* Spurious LAPIC interrupts must not be acknowledged. */
 isr_spurious:
 	iretq
 
@@ -307,11 +325,16 @@ idt:
 	.endif
 	.set	vec, vec + 1
 	.endr
-	.skip	(VEC_IRQ4 - 32) * 16
-	GATE(isr_irq4, GATE_INTR)
-	.skip	(VEC_IRQ7 - VEC_IRQ4 - 1) * 16
-	GATE(isr_spurious, GATE_INTR)
-	.skip	(VEC_APIC_SPUR - VEC_IRQ7 - 1) * 16
+	.if	VEC_PIC1 != 32 || VEC_PIC2 != VEC_PIC1 + 8
+	.error	"the PIC vectors must follow the 32 exception vectors"
+	.endif
+	.rept	8
+	GATE(isr_pic1, GATE_INTR)
+	.endr
+	.rept	8
+	GATE(isr_pic2, GATE_INTR)
+	.endr
+	.skip	(VEC_APIC_SPUR - VEC_PIC2 - 8) * 16
 	GATE(isr_spurious, GATE_INTR)
 	.skip	(VEC_WAIT - VEC_APIC_SPUR - 1) * 16
 	GATE(isr_wait, GATE_USER)

@@ -2,6 +2,7 @@
  * Ring-3 part of the probe: platform discovery, device set-up and the
  * command loop. Everything here runs natively even where KVM emulates ring
  * 0, so this is where the work goes; only port I/O and MMIO exit to the VMM.
+ * The virtio driver is in virtio.c and vsock.c.
  *
  * Physical memory below 4 GiB is identity-mapped and user-accessible, so a
  * physical address is a usable pointer.
@@ -10,8 +11,8 @@
 #include <stdint.h>
 
 #include "marker.h"
+#include "probe.h"
 
-#define MAPPED_LIMIT	0x100000000ull	/* end of the identity map */
 #define SCRATCH_BASE	0x400000ull	/* touch/sum area: 4 MiB */
 #define PAGE_SIZE	4096ull
 
@@ -36,47 +37,25 @@
 #define PIC1_DATA	0x21
 #define PIC2_CMD	0xa0
 #define PIC2_DATA	0xa1
-#define PIC_VEC_BASE	0x20	/* must match VEC_IRQ4 - 4 in boot.S */
+#define PIC_VEC_BASE	0x20	/* boot.S: vectors 0x20-0x2f are the PIC's */
+#define IRQ_CASCADE	2
 #define IRQ_COM1	4
 
 #define LAPIC_DEFAULT	0xfee00000u
 #define LAPIC_SVR	0xf0
 #define LAPIC_LVT0	0x350
 #define LAPIC_LVT1	0x360
-#define LAPIC_SPUR_VEC	0x2f	/* VEC_APIC_SPUR in boot.S */
+#define LAPIC_SPUR_VEC	0x3f	/* VEC_APIC_SPUR in boot.S */
 
 #define I8042_CMD	0x64
 #define I8042_RESET	0xfe
-
-#define LINE_MAX	256
-
-/* ---- low-level access ---------------------------------------------- */
-
-static inline void outb(uint16_t port, uint8_t v)
-{
-	__asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port));
-}
-
-static inline uint8_t inb(uint16_t port)
-{
-	uint8_t v;
-	__asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
-	return v;
-}
 
 static inline void marker(uint8_t code)
 {
 	outb(MARKER_PORT, code);
 }
 
-/* Firmware tables are plain memory; unaligned little-endian loads are
- * fine on x86 and let the parsers take offsets straight from the specs. */
-static inline uint8_t rd8(uint64_t pa) { return *(const volatile uint8_t *)pa; }
-static inline uint16_t rd16(uint64_t pa) { return *(const volatile uint16_t *)pa; }
-static inline uint32_t rd32(uint64_t pa) { return *(const volatile uint32_t *)pa; }
-static inline uint64_t rd64(uint64_t pa) { return *(const volatile uint64_t *)pa; }
-
-static int mapped(uint64_t pa, uint64_t len)
+int mapped(uint64_t pa, uint64_t len)
 {
 	return pa != 0 && pa < MAPPED_LIMIT && len <= MAPPED_LIMIT - pa;
 }
@@ -89,21 +68,19 @@ static int bytes_sum_zero(uint64_t pa, uint64_t len)
 	return s == 0;
 }
 
-/* gcc may emit calls to these even in freestanding code. */
+/* gcc may emit calls to these even in freestanding code. String
+ * instructions run natively in ring 3 and move the DMA buffers fast. */
 void *memset(void *d, int c, size_t n)
 {
-	unsigned char *p = d;
-	while (n--)
-		*p++ = (unsigned char)c;
+	void *p = d;
+	__asm__ volatile("rep stosb" : "+D"(p), "+c"(n) : "a"(c) : "memory");
 	return d;
 }
 
 void *memcpy(void *d, const void *s, size_t n)
 {
-	unsigned char *p = d;
-	const unsigned char *q = s;
-	while (n--)
-		*p++ = *q++;
+	void *p = d;
+	__asm__ volatile("rep movsb" : "+D"(p), "+S"(s), "+c"(n) : : "memory");
 	return d;
 }
 
@@ -140,17 +117,24 @@ static void uart_write(const char *s, size_t n)
 }
 
 /* Ring 3 may not hlt; the int $0x80 gate does sti; hlt; cli for it. */
-static inline void wait_for_interrupt(void)
+/* Ring 3 may not hlt; the int $0x80 gate does sti; hlt; cli for it. */
+void wait_for_interrupt(void)
 {
 	__asm__ volatile("int $0x80" : : : "memory");
 }
 
+/*
+ * Waits for a byte. With a vsock device to serve, vsock_idle spins on its
+ * rings and sleeps until its interrupt or the UART's; it returns whenever
+ * the UART may have data.
+ */
 static uint8_t uart_getc(void)
 {
 	for (;;) {
 		if (inb(COM1 + UART_LSR) & LSR_DR)
 			return inb(COM1 + UART_RBR);
-		wait_for_interrupt();
+		if (!vsock_idle())
+			wait_for_interrupt();
 	}
 }
 
@@ -158,14 +142,36 @@ static uint8_t uart_getc(void)
 
 static char out_buf[LINE_MAX + 64];
 static size_t out_len;
+int cmd_status;
 
-static void put_str(const char *s)
+/* The sink of put_line: the UART when sink is 0, else a capture (whose
+ * out is 0 for "discard"). */
+static struct capture *sink;
+
+void capture_begin(struct capture *c, struct capture **saved)
 {
-	while (*s && out_len < sizeof(out_buf) - 1)
-		out_buf[out_len++] = *s++;
+	*saved = sink;
+	sink = c;
 }
 
-static void put_dec(uint64_t v)
+void capture_end(struct capture *saved)
+{
+	sink = saved;
+}
+
+void put_char(char c)
+{
+	if (out_len < sizeof(out_buf) - 1)
+		out_buf[out_len++] = c;
+}
+
+void put_str(const char *s)
+{
+	while (*s)
+		put_char(*s++);
+}
+
+void put_dec(uint64_t v)
 {
 	char tmp[20];
 	int n = 0;
@@ -173,25 +179,149 @@ static void put_dec(uint64_t v)
 		tmp[n++] = (char)('0' + v % 10);
 		v /= 10;
 	} while (v != 0);
-	while (n > 0 && out_len < sizeof(out_buf) - 1)
-		out_buf[out_len++] = tmp[--n];
+	while (n > 0)
+		put_char(tmp[--n]);
 }
 
-static void put_hex64(uint64_t v)
+void put_hex(uint64_t v, int digits)
 {
-	static const char digits[] = "0123456789abcdef";
+	static const char hex[] = "0123456789abcdef";
+	for (int shift = 4 * (digits - 1); shift >= 0; shift -= 4)
+		put_char(hex[(v >> shift) & 0xf]);
+}
+
+void put_hex64(uint64_t v)
+{
 	put_str("0x");
-	for (int shift = 60; shift >= 0; shift -= 4)
-		if (out_len < sizeof(out_buf) - 1)
-			out_buf[out_len++] = digits[(v >> shift) & 0xf];
+	put_hex(v, 16);
+}
+
+void put_bytes_hex(const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		put_hex(p[i], 2);
+}
+
+static void capture_append(char *dst, size_t *len, size_t cap, int *truncated)
+{
+	if (*len + out_len > cap) {
+		*truncated = 1;
+		return;
+	}
+	memcpy(dst + *len, out_buf, out_len);
+	*len += out_len;
 }
 
 /* Lines end in "\n" only; hosts must accept that. */
-static void put_line(void)
+void put_line(void)
 {
 	out_buf[out_len++] = '\n';
-	uart_write(out_buf, out_len);
+	if (!sink) {
+		uart_write(out_buf, out_len);
+	} else if (sink->out) {
+		if (out_len >= 7 && has_prefix(out_buf, "error: "))
+			capture_append(sink->err, &sink->err_len, sink->cap, &sink->truncated);
+		else
+			capture_append(sink->out, &sink->out_len, sink->cap, &sink->truncated);
+	}
 	out_len = 0;
+}
+
+void error_start(void)
+{
+	cmd_status = 1;
+	put_str("error: ");
+}
+
+void error(const char *msg)
+{
+	error_start();
+	put_str(msg);
+	put_line();
+}
+
+/* ---- parsing and hashing ------------------------------------------------- */
+
+int parse_u64(const char *s, uint64_t *out)
+{
+	uint64_t v = 0;
+	if (*s == 0)
+		return 0;
+	if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
+		s += 2;
+		if (*s == 0)
+			return 0;
+		for (; *s; s++) {
+			unsigned d;
+			if (*s >= '0' && *s <= '9')
+				d = (unsigned)(*s - '0');
+			else if (*s >= 'a' && *s <= 'f')
+				d = (unsigned)(*s - 'a' + 10);
+			else if (*s >= 'A' && *s <= 'F')
+				d = (unsigned)(*s - 'A' + 10);
+			else
+				return 0;
+			if (v >> 60)
+				return 0;
+			v = v << 4 | d;
+		}
+		*out = v;
+		return 1;
+	}
+	for (; *s; s++) {
+		if (*s < '0' || *s > '9' || v > (UINT64_MAX - 9) / 10)
+			return 0;
+		v = v * 10 + (uint64_t)(*s - '0');
+	}
+	*out = v;
+	return 1;
+}
+
+int has_prefix(const char *s, const char *p)
+{
+	while (*p)
+		if (*s++ != *p++)
+			return 0;
+	return 1;
+}
+
+int streq(const char *a, const char *b)
+{
+	while (*a && *a == *b)
+		a++, b++;
+	return *a == *b;
+}
+
+char *next_word(char **s)
+{
+	char *p = *s;
+	while (*p == ' ')
+		p++;
+	char *w = p;
+	while (*p && *p != ' ')
+		p++;
+	if (*p)
+		*p++ = 0;
+	*s = p;
+	return w;
+}
+
+uint64_t word_hash(const void *p, size_t n)
+{
+	const uint8_t *b = p;
+	uint64_t h = 0xcbf29ce484222325ull;
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8) {
+		uint64_t w;
+		memcpy(&w, b + i, 8);
+		h = (h ^ w) * 0x100000001b3ull;
+	}
+	if (i < n) {
+		uint64_t w = 0;
+		memcpy(&w, b + i, n - i);
+		h = (h ^ w) * 0x100000001b3ull;
+	}
+	return h;
 }
 
 /* ---- platform discovery -------------------------------------------------- */
@@ -202,8 +332,19 @@ static struct {
 	uint64_t scratch_end;	/* end of the RAM run holding SCRATCH_BASE */
 	uint64_t rsdp;		/* from hvm_start_info, 0 if none */
 	uint64_t lapic;
+	uint64_t cmdline;	/* from hvm_start_info, 0 if none */
+	int dma_ok;		/* DMA_BASE..DMA_END is RAM */
 	int auto_poweroff;	/* "probe.poweroff" on the command line */
+	int agent;		/* "probe.agent[=PORT]" on the command line */
+	uint32_t agent_port;
+	uint8_t pic_mask[2];	/* masked PIC lines, master and slave */
 } plat;
+
+uint64_t cmdline_addr(void)
+{
+	return plat.cmdline;
+}
+
 
 /*
  * has_token reports whether the NUL-terminated command line at cmdline
@@ -232,28 +373,45 @@ static int has_token(uint64_t cmdline, const char *word)
 	return 0;
 }
 
-static void read_start_info(uint64_t info)
+
+/*
+ * The agent port from "probe.agent" (10240, the guest agent's) or
+ * "probe.agent=PORT".
+ */
+static void agent_token(uint64_t cmdline)
 {
-	if (!mapped(info, 56) || rd32(info) != START_INFO_MAGIC)
+	if (has_token(cmdline, "probe.agent")) {
+		plat.agent = 1;
+		plat.agent_port = 10240;
 		return;
-	plat.rsdp = rd64(info + 32);
-	uint64_t cmdline = rd64(info + 24);
-	if (cmdline)
-		plat.auto_poweroff = has_token(cmdline, "probe.poweroff");
-	if (rd32(info + 4) < 1)
-		return;			/* version 0 has no memory map */
-	uint64_t map = rd64(info + 40);
-	uint32_t n = rd32(info + 48);
-	if (n > 1024 || !mapped(map, (uint64_t)n * 24))
-		return;
-	for (uint32_t i = 0; i < n; i++) {
-		uint64_t e = map + (uint64_t)i * 24;
-		if (rd32(e + 16) == E820_RAM)
-			plat.ram_bytes += rd64(e + 8);
 	}
-	/* Find the RAM run holding the scratch area, joining adjacent
-	 * entries, so touch can refuse to run off the end of RAM. */
-	uint64_t end = SCRATCH_BASE;
+	static const char key[] = "probe.agent=";
+	for (uint64_t i = 0; i < 4096 && mapped(cmdline + i, 1) && rd8(cmdline + i); i++) {
+		if (i > 0 && rd8(cmdline + i - 1) != ' ')
+			continue;
+		size_t j = 0;
+		while (key[j] && mapped(cmdline + i + j, 1) && rd8(cmdline + i + j) == (uint8_t)key[j])
+			j++;
+		if (key[j])
+			continue;
+		uint64_t v = 0;
+		int digits = 0;
+		uint64_t p = cmdline + i + j;
+		for (; mapped(p, 1) && rd8(p) >= '0' && rd8(p) <= '9' && digits < 10; p++, digits++)
+			v = v * 10 + (rd8(p) - '0');
+		if (digits && v <= 0xffffffffu && (!mapped(p, 1) || rd8(p) == ' ' || rd8(p) == 0)) {
+			plat.agent = 1;
+			plat.agent_port = (uint32_t)v;
+		}
+		return;
+	}
+}
+
+/* ram_run_end is the end of the RAM run holding start, joining adjacent
+ * memory-map entries (start itself if it is not RAM). */
+static uint64_t ram_run_end(uint64_t map, uint32_t n, uint64_t start)
+{
+	uint64_t end = start;
 	for (int grew = 1; grew;) {
 		grew = 0;
 		for (uint32_t i = 0; i < n; i++) {
@@ -265,7 +423,35 @@ static void read_start_info(uint64_t info)
 			}
 		}
 	}
-	plat.scratch_end = end < MAPPED_LIMIT ? end : MAPPED_LIMIT;
+	return end < MAPPED_LIMIT ? end : MAPPED_LIMIT;
+}
+
+static void read_start_info(uint64_t info)
+{
+	if (!mapped(info, 56) || rd32(info) != START_INFO_MAGIC)
+		return;
+	plat.rsdp = rd64(info + 32);
+	uint64_t cmdline = rd64(info + 24);
+	if (cmdline && mapped(cmdline, 1)) {
+		plat.cmdline = cmdline;
+		plat.auto_poweroff = has_token(cmdline, "probe.poweroff");
+		agent_token(cmdline);
+	}
+	if (rd32(info + 4) < 1)
+		return;			/* version 0 has no memory map */
+	uint64_t map = rd64(info + 40);
+	uint32_t n = rd32(info + 48);
+	if (n > 1024 || !mapped(map, (uint64_t)n * 24))
+		return;
+	for (uint32_t i = 0; i < n; i++) {
+		uint64_t e = map + (uint64_t)i * 24;
+		if (rd32(e + 16) == E820_RAM)
+			plat.ram_bytes += rd64(e + 8);
+	}
+	/* touch refuses to run off the end of RAM; the virtio rings and
+	 * buffers need all of the DMA area. */
+	plat.scratch_end = ram_run_end(map, n, SCRATCH_BASE);
+	plat.dma_ok = ram_run_end(map, n, DMA_BASE) >= DMA_END;
 }
 
 /* MP spec 1.4, section 4: the floating pointer lies on a 16-byte boundary. */
@@ -426,8 +612,28 @@ static void pic_init(void)
 	outb(PIC2_DATA, 0x02);
 	outb(PIC1_DATA, 0x01);			/* ICW4: 8086 mode */
 	outb(PIC2_DATA, 0x01);
-	outb(PIC1_DATA, (uint8_t)~(1u << IRQ_COM1));
-	outb(PIC2_DATA, 0xff);
+	plat.pic_mask[0] = (uint8_t)~(1u << IRQ_COM1);
+	plat.pic_mask[1] = 0xff;
+	outb(PIC1_DATA, plat.pic_mask[0]);
+	outb(PIC2_DATA, plat.pic_mask[1]);
+}
+
+/*
+ * pic_unmask lets a device's PIC line interrupt the wait gate (boot.S
+ * acknowledges every PIC vector). Lines on the slave need the cascade.
+ */
+void pic_unmask(unsigned irq)
+{
+	if (irq >= 16 || irq == IRQ_CASCADE)
+		return;
+	if (irq < 8) {
+		plat.pic_mask[0] &= (uint8_t)~(1u << irq);
+	} else {
+		plat.pic_mask[1] &= (uint8_t)~(1u << (irq - 8));
+		plat.pic_mask[0] &= (uint8_t)~(1u << IRQ_CASCADE);
+		outb(PIC2_DATA, plat.pic_mask[1]);
+	}
+	outb(PIC1_DATA, plat.pic_mask[0]);
 }
 
 /*
@@ -475,40 +681,19 @@ static uint64_t scratch(uint64_t pages, int write)
 	return h;
 }
 
-static int parse_u64(const char *s, uint64_t *out)
+/* ---- DMA area -------------------------------------------------------- */
+
+static uint64_t dma_next = DMA_BASE;
+
+uint64_t dma_alloc(uint64_t size)
 {
-	uint64_t v = 0;
-	if (*s == 0)
+	size = (size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1);
+	if (!plat.dma_ok || size > DMA_END - dma_next)
 		return 0;
-	for (; *s; s++) {
-		if (*s < '0' || *s > '9' || v > (UINT64_MAX - 9) / 10)
-			return 0;
-		v = v * 10 + (uint64_t)(*s - '0');
-	}
-	*out = v;
-	return 1;
-}
-
-static int has_prefix(const char *s, const char *p)
-{
-	while (*p)
-		if (*s++ != *p++)
-			return 0;
-	return 1;
-}
-
-static int streq(const char *a, const char *b)
-{
-	while (*a && *a == *b)
-		a++, b++;
-	return *a == *b;
-}
-
-static void error(const char *msg)
-{
-	put_str("error: ");
-	put_str(msg);
-	put_line();
+	uint64_t a = dma_next;
+	dma_next += size;
+	memset((void *)a, 0, size);
+	return a;
 }
 
 static void cmd_scratch(const char *arg, int write)
@@ -524,7 +709,7 @@ static void cmd_scratch(const char *arg, int write)
 	}
 	uint64_t max = (plat.scratch_end - SCRATCH_BASE) / PAGE_SIZE;
 	if (n > max) {
-		put_str("error: ");
+		error_start();
 		put_dec(n);
 		put_str(" pages run past RAM (at most ");
 		put_dec(max);
@@ -573,6 +758,7 @@ static void acpi_poweroff(void)
 }
 
 /* Reset the machine the way a PC reboots, through the i8042. */
+/* Reset the machine the way a PC reboots, through the i8042. */
 static void reset_machine(void)
 {
 	outb(I8042_CMD, I8042_RESET);
@@ -585,12 +771,15 @@ static void reset_machine(void)
 /*
  * "reset" reboots without announcing a shutdown, and "panic" writes the
  * kernel-panic marker first, as Volt's Linux does from panic(): the VMM
- * must report both as what they are, never as a clean power-off.
+ * must report both as what they are, never as a clean power-off. Their
+ * lines go to the console even when the agent asked: nobody will read
+ * the agent's answer.
  */
 static void cmd_reset(int panic)
 {
 	if (panic)
 		marker(MARKER_KERNEL_PANIC);
+	sink = 0;
 	put_str(panic ? "volt-probe: panic" : "volt-probe: reset");
 	put_line();
 	reset_machine();
@@ -599,6 +788,7 @@ static void cmd_reset(int panic)
 static void cmd_poweroff(void)
 {
 	marker(MARKER_SHUTDOWN);
+	sink = 0;
 	put_str("volt-probe: poweroff");
 	put_line();
 	acpi_poweroff();
@@ -629,8 +819,47 @@ static void cmd_gen(void)
 	put_line();
 }
 
-static void run_command(char *line)
+/*
+ * "repeat N COMMAND" runs COMMAND N times with its output discarded and
+ * prints how many runs succeeded: benchmarks time N device requests from
+ * the host without N console lines in the measurement.
+ */
+static void cmd_repeat(char *arg)
 {
+	char *n_str = next_word(&arg);
+	uint64_t n;
+	if (!parse_u64(n_str, &n) || n == 0 || *arg == 0) {
+		error("usage: repeat N COMMAND");
+		return;
+	}
+	static char copy[LINE_MAX + 1];
+	size_t len = 0;
+	while (arg[len] && len < LINE_MAX)
+		len++;
+	struct capture discard = {0}, *saved;
+	uint64_t ok = 0;
+	capture_begin(&discard, &saved);
+	for (uint64_t i = 0; i < n; i++) {
+		/* Commands split their argument in place: each run gets a
+		 * fresh copy. */
+		memcpy(copy, arg, len);
+		copy[len] = 0;
+		if (run_command(copy) == 0)
+			ok++;
+	}
+	capture_end(saved);
+	cmd_status = ok == n ? 0 : 1;
+	put_str("repeat ");
+	put_dec(n);
+	put_str(" ok=");
+	put_dec(ok);
+	put_line();
+}
+
+int run_command(char *line)
+{
+	int saved = cmd_status;
+	cmd_status = 0;
 	if (streq(line, "echo")) {
 		put_line();
 	} else if (has_prefix(line, "echo ")) {
@@ -646,15 +875,21 @@ static void run_command(char *line)
 		put_line();
 	} else if (streq(line, "gen")) {
 		cmd_gen();
+	} else if (has_prefix(line, "repeat ")) {
+		cmd_repeat(line + 7);
 	} else if (streq(line, "poweroff")) {
 		cmd_poweroff();
 	} else if (streq(line, "reset")) {
 		cmd_reset(0);
 	} else if (streq(line, "panic")) {
 		cmd_reset(1);
-	} else {
+	} else if (!run_virtio_command(line)) {
 		error("unknown command");
+		cmd_status = 127;
 	}
+	int status = cmd_status;
+	cmd_status = saved;
+	return status;
 }
 
 /* ---- entry ---------------------------------------------------------- */
@@ -674,6 +909,8 @@ void probe_main(uint64_t start_info)
 		plat.cpus = madt_cpus();
 	if (!plat.cpus)
 		plat.cpus = 1;
+	if (plat.cmdline)
+		virtio_parse_cmdline(plat.cmdline);
 	marker(MARKER_KERNEL_DEVICES);
 	marker(MARKER_PID1);
 
@@ -685,6 +922,8 @@ void probe_main(uint64_t start_info)
 	put_str(" mem=");
 	put_dec(plat.ram_bytes >> 20);
 	put_line();
+	if (plat.agent)
+		vsock_start_agent(plat.agent_port);
 	put_str("volt-probe: ready");
 	put_line();
 	marker(MARKER_READY);
