@@ -2,6 +2,8 @@ package cas
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -171,7 +173,9 @@ func (s *Store) ExportFile(ctx context.Context, name, path string, progress func
 	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("export to %s: %w", path, err)
 	}
-	f, err := os.CreateTemp(filepath.Dir(target), "."+filepath.Base(target)+".volt-export-*")
+	// The temp file is created with mode 0644 and the process umask, as
+	// the final file would be.
+	f, err := createExclusive(filepath.Dir(target), "."+filepath.Base(target)+".volt-export-", 0o644)
 	if err != nil {
 		return fmt.Errorf("export to %s: %w", path, err)
 	}
@@ -182,9 +186,6 @@ func (s *Store) ExportFile(ctx context.Context, name, path string, progress func
 		}
 		f.Close()
 	}()
-	if err := f.Chmod(0o644 &^ umask()); err != nil {
-		return fmt.Errorf("export to %s: %w", path, err)
-	}
 	if err := s.Export(ctx, name, f, progress); err != nil {
 		return err
 	}
@@ -198,9 +199,17 @@ func (s *Store) ExportFile(ctx context.Context, name, path string, progress func
 	return syncDir(filepath.Dir(target))
 }
 
-// umask reads the process umask (which can only be read by setting it).
-func umask() os.FileMode {
-	m := unix.Umask(0)
-	unix.Umask(m)
-	return os.FileMode(m)
+// createExclusive creates a new file named prefix plus random digits in dir.
+func createExclusive(dir, prefix string, mode os.FileMode) (*os.File, error) {
+	for {
+		var rnd [8]byte
+		if _, err := rand.Read(rnd[:]); err != nil {
+			return nil, err
+		}
+		f, err := os.OpenFile(filepath.Join(dir, prefix+hex.EncodeToString(rnd[:])), os.O_RDWR|os.O_CREATE|os.O_EXCL, mode)
+		if errors.Is(err, os.ErrExist) {
+			continue
+		}
+		return f, err
+	}
 }

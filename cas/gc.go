@@ -92,6 +92,11 @@ func (s *Store) markRoots(ctx context.Context, res *GCResult, opts GCOptions) (*
 		return nil, err
 	}
 	for _, r := range refs {
+		if errors.Is(r.Err, ErrBadRefName) {
+			// Not a ref at all: a file nobody could have named with volt.
+			res.Warnings = append(res.Warnings, fmt.Sprintf("stray file refs/%s is not a ref; left alone", r.Name))
+			continue
+		}
 		if r.Err != nil {
 			return nil, fmt.Errorf("ref %q is damaged, so what it protects is unknown; fix it or remove it (volt cas rm): %w", r.Name, r.Err)
 		}

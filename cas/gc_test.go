@@ -217,3 +217,23 @@ func TestGCRacingImports(t *testing.T) {
 		t.Errorf("after the final gc: %+v", u)
 	}
 }
+
+func TestGCLeavesStrayFilesInRefsAlone(t *testing.T) {
+	s := newStore(t)
+	importBytes(t, s, "x", randomBytes(160, MinChunkSize), MinChunkSize)
+	stray := filepath.Join(s.Dir(), refsDir, ".x.swp")
+	must(t, os.WriteFile(stray, []byte("editor junk"), 0o644))
+	res, err := s.GC(context.Background(), GCOptions{})
+	must(t, err)
+	if len(res.Warnings) != 1 || res.ChunksRemoved != 0 {
+		t.Errorf("gc: %+v", res)
+	}
+	if _, err := os.Stat(stray); err != nil {
+		t.Errorf("gc removed a file it does not own: %v", err)
+	}
+	rep, err := s.Verify(context.Background(), VerifyOptions{})
+	must(t, err)
+	if rep.OK() {
+		t.Error("verify did not report the stray file")
+	}
+}

@@ -256,7 +256,7 @@ func (s *Store) Refs() ([]RefEntry, error) {
 	for _, n := range names {
 		e := RefEntry{Name: n}
 		if err := ValidateRefName(n); err != nil {
-			e.Err = fmt.Errorf("%w: a stray file in refs/: %v", ErrCorrupt, err)
+			e.Err = fmt.Errorf("%w: a stray file in refs/: %w", ErrCorrupt, err)
 		} else {
 			e.Digest, e.Err = s.Ref(n)
 			if errors.Is(e.Err, ErrNotFound) {
