@@ -12,7 +12,8 @@
 //	lock                      flock: one daemon per state directory
 //	templates/NAME/template.json
 //	templates/NAME/snapshot/{vm.state,vm.mem}   (the flat-file SnapshotStore)
-//	vms/ID/vm.json            the VMM's record: pid, start time, state, lease
+//	vms/ID/vm.json            the VMM's record: pid, start time, state
+//	vms/ID/lease.json         its lease, while it is leased
 //	vms/ID/api.sock, vsock.sock, vmm.log
 //
 // Every record is replaced atomically (a temporary file renamed over it), so

@@ -46,7 +46,7 @@ func repoRoot() (string, error) {
 
 // fixture returns volt-vmm (built from this tree, or $VOLT_VMM), the probe
 // guest and voltpool (built from this tree); it needs /dev/kvm.
-func fixture(t *testing.T) (vmmBin, kernel, voltpool string) {
+func fixture(t testing.TB) (vmmBin, kernel, voltpool string) {
 	t.Helper()
 	kvmtest.Require(t)
 	fixtureOnce.Do(func() {
@@ -95,7 +95,7 @@ func fixture(t *testing.T) (vmmBin, kernel, voltpool string) {
 
 // shortDir returns a fresh directory with a short path (socket paths are
 // bounded to 107 bytes) that the test removes.
-func shortDir(t *testing.T) string {
+func shortDir(t testing.TB) string {
 	t.Helper()
 	d, err := os.MkdirTemp("", "vp")
 	if err != nil {
@@ -117,7 +117,7 @@ type served struct {
 
 // serve starts a pool (cfg's StateDir and VMMBin filled in when empty) and
 // its API; the test stops it.
-func serve(t *testing.T, cfg Config) *served {
+func serve(t testing.TB, cfg Config) *served {
 	t.Helper()
 	vmmBin, _, _ := fixture(t)
 	dir := shortDir(t)
@@ -161,7 +161,7 @@ func serve(t *testing.T, cfg Config) *served {
 }
 
 // probeTemplate creates a template that boots the probe guest.
-func (s *served) probeTemplate(t *testing.T, name string, warm int) pc.Template {
+func (s *served) probeTemplate(t testing.TB, name string, warm int) pc.Template {
 	t.Helper()
 	_, kernel, _ := fixture(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -174,7 +174,7 @@ func (s *served) probeTemplate(t *testing.T, name string, warm int) pc.Template 
 }
 
 // waitFor polls cond until it holds or 30 s pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
@@ -185,7 +185,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func (s *served) status(t *testing.T, name string) pc.TemplateStatus {
+func (s *served) status(t testing.TB, name string) pc.TemplateStatus {
 	t.Helper()
 	st, err := s.client.Status(context.Background())
 	if err != nil {
@@ -200,7 +200,7 @@ func (s *served) status(t *testing.T, name string) pc.TemplateStatus {
 	return pc.TemplateStatus{}
 }
 
-func (s *served) waitWarm(t *testing.T, name string, n int) {
+func (s *served) waitWarm(t testing.TB, name string, n int) {
 	t.Helper()
 	waitFor(t, fmt.Sprintf("%d warm VMs of %s", n, name), func() bool {
 		ts := s.status(t, name)
@@ -212,7 +212,7 @@ func (s *served) waitWarm(t *testing.T, name string, n int) {
 // under dir.
 func vmmsUnder(dir string) []int { return strayVMMs(dir) }
 
-func assertNoVMMs(t *testing.T, stateDir string) {
+func assertNoVMMs(t testing.TB, stateDir string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {

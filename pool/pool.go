@@ -210,6 +210,12 @@ func (p *Pool) saveRecord(v *vm) error {
 	return writeJSON(filepath.Join(v.dir, vmRecordFile), v.record(), false)
 }
 
+// saveLease writes v's lease file (created at the acquire, replaced by a
+// renew). Precondition: p.mu held, v.lease set.
+func (p *Pool) saveLease(v *vm) error {
+	return writeJSON(filepath.Join(v.dir, leaseFile), v.lease, false)
+}
+
 // watch owns v's process until it exits, then forgets v.
 func (p *Pool) watch(v *vm) {
 	p.wg.Add(1)
@@ -261,8 +267,12 @@ func (p *Pool) stop(v *vm) {
 		return
 	}
 	v.state = vmStopping
-	v.lease = nil
-	p.saveRecord(v)
+	if v.lease != nil {
+		// Without its lease file a VM is not leased: a daemon that
+		// restarts now kills it.
+		os.Remove(filepath.Join(v.dir, leaseFile))
+		v.lease = nil
+	}
 	if err := v.proc.kill(); err != nil {
 		p.cfg.Log.Error("stop VMM", "vm", v.id, "err", err)
 	}
@@ -429,7 +439,6 @@ func (p *Pool) Acquire(ctx context.Context, template, ttlText string, uid uint32
 		v.state = vmLeased
 		t.leased++
 		p.mu.Unlock()
-		p.kick()
 		if err := v.api.Resume(ctx); err != nil {
 			p.mu.Lock()
 			if v.state == vmLeased {
@@ -445,7 +454,11 @@ func (p *Pool) Acquire(ctx context.Context, template, ttlText string, uid uint32
 			}
 			continue
 		}
-		return p.grant(t, v, ttl, uid, pc.PathWarm, start)
+		l, err := p.grant(t, v, ttl, uid, pc.PathWarm, start)
+		// The refill starts once the lease is recorded: the fork of
+		// the next VMM must not delay this one's resume.
+		p.kick()
+		return l, err
 	}
 }
 
@@ -485,7 +498,7 @@ func (p *Pool) grant(t *tmpl, v *vm, ttl time.Duration, uid uint32, path string,
 		return pc.Lease{}, fmt.Errorf("acquire %s: the VMM exited right after its resume (%s)", v.template, v.proc.exited())
 	}
 	v.lease = l
-	if err := p.saveRecord(v); err != nil {
+	if err := p.saveLease(v); err != nil {
 		// A lease that would not survive a restart is not handed out.
 		t.leased--
 		p.stop(v)
@@ -552,7 +565,7 @@ func (p *Pool) Renew(id, ttlText string, uid uint32) (pc.Lease, error) {
 	}
 	old := v.lease.ExpiresAt
 	v.lease.ExpiresAt = time.Now().Add(ttl).UTC()
-	if err := p.saveRecord(v); err != nil {
+	if err := p.saveLease(v); err != nil {
 		v.lease.ExpiresAt = old
 		return pc.Lease{}, fmt.Errorf("renew %s: %w", id, err)
 	}

@@ -80,9 +80,9 @@ func TestRenewAndExpiry(t *testing.T) {
 		t.Errorf("renewed to %v, was %v", r.ExpiresAt, l.ExpiresAt)
 	}
 	// The renewal is on disk: a restarted daemon would honour it.
-	var rec vmRecord
-	if err := readJSON(filepath.Join(filepath.Dir(l.APISock), vmRecordFile), &rec); err != nil || rec.Lease == nil || !rec.Lease.ExpiresAt.Equal(r.ExpiresAt) {
-		t.Errorf("record %+v %v", rec.Lease, err)
+	var rec pc.Lease
+	if err := readJSON(filepath.Join(filepath.Dir(l.APISock), leaseFile), &rec); err != nil || !rec.ExpiresAt.Equal(r.ExpiresAt) {
+		t.Errorf("lease record %+v %v", rec, err)
 	}
 	short, err := s.client.Acquire(ctx, "probe", time.Second)
 	if err != nil {

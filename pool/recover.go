@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"time"
 
+	pc "github.com/voltvmm/volt/pool/client"
 	"github.com/voltvmm/volt/vmm/api/client"
 )
 
@@ -30,27 +31,35 @@ func (p *Pool) recover() {
 				p.cfg.Log.Error("recover VM", "vm", r.ID, "err", err)
 			}
 			p.cfg.Log.Info("recover: VMM gone", "vm", r.ID, "state", r.State)
-			if r.State == vmLeased {
+			if _, err := os.Stat(filepath.Join(dir, leaseFile)); err == nil {
 				p.recordEnded(r.ID, "its VMM exited while voltpool was down")
 			}
 			os.RemoveAll(dir)
 			continue
 		}
 		t := p.templates[r.Template]
-		if r.State == vmLeased && r.Lease != nil && now.Before(r.Lease.ExpiresAt) && t != nil {
+		var lease *pc.Lease
+		var l pc.Lease
+		if readJSON(filepath.Join(dir, leaseFile), &l) == nil && l.ID == r.ID {
+			lease = &l
+		}
+		if lease != nil && now.Before(lease.ExpiresAt) && t != nil {
 			v := &vm{id: r.ID, template: r.Template, dir: dir, api: client.New(r.APISock), vsockUDS: r.VsockUDS,
-				netns: r.Lease.Netns, proc: proc, state: vmLeased, lease: r.Lease}
+				netns: lease.Netns, proc: proc, state: vmLeased, lease: lease}
 			p.vms[v.id] = v
 			t.leased++
 			p.watch(v)
-			p.cfg.Log.Info("recover: lease adopted", "lease", r.ID, "template", r.Template, "pid", r.PID, "expires", r.Lease.ExpiresAt)
+			p.cfg.Log.Info("recover: lease adopted", "lease", r.ID, "template", r.Template, "pid", r.PID, "expires", lease.ExpiresAt)
 			continue
 		}
 		why := "voltpool restarted"
-		if r.State == vmLeased && r.Lease != nil && !now.Before(r.Lease.ExpiresAt) {
-			why = "it expired at " + r.Lease.ExpiresAt.Format(time.RFC3339) + " while voltpool was down"
+		switch {
+		case lease != nil && !now.Before(lease.ExpiresAt):
+			why = "it expired at " + lease.ExpiresAt.Format(time.RFC3339) + " while voltpool was down"
+		case lease != nil:
+			why = "its template " + r.Template + " is gone"
 		}
-		if r.State == vmLeased {
+		if lease != nil {
 			p.recordEnded(r.ID, why)
 		}
 		if err := killAndWait(proc, 5*time.Second); err != nil {

@@ -75,10 +75,11 @@ func TestDamagedStateIsSkipped(t *testing.T) {
 	must(os.MkdirAll(filepath.Join(tdir, "fifo"), 0o755))
 	must(unix.Mkfifo(filepath.Join(tdir, "fifo", templateFile), 0o644))
 	must(os.MkdirAll(filepath.Join(tdir, ".create-x-123", "snapshot"), 0o755))
-	for name, content := range map[string]string{"aaaa": "garbage", "bbbb": `{"id":"bbbb","pid":-3}`, "cccc": `{"id":"cccc","pid":999999999,"start_time":1,"state":"leased","lease":{"id":"cccc"}}`} {
+	for name, content := range map[string]string{"aaaa": "garbage", "bbbb": `{"id":"bbbb","pid":-3}`, "cccc": `{"id":"cccc","pid":999999999,"start_time":1,"state":"leased"}`} {
 		must(os.MkdirAll(filepath.Join(dir, "vms", name), 0o755))
 		must(os.WriteFile(filepath.Join(dir, "vms", name, vmRecordFile), []byte(content), 0o644))
 	}
+	must(os.WriteFile(filepath.Join(dir, "vms", "cccc", leaseFile), []byte(`{"id":"cccc"}`), 0o644))
 	done := make(chan *Pool, 1)
 	go func() {
 		p, err := Open(context.Background(), Config{StateDir: dir, VMMBin: "/nonexistent"})

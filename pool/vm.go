@@ -27,25 +27,31 @@ const (
 // File names inside a VM's directory.
 const (
 	vmRecordFile = "vm.json"
-	vmAPISock    = "api.sock"
-	vmVsockSock  = "vsock.sock"
-	vmLogFile    = "vmm.log"
+	// leaseFile exists while the VM is leased. It is a file of its own so
+	// that an acquire creates it (a rename onto a new name) rather than
+	// replacing vm.json: on ext4 a rename over an existing file starts the
+	// new file's writeback (auto_da_alloc), ~0.45 ms here against ~0.05 ms
+	// for a new name, on the acquire's critical path.
+	leaseFile   = "lease.json"
+	vmAPISock   = "api.sock"
+	vmVsockSock = "vsock.sock"
+	vmLogFile   = "vmm.log"
 	// maxSunPath is the longest Unix socket path (sun_path holds 108
 	// bytes with its NUL); the hybrid vsock's "<uds>_<port>" names must
 	// fit too.
 	maxSunPath = 107
 )
 
-// vmRecord is vms/ID/vm.json.
+// vmRecord is vms/ID/vm.json: which process the VM is. Whether it is
+// leased is lease.json beside it.
 type vmRecord struct {
-	ID        string    `json:"id"`
-	Template  string    `json:"template"`
-	PID       int       `json:"pid"`
-	StartTime uint64    `json:"start_time"` // /proc/PID/stat starttime
-	State     vmState   `json:"state"`
-	APISock   string    `json:"api_sock"`
-	VsockUDS  string    `json:"vsock_uds,omitempty"`
-	Lease     *pc.Lease `json:"lease,omitempty"`
+	ID        string  `json:"id"`
+	Template  string  `json:"template"`
+	PID       int     `json:"pid"`
+	StartTime uint64  `json:"start_time"` // /proc/PID/stat starttime
+	State     vmState `json:"state"`
+	APISock   string  `json:"api_sock"`
+	VsockUDS  string  `json:"vsock_uds,omitempty"`
 }
 
 // vm is one VMM the pool owns. Fields after proc are guarded by Pool.mu.
@@ -63,7 +69,7 @@ type vm struct {
 
 func (v *vm) record() vmRecord {
 	return vmRecord{ID: v.id, Template: v.template, PID: v.proc.pid, StartTime: v.proc.start, State: v.state,
-		APISock: v.api.Socket(), VsockUDS: v.vsockUDS, Lease: v.lease}
+		APISock: v.api.Socket(), VsockUDS: v.vsockUDS}
 }
 
 // spawnSpec is how to start one VMM.
