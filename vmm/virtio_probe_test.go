@@ -84,7 +84,7 @@ func vpWordHash(b []byte) uint64 {
 }
 
 // vpPowerOff ends a session the clean way.
-func vpPowerOff(t *testing.T, s *session) {
+func vpPowerOff(t testing.TB, s *session) {
 	t.Helper()
 	s.send("poweroff")
 	if r := s.wait(); r.Reason != vmm.StopPowerOff {
@@ -114,7 +114,7 @@ func (l *vpLog) logger() *slog.Logger { return slog.New(slog.NewTextHandler(l, n
 
 // vpUDS is a vsock socket path short enough for sun_path with the
 // "_PORT" suffixes of guest-initiated connections.
-func vpUDS(t *testing.T, name string) string {
+func vpUDS(t testing.TB, name string) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "vp")
 	if err != nil {
@@ -125,7 +125,7 @@ func vpUDS(t *testing.T, name string) string {
 }
 
 // vpDial connects to a guest port through the hybrid vsock socket.
-func vpDial(t *testing.T, uds string, port uint32) net.Conn {
+func vpDial(t testing.TB, uds string, port uint32) net.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -139,7 +139,7 @@ func vpDial(t *testing.T, uds string, port uint32) net.Conn {
 // vpEcho sends payload on an echo connection and checks that exactly it
 // comes back, reading while writing so that neither side's credit
 // window limits the test.
-func vpEcho(t *testing.T, c net.Conn, payload []byte) {
+func vpEcho(t testing.TB, c net.Conn, payload []byte) {
 	t.Helper()
 	c.SetDeadline(time.Now().Add(20 * time.Second))
 	defer c.SetDeadline(time.Time{})
@@ -160,7 +160,7 @@ func vpEcho(t *testing.T, c net.Conn, payload []byte) {
 	}
 }
 
-func vpRandom(t *testing.T, n int) []byte {
+func vpRandom(t testing.TB, n int) []byte {
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
 		t.Fatal(err)
@@ -169,7 +169,7 @@ func vpRandom(t *testing.T, n int) []byte {
 }
 
 // vpWaitStatus polls "vsock status" until it matches re.
-func vpWaitStatus(t *testing.T, s *session, re string) string {
+func vpWaitStatus(t testing.TB, s *session, re string) string {
 	t.Helper()
 	r := regexp.MustCompile(re)
 	deadline := time.Now().Add(5 * time.Second)
@@ -511,7 +511,7 @@ func TestProbeVsockBothDirections(t *testing.T) {
 }
 
 // vpAgentRun sends one agent request and returns the result.
-func vpAgentRun(t *testing.T, uds string, args ...string) agent.Result {
+func vpAgentRun(t testing.TB, uds string, args ...string) agent.Result {
 	t.Helper()
 	c := vpDial(t, uds, agent.Port)
 	defer c.Close()
@@ -591,6 +591,48 @@ func TestProbeServesTheGuestAgent(t *testing.T) {
 	c.Close()
 	if len(answer) < 16 || answer[4] != 0x12 || answer[8] != byte(agent.NotRun) || !bytes.Contains(answer, []byte("version")) {
 		t.Errorf("version 2 request answered % x, want an exit frame \"not run\" naming the version", answer)
+	}
+	// Malformed requests (a readable header, a payload the agent cannot
+	// parse) are answered "not run" and the stream closes.
+	le16 := func(v int) []byte { return binary.LittleEndian.AppendUint16(nil, uint16(v)) }
+	fixed := func(argc, envc, flags int, timeout, stdin uint32) []byte {
+		b := []byte("VAGT")
+		b = append(b, le16(1)...)
+		b = append(b, le16(argc)...)
+		b = append(b, le16(envc)...)
+		b = append(b, le16(flags)...)
+		b = binary.LittleEndian.AppendUint32(b, timeout)
+		return binary.LittleEndian.AppendUint32(b, stdin)
+	}
+	cat := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+	for _, tc := range []struct {
+		name    string
+		payload []byte
+	}{
+		{"short", []byte("VAGT\x01\x00")},
+		{"magic", cat([]byte("XAGT"), fixed(0, 0, 0, 0, 0)[4:])},
+		{"flags", fixed(0, 0, 1, 0, 0)},
+		{"timeout", fixed(0, 0, 0, 86400001, 0)},
+		{"argc", fixed(1025, 0, 0, 0, 0)},
+		{"string past the end", cat(fixed(1, 0, 0, 0, 0), le16(10), []byte("echo"))},
+		{"string length cut", cat(fixed(1, 0, 0, 0, 0), []byte{4})},
+		{"NUL in argv", cat(fixed(1, 0, 0, 0, 0), le16(5), []byte("ec\x00ho"))},
+		{"empty command", cat(fixed(1, 0, 0, 0, 0), le16(0))},
+		{"stdin length", cat(fixed(1, 0, 0, 0, 3), le16(4), []byte("echo"), []byte("ab"))},
+		{"line too long", cat(fixed(2, 0, 0, 0, 0), le16(4), []byte("echo"), le16(300), bytes.Repeat([]byte("a"), 300))},
+	} {
+		c := vpDial(t, uds, agent.Port)
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Write(raw(tc.payload, 0x01))
+		answer, _ := io.ReadAll(c)
+		c.Close()
+		if len(answer) < 16 || answer[4] != 0x12 || answer[8] != byte(agent.NotRun) || int(binary.LittleEndian.Uint32(answer)) != len(answer)-8 {
+			t.Errorf("%s: answered % x, want one exit frame \"not run\"", tc.name, answer)
+			continue
+		}
+		if st, err := agent.DecodeStatus(answer[8:]); err != nil || st.Message == "" {
+			t.Errorf("%s: exit frame %+v (%v), want a reason", tc.name, st, err)
+		}
 	}
 	c = vpDial(t, uds, agent.Port)
 	c.SetDeadline(time.Now().Add(10 * time.Second))
