@@ -64,7 +64,7 @@ func newMetrics(p *Pool) *metrics {
 		Name: MetricFailures, Help: "Failures by stage: spawn, load, resume, template.",
 	}, []string{"template", "stage"})
 	m.deaths = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: MetricDeaths, Help: "VMMs that exited on their own, by the state they were in (warm, leased, starting).",
+		Name: MetricDeaths, Help: "VMMs that exited on their own, by the state they were in (warm, leased); one that dies while it restores counts as a restore failure.",
 	}, []string{"template", "state"})
 	m.expiries = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: MetricExpiries, Help: "Leases ended because their time ran out.",
