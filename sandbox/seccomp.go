@@ -1,0 +1,93 @@
+package sandbox
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+
+	seccomp "github.com/elastic/go-seccomp-bpf"
+)
+
+// tsyncESRCH (SECCOMP_FILTER_FLAG_TSYNC_ESRCH, Linux 5.7) makes a failed
+// thread synchronisation an ESRCH error. Without it the kernel reports the
+// failure as a positive return value (the ID of the thread it could not
+// synchronise), which a wrapper that checks only errno takes for success.
+const tsyncESRCH seccomp.FilterFlag = 1 << 4
+
+var process struct {
+	mu      sync.Mutex
+	applied bool
+	opts    Options
+}
+
+// ApplyProcess installs role's filter (RoleVMM for volt-vmm) on every
+// thread of the process at once (SECCOMP_FILTER_FLAG_TSYNC), after setting
+// no_new_privs, which the kernel requires of a process without
+// CAP_SYS_ADMIN and which TSYNC copies to every thread. Threads created
+// later inherit it. Call it once the VM is built or restored and before
+// its vCPUs run: the filter allows nothing that builds a VM. It can be
+// called once per process; with LevelOff it installs nothing.
+func ApplyProcess(r Role, o Options) error {
+	process.mu.Lock()
+	defer process.mu.Unlock()
+	if process.applied {
+		return errors.New("seccomp: the process filter is already installed")
+	}
+	if o.Level == LevelOff {
+		process.applied, process.opts = true, o
+		return nil
+	}
+	p, err := policy(r, o, os.Getpid())
+	if err != nil {
+		return err
+	}
+	if _, err := Compile(r, o, os.Getpid()); err != nil {
+		return err
+	}
+	f := seccomp.Filter{NoNewPrivs: true, Flag: seccomp.FilterFlagTSync | tsyncESRCH, Policy: p}
+	if err := seccomp.LoadFilter(f); err != nil {
+		return fmt.Errorf("seccomp: install the %s filter on every thread: %w", r, err)
+	}
+	process.applied, process.opts = true, o
+	return nil
+}
+
+// ApplyThread installs role's narrower filter on the calling goroutine's
+// OS thread, on top of the process filter (the kernel runs both; a call
+// must pass each). It locks the goroutine to its thread for good
+// (runtime.LockOSThread, never undone here): the thread then runs this
+// goroutine only, and ends with it, so the filter can never reach another
+// goroutine. Go creates new threads for a locked thread's needs from its
+// template thread, so they do not inherit this filter either.
+//
+// Call it at the start of the goroutine that owns the thread (a vCPU's
+// run loop, a device worker), after ApplyProcess, with the same options;
+// at LevelOff it only locks the thread.
+func ApplyThread(r Role) error {
+	runtime.LockOSThread()
+	process.mu.Lock()
+	applied, o := process.applied, process.opts
+	process.mu.Unlock()
+	if !applied {
+		return fmt.Errorf("seccomp: ApplyThread(%s) before ApplyProcess: the process filter must come first (a thread with its own filter stops TSYNC)", r)
+	}
+	if r == RoleVMM {
+		return errors.New("seccomp: RoleVMM is the process filter; use ApplyProcess")
+	}
+	if o.Level == LevelOff {
+		return nil
+	}
+	p, err := policy(r, o, os.Getpid())
+	if err != nil {
+		return err
+	}
+	// no_new_privs is already set on every thread (TSYNC copied it), and
+	// prctl is not allowed by the process filter.
+	f := seccomp.Filter{Policy: p}
+	if err := seccomp.LoadFilter(f); err != nil {
+		return fmt.Errorf("seccomp: install the %s filter on this thread: %w", r, err)
+	}
+	return nil
+}

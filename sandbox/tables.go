@@ -1,0 +1,194 @@
+package sandbox
+
+import (
+	"fmt"
+
+	"golang.org/x/sys/unix"
+)
+
+// The rule tables. They were found by running volt-vmm under
+// `strace -f` (boot of the probe, pause, snapshot, resume, power-off, and a
+// restore; see docs/security.md) and by reading the device code the strace
+// run did not reach yet, and they are checked by the interpreter tests and
+// the victim processes in this package.
+//
+// They describe a VM that is already built: filters go on after the VM was
+// created or restored and before the guest runs its first instruction, so
+// nothing here can open /dev/kvm, create a VM, a vCPU or a memory slot,
+// set a vCPU's registers, exec, fork, mount, or change credentials.
+
+// goThreadFlags are the clone(2) flags of the Go runtime's new threads
+// (runtime.newosproc; its assembly adds CLONE_SETTLS on amd64, as strace
+// shows); any other clone is a fork or a new namespace and is refused.
+const goThreadFlags = unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLONE_SIGHAND |
+	unix.CLONE_SYSVSEM | unix.CLONE_THREAD | unix.CLONE_SETTLS
+
+// goRuntime is what the Go runtime may do on any thread, whatever the
+// goroutine locked to it: sleep and wake (futex, nanosleep, sched_yield),
+// signals for preemption and vCPU kicks (tgkill to our own threads only,
+// rt_sigreturn, rt_sigprocmask, sigaltstack at thread start and end), heap
+// growth and scavenging (mmap without PROT_EXEC, munmap, madvise), the
+// netpoller's wake-up write and the non-blocking netpoll of whichever
+// thread restarts the world after a stop (runtime.GC, or a goroutine's
+// own GC assist finishing a cycle: any thread that allocates), crash
+// output, and the thread's or process's exit.
+var goRuntime = Table{
+	{Syscall: "futex"},
+	{Syscall: "nanosleep"},
+	{Syscall: "sched_yield"},
+	{Syscall: "gettid"},
+	{Syscall: "getpid"},
+	{Syscall: "tgkill", Matches: []Match{{{Arg: 0, Op: Eq, Value: SelfPID}}}, Names: []string{"own threads"}},
+	{Syscall: "rt_sigreturn"},
+	{Syscall: "rt_sigprocmask"},
+	{Syscall: "sigaltstack"},
+	{Syscall: "mmap", Matches: []Match{{{Arg: 2, Op: NoBits, Value: unix.PROT_EXEC}}}, Names: []string{"not executable"}},
+	{Syscall: "munmap"},
+	{Syscall: "madvise"},
+	{Syscall: "write"},
+	{Syscall: "epoll_pwait", Matches: []Match{{{Arg: 3, Op: Eq, Value: 0}}}, Names: []string{"timeout 0 (no wait)"}},
+	{Syscall: "clock_gettime"},
+	{Syscall: "restart_syscall"},
+	{Syscall: "exit"},
+	{Syscall: "exit_group"},
+}
+
+// vmmOnly is what the rest of the process does once the VM runs: thread
+// filters stacked on this one (seccomp), Go's
+// scheduler threads (clone of threads only, the netpoller, GOMAXPROCS
+// updates from the cgroup files), the API server (accept on its Unix
+// socket, requests, responses, removing the socket at exit), snapshots
+// (O_TMPFILE files linked and renamed into place, page map reads, syncs,
+// the temporary-file sweep), console input, the devices' workers and
+// vsock's host sockets (AF_UNIX only), and the KVM requests of a running
+// VM.
+var vmmOnly = Table{
+	// ApplyThread installs a thread's filter under this one: a filter
+	// without flags (no TSYNC, no listener), which can only take rights
+	// away from the calling thread.
+	{Syscall: "seccomp", Matches: []Match{{{Arg: 0, Op: Eq, Value: unix.SECCOMP_SET_MODE_FILTER}, {Arg: 1, Op: Eq, Value: 0}}}, Names: []string{"a thread's own filter"}},
+	{Syscall: "clone", Matches: []Match{{{Arg: 0, Op: Eq, Value: goThreadFlags}}}, Names: []string{"threads only"}},
+	{Syscall: "rt_sigaction"},
+	{Syscall: "sched_getaffinity"},
+	{Syscall: "getrandom"},
+	{Syscall: "epoll_pwait"},
+	{Syscall: "epoll_ctl"},
+	{Syscall: "read"},
+	{Syscall: "writev"},
+	{Syscall: "pread64"},
+	{Syscall: "pwrite64"},
+	{Syscall: "preadv"},
+	{Syscall: "pwritev"},
+	{Syscall: "openat"},
+	{Syscall: "close"},
+	{Syscall: "newfstatat"},
+	{Syscall: "getdents64"},
+	{Syscall: "fcntl"},
+	{Syscall: "flock"},
+	{Syscall: "fsync"},
+	{Syscall: "fdatasync"},
+	{Syscall: "ftruncate"},
+	{Syscall: "fallocate"},
+	{Syscall: "linkat"},
+	{Syscall: "renameat"},
+	{Syscall: "unlinkat"},
+	{Syscall: "accept4"},
+	{Syscall: "getsockname"},
+	argIn("socket", 0, unix.AF_UNIX),
+	{Syscall: "connect"},
+	{Syscall: "sendmsg"},
+	{Syscall: "recvfrom"},
+	{Syscall: "shutdown"},
+	ioctls(append(append(append([]Ioctl(nil), kvmVCPUIoctls...), kvmVMIoctls...), tunIoctls...)...),
+}
+
+// vcpuOnly is what a vCPU thread adds to the runtime's needs: KVM_RUN and
+// the state reads, devices' reactions to the guest's port and MMIO
+// accesses (interrupts through KVM_IRQ_LINE or an irqfd write, the TAP's
+// offloads on virtio-net activation, closing a device's connections on its
+// reset), and kicking the other vCPUs (tgkill,
+// in goRuntime).
+var vcpuOnly = Table{
+	ioctls(append(append([]Ioctl(nil), kvmVCPUIoctls...), tunIoctls...)...),
+	{Syscall: "close"},
+}
+
+// apiOnly is a thread that accepts API connections and moves requests and
+// responses: the requests themselves are carried out by the goroutine it
+// hands them to, under RoleVMM.
+var apiOnly = Table{
+	{Syscall: "accept4"},
+	{Syscall: "getsockname"},
+	{Syscall: "epoll_ctl"},
+	{Syscall: "read"},
+	{Syscall: "close"},
+	{Syscall: "fcntl"},
+}
+
+// blockOnly is a virtio-blk worker: requests on the backing file (vectored
+// and plain, flushes, discard and write-zeroes through fallocate) and its
+// queue notifications through the Go poller.
+var blockOnly = Table{
+	{Syscall: "pread64"},
+	{Syscall: "pwrite64"},
+	{Syscall: "preadv"},
+	{Syscall: "pwritev"},
+	{Syscall: "fdatasync"},
+	{Syscall: "fsync"},
+	{Syscall: "fallocate"},
+	{Syscall: "read"},
+}
+
+// netOnly is a virtio-net worker: frames from and to the TAP (a vectored
+// write per frame, a read per received frame), and the TAP's offloads
+// when the device resets.
+var netOnly = Table{
+	{Syscall: "read"},
+	{Syscall: "writev"},
+	{Syscall: "epoll_ctl"},
+	ioctls(tunIoctls...),
+}
+
+// vsockOnly is the virtio-vsock worker: its epoll set over the host
+// listener, the connections and its kick eventfd; host-initiated
+// connections accepted and peeked at for CONNECT, guest-initiated ones
+// dialled to uds_path_PORT (AF_UNIX only), data both ways, half-closes, and
+// the check that the listener's path is still ours.
+var vsockOnly = Table{
+	{Syscall: "epoll_pwait"},
+	{Syscall: "epoll_ctl"},
+	{Syscall: "read"},
+	{Syscall: "accept4"},
+	argIn("socket", 0, unix.AF_UNIX),
+	{Syscall: "connect"},
+	{Syscall: "sendmsg"},
+	{Syscall: "recvfrom"},
+	{Syscall: "shutdown"},
+	{Syscall: "close"},
+	{Syscall: "newfstatat"},
+}
+
+// rngOnly is the virtio-rng worker: entropy and its interrupt.
+var rngOnly = Table{
+	{Syscall: "getrandom"},
+	{Syscall: "read"},
+}
+
+var tables = map[Role]Table{
+	RoleVMM:   merge(goRuntime, vmmOnly),
+	RoleVCPU:  merge(goRuntime, vcpuOnly),
+	RoleAPI:   merge(goRuntime, apiOnly),
+	RoleBlock: merge(goRuntime, blockOnly),
+	RoleNet:   merge(goRuntime, netOnly),
+	RoleVsock: merge(goRuntime, vsockOnly),
+	RoleRNG:   merge(goRuntime, rngOnly),
+}
+
+// TableFor returns a role's rule table.
+func TableFor(r Role) (Table, error) {
+	t, ok := tables[r]
+	if !ok {
+		return nil, fmt.Errorf("no rule table for role %q", r)
+	}
+	return t, nil
+}
