@@ -44,14 +44,15 @@ func parseBool(flag, key, v string) (bool, error) {
 	return false, fmt.Errorf("%s: %s=%q is not true or false", flag, key, v)
 }
 
-// ParseDrive reads a --drive value: id=ID,path=PATH[,readonly=true]
-// [,root=true][,direct=true].
+// ParseDrive reads a --drive value: id=ID,(path=PATH|volume=DIR)
+// [,readonly=true][,root=true][,direct=true]; a volume= disk is a CAS volume
+// in the store that --cas-store names.
 func ParseDrive(s string) (DriveConfig, error) {
-	kv, err := keyValues("--drive", s, "id", "path", "readonly", "root", "direct")
+	kv, err := keyValues("--drive", s, "id", "path", "volume", "readonly", "root", "direct")
 	if err != nil {
 		return DriveConfig{}, err
 	}
-	d := DriveConfig{ID: kv["id"], Path: kv["path"]}
+	d := DriveConfig{ID: kv["id"], Path: kv["path"], Volume: kv["volume"]}
 	for key, dst := range map[string]*bool{"readonly": &d.ReadOnly, "root": &d.Root, "direct": &d.Direct} {
 		if v, ok := kv[key]; ok {
 			if *dst, err = parseBool("--drive", key, v); err != nil {
@@ -59,8 +60,8 @@ func ParseDrive(s string) (DriveConfig, error) {
 			}
 		}
 	}
-	if d.ID == "" || d.Path == "" {
-		return DriveConfig{}, fmt.Errorf("--drive %q: id= and path= are required", s)
+	if d.ID == "" || (d.Path == "") == (d.Volume == "") {
+		return DriveConfig{}, fmt.Errorf("--drive %q: id= and one of path= and volume= are required", s)
 	}
 	return d, nil
 }

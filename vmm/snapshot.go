@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"strings"
 	"time"
 
+	"github.com/voltvmm/volt/cas"
 	"github.com/voltvmm/volt/internal/hostfile"
 	"github.com/voltvmm/volt/vmm/cpu"
 	"github.com/voltvmm/volt/vmm/devices/genid"
@@ -33,6 +35,13 @@ type SnapshotParams struct {
 	// AfterStep, if set, is called after each step of writing the files
 	// (snapshot.CreateSteps); tests kill the VMM there.
 	AfterStep func(snapshot.CreateStep)
+	// CASStore, when set, stores the memory in this CAS store as a
+	// manifest instead of MemPath (which must then be empty); CASRef names
+	// it ("" means snapshot.DefaultMemoryRef), CASChunkSize sets its chunk
+	// size (0: the store's default).
+	CASStore     string
+	CASRef       string
+	CASChunkSize int64
 }
 
 // CreateSnapshot writes the VM's state and memory. The VM must be paused;
@@ -40,8 +49,13 @@ type SnapshotParams struct {
 // previous snapshot of this VM (or the snapshot it was restored from),
 // which it names as its base, and needs TrackDirtyPages.
 func (v *VM) CreateSnapshot(ctx context.Context, p SnapshotParams) error {
-	if p.StatePath == "" || p.MemPath == "" {
-		return errors.New("snapshot needs both a state path and a memory path")
+	switch {
+	case p.StatePath == "":
+		return errors.New("snapshot needs a state path")
+	case p.CASStore == "" && p.MemPath == "":
+		return errors.New("snapshot needs a memory path or a CAS store")
+	case p.CASStore != "" && p.MemPath != "":
+		return errors.New("snapshot memory goes to a file or to a CAS store, not both")
 	}
 	diff := false
 	switch p.Type {
@@ -57,11 +71,25 @@ func (v *VM) CreateSnapshot(ctx context.Context, p SnapshotParams) error {
 	default:
 		return fmt.Errorf("unknown snapshot type %q (Full or Diff)", p.Type)
 	}
+	if diff && p.CASStore != "" {
+		return errors.New("a Diff snapshot cannot go to the CAS: its memory is only a base's difference; take a Full one")
+	}
 	// Refuse bad targets before any work, and before the dirty log is
 	// read (which clears it).
-	for _, t := range []struct{ what, path string }{{"snapshot_path", p.StatePath}, {"mem_file_path", p.MemPath}} {
+	targets := []struct{ what, path string }{{"snapshot_path", p.StatePath}}
+	if p.MemPath != "" {
+		targets = append(targets, struct{ what, path string }{"mem_file_path", p.MemPath})
+	}
+	for _, t := range targets {
 		if err := hostfile.CheckCreateTarget(t.what, t.path); err != nil {
 			return err
+		}
+	}
+	var store *cas.Store
+	if p.CASStore != "" {
+		var err error
+		if store, err = cas.Open(p.CASStore); err != nil {
+			return fmt.Errorf("CAS store %s: %w", p.CASStore, err)
 		}
 	}
 	st, err := v.captureState()
@@ -86,7 +114,13 @@ func (v *VM) CreateSnapshot(ctx context.Context, p SnapshotParams) error {
 	if after == nil {
 		after = v.cfg.AfterSnapshotStep
 	}
-	id, err := snapshot.Create(snapshot.CreateParams{StatePath: p.StatePath, MemPath: p.MemPath, State: st, Memory: v.mem, AfterStep: after})
+	var id snapshot.MemoryID
+	if store != nil {
+		id, _, err = snapshot.CreateInCAS(ctx, snapshot.CASParams{StatePath: p.StatePath, Store: store, Ref: p.CASRef,
+			ChunkSize: p.CASChunkSize, State: st, Memory: v.mem, AfterStep: after})
+	} else {
+		id, err = snapshot.Create(snapshot.CreateParams{StatePath: p.StatePath, MemPath: p.MemPath, State: st, Memory: v.mem, AfterStep: after})
+	}
 	if err != nil {
 		return err
 	}
@@ -272,6 +306,9 @@ type RestoreConfig struct {
 	AfterSnapshotStep func(snapshot.CreateStep)
 	// Overrides change the host side of the restored devices.
 	Overrides VirtioOverrides
+	// CASStore is the store that holds the memory of a snapshot whose
+	// memory is in the CAS (MemPath is then unused).
+	CASStore string
 }
 
 // Restore creates a VM from a snapshot: its memory file is mapped
@@ -323,12 +360,18 @@ func Restore(ctx context.Context, rc RestoreConfig) (_ *VM, err error) {
 		}
 		return stateErr
 	}
+	if rc.CASStore != "" {
+		return v.restoreFromCAS(ctx, rc, waitState, func() (*snapshot.VMState, error) { return st, stateErr })
+	}
 	memFile, trailer, err := snapshot.OpenRestorableMemory(rc.MemPath)
 	if err != nil {
 		// A bad state file is the first thing to report: a caller who
 		// mistyped the directory is told about its state file.
 		if serr := waitState(); serr != nil {
 			return nil, serr
+		}
+		if st.Memory.Manifest != "" {
+			return nil, fmt.Errorf("restore %s: %w", rc.StatePath, snapshot.ErrNoStore)
 		}
 		return nil, err
 	}
@@ -359,6 +402,13 @@ func Restore(ctx context.Context, rc RestoreConfig) (_ *VM, err error) {
 	if err := trailer.Matches(rc.MemPath, st.Memory.ID, st.Memory.Size); err != nil {
 		return nil, err
 	}
+	return v, v.restoreState(ctx, rc, st)
+}
+
+// restoreState puts everything but memory back from st: the VM's
+// configuration, the interrupt controllers, the clock, the devices and the
+// vCPUs. Memory and the irqchip are set up already.
+func (v *VM) restoreState(ctx context.Context, rc RestoreConfig, st *snapshot.VMState) error {
 	m := st.Machine
 	v.cfg = Config{
 		KernelPath: m.KernelPath, Cmdline: m.Cmdline, MemorySize: m.MemorySize, HugePages: false,
@@ -367,63 +417,101 @@ func Restore(ctx context.Context, rc RestoreConfig) (_ *VM, err error) {
 		Logger: rc.Logger, AfterSnapshotStep: rc.AfterSnapshotStep,
 	}
 	if err := v.checkVCPUCount(); err != nil {
-		return nil, err
+		return err
 	}
 	supported, err := v.supportedCPUID()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if missing := cpu.MissingFeatures(st.VCPUs[0].CPUID, supported); len(missing) > 0 {
-		return nil, fmt.Errorf("restore %s: the snapshot's CPU has features this host's KVM lacks: %s", rc.StatePath, strings.Join(missing, ", "))
+		return fmt.Errorf("restore %s: the snapshot's CPU has features this host's KVM lacks: %s", rc.StatePath, strings.Join(missing, ", "))
 	}
 	v.snapshotBase = st.Memory.ID
 	for _, c := range []kvm.IRQChip{st.IRQChip.PICMaster, st.IRQChip.PICSlave, st.IRQChip.IOAPIC} {
 		if err := v.vm.SetIRQChip(c); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if st.IRQChip.PICMaster.ChipID != kvm.IRQChipPICMaster || st.IRQChip.PICSlave.ChipID != kvm.IRQChipPICSlave || st.IRQChip.IOAPIC.ChipID != kvm.IRQChipIOAPIC {
-		return nil, fmt.Errorf("restore %s: %w: interrupt controller IDs out of place", rc.StatePath, snapshot.ErrInvalid)
+		return fmt.Errorf("restore %s: %w: interrupt controller IDs out of place", rc.StatePath, snapshot.ErrInvalid)
 	}
 	if err := v.waitPIT(); err != nil {
-		return nil, err
+		return err
 	}
 	if err := v.vm.SetPIT(st.PIT); err != nil {
-		return nil, err
+		return err
 	}
 	if err := v.vm.SetClock(st.Clock); err != nil {
-		return nil, err
+		return err
 	}
 	id, err := genid.NewID()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if err := v.setupDevices(id); err != nil {
-		return nil, err
+		return err
 	}
 	v.uart.Restore(st.Devices.UART)
 	v.i8042.Restore(st.Devices.I8042)
 	// Guest memory is in place, so the queues can be checked against it.
 	v.restored = true
 	if err := v.restoreVirtio(st.Devices.Virtio, rc.Overrides); err != nil {
-		return nil, fmt.Errorf("restore %s: %w", rc.StatePath, err)
+		return fmt.Errorf("restore %s: %w", rc.StatePath, err)
 	}
 	// The boot-marker timeline is not put back: its offsets are from the
 	// original VM's exec, and mixed into this process's timeline they
 	// would show a restore "reaching" PID 1 before it created its VM. The
 	// state file keeps it as a record of that boot.
 	if err := v.createVCPUs(); err != nil {
-		return nil, err
+		return err
 	}
 	for i, c := range v.vcpus {
 		if err := restoreVCPU(c, &st.VCPUs[i]); err != nil {
-			return nil, fmt.Errorf("restore vCPU %d: %w", i, err)
+			return fmt.Errorf("restore vCPU %d: %w", i, err)
 		}
 		v.cpuid[i] = st.VCPUs[i].CPUID
 	}
 	v.timeline.StateRestored = time.Now()
 	v.startPaused = !rc.Resume
-	return v, ctx.Err()
+	return ctx.Err()
+}
+
+// restoreFromCAS is Restore for a snapshot whose memory is in a CAS store:
+// each chunk is mapped from the store once the state has named the
+// manifest, and the VM holds a lease on it until it is closed.
+func (v *VM) restoreFromCAS(ctx context.Context, rc RestoreConfig, waitState func() error, state func() (*snapshot.VMState, error)) (*VM, error) {
+	if err := waitState(); err != nil {
+		return nil, err
+	}
+	st, _ := state()
+	if st.Memory.Manifest == "" {
+		return nil, fmt.Errorf("restore %s: its memory is in a file, not in the CAS store %s", rc.StatePath, rc.CASStore)
+	}
+	if st.Memory.Diff {
+		return nil, errors.New("a diff snapshot cannot be restored on its own: merge it onto its base first")
+	}
+	store, err := cas.OpenExisting(rc.CASStore)
+	if err != nil {
+		return nil, fmt.Errorf("CAS store %s: %w", rc.CASStore, err)
+	}
+	chunks, lease, err := snapshot.OpenCASMemory(ctx, store, st, runtime.GOMAXPROCS(0))
+	if err != nil {
+		return nil, fmt.Errorf("restore %s: %w", rc.StatePath, err)
+	}
+	v.casLease = lease
+	if rc.TrackDirtyPages != nil {
+		v.cfg.TrackDirtyPages = *rc.TrackDirtyPages
+	} else {
+		v.cfg.TrackDirtyPages = st.Machine.TrackDirtyPages
+	}
+	if err := v.setupMemory(memory.Config{Size: st.Memory.Size, Backing: memory.ChunkMapped, Chunks: chunks}); err != nil {
+		return nil, fmt.Errorf("restore %s: %w", rc.StatePath, err)
+	}
+	v.timeline.MemoryReady = time.Now()
+	if err := v.setupPlatform(); err != nil {
+		return nil, err
+	}
+	return v, v.restoreState(ctx, rc, st)
 }
 
 // restoreVCPU writes one vCPU's saved state back, in the order KVM needs:

@@ -1,6 +1,7 @@
 package vmm_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,10 +12,13 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/voltvmm/volt/cas"
+	"github.com/voltvmm/volt/cas/volume"
 	"github.com/voltvmm/volt/guest/probe"
 	"github.com/voltvmm/volt/vmm"
 	"github.com/voltvmm/volt/vmm/cpu"
 	"github.com/voltvmm/volt/vmm/kvm"
+	"github.com/voltvmm/volt/vmm/memory"
 	"github.com/voltvmm/volt/vmm/snapshot"
 )
 
@@ -398,4 +402,104 @@ func TestVirtioDevicesSurviveASnapshot(t *testing.T) {
 	if r := s.wait(); r.Reason != vmm.StopPowerOff {
 		t.Fatalf("stopped with %s: %v", r.Reason, r.Err)
 	}
+}
+
+// TestSnapshotInTheCASRestoresFromChunks snapshots the probe's memory into a
+// CAS store and restores clones with every chunk mapped from the store.
+func TestSnapshotInTheCASRestoresFromChunks(t *testing.T) {
+	s := startProbe(t, vmm.Config{MemorySize: 64 << 20})
+	s.expect(probe.ReadyLine)
+	s.send("touch 300")
+	sum := strings.TrimPrefix(s.expect("touched 300 sum="), "touched 300")
+	if err := s.vm.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	store := filepath.Join(dir, "cas")
+	state := filepath.Join(dir, "vm.state")
+	if err := s.vm.CreateSnapshot(context.Background(), vmm.SnapshotParams{StatePath: state, CASStore: store, CASChunkSize: 256 << 10}); err != nil {
+		t.Fatal(err)
+	}
+	s.vm.Stop()
+	if _, err := os.Stat(filepath.Join(dir, "vm.mem")); !os.IsNotExist(err) {
+		t.Errorf("a CAS snapshot wrote a memory file: %v", err)
+	}
+	if _, err := vmm.Restore(context.Background(), vmm.RestoreConfig{StatePath: state, MemPath: filepath.Join(dir, "vm.mem")}); !errors.Is(err, snapshot.ErrNoStore) {
+		t.Errorf("restore without the store: %v, want ErrNoStore", err)
+	}
+	for i := range 2 {
+		inR, inW := io.Pipe()
+		outR, outW := io.Pipe()
+		vm, err := vmm.Restore(context.Background(), vmm.RestoreConfig{StatePath: state, CASStore: store, Resume: true, Console: outW, ConsoleInput: inR})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if vm.Memory().Backing() != memory.ChunkMapped {
+			t.Fatalf("clone %d: memory backing %s", i, vm.Memory().Backing())
+		}
+		c := attach(t, vm, inW, outR, outW)
+		c.send("sum 300")
+		if got := strings.TrimPrefix(c.expect("sum 300 sum="), "sum 300"); got != sum {
+			t.Fatalf("clone %d: sum%s, want%s", i, got, sum)
+		}
+		c.send("poweroff")
+		c.wait()
+	}
+}
+
+// TestCASVolumeDiskSurvivesASnapshot gives the probe a root disk that is a
+// CAS volume: the VM holds the volume (a second user is refused) while it
+// runs, and a restore opens it again.
+func TestCASVolumeDiskSurvivesASnapshot(t *testing.T) {
+	dir := t.TempDir()
+	storeDir := filepath.Join(dir, "cas")
+	store, err := cas.Open(storeDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(dir, "disk.img")
+	os.WriteFile(img, bytes.Repeat([]byte{0x5a}, 4<<20), 0o644)
+	ss, err := store.Begin(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := ss.ImportFile(context.Background(), img, cas.ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ss.SetRef("disk", res.Digest); err != nil {
+		t.Fatal(err)
+	}
+	ss.Close()
+	vol := filepath.Join(dir, "vol")
+	if err := volume.Create(context.Background(), store, vol, res.Digest, volume.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := vmm.Config{MemorySize: 32 << 20, Drives: []vmm.DriveConfig{{ID: "rootfs", Volume: vol, CASStore: storeDir, Root: true}}}
+	s := startProbe(t, cfg)
+	s.expect(probe.ReadyLine)
+	if _, err := volume.Open(context.Background(), store, vol); !errors.Is(err, volume.ErrInUse) {
+		t.Errorf("opening the running VM's volume a second time: %v, want ErrInUse", err)
+	}
+	if err := s.vm.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	snap := t.TempDir()
+	p := vmm.SnapshotParams{StatePath: filepath.Join(snap, "vm.state"), MemPath: filepath.Join(snap, "vm.mem")}
+	if err := s.vm.CreateSnapshot(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	s.vm.Stop()
+	st, err := snapshot.ReadStateFile(p.StatePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := st.Devices.Virtio[0].Drive; d == nil || d.Volume != vol || d.CASStore != storeDir {
+		t.Fatalf("the snapshot does not record the volume: %+v", d)
+	}
+	c := restoreProbe(t, p.StatePath, p.MemPath)
+	c.send("echo restored on a CAS volume")
+	c.expect("restored on a CAS volume")
+	c.send("poweroff")
+	c.wait()
 }

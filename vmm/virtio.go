@@ -1,12 +1,15 @@
 package vmm
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"sync"
 
+	"github.com/voltvmm/volt/cas"
+	"github.com/voltvmm/volt/cas/volume"
 	"github.com/voltvmm/volt/vmm/memory"
 	"github.com/voltvmm/volt/vmm/ratelimit"
 	"github.com/voltvmm/volt/vmm/snapshot"
@@ -29,10 +32,14 @@ var virtioGSIs = []uint32{5, 6, 7, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21
 // MaxVirtioDevices is how many virtio devices fit the window and the GSIs.
 var MaxVirtioDevices = len(virtioGSIs)
 
-// DriveConfig is one virtio-blk disk.
+// DriveConfig is one virtio-blk disk: a file or block device at Path, or
+// a CAS volume (Volume, in the store CASStore): a copy-on-write overlay over
+// a manifest, whose writes stay in the volume's overlay until committed.
 type DriveConfig struct {
 	ID       string
 	Path     string
+	Volume   string
+	CASStore string
 	ReadOnly bool
 	// Root makes the disk the root file system: it gets the first slot (so
 	// Linux names it vda) and "root=/dev/vda rw" (ro if read-only) is added
@@ -70,8 +77,12 @@ func (c *Config) validateDevices() []error {
 			errs = append(errs, errors.New("a drive without an ID"))
 		case ids["drive "+d.ID]:
 			errs = append(errs, fmt.Errorf("drive %q given twice", d.ID))
-		case d.Path == "":
-			errs = append(errs, fmt.Errorf("drive %q has no path", d.ID))
+		case (d.Path == "") == (d.Volume == ""):
+			errs = append(errs, fmt.Errorf("drive %q needs a path or a CAS volume, one of them", d.ID))
+		case d.Volume != "" && d.CASStore == "":
+			errs = append(errs, fmt.Errorf("drive %q is a CAS volume but no CAS store is given", d.ID))
+		case d.Volume != "" && d.Direct:
+			errs = append(errs, fmt.Errorf("drive %q: O_DIRECT does not apply to a CAS volume", d.ID))
 		}
 		ids["drive "+d.ID] = true
 		if d.Root {
@@ -296,18 +307,47 @@ func (v *VM) countKind(kind string) int {
 }
 
 func (v *VM) addDrive(slot int, d DriveConfig) error {
-	f, err := blk.OpenFile(d.Path, blk.FileOptions{ReadOnly: d.ReadOnly, Direct: d.Direct})
+	drive := &snapshot.DriveState{ID: d.ID, Path: d.Path, Volume: d.Volume, CASStore: d.CASStore, ReadOnly: d.ReadOnly,
+		Root: d.Root, PartUUID: d.PartUUID, Direct: d.Direct, RateLimit: d.RateLimit}
+	dev, release, err := openDrive(drive)
 	if err != nil {
-		return fmt.Errorf("drive %s: %w", d.ID, err)
+		return err
 	}
-	dev, err := blk.New(blk.Config{Backend: f, ReadOnly: d.ReadOnly, ID: d.ID, RateLimit: d.RateLimit})
-	if err != nil {
-		f.Close()
-		return fmt.Errorf("drive %s: %w", d.ID, err)
-	}
-	drive := &snapshot.DriveState{ID: d.ID, Path: d.Path, ReadOnly: d.ReadOnly, Root: d.Root, PartUUID: d.PartUUID, Direct: d.Direct, RateLimit: d.RateLimit}
-	_, err = v.place(slot, snapshot.VirtioBlock, dev, drive, f.Close)
+	_, err = v.place(slot, snapshot.VirtioBlock, dev, drive, release)
 	return err
+}
+
+// openDrive opens a disk's backend and makes its device.
+func openDrive(d *snapshot.DriveState) (*blk.Device, func() error, error) {
+	var (
+		backend blk.Backend
+		release func() error
+	)
+	if d.Volume != "" {
+		store, err := cas.OpenExisting(d.CASStore)
+		if err != nil {
+			return nil, nil, fmt.Errorf("drive %s: CAS store %s: %w", d.ID, d.CASStore, err)
+		}
+		// Opening the volume leases its base manifest for as long as it
+		// is open, and locks it against a second user.
+		vol, err := volume.Open(context.Background(), store, d.Volume)
+		if err != nil {
+			return nil, nil, fmt.Errorf("drive %s: CAS volume %s: %w", d.ID, d.Volume, err)
+		}
+		backend, release = vol, vol.Close
+	} else {
+		f, err := blk.OpenFile(d.Path, blk.FileOptions{ReadOnly: d.ReadOnly, Direct: d.Direct})
+		if err != nil {
+			return nil, nil, fmt.Errorf("drive %s: %w", d.ID, err)
+		}
+		backend, release = f, f.Close
+	}
+	dev, err := blk.New(blk.Config{Backend: backend, ReadOnly: d.ReadOnly, ID: d.ID, RateLimit: d.RateLimit})
+	if err != nil {
+		release()
+		return nil, nil, fmt.Errorf("drive %s: %w", d.ID, err)
+	}
+	return dev, release, nil
 }
 
 func (v *VM) addNet(slot int, n NetConfig, restored *vnet.Device) error {
@@ -463,19 +503,14 @@ func (v *VM) restoreVirtio(states []snapshot.VirtioState, o VirtioOverrides) err
 }
 
 func (v *VM) restoreDrive(slot int, st snapshot.VirtioState) error {
-	d := st.Drive
-	f, err := blk.OpenFile(d.Path, blk.FileOptions{ReadOnly: d.ReadOnly, Direct: d.Direct})
+	dev, release, err := openDrive(st.Drive)
 	if err != nil {
-		return fmt.Errorf("%s: drive %s: %w", st.Name, d.ID, err)
+		return fmt.Errorf("%s: %w", st.Name, err)
 	}
-	dev, err := blk.New(blk.Config{Backend: f, ReadOnly: d.ReadOnly, ID: d.ID, RateLimit: d.RateLimit})
-	if err == nil {
-		err = dev.Restore(*st.Block)
+	if err := dev.Restore(*st.Block); err != nil {
+		release()
+		return fmt.Errorf("%s: drive %s: %w", st.Name, st.Drive.ID, err)
 	}
-	if err != nil {
-		f.Close()
-		return fmt.Errorf("%s: drive %s: %w", st.Name, d.ID, err)
-	}
-	_, err = v.place(slot, snapshot.VirtioBlock, dev, d, f.Close)
+	_, err = v.place(slot, snapshot.VirtioBlock, dev, st.Drive, release)
 	return err
 }

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/voltvmm/volt/cas"
 	"github.com/voltvmm/volt/guest/marker"
 	"github.com/voltvmm/volt/internal/hostfile"
 	"github.com/voltvmm/volt/vmm/boot"
@@ -99,7 +100,7 @@ type VM struct {
 	cpuidSupported []kvm.CPUIDEntry
 	cpuidErr       error
 	pitDone        chan error
-	done        chan struct{}
+	done           chan struct{}
 	// work holds, per vCPU, a function that vCPU's own thread must run
 	// while parked (state capture for snapshots).
 	work []*vcpuWork
@@ -109,6 +110,9 @@ type VM struct {
 	// memory they write through (dirty tracking).
 	virtio []*virtioSlot
 	devMem *deviceMemory
+	// casLease keeps a restored VM's memory chunks from the CAS's garbage
+	// collector while the VM lives.
+	casLease *cas.Lease
 	// snapshotBase is the memory ID of the VM's last snapshot, or of the
 	// snapshot it was restored from: what a diff snapshot applies onto.
 	snapshotBase snapshot.MemoryID
@@ -785,6 +789,10 @@ func (v *VM) Close() error {
 	if v.mem != nil {
 		errs = append(errs, v.mem.Close())
 		v.mem = nil
+	}
+	if v.casLease != nil {
+		errs = append(errs, v.casLease.Release())
+		v.casLease = nil
 	}
 	if v.sys != nil {
 		errs = append(errs, v.sys.Close())

@@ -86,3 +86,34 @@ func TestInfoSummarisesAValidPair(t *testing.T) {
 		t.Errorf("info on a mismatched pair: %d %q", got, stderr.String())
 	}
 }
+
+func TestImportMovesMemoryIntoAStore(t *testing.T) {
+	mem, err := memory.New(memory.Config{Size: 2 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	mem.WriteUint8(4096, 7)
+	st := &snapshot.VMState{
+		Machine: snapshot.Machine{CPUs: 1, MemorySize: 2 << 20},
+		Memory:  snapshot.MemoryState{Size: 2 << 20, Regions: []snapshot.Region{{Size: 2 << 20}}},
+		VCPUs:   []snapshot.VCPUState{{CPUID: make([]kvm.CPUIDEntry, 1)}},
+	}
+	dir := t.TempDir()
+	if _, err := snapshot.Create(snapshot.CreateParams{StatePath: filepath.Join(dir, "vm.state"), MemPath: filepath.Join(dir, "vm.mem"), State: st, Memory: mem}); err != nil {
+		t.Fatal(err)
+	}
+	store := filepath.Join(t.TempDir(), "cas")
+	var stdout, stderr bytes.Buffer
+	if got := run([]string{"import", dir, store}, &stdout, &stderr); got != 0 || !strings.Contains(stdout.String(), "is manifest") {
+		t.Fatalf("import: %d %q %q", got, stdout.String(), stderr.String())
+	}
+	stdout.Reset()
+	if got := run([]string{"info", filepath.Join(dir, "vm.state")}, &stdout, &stderr); got != 0 || !strings.Contains(stdout.String(), "memory in a CAS store: manifest ") {
+		t.Fatalf("info after import: %d %q", got, stdout.String())
+	}
+	stderr.Reset()
+	if got := run([]string{"import", dir, store}, &stdout, &stderr); got != 1 || !strings.Contains(stderr.String(), "already has its memory in a CAS store") {
+		t.Errorf("second import: %d %q", got, stderr.String())
+	}
+}

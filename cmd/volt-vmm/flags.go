@@ -38,6 +38,8 @@ type flags struct {
 	// Devices.
 	drives     []string
 	rootfs     string
+	volume     string
+	casStore   string
 	nets       []string
 	netBackend string
 	netBridge  string
@@ -64,8 +66,8 @@ type flags struct {
 // machineFlags are the flags that describe the machine, which a restore
 // takes from its snapshot instead.
 var machineFlags = []string{"kernel", "initrd", "cmdline", "memory", "cpus", "hugepages", "boot-protocol",
-	"cpu-template", "cpuid-mask", "guest-profile", "config-file", "drive", "rootfs", "net", "net-backend", "net-bridge",
-	"vsock", "entropy"}
+	"cpu-template", "cpuid-mask", "guest-profile", "config-file", "drive", "rootfs", "volume", "net", "net-backend",
+	"net-bridge", "vsock", "entropy"}
 
 func newFlags() *flags {
 	f := &flags{fs: pflag.NewFlagSet("volt-vmm", pflag.ContinueOnError)}
@@ -92,6 +94,8 @@ func newFlags() *flags {
 
 	fs.StringArrayVar(&f.drives, "drive", nil, "a virtio-blk disk: id=ID,path=PATH[,readonly=true][,root=true][,direct=true] (repeatable)")
 	fs.StringVar(&f.rootfs, "rootfs", "", "the root file system image: a virtio-blk disk mounted as / (root=/dev/vda rw)")
+	fs.StringVar(&f.volume, "volume", "", "the root file system as a CAS volume directory (volt cas volume create) in --cas-store: copy-on-write over the store's chunks")
+	fs.StringVar(&f.casStore, "cas-store", "", "the CAS store of --volume and --drive volume=DIR disks, and of --restore DIR's memory when it is in the CAS")
 	fs.StringArrayVar(&f.nets, "net", nil, "a virtio-net interface: tap=NAME|macvtap=NAME|bridge=BR[,id=eth0][,mac=..][,mtu=N][,rx-ops=N/DUR,...] (repeatable)")
 	fs.StringVar(&f.netBackend, "net-backend", "", "with --net-bridge: virtio-net (or vhost-net, which falls back to the userspace path where /dev/vhost-net is missing)")
 	fs.StringVar(&f.netBridge, "net-bridge", "", "create a TAP attached to this existing bridge and give the guest a virtio-net interface on it")

@@ -139,9 +139,13 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	// Firecracker does with --config-file.
 	switch {
 	case f.restore != "":
+		mem := &types.MemoryBackend{BackendType: types.MemBackendFile, BackendPath: filepath.Join(f.restore, types.SnapshotMemFile)}
+		if f.casStore != "" {
+			mem = &types.MemoryBackend{BackendType: types.MemBackendCas, BackendPath: f.casStore}
+		}
 		err := ctrl.LoadSnapshot(context.Background(), types.SnapshotLoadParams{
 			SnapshotPath: filepath.Join(f.restore, types.SnapshotStateFile),
-			MemBackend:   &types.MemoryBackend{BackendType: "File", BackendPath: filepath.Join(f.restore, types.SnapshotMemFile)},
+			MemBackend:   mem,
 			ResumeVM:     true,
 		})
 		if err != nil {
@@ -268,10 +272,24 @@ func deviceConfig(f *flags, cfg *vmm.Config) error {
 		if err != nil {
 			return err
 		}
+		if d.Volume != "" {
+			if f.casStore == "" {
+				return fmt.Errorf("--drive %s: a volume= disk needs --cas-store", s)
+			}
+			d.CASStore = f.casStore
+		}
 		cfg.Drives = append(cfg.Drives, d)
 	}
-	if f.rootfs != "" {
+	switch {
+	case f.rootfs != "" && f.volume != "":
+		return errors.New("--rootfs and --volume both name the root disk; use one")
+	case f.rootfs != "":
 		cfg.Drives = append(cfg.Drives, vmm.DriveConfig{ID: "rootfs", Path: f.rootfs, Root: true})
+	case f.volume != "":
+		if f.casStore == "" {
+			return errors.New("--volume needs --cas-store, the store its chunks are in")
+		}
+		cfg.Drives = append(cfg.Drives, vmm.DriveConfig{ID: "rootfs", Volume: f.volume, CASStore: f.casStore, Root: true})
 	}
 	for _, s := range f.nets {
 		n, err := vnet.ParseSpec(s)

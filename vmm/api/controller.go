@@ -596,18 +596,26 @@ func snapshotItself(ctx context.Context, m Machine, p types.SnapshotCreateParams
 	if !ok {
 		return ErrSnapshotUnavailable
 	}
-	return s.CreateSnapshot(ctx, vmm.SnapshotParams{StatePath: p.SnapshotPath, MemPath: p.MemFilePath, Type: vmm.SnapshotType(p.SnapshotType)})
+	sp := vmm.SnapshotParams{StatePath: p.SnapshotPath, MemPath: p.MemFilePath, Type: vmm.SnapshotType(p.SnapshotType)}
+	if p.MemBackend != nil {
+		sp.CASStore = p.MemBackend.BackendPath
+	}
+	return s.CreateSnapshot(ctx, sp)
 }
 
 // restore is the default LoadSnapshot with the real VMM. The restored VM
 // keeps the console of base, and starts paused unless resume_vm is set.
 func restore(ctx context.Context, base vmm.Config, p types.SnapshotLoadParams) (Machine, error) {
-	mem := p.MemFilePath
+	mem, store := p.MemFilePath, ""
 	if b := p.MemBackend; b != nil {
-		if b.BackendType != "File" {
-			return nil, fmt.Errorf("mem_backend %q is not supported by volt-vmm; use \"File\"", b.BackendType)
+		switch b.BackendType {
+		case types.MemBackendFile:
+			mem = b.BackendPath
+		case types.MemBackendCas:
+			store = b.BackendPath
+		default:
+			return nil, fmt.Errorf("mem_backend %q is not supported by volt-vmm; use \"File\" or \"Cas\"", b.BackendType)
 		}
-		mem = b.BackendPath
 	}
 	// Firecracker tracks dirty pages after a load only when asked to.
 	track := p.TrackDirtyPages || p.EnableDiffSnapshots
@@ -622,6 +630,7 @@ func restore(ctx context.Context, base vmm.Config, p types.SnapshotLoadParams) (
 		Logger:            base.Logger,
 		AfterSnapshotStep: base.AfterSnapshotStep,
 		Overrides:         overrides(p),
+		CASStore:          store,
 	})
 	if err != nil {
 		return nil, err

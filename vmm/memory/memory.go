@@ -7,11 +7,16 @@
 package memory
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -47,6 +52,11 @@ const (
 	// PrivateFile maps a file MAP_PRIVATE: reads fault pages in from the page
 	// cache (shared between clones), writes are copied on write.
 	PrivateFile
+	// ChunkMapped maps a list of files (content-addressed chunks)
+	// MAP_PRIVATE|MAP_FIXED at their offsets over anonymous memory: holes
+	// stay anonymous zero pages, and clones of different snapshots share
+	// the page cache of every chunk they have in common.
+	ChunkMapped
 )
 
 func (b Backing) String() string {
@@ -57,6 +67,8 @@ func (b Backing) String() string {
 		return "hugepages"
 	case PrivateFile:
 		return "private-file"
+	case ChunkMapped:
+		return "chunk-mapped"
 	}
 	return fmt.Sprintf("backing(%d)", int(b))
 }
@@ -71,6 +83,16 @@ type Config struct {
 	// order; it may be longer (a snapshot memory file ends with a trailer).
 	// Memory owns it from New on and closes it with Close.
 	File *os.File
+	// Chunks are the files to map for ChunkMapped, in any order; the gaps
+	// between them are zero. Memory owns the files from New on.
+	Chunks []Chunk
+}
+
+// Chunk is one file mapped at Offset into guest memory (in Mapping()
+// order, not a guest address), Length bytes from the file's start.
+type Chunk struct {
+	Offset, Length uint64
+	File           *os.File
 }
 
 // Validate checks the configuration without touching the host.
@@ -93,7 +115,30 @@ func (c Config) Validate() error {
 	if c.Backing != PrivateFile && c.File != nil {
 		return fmt.Errorf("a memory file is only used with %s backing", PrivateFile)
 	}
+	if c.Backing != ChunkMapped && len(c.Chunks) > 0 {
+		return fmt.Errorf("chunks are only used with %s backing", ChunkMapped)
+	}
+	var prevEnd uint64
+	for _, ch := range sortedChunks(c.Chunks) {
+		switch {
+		case ch.File == nil:
+			return fmt.Errorf("chunk at %#x has no file", ch.Offset)
+		case ch.Length == 0, ch.Offset%PageSize != 0:
+			return fmt.Errorf("chunk at %#x+%#x is not page-aligned or empty", ch.Offset, ch.Length)
+		case ch.Offset < prevEnd:
+			return fmt.Errorf("chunk at %#x overlaps the one before", ch.Offset)
+		case ch.Offset > c.Size || ch.Length > c.Size-ch.Offset:
+			return fmt.Errorf("chunk at %#x+%#x runs past the memory's %#x bytes", ch.Offset, ch.Length, c.Size)
+		}
+		prevEnd = ch.Offset + ch.Length
+	}
 	return nil
+}
+
+func sortedChunks(chunks []Chunk) []Chunk {
+	out := slices.Clone(chunks)
+	slices.SortFunc(out, func(a, b Chunk) int { return cmp.Compare(a.Offset, b.Offset) })
+	return out
 }
 
 // Region is one contiguous range of guest RAM and its host mapping.
@@ -117,9 +162,10 @@ type Memory struct {
 	regions  []Region
 	backing  Backing
 	warnings []string
-	// file backs a PrivateFile mapping; pages of it the guest never
-	// touched are read from here rather than through the mapping.
-	file *os.File
+	// files back a PrivateFile or ChunkMapped mapping, sorted by offset;
+	// pages of them the guest never touched are read from here rather than
+	// through the mapping.
+	files []Chunk
 }
 
 // Layout returns the guest-physical RAM ranges for a VM of the given size:
@@ -152,6 +198,13 @@ func New(cfg Config) (_ *Memory, err error) {
 		if err != nil && cfg.File != nil {
 			cfg.File.Close()
 		}
+		if err != nil {
+			for _, ch := range cfg.Chunks {
+				if ch.File != nil {
+					ch.File.Close()
+				}
+			}
+		}
 	}()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -175,7 +228,10 @@ func New(cfg Config) (_ *Memory, err error) {
 		}
 	case PrivateFile:
 		m.mapping, err = mapPrivateFile(cfg.File, cfg.Size)
-		m.file = cfg.File
+		m.files = []Chunk{{Offset: 0, Length: cfg.Size, File: cfg.File}}
+	case ChunkMapped:
+		m.files = sortedChunks(cfg.Chunks)
+		m.mapping, err = mapChunks(m.files, cfg.Size)
 	default:
 		return nil, fmt.Errorf("unknown memory backing %d", int(cfg.Backing))
 	}
@@ -227,6 +283,46 @@ func mapPrivateFile(f *os.File, size uint64) ([]byte, error) {
 	return b, nil
 }
 
+// mapChunks reserves size bytes of anonymous memory and maps each chunk
+// file over its place with MAP_FIXED. Each chunk is a mapping of its own
+// (adjacent chunks are different files), so the host's vm.max_map_count
+// bounds how many a VM may have; that is checked first, with a message.
+func mapChunks(chunks []Chunk, size uint64) ([]byte, error) {
+	if limit, err := maxMapCount(); err == nil && len(chunks)*2+64 > limit {
+		return nil, fmt.Errorf("%d memory chunks need about %d mappings, more than vm.max_map_count (%d) allows: raise it or use larger chunks", len(chunks), len(chunks)*2, limit)
+	}
+	b, err := mapAnonymous(size, 0)
+	if err != nil {
+		return nil, err
+	}
+	base := reflect.ValueOf(b).Pointer()
+	for _, ch := range chunks {
+		var st unix.Stat_t
+		if err := unix.Fstat(int(ch.File.Fd()), &st); err != nil || uint64(st.Size) < ch.Length {
+			unix.Munmap(b)
+			return nil, fmt.Errorf("memory chunk %s at %#x is shorter than %d bytes (%v)", ch.File.Name(), ch.Offset, ch.Length, err)
+		}
+		// A raw mmap: unix.Mmap cannot map at a given address, and
+		// unix.MmapPtr takes an unsafe.Pointer, which Volt allows only
+		// in vmm/kvm. The address is inside b, which stays mapped.
+		_, _, errno := unix.Syscall6(unix.SYS_MMAP, base+uintptr(ch.Offset), uintptr(ch.Length),
+			unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_FIXED|unix.MAP_NORESERVE, ch.File.Fd(), 0)
+		if errno != 0 {
+			unix.Munmap(b)
+			return nil, fmt.Errorf("map memory chunk %s at %#x: %w", ch.File.Name(), ch.Offset, errno)
+		}
+	}
+	return b, nil
+}
+
+func maxMapCount() (int, error) {
+	b, err := os.ReadFile("/proc/sys/vm/max_map_count")
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
 // Close unmaps guest memory. The Memory must not be used afterwards.
 func (m *Memory) Close() error {
 	if m.mapping == nil {
@@ -234,10 +330,10 @@ func (m *Memory) Close() error {
 	}
 	err := unix.Munmap(m.mapping)
 	m.mapping, m.regions = nil, nil
-	if m.file != nil {
-		m.file.Close()
-		m.file = nil
+	for _, f := range m.files {
+		f.File.Close()
 	}
+	m.files = nil
 	if err != nil {
 		return fmt.Errorf("unmap guest memory: %w", err)
 	}

@@ -281,3 +281,75 @@ func TestHugePagesFallBack(t *testing.T) {
 	}
 	t.Logf("warnings: %v", m.Warnings())
 }
+
+func TestChunkMappedMemory(t *testing.T) {
+	const pages = 64
+	dir := t.TempDir()
+	chunk := func(name string, fill byte, n int) *os.File {
+		p := filepath.Join(dir, name)
+		b := make([]byte, n*PageSize)
+		for i := range b {
+			b[i] = fill
+		}
+		if err := os.WriteFile(p, b, 0o444); err != nil {
+			t.Fatal(err)
+		}
+		return openFile(t, p)
+	}
+	m, err := New(Config{Size: pages * PageSize, Backing: ChunkMapped, Chunks: []Chunk{
+		{Offset: 40 * PageSize, Length: 8 * PageSize, File: chunk("b", 0xBB, 8)},
+		{Offset: 8 * PageSize, Length: 8 * PageSize, File: chunk("a", 0xAA, 8)},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	for _, c := range []struct {
+		page int
+		want byte
+	}{{0, 0}, {8, 0xAA}, {15, 0xAA}, {16, 0}, {40, 0xBB}, {47, 0xBB}, {48, 0}} {
+		if v, _ := m.ReadUint8(GuestAddr(c.page*PageSize + 5)); v != c.want {
+			t.Errorf("page %d reads %#x, want %#x", c.page, v, c.want)
+		}
+	}
+	m.WriteUint8(GuestAddr(9*PageSize), 0x11)  // copy-on-write in a chunk
+	m.WriteUint8(GuestAddr(20*PageSize), 0x22) // anonymous hole
+	if b, _ := os.ReadFile(filepath.Join(dir, "a")); b[PageSize] != 0xAA {
+		t.Error("a guest write reached a chunk file")
+	}
+	image, _ := collect(t, m)
+	want := make([]byte, pages*PageSize)
+	for i := 8 * PageSize; i < 16*PageSize; i++ {
+		want[i] = 0xAA
+	}
+	for i := 40 * PageSize; i < 48*PageSize; i++ {
+		want[i] = 0xBB
+	}
+	want[9*PageSize], want[20*PageSize] = 0x11, 0x22
+	if string(image) != string(want) {
+		t.Fatal("DataRuns of chunk-mapped memory does not give the chunks, the holes and the guest's writes")
+	}
+	if n := mappedPages(t, m); n > 2+8+8 {
+		t.Errorf("%d pages mapped: DataRuns read chunks through the mapping", n)
+	}
+}
+
+func TestChunkMappedMemoryRefusesBadChunks(t *testing.T) {
+	f := func() *os.File {
+		p := filepath.Join(t.TempDir(), "c")
+		os.WriteFile(p, make([]byte, 2*PageSize), 0o444)
+		return openFile(t, p)
+	}
+	for name, chunks := range map[string][]Chunk{
+		"overlapping":    {{Offset: 0, Length: 2 * PageSize, File: f()}, {Offset: PageSize, Length: PageSize, File: f()}},
+		"unaligned":      {{Offset: 100, Length: PageSize, File: f()}},
+		"past the end":   {{Offset: 15 * PageSize, Length: 2 * PageSize, File: f()}},
+		"no file":        {{Offset: 0, Length: PageSize}},
+		"file too short": {{Offset: 0, Length: 4 * PageSize, File: f()}},
+	} {
+		if m, err := New(Config{Size: 16 * PageSize, Backing: ChunkMapped, Chunks: chunks}); err == nil {
+			m.Close()
+			t.Errorf("%s chunks accepted", name)
+		}
+	}
+}

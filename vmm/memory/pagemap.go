@@ -56,7 +56,7 @@ func (m *Memory) DataRuns(fn func(off uint64, data []byte) error) error {
 		if runTouched {
 			return fn(runStart*PageSize, m.mapping[runStart*PageSize:end*PageSize])
 		}
-		if m.file == nil {
+		if len(m.files) == 0 {
 			return nil // untouched anonymous memory is zero
 		}
 		if scratch == nil {
@@ -88,11 +88,28 @@ func (m *Memory) DataRuns(fn func(off uint64, data []byte) error) error {
 	return flush(pages)
 }
 
-// fileRuns reads [start, end) of the backing file, skipping its holes, and
-// hands each piece to fn.
+// fileRuns reads the parts of [start, end) that backing files cover,
+// skipping the files' holes, and hands each piece to fn; what no file
+// covers is anonymous and, untouched, zero.
 func (m *Memory) fileRuns(start, end uint64, scratch []byte, fn func(off uint64, data []byte) error) error {
-	fd := int(m.file.Fd())
-	pos := start
+	for _, f := range m.files {
+		lo, hi := max(start, f.Offset), min(end, f.Offset+f.Length)
+		if lo >= hi {
+			continue
+		}
+		if err := readFileRange(f.File, f.Offset, lo, hi, scratch, fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readFileRange hands fn the data of memory range [start, end) of a file
+// mapped at base, skipping the file's holes.
+func readFileRange(file *os.File, base, start, end uint64, scratch []byte, fn func(off uint64, data []byte) error) error {
+	fd := int(file.Fd())
+	pos := start - base // from here on, offsets are in the file
+	end -= base
 	for pos < end {
 		data, err := unix.Seek(fd, int64(pos), unix.SEEK_DATA)
 		if errors.Is(err, unix.ENXIO) {
@@ -118,11 +135,11 @@ func (m *Memory) fileRuns(start, end uint64, scratch []byte, fn func(off uint64,
 		stop := min(uint64(hole), end)
 		for off := uint64(data); off < stop; {
 			n := min(uint64(len(scratch)), stop-off)
-			got, err := m.file.ReadAt(scratch[:n], int64(off))
+			got, err := file.ReadAt(scratch[:n], int64(off))
 			if err != nil && !(errors.Is(err, io.EOF) && uint64(got) == n) {
-				return fmt.Errorf("read memory file %s at %#x: %w", m.file.Name(), off, err)
+				return fmt.Errorf("read memory file %s at %#x: %w", file.Name(), off, err)
 			}
-			if err := fn(off, scratch[:n]); err != nil {
+			if err := fn(base+off, scratch[:n]); err != nil {
 				return err
 			}
 			off += n

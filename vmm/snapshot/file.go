@@ -140,6 +140,12 @@ func (st *VMState) Validate() error {
 	if st.Memory.Diff == st.Memory.BaseID.IsZero() {
 		return bad("a diff snapshot needs the ID of its base, and only a diff has one")
 	}
+	if _, err := st.MemoryManifest(); err != nil {
+		return err
+	}
+	if st.Memory.Diff && st.Memory.Manifest != "" {
+		return bad("a diff snapshot with its memory in the CAS")
+	}
 	want := memory.Layout(m.MemorySize)
 	if len(st.Memory.Regions) != len(want) {
 		return bad("%d memory regions, the layout has %d", len(st.Memory.Regions), len(want))
@@ -238,7 +244,7 @@ func (d VirtioState) validate() error {
 	ok := kinds == 1
 	switch d.Kind {
 	case VirtioBlock:
-		ok = ok && d.Block != nil && d.Drive != nil && d.Drive.Path != ""
+		ok = ok && d.Block != nil && d.Drive != nil && (d.Drive.Path == "") != (d.Drive.Volume == "")
 	case VirtioNet:
 		ok = ok && d.Net != nil
 	case VirtioVsock:

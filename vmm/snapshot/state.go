@@ -79,8 +79,11 @@ type MemoryState struct {
 	// BaseID, in a diff snapshot, is the ID of the snapshot memory the diff
 	// applies onto (the VM's previous snapshot, or the snapshot it was
 	// restored from); a merge refuses any other base.
-	BaseID  MemoryID `json:",omitzero"`
-	Regions []Region
+	BaseID MemoryID `json:",omitzero"`
+	// Manifest, when set, is the digest of the CAS manifest holding the
+	// memory (see CreateInCAS); the snapshot then has no memory file.
+	Manifest string `json:",omitempty"`
+	Regions  []Region
 	// Diff marks a diff snapshot: the memory file holds only the pages set
 	// in DirtyBitmap (one bit per 4 KiB page of the whole memory, in file
 	// order) and must be merged onto its base before a restore.
@@ -162,7 +165,9 @@ type EntropyState struct {
 // DriveState is how a virtio-blk disk was configured.
 type DriveState struct {
 	ID        string
-	Path      string
+	Path      string `json:",omitempty"`
+	Volume    string `json:",omitempty"` // a CAS volume directory, in CASStore
+	CASStore  string `json:",omitempty"`
 	ReadOnly  bool
 	Root      bool
 	PartUUID  string `json:",omitempty"`

@@ -145,12 +145,24 @@ const (
 	SnapshotDiff = "Diff"
 )
 
-// SnapshotCreateParams is the swagger SnapshotCreateParams.
+// SnapshotCreateParams is the swagger SnapshotCreateParams. mem_file_path is
+// required there; volt-vmm also takes, instead of it, a Volt extension:
+// mem_backend {"backend_type": "Cas", "backend_path": STORE}, which stores
+// the memory in a CAS store (see docs/snapshots.md).
 type SnapshotCreateParams struct {
-	MemFilePath  string `json:"mem_file_path" volt:"required"`
-	SnapshotPath string `json:"snapshot_path" volt:"required"`
-	SnapshotType string `json:"snapshot_type,omitempty"`
+	MemFilePath  string         `json:"mem_file_path,omitempty"`
+	SnapshotPath string         `json:"snapshot_path" volt:"required"`
+	SnapshotType string         `json:"snapshot_type,omitempty"`
+	MemBackend   *MemoryBackend `json:"mem_backend,omitempty"`
 }
+
+// Memory backend types: Firecracker's File and Uffd, and Volt's Cas (the
+// backend_path is a CAS store directory).
+const (
+	MemBackendFile = "File"
+	MemBackendUffd = "Uffd"
+	MemBackendCas  = "Cas"
+)
 
 // MemoryBackend is the swagger MemoryBackend.
 type MemoryBackend struct {

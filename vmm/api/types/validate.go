@@ -321,8 +321,15 @@ func (s SnapshotCreateParams) Validate() error {
 	if s.SnapshotPath == "" {
 		return errors.New("snapshot_path must not be empty")
 	}
-	if s.MemFilePath == "" {
+	switch b := s.MemBackend; {
+	case b == nil && s.MemFilePath == "":
 		return errors.New("mem_file_path must not be empty")
+	case b != nil && s.MemFilePath != "":
+		return errors.New("mem_file_path and mem_backend are mutually exclusive")
+	case b != nil && b.BackendType != MemBackendCas:
+		return fmt.Errorf(`mem_backend.backend_type must be %q when creating a snapshot (or give mem_file_path), got %q`, MemBackendCas, b.BackendType)
+	case b != nil && b.BackendPath == "":
+		return errors.New("mem_backend.backend_path must name a CAS store")
 	}
 	if s.SnapshotPath == s.MemFilePath {
 		return errors.New("snapshot_path and mem_file_path must be different files")
@@ -332,7 +339,11 @@ func (s SnapshotCreateParams) Validate() error {
 	default:
 		return fmt.Errorf("snapshot_type must be %q or %q, got %q", SnapshotFull, SnapshotDiff, s.SnapshotType)
 	}
-	return checkPaths(map[string]string{"snapshot_path": s.SnapshotPath, "mem_file_path": s.MemFilePath})
+	paths := map[string]string{"snapshot_path": s.SnapshotPath, "mem_file_path": s.MemFilePath}
+	if s.MemBackend != nil {
+		paths["mem_backend.backend_path"] = s.MemBackend.BackendPath
+	}
+	return checkPaths(paths)
 }
 
 // Validate checks snapshot load parameters.
@@ -347,8 +358,8 @@ func (s SnapshotLoadParams) Validate() error {
 		return errors.New("mem_file_path and mem_backend are mutually exclusive")
 	}
 	if b := s.MemBackend; b != nil {
-		if b.BackendType != "File" && b.BackendType != "Uffd" {
-			return fmt.Errorf(`mem_backend.backend_type must be "File" or "Uffd", got %q`, b.BackendType)
+		if b.BackendType != MemBackendFile && b.BackendType != MemBackendUffd && b.BackendType != MemBackendCas {
+			return fmt.Errorf(`mem_backend.backend_type must be "File", "Uffd" or "Cas", got %q`, b.BackendType)
 		}
 		if b.BackendPath == "" {
 			return errors.New("mem_backend.backend_path must not be empty")
