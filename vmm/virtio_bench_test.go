@@ -152,6 +152,7 @@ func BenchmarkProbeVsock(b *testing.B) {
 	s.expect(probe.ReadyLine)
 	vpWant(s, "vsock listen 1234", `vsock listening 1234`)
 	vpWant(s, "agent", `agent listening 10240`)
+	defaultSpin := strings.TrimPrefix(vpAsk(s, "vsock spin"), "vsock spin ")
 	floorDir, err := os.MkdirTemp("", "vpf")
 	if err != nil {
 		b.Fatal(err)
@@ -172,11 +173,19 @@ func BenchmarkProbeVsock(b *testing.B) {
 			}
 		}
 	}
-	b.Run("round-trip/probe", func(b *testing.B) {
-		c := vpDial(b, uds, 1234)
-		defer c.Close()
-		roundTrip(b, c)
-	})
+	// The probe spins on its rings for a while after each packet before
+	// it sleeps until the vsock interrupt: the default, never, and long.
+	for _, spin := range []string{"default", "0", "3000000"} {
+		b.Run("round-trip/probe-spin="+spin, func(b *testing.B) {
+			if spin != "default" {
+				vpWant(s, "vsock spin "+spin, `vsock spin `+spin)
+				defer vpWant(s, "vsock spin "+defaultSpin, `vsock spin `+defaultSpin)
+			}
+			c := vpDial(b, uds, 1234)
+			defer c.Close()
+			roundTrip(b, c)
+		})
+	}
 	b.Run("round-trip/host-floor", func(b *testing.B) {
 		path := filepath.Join(floorDir, "echo.sock")
 		vpEchoServer(b, path)
