@@ -21,9 +21,11 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -146,6 +148,84 @@ func vpHybridAgent(b *testing.B, path string) {
 	}()
 }
 
+// vpVoltVMM returns $VOLT_VMM, or volt-vmm built from this tree into a
+// directory removed when b ends.
+func vpVoltVMM(b *testing.B) string {
+	if p := os.Getenv("VOLT_VMM"); p != "" {
+		return p
+	}
+	path := filepath.Join(b.TempDir(), "volt-vmm")
+	cmd := exec.Command("go", "build", "-trimpath", "-o", path, "./cmd/volt-vmm")
+	cmd.Dir = ".." // the module root, from this package's directory
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("build volt-vmm: %v\n%s", err, out)
+	}
+	return path
+}
+
+// vpProcess runs the probe in a volt-vmm process of its own, as the pool
+// runs its VMs, with the probe's console on pipes; it returns once the
+// probe answered every command in cmds.
+func vpProcess(b *testing.B, uds string, cmds ...string) {
+	cmd := exec.Command(vpVoltVMM(b), "--kernel", probeELF(b), "--memory", "64M", "--vsock", "cid=3,uds="+uds)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan error, 1)
+	b.Cleanup(func() {
+		io.WriteString(in, "poweroff\n")
+		select {
+		case err := <-done:
+			if err != nil {
+				b.Errorf("volt-vmm: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+			b.Error("volt-vmm did not power off")
+		}
+	})
+	sc := bufio.NewScanner(out)
+	lines := make(chan string, 16)
+	go func() {
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+		done <- cmd.Wait()
+	}()
+	next := func() string {
+		select {
+		case l := <-lines:
+			return l
+		case <-time.After(30 * time.Second):
+			b.Fatal("volt-vmm: no console line in 30 s")
+		}
+		return ""
+	}
+	for next() != probe.ReadyLine {
+	}
+	for _, c := range cmds {
+		io.WriteString(in, c+"\n")
+		if l := next(); strings.HasPrefix(l, "error") {
+			b.Fatalf("%q: %s", c, l)
+		}
+	}
+	go func() {
+		for range lines {
+		}
+	}()
+}
+
 func BenchmarkProbeVsock(b *testing.B) {
 	uds := vpUDS(b, "v.sock")
 	s := startProbe(b, vmm.Config{Vsock: &vmm.VsockConfig{GuestCID: 3, UDSPath: uds}})
@@ -215,6 +295,17 @@ func BenchmarkProbeVsock(b *testing.B) {
 		}
 	}
 	b.Run("first-answer/probe", func(b *testing.B) { firstAnswer(b, uds) })
+
+	// The same against a volt-vmm process of its own, where the client
+	// does not share the VMM's Go runtime, as the pool does not.
+	procUDS := filepath.Join(floorDir, "proc.sock")
+	vpProcess(b, procUDS, "vsock listen 1234", "agent")
+	b.Run("round-trip/process", func(b *testing.B) {
+		c := vpDial(b, procUDS, 1234)
+		defer c.Close()
+		roundTrip(b, c)
+	})
+	b.Run("first-answer/process", func(b *testing.B) { firstAnswer(b, procUDS) })
 	b.Run("first-answer/host-floor", func(b *testing.B) {
 		path := filepath.Join(floorDir, "agent.sock")
 		vpHybridAgent(b, path)

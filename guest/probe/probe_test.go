@@ -270,6 +270,15 @@ func startQEMU(t *testing.T, args ...string) *qemuConsole {
 	if err := q.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	// A failed test must not leave QEMU running: kill it and wait, here,
+	// rather than leave the kill to the context (which may come after the
+	// test binary exited).
+	t.Cleanup(func() {
+		if q.cmd.ProcessState == nil {
+			q.cmd.Process.Kill()
+			q.cmd.Wait()
+		}
+	})
 	go func() {
 		defer close(q.lines)
 		sc := bufio.NewScanner(stdout)
