@@ -88,8 +88,10 @@ type PoolCell struct {
 type PoolReport struct {
 	Cells []*PoolCell
 	// PSS (kB) of each warm VMM (paused, restored) and of each leased
-	// one after it answered, at the largest caller count.
+	// one after it answered (without an agent: right after the acquire),
+	// at the largest caller count.
 	WarmPSS, LeasedPSS []uint64
+	Agent              bool
 }
 
 func newPoolCell(arm string, callers int) *PoolCell {
@@ -116,7 +118,7 @@ func RunPool(ctx context.Context, spec PoolSpec) (*PoolReport, error) {
 	if spec.Timeout <= 0 {
 		spec.Timeout = 30 * time.Second
 	}
-	rep := &PoolReport{}
+	rep := &PoolReport{Agent: spec.Agent}
 	maxCallers := 0
 	for _, n := range spec.Callers {
 		if n < 1 {
@@ -445,7 +447,11 @@ func WritePool(w io.Writer, rep *PoolReport) error {
 		}
 	}
 	if len(rep.WarmPSS) > 0 || len(rep.LeasedPSS) > 0 {
-		fmt.Fprintf(w, "PSS per warm VMM: %s; per leased VMM (after its answer): %s\n", pssSummary(rep.WarmPSS), pssSummary(rep.LeasedPSS))
+		when := "after its answer"
+		if !rep.Agent {
+			when = "right after its acquire"
+		}
+		fmt.Fprintf(w, "PSS per warm VMM: %s; per leased VMM (%s): %s\n", pssSummary(rep.WarmPSS), when, pssSummary(rep.LeasedPSS))
 	}
 	return nil
 }

@@ -64,7 +64,7 @@ func TestPoolDashboardQueriesNamePoolMetrics(t *testing.T) {
 }
 
 func TestPoolTableSaysWhatWasNotMeasured(t *testing.T) {
-	rep := &PoolReport{}
+	rep := &PoolReport{Agent: true}
 	warm := newPoolCell(PoolArmWarm, 8)
 	for i := 0; i < 120; i++ {
 		warm.record(PoolStageAcquire, time.Duration(1000+i)*time.Microsecond, nil)

@@ -147,6 +147,7 @@ func cmdPool(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			spec.Progress = func(done int) { fmt.Fprintf(stderr, "\rvoltbench pool: %d/%d cycles", done, total) }
 		}
 	}
+	fmt.Fprintf(stdout, "load average at start: %s\n", loadAvg())
 	rep, err := bench.RunPool(ctx, spec)
 	if spec.Progress != nil {
 		fmt.Fprintln(stderr)
@@ -156,6 +157,7 @@ func cmdPool(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stdout, "no guest agent (--agent=false): first-answer is measured for the cold boot only (its console's ready line)")
 		}
 		bench.WritePool(stdout, rep)
+		fmt.Fprintf(stdout, "load average at end: %s\n", loadAvg())
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "voltbench pool: %v\n", err)
@@ -196,4 +198,18 @@ func startPoolDaemon(voltpool, vmm, socket, state string, stderr io.Writer) (fun
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// loadAvg is /proc/loadavg's first three fields: the figures of a shared
+// machine mean little without them.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }
