@@ -19,6 +19,23 @@ import (
 // Emptying the bounding set needs CAP_SETPCAP; a process that already has
 // an empty bounding set (one started by volt-jailer) does not need it.
 func DropCapabilities() error {
+	if err := DropBoundingSet(); err != nil {
+		return err
+	}
+	if err := cap.NewSet().SetProc(); err != nil {
+		return fmt.Errorf("clear the effective, permitted and inheritable capabilities: %w", err)
+	}
+	if err := SetNoNewPrivs(); err != nil {
+		return err
+	}
+	return checkNoCapabilities()
+}
+
+// DropBoundingSet empties the bounding set and the ambient set on every
+// thread, leaving the effective and permitted sets alone: what volt-jailer
+// does before it changes to the VM's uid (which needs CAP_SETUID still,
+// and then clears the effective and permitted sets itself).
+func DropBoundingSet() error {
 	var bound []cap.Value
 	for v := cap.Value(0); v < cap.MaxBits(); v++ {
 		if on, err := cap.GetBound(v); err == nil && on {
@@ -33,18 +50,13 @@ func DropCapabilities() error {
 	if err := cap.ResetAmbient(); err != nil {
 		return fmt.Errorf("clear the ambient capabilities: %w", err)
 	}
-	if err := cap.NewSet().SetProc(); err != nil {
-		return fmt.Errorf("clear the effective, permitted and inheritable capabilities: %w", err)
-	}
-	if err := SetNoNewPrivs(); err != nil {
-		return err
-	}
-	return checkNoCapabilities()
+	return nil
 }
 
-// SetNoNewPrivs sets no_new_privs on every thread.
+// SetNoNewPrivs sets no_new_privs on every thread (prctl wants arguments
+// 3 to 5 zero, so all six are given).
 func SetNoNewPrivs() error {
-	if _, _, errno := psx.Syscall3(unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0); errno != 0 {
+	if _, _, errno := psx.Syscall6(unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0); errno != 0 {
 		return fmt.Errorf("set no_new_privs: %w", errno)
 	}
 	return nil
