@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/user"
+	"strconv"
 	"path/filepath"
 	"time"
 
@@ -18,6 +20,7 @@ import (
 // ServerConfig is how the daemon serves its API and metrics.
 type ServerConfig struct {
 	Socket        string        // the API's Unix socket (mode 0660)
+	SocketGroup   string        // group that owns it ("" keeps the daemon's): its members may use the pool
 	MetricsListen string        // host:port for /metrics; "" for none
 	Drain         time.Duration // how long shutdown waits for leases to be released
 	// Ready, if set, is called once the API accepts requests (tests).
@@ -113,7 +116,7 @@ func listeners(sc ServerConfig) (api, metrics net.Listener, owned string, err er
 		l.Close()
 	}
 	if api == nil {
-		if api, err = listenUnix(sc.Socket); err != nil {
+		if api, err = listenUnix(sc.Socket, sc.SocketGroup); err != nil {
 			return nil, nil, "", err
 		}
 		owned = sc.Socket
@@ -132,7 +135,17 @@ func listeners(sc ServerConfig) (api, metrics net.Listener, owned string, err er
 
 // listenUnix listens on path with mode 0660. A stale socket (nobody
 // answers) is replaced; a live one, or any other file, is an error.
-func listenUnix(path string) (net.Listener, error) {
+func listenUnix(path, group string) (net.Listener, error) {
+	gid := -1
+	if group != "" {
+		g, err := user.LookupGroup(group)
+		if err != nil {
+			return nil, fmt.Errorf("voltpool: --socket-group: %w", err)
+		}
+		if gid, err = strconv.Atoi(g.Gid); err != nil {
+			return nil, fmt.Errorf("voltpool: group %s has gid %q", group, g.Gid)
+		}
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("voltpool: socket directory: %w", err)
 	}
@@ -157,6 +170,13 @@ func listenUnix(path string) (net.Listener, error) {
 		l.Close()
 		os.Remove(path)
 		return nil, fmt.Errorf("voltpool: chmod socket: %w", err)
+	}
+	if gid >= 0 {
+		if err := os.Lchown(path, -1, gid); err != nil {
+			l.Close()
+			os.Remove(path)
+			return nil, fmt.Errorf("voltpool: socket group: %w", err)
+		}
 	}
 	return l, nil
 }

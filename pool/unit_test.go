@@ -241,3 +241,34 @@ func FuzzAPIBodies(f *testing.F) {
 		}
 	})
 }
+
+func TestListenUnixModeGroupAndStaleSocket(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "sub", "p.sock")
+	l, err := listenUnix(path, "daemon")
+	if err != nil {
+		t.Skipf("no group daemon here: %v", err)
+	}
+	var st unix.Stat_t
+	unix.Stat(path, &st)
+	if st.Mode&0o777 != 0o660 || st.Gid != 1 {
+		t.Errorf("socket mode %o gid %d, want 0660 and daemon's gid 1", st.Mode&0o777, st.Gid)
+	}
+	if _, err := listenUnix(path, ""); err == nil || !strings.Contains(err.Error(), "served by another process") {
+		t.Errorf("second listener on a live socket: %v", err)
+	}
+	l.Close() // leaves the file: a stale socket
+	l2, err := listenUnix(path, "")
+	if err != nil {
+		t.Fatalf("stale socket not replaced: %v", err)
+	}
+	l2.Close()
+	regular := filepath.Join(dir, "file")
+	os.WriteFile(regular, nil, 0o644)
+	if _, err := listenUnix(regular, ""); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Errorf("listened over a regular file: %v", err)
+	}
+	if _, err := listenUnix(filepath.Join(dir, "q.sock"), "no-such-group-here"); err == nil {
+		t.Error("unknown group accepted")
+	}
+}

@@ -135,6 +135,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) int {
 	drain := fs.Duration("drain-timeout", 30*time.Second, "on shutdown, how long to wait for leases to be released before ending them")
 	defTTL := fs.Duration("default-ttl", 60*time.Second, "lease TTL when an acquire names none")
 	maxTTL := fs.Duration("max-ttl", 24*time.Hour, "longest lease TTL")
+	group := fs.String("socket-group", "", "group owning the API socket (mode 0660): its members may acquire VMs")
 	verbose := fs.Bool("verbose", false, "log at debug level")
 	if _, code := parse(fs, args, 0, "no arguments"); code >= 0 {
 		return code
@@ -150,7 +151,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) int {
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	err = pool.Serve(ctx, pool.Config{StateDir: *stateDir, StoreDir: *store, VMMBin: bin, RefillConcurrency: *refill,
 		MaxVMs: *maxVMs, DefaultTTL: *defTTL, MaxTTL: *maxTTL, Log: log},
-		pool.ServerConfig{Socket: *socket, MetricsListen: *metrics, Drain: *drain})
+		pool.ServerConfig{Socket: *socket, SocketGroup: *group, MetricsListen: *metrics, Drain: *drain})
 	if err != nil {
 		return fail(stderr, err)
 	}
