@@ -8,8 +8,8 @@ import (
 	"net/http"
 	"os"
 	"os/user"
-	"strconv"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/activation"
