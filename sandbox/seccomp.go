@@ -91,3 +91,12 @@ func ApplyThread(r Role) error {
 	}
 	return nil
 }
+
+// ProcessFilterApplied reports whether ApplyProcess has run (at any
+// level): code that may run unconfined (tests building a VM directly)
+// calls ApplyThread only when it has.
+func ProcessFilterApplied() bool {
+	process.mu.Lock()
+	defer process.mu.Unlock()
+	return process.applied
+}

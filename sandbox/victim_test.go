@@ -161,6 +161,9 @@ func TestApplyThreadNeedsTheProcessFilterFirst(t *testing.T) {
 	// In this (unfiltered) test process the process filter was never
 	// applied: ApplyThread must refuse, not install a filter that would
 	// make a later TSYNC fail.
+	if ProcessFilterApplied() {
+		t.Fatal("ProcessFilterApplied in a process that never called ApplyProcess")
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- ApplyThread(RoleVCPU) }()
 	if err := <-errc; err == nil || !strings.Contains(err.Error(), "before ApplyProcess") {
