@@ -21,35 +21,44 @@ func dialUnix(ctx context.Context, path string) (net.Conn, error) {
 func itoa(n int) string { return strconv.Itoa(n) }
 
 // tapIn reports whether the network namespace of pid has an interface
-// named name that is a TAP (has /sys/class/net/NAME/tun_flags there).
+// named name that is up.
 func tapIn(t *testing.T, pid int, name string) bool {
+	return tapFlags(t, pid, name)&net.FlagUp != 0
+}
+
+// tapFlags returns the flags of interface name in the network namespace of
+// pid (0 if there is none). A TAP is FlagRunning while a process holds it
+// open (its carrier).
+func tapFlags(t *testing.T, pid int, name string) net.Flags {
 	t.Helper()
 	target, err := os.Open("/proc/" + itoa(pid) + "/ns/net")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer target.Close()
-	found := make(chan bool, 1)
+	found := make(chan net.Flags, 1)
 	go func() {
 		runtime.LockOSThread()
 		home, err := os.Open("/proc/thread-self/ns/net")
 		if err != nil {
 			runtime.UnlockOSThread()
-			found <- false
+			found <- 0
 			return
 		}
 		defer home.Close()
 		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
 			runtime.UnlockOSThread()
-			found <- false
+			found <- 0
 			return
 		}
-		ifc, err := net.InterfaceByName(name)
-		ok := err == nil && ifc.Flags&net.FlagUp != 0
+		var flags net.Flags
+		if ifc, err := net.InterfaceByName(name); err == nil {
+			flags = ifc.Flags
+		}
 		if unix.Setns(int(home.Fd()), unix.CLONE_NEWNET) == nil {
 			runtime.UnlockOSThread()
 		}
-		found <- ok
+		found <- flags
 	}()
 	return <-found
 }

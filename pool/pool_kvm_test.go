@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -394,12 +395,53 @@ func TestTemplateFromSnapshotWithANetnsPerClone(t *testing.T) {
 		if !tapIn(t, pid, "vtap0") {
 			t.Errorf("VMM %d's namespace has no TAP vtap0", pid)
 		}
+		// This snapshot has no network device: nothing holds the TAP,
+		// so it is not running (the control of the network test).
+		if tapFlags(t, pid, "vtap0")&net.FlagRunning != 0 {
+			t.Errorf("VMM %d: vtap0 running with no device behind it", pid)
+		}
 	}
 	if l.Netns != "/proc/"+itoa(l.PID)+"/ns/net" {
 		t.Errorf("lease netns %q", l.Netns)
 	}
 	if _, err := os.Stat("/sys/class/net/vtap0"); !os.IsNotExist(err) {
 		t.Errorf("a TAP vtap0 exists on the host: %v", err)
+	}
+	if err := s.client.Release(ctx, l.ID); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A template booted with a network: the template's VMM and every clone's
+// open a TAP of the same name, each in its own namespace, and hold it (the
+// TAP is running: the VMM's virtio-net has it open).
+func TestNetworkTemplateClonesEachHoldTheirOwnTAP(t *testing.T) {
+	_, kernel, _ := fixture(t)
+	s := serve(t, Config{})
+	ctx := context.Background()
+	if _, err := s.client.CreateTemplate(ctx, pc.TemplateSpec{Name: "net", Kernel: kernel, MemoryMiB: 64, Warm: 2,
+		Network: &pc.Network{HostDevName: "vtap1", GuestMAC: "06:00:ac:10:00:02"}}); err != nil {
+		t.Fatal(err)
+	}
+	s.waitWarm(t, "net", 2)
+	l, err := s.client.Acquire(ctx, "net", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.waitWarm(t, "net", 2)
+	seen := map[string]bool{}
+	for _, v := range s.pool.VMs() {
+		ns, _ := os.Readlink("/proc/" + itoa(v.PID) + "/ns/net")
+		if seen[ns] {
+			t.Errorf("VMM %d shares its namespace", v.PID)
+		}
+		seen[ns] = true
+		if f := tapFlags(t, v.PID, "vtap1"); f&net.FlagUp == 0 || f&net.FlagRunning == 0 {
+			t.Errorf("VMM %d (%s): vtap1 flags %v, want up and running (held by the VMM)", v.PID, v.State, f)
+		}
+	}
+	if len(seen) != 3 {
+		t.Errorf("%d namespaces for 3 VMMs", len(seen))
 	}
 	if err := s.client.Release(ctx, l.ID); err != nil {
 		t.Fatal(err)
