@@ -6,6 +6,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -19,6 +20,26 @@ func dialUnix(ctx context.Context, path string) (net.Conn, error) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// holdsTAP reports whether process pid has a /dev/net/tun fd attached to
+// the interface name (the kernel's fdinfo of a tun file has "iff: NAME").
+func holdsTAP(pid int, name string) bool {
+	dir := "/proc/" + itoa(pid)
+	fds, err := os.ReadDir(dir + "/fd")
+	if err != nil {
+		return false
+	}
+	for _, fd := range fds {
+		if l, err := os.Readlink(dir + "/fd/" + fd.Name()); err != nil || l != "/dev/net/tun" {
+			continue
+		}
+		b, err := os.ReadFile(dir + "/fdinfo/" + fd.Name())
+		if err == nil && strings.Contains(string(b), "iff:\t"+name+"\n") {
+			return true
+		}
+	}
+	return false
+}
 
 // tapIn reports whether the network namespace of pid has an interface
 // named name that is up.
