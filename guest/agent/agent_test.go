@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestRequestRoundTrip(t *testing.T) {
@@ -461,5 +463,38 @@ func TestDialHybrid(t *testing.T) {
 	}
 	if _, err := DialHybrid(ctx, filepath.Join(t.TempDir(), "absent"), Port); err == nil {
 		t.Error("dialled an absent socket")
+	}
+}
+
+// The guest side of vsock reaches ServeConn as an *os.File of a
+// non-blocking socket (Go's net package cannot wrap AF_VSOCK): the same
+// exchange over a non-blocking Unix socket pair's *os.File.
+func TestServeConnOverAnOSFile(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	guest := os.NewFile(uintptr(fds[0]), "guest")
+	hf := os.NewFile(uintptr(fds[1]), "host")
+	host, err := net.FileConn(hf)
+	hf.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer host.Close()
+	done := make(chan error, 1)
+	go func() {
+		done <- ServeConn(context.Background(), guest, HandlerFunc(func(_ context.Context, r Request, stdout, _ io.Writer) Status {
+			io.WriteString(stdout, strings.Join(r.Args, "+"))
+			return Status{Kind: Exited, Code: 3}
+		}))
+	}()
+	var c Client
+	res, err := c.Run(context.Background(), host, Request{Args: []string{"a", "b"}})
+	if err != nil || string(res.Stdout) != "a+b" || res.Code != 3 {
+		t.Fatalf("%+v %q %v", res.Status, res.Stdout, err)
+	}
+	if err := <-done; err != nil {
+		t.Errorf("server: %v", err)
 	}
 }

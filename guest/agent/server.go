@@ -33,11 +33,19 @@ const (
 	DefaultTimeout = 5 * time.Minute
 )
 
+// Conn is what ServeConn needs of a stream: a net.Conn, or an *os.File of
+// a non-blocking socket (the guest side of vsock, which Go's net package
+// cannot wrap: accept4 with SOCK_NONBLOCK, then os.NewFile).
+type Conn interface {
+	io.ReadWriteCloser
+	SetReadDeadline(t time.Time) error
+}
+
 // ServeConn answers the one request on conn, then closes conn. It returns
 // the error that ended the exchange (nil once the exit frame was sent): a
 // malformed request is answered with a NotRun status when its frame could
 // be read at all, and the error is returned too.
-func ServeConn(ctx context.Context, conn net.Conn, h Handler) error {
+func ServeConn(ctx context.Context, conn Conn, h Handler) error {
 	defer conn.Close()
 	conn.SetReadDeadline(time.Now().Add(RequestTimeout))
 	hdr := make([]byte, HeaderSize)
@@ -132,7 +140,7 @@ func Serve(ctx context.Context, ln net.Listener, h Handler) error {
 // context ends, which the watcher's failed read causes).
 type frameWriter struct {
 	mu   sync.Mutex
-	conn net.Conn
+	conn Conn
 	err  error
 }
 
