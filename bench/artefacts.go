@@ -37,7 +37,7 @@ const (
 	DefaultVMMBin      = "bin/volt-vmm"
 	DefaultProbe       = "build/guest/probe.elf"
 	DefaultLinuxKernel = "build/guest/vmlinux"
-	DefaultLinuxInitrd = "build/guest/initramfs.cpio.gz"
+	DefaultLinuxInitrd = "build/guest/initramfs.cpio"
 	DefaultFloorDir    = "build/floor" // bench/floor/build.sh's output
 )
 

@@ -1,7 +1,7 @@
 // Command volt-rootfs builds Volt's guest root file systems: an initramfs
 // and/or an ext4 image holding volt-init and a static busybox.
 //
-//	volt-rootfs --init build/volt-init --initramfs build/initramfs.cpio.gz --ext4 build/rootfs.ext4
+//	volt-rootfs --init build/volt-init --initramfs build/initramfs.cpio --ext4 build/rootfs.ext4
 package main
 
 import (

@@ -218,6 +218,39 @@ func TestExitStatusTellsPowerOffResetAndPanicApart(t *testing.T) {
 	}
 }
 
+// TestLinuxInitFailureIsAPanicExit makes PID 1 of our Linux guest exit
+// with an error: the kernel panics ("Attempted to kill init!"), and
+// volt-vmm must say so with its documented status instead of reporting the
+// reset that follows (panic=-1) as anything else.
+func TestLinuxInitFailureIsAPanicExit(t *testing.T) {
+	kvmtest.Require(t)
+	var stdout, stderr bytes.Buffer
+	status := run([]string{
+		"--kernel", guestArtefact(t, "vmlinux"), "--initrd", guestArtefact(t, "initramfs.cpio"),
+		"--guest-profile", "nested-pvm", "--memory", "256M",
+		"--cmdline", "console=ttyS0 reboot=k panic=-1 rdinit=/bin/false",
+	}, strings.NewReader(""), &stdout, &stderr)
+	if status != exitGuestPanic {
+		t.Fatalf("status %d, want %d (guest panic); stderr:\n%s\nconsole:\n%s", status, exitGuestPanic, stderr.String(), stdout.String())
+	}
+	if !strings.Contains(stdout.String(), "Attempted to kill init") {
+		t.Errorf("the console lacks the kernel's reason:\n%s", stdout.String())
+	}
+	if !strings.Contains(stderr.String(), "the guest kernel panicked") {
+		t.Errorf("stderr does not say the guest panicked: %q", stderr.String())
+	}
+}
+
+// guestArtefact returns a file scripts/setup built into build/guest/.
+func guestArtefact(t *testing.T, name string) string {
+	t.Helper()
+	p := filepath.Join("..", "..", "build", "guest", name)
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("guest artefact %s is missing (%v): run ./scripts/setup first", p, err)
+	}
+	return p
+}
+
 // snapshotProbeDir boots the probe in this process, runs cmd, waits for
 // answer, and snapshots it into a new directory.
 func snapshotProbeDir(t *testing.T, cmd, answer string) string {

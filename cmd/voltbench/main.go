@@ -136,7 +136,7 @@ func (g *guestFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&g.vmm, "vmm", bench.VMMVolt, "VMM to boot: volt or qemu")
 	fs.StringVar(&g.vmmBin, "vmm-bin", "", "volt-vmm binary (default: "+bench.DefaultVMMBin+" in the repository)")
 	fs.StringVar(&g.qemuBin, "qemu-bin", "qemu-system-x86_64", "QEMU binary")
-	fs.StringVar(&g.guest, "guest", bench.GuestProbe, "guest: probe ("+bench.DefaultProbe+") or linux ("+bench.DefaultLinuxKernel+" + initramfs.cpio.gz)")
+	fs.StringVar(&g.guest, "guest", bench.GuestProbe, "guest: probe ("+bench.DefaultProbe+") or linux ("+bench.DefaultLinuxKernel+" + initramfs.cpio)")
 	fs.StringVar(&g.kernel, "kernel", "", "guest kernel (default: by --guest, under build/guest)")
 	fs.StringVar(&g.initrd, "initrd", "", "initramfs for --guest linux (default: "+bench.DefaultLinuxInitrd+")")
 	fs.StringVar(&g.cmdline, "cmdline", bench.DefaultLinuxCmdline, "kernel command line for --guest linux")
