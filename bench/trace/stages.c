@@ -1,11 +1,14 @@
 //go:build ignore
 
-// Boot-stage tracer for one or more VMM processes. User space puts each
-// VMM's TGID into `procs` before the VMM execs; every program below then
-// records, for that process and all its threads, the first kernel time of
-// each milestone and counts KVM exits between milestones. Only tracepoints
-// are used (no kprobes), with argument layouts that have been stable for
-// years, so the same object works under any VMM and most kernels.
+// Boot-stage tracer for one or more VMM processes. A process joins `procs`
+// (keyed by its TGID) before it execs the VMM: at its fork, when the thread
+// that forked it is a registered launcher (`launchers`), or by user space
+// putting its TGID there. Every program below then records, for that
+// process and all its threads, the first kernel time of each milestone and
+// counts KVM exits between milestones. Only tracepoints are used (no
+// kprobes): classic ones with argument layouts that have been stable for
+// years, and sched_process_fork in its BTF-typed form (tp_btf), which hands
+// over the child's task and so tells a new process from a new thread.
 
 #include <linux/types.h>
 #include <linux/bpf.h>
@@ -70,6 +73,27 @@ struct {
 	__type(key, __u32);	// TGID
 	__type(value, struct proc);
 } procs SEC(".maps");
+
+// Threads (TIDs) whose next forks are launches of processes to trace. User
+// space registers a thread for the moment it forks and execs a VMM, so its
+// child is in `procs` before the child runs, and the exec that follows is
+// timed by the same tracepoint as always. Keyed by thread, not process: the
+// launcher's other children (helpers, untraced VMMs) must not join.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);	// TID
+	__type(value, __u32);	// unused
+} launchers SEC(".maps");
+
+// One zeroed struct proc, the initial value of a process that joins at its
+// fork (too large for the BPF stack).
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct proc);
+} zero_proc SEC(".maps");
 
 // ioctl command of each traced thread between sys_enter and sys_exit.
 struct {
@@ -152,14 +176,52 @@ int on_exit(void *ctx)
 		return 0;
 	__u32 tid = id;
 	bpf_map_delete_elem(&pending, &tid);
-	// Threads of the launcher that exec replaced also exit here, before
-	// the exec event; they are not the VMM.
-	if (p->ts[MS_EXEC] == 0)
+	if (p->ts[MS_EXEC] == 0) {
+		// A process that ends before its exec never ran the VMM (its
+		// exec failed, or the launcher killed it): forget it, so that
+		// a failed start leaves no entry behind. Other threads exiting
+		// before the exec (those an exec replaces) are not the VMM.
+		if ((__u32)id == (__u32)(id >> 32)) {
+			__u32 tgid = id >> 32;
+			bpf_map_delete_elem(&procs, &tgid);
+		}
 		return 0;
+	}
 	__u64 now = bpf_ktime_get_ns();
 	p->last_thread_exit = now;
 	if ((__u32)id == (__u32)(id >> 32))
 		reach(p, MS_EXIT, now);
+	return 0;
+}
+
+// The two task_struct fields read, relocated against the running kernel's
+// BTF (CO-RE), so no kernel headers are needed.
+struct task_struct {
+	int pid;
+	int tgid;
+} __attribute__((preserve_access_index));
+
+// sched_process_fork(parent, child) runs in the parent before the child can
+// run: a launcher's new process joins `procs` before it can exec. New
+// threads (the launcher's runtime starts them at any time) have a TID that
+// is not their TGID and are skipped.
+SEC("tp_btf/sched_process_fork")
+int on_fork(__u64 *ctx)
+{
+	struct task_struct *child = (struct task_struct *)ctx[1];
+	__u32 tid = bpf_get_current_pid_tgid();
+	if (!bpf_map_lookup_elem(&launchers, &tid))
+		return 0;
+	__u32 pid = child->pid;
+	if (pid != (__u32)child->tgid)
+		return 0;
+	__u32 zero = 0;
+	struct proc *init = bpf_map_lookup_elem(&zero_proc, &zero);
+	if (!init)
+		return 0;
+	// BPF_ANY: a recycled PID starts afresh. A full map leaves the child
+	// out, which the launcher checks.
+	bpf_map_update_elem(&procs, &pid, init, BPF_ANY);
 	return 0;
 }
 

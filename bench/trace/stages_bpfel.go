@@ -87,6 +87,7 @@ type stagesSpecs struct {
 type stagesProgramSpecs struct {
 	OnExec          *ebpf.ProgramSpec `ebpf:"on_exec"`
 	OnExit          *ebpf.ProgramSpec `ebpf:"on_exit"`
+	OnFork          *ebpf.ProgramSpec `ebpf:"on_fork"`
 	OnIoctlEnter    *ebpf.ProgramSpec `ebpf:"on_ioctl_enter"`
 	OnIoctlExit     *ebpf.ProgramSpec `ebpf:"on_ioctl_exit"`
 	OnKvmExit       *ebpf.ProgramSpec `ebpf:"on_kvm_exit"`
@@ -98,8 +99,10 @@ type stagesProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type stagesMapSpecs struct {
-	Pending *ebpf.MapSpec `ebpf:"pending"`
-	Procs   *ebpf.MapSpec `ebpf:"procs"`
+	Launchers *ebpf.MapSpec `ebpf:"launchers"`
+	Pending   *ebpf.MapSpec `ebpf:"pending"`
+	Procs     *ebpf.MapSpec `ebpf:"procs"`
+	ZeroProc  *ebpf.MapSpec `ebpf:"zero_proc"`
 }
 
 // stagesVariableSpecs contains global variables before they are loaded into the kernel.
@@ -130,14 +133,18 @@ func (o *stagesObjects) Close() error {
 //
 // It can be passed to loadStagesObjects or ebpf.CollectionSpec.LoadAndAssign.
 type stagesMaps struct {
-	Pending *ebpf.Map `ebpf:"pending"`
-	Procs   *ebpf.Map `ebpf:"procs"`
+	Launchers *ebpf.Map `ebpf:"launchers"`
+	Pending   *ebpf.Map `ebpf:"pending"`
+	Procs     *ebpf.Map `ebpf:"procs"`
+	ZeroProc  *ebpf.Map `ebpf:"zero_proc"`
 }
 
 func (m *stagesMaps) Close() error {
 	return _StagesClose(
+		m.Launchers,
 		m.Pending,
 		m.Procs,
+		m.ZeroProc,
 	)
 }
 
@@ -155,6 +162,7 @@ type stagesVariables struct {
 type stagesPrograms struct {
 	OnExec          *ebpf.Program `ebpf:"on_exec"`
 	OnExit          *ebpf.Program `ebpf:"on_exit"`
+	OnFork          *ebpf.Program `ebpf:"on_fork"`
 	OnIoctlEnter    *ebpf.Program `ebpf:"on_ioctl_enter"`
 	OnIoctlExit     *ebpf.Program `ebpf:"on_ioctl_exit"`
 	OnKvmExit       *ebpf.Program `ebpf:"on_kvm_exit"`
@@ -166,6 +174,7 @@ func (p *stagesPrograms) Close() error {
 	return _StagesClose(
 		p.OnExec,
 		p.OnExit,
+		p.OnFork,
 		p.OnIoctlEnter,
 		p.OnIoctlExit,
 		p.OnKvmExit,

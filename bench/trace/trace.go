@@ -172,6 +172,13 @@ func New() (*Tracer, error) {
 		}
 		t.links = append(t.links, l)
 	}
+	// The launcher's children join the filter at their fork (Start).
+	fork, err := link.AttachTracing(link.TracingOptions{Program: t.objs.OnFork, AttachType: ebpf.AttachTraceRawTp})
+	if err != nil {
+		t.Close()
+		return nil, fmt.Errorf("trace: attach tp_btf/sched_process_fork (needs BTF, /sys/kernel/btf/vmlinux): %w: %w", ErrUnsupported, err)
+	}
+	t.links = append(t.links, fork)
 	// Only the exit counts need kvm:kvm_exit; without it every stage is
 	// still timed, and the counts are reported as not measured.
 	if l, err := link.Tracepoint("kvm", "kvm_exit", t.objs.OnKvmExit, nil); err != nil {
@@ -210,6 +217,8 @@ func (t *Tracer) Close() error {
 
 // Watch starts tracing the process with this TGID. Call it before the
 // process execs the VMM; an earlier record for the same TGID is discarded.
+// Start does this by itself for the processes it starts; Watch is for a
+// process made some other way that waits before its exec.
 func (t *Tracer) Watch(tgid int) error {
 	var zero stagesProc
 	if err := t.objs.Procs.Update(uint32(tgid), &zero, ebpf.UpdateAny); err != nil {
@@ -227,7 +236,10 @@ var ErrNoExec = errors.New("no exec seen")
 func (t *Tracer) Collect(tgid int) (Record, error) {
 	var raw stagesProc
 	key := uint32(tgid)
-	if err := t.objs.Procs.Lookup(key, &raw); err != nil {
+	if err := t.objs.Procs.Lookup(key, &raw); errors.Is(err, ebpf.ErrKeyNotExist) {
+		// The kernel side forgets a process that ended before its exec.
+		return Record{}, fmt.Errorf("trace: %d: %w (it ended before exec, or was never watched)", tgid, ErrNoExec)
+	} else if err != nil {
 		return Record{}, fmt.Errorf("trace: read %d: %w", tgid, err)
 	}
 	if err := t.objs.Procs.Delete(key); err != nil {

@@ -193,3 +193,120 @@ func TestTracerSeesEveryStageOfAProbeBoot(t *testing.T) {
 		t.Errorf("vcpus = %d, memory regions = %d", rec.VCPUs, rec.MemoryRegions)
 	}
 }
+
+// watched lists the TGIDs in the kernel's process filter.
+func watched(t *testing.T, tr *Tracer) []uint32 {
+	t.Helper()
+	var (
+		key  uint32
+		val  stagesProc
+		keys []uint32
+	)
+	it := tr.objs.Procs.Iterate()
+	for it.Next(&key, &val) {
+		keys = append(keys, key)
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return keys
+}
+
+// A launched process joins the filter at its fork and is timed from its
+// exec; its own children (forked by it, not by the launcher) do not join,
+// and collecting it leaves nothing behind.
+func TestStartEnrolsOnlyTheLaunchedProcess(t *testing.T) {
+	tr := requireTracer(t)
+	g := Command(context.Background(), "/bin/sh", "-c", "/bin/true & wait; /bin/true & wait")
+	if err := tr.Start(g); err != nil {
+		t.Fatal(err)
+	}
+	pid := g.Cmd.Process.Pid
+	if err := g.Cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if w := watched(t, tr); len(w) != 1 || w[0] != uint32(pid) {
+		t.Errorf("watched %v, want only the launched shell %d (not its children)", w, pid)
+	}
+	rec, err := tr.Collect(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exit, ok := rec.At(Exit)
+	if rec.Points[0].Milestone != Exec || !ok || exit <= 0 || exit > 5*time.Second {
+		t.Errorf("record %+v: want exec at 0, then an exit", rec.Points)
+	}
+	if w := watched(t, tr); len(w) != 0 {
+		t.Errorf("still watched after Collect: %v", w)
+	}
+}
+
+// A start whose exec fails is an error, and the child, enrolled at its fork,
+// is forgotten when it ends without an exec.
+func TestStartOfAMissingBinaryFailsAndLeavesNothingWatched(t *testing.T) {
+	tr := requireTracer(t)
+	g := Command(context.Background(), filepath.Join(t.TempDir(), "no-such-vmm"))
+	if err := tr.Start(g); err == nil {
+		g.Cmd.Wait()
+		t.Fatal("started a binary that does not exist")
+	}
+	if w := watched(t, tr); len(w) != 0 {
+		t.Errorf("a failed start left %v watched", w)
+	}
+	if _, err := tr.Collect(12345678); !errors.Is(err, ErrNoExec) {
+		t.Errorf("Collect of an unknown PID: %v, want ErrNoExec", err)
+	}
+}
+
+// Launches from many goroutines at once each enrol their own process, and
+// only it, however the Go runtime moves goroutines and starts threads.
+func TestConcurrentStartsAreEachTimedFromTheirOwnExec(t *testing.T) {
+	tr := requireTracer(t)
+	const workers, each = 8, 6
+	errs := make(chan error, workers*each)
+	pids := make(chan int, workers*each)
+	done := make(chan struct{})
+	for w := 0; w < workers; w++ {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := 0; i < each; i++ {
+				g := Command(context.Background(), "/bin/true")
+				if err := tr.Start(g); err != nil {
+					errs <- err
+					continue
+				}
+				if err := g.Cmd.Wait(); err != nil {
+					errs <- err
+					continue
+				}
+				pids <- g.Cmd.Process.Pid
+			}
+		}()
+	}
+	for w := 0; w < workers; w++ {
+		<-done
+	}
+	close(errs)
+	close(pids)
+	for err := range errs {
+		t.Error(err)
+	}
+	n := 0
+	for pid := range pids {
+		n++
+		rec, err := tr.Collect(pid)
+		if err != nil {
+			t.Errorf("pid %d: %v", pid, err)
+			continue
+		}
+		if exit, ok := rec.At(Exit); !ok || exit <= 0 {
+			t.Errorf("pid %d: record %+v", pid, rec.Points)
+		}
+	}
+	if n != workers*each {
+		t.Errorf("%d of %d starts succeeded", n, workers*each)
+	}
+	if w := watched(t, tr); len(w) != 0 {
+		t.Errorf("left watched: %v", w)
+	}
+}
