@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/voltvmm/volt/internal/testbin"
 	"github.com/voltvmm/volt/vmm/api/client"
 	"github.com/voltvmm/volt/vmm/api/types"
 	"github.com/voltvmm/volt/vmm/kvm/kvmtest"
@@ -182,17 +183,10 @@ func TestPlanCgroupsPicksTheHierarchy(t *testing.T) {
 	}
 }
 
-// vmmBinary is bin/volt-vmm, which scripts/setup builds.
+// vmmBinary is volt-vmm built from this tree.
 func vmmBinary(t *testing.T) string {
 	t.Helper()
-	p, err := filepath.Abs("../bin/volt-vmm")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(p); err != nil {
-		t.Skipf("skipping: needs bin/volt-vmm (scripts/setup builds it): %v", err)
-	}
-	return p
+	return testbin.Build(t, "./cmd/volt-vmm")
 }
 
 func probeKernel(t *testing.T) string {
@@ -333,7 +327,7 @@ func TestJailedVMMBootsSnapshotsAndRestores(t *testing.T) {
 		ID: "jail-boot", ExecFile: vmm, UID: 10123, GID: 10123, ChrootBase: base,
 		Cgroups: []CgroupSetting{{"pids.max", "64"}, {"memory.limit_in_bytes", "512M"}, {"cpu.cfs_quota_us", "100000"}},
 		Binds:   []Bind{{Host: probe, Jail: "/probe.elf"}, {Host: snap, Jail: "/snap", Writable: true}},
-		Args:    []string{"--kernel", "/probe.elf", "--memory", "128M", "--api-sock", "/api.sock"},
+		Args:    []string{"--kernel", "/probe.elf", "--memory", "128M", "--api-sock", "/api.sock", "--snapshot-dir", "/snap"},
 	}
 	if cgroupV1(t, "pids") == "" {
 		c.Cgroups = nil // no v1 hierarchies here; the cgroup test needs them
@@ -390,6 +384,10 @@ func TestJailedVMMBootsSnapshotsAndRestores(t *testing.T) {
 		t.Fatalf("InstanceStart: %v\n%s", err, j.out)
 	}
 	waitFor(t, func() bool { return strings.Contains(j.out.String(), "volt-probe: ready") })
+	// Once the guest runs, the VMM is under its own seccomp filters too.
+	if st := status(t, pid); st["Seccomp"] != "2" || st["Seccomp_filters"] == "0" {
+		t.Errorf("running volt-vmm: Seccomp %q, Seccomp_filters %q; want mode 2 with filters", st["Seccomp"], st["Seccomp_filters"])
+	}
 	if err := api.Pause(ctx); err != nil {
 		t.Fatal(err)
 	}

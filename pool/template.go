@@ -238,7 +238,9 @@ func (p *Pool) bootTemplate(ctx context.Context, spec pc.TemplateSpec, staging, 
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	args := []string{"--console", "file:" + filepath.Join(staging, "console.log")}
+	// The VMM is confined once the guest runs: snapDir is the one
+	// directory its snapshot may be written to.
+	args := []string{"--console", "file:" + filepath.Join(staging, "console.log"), "--snapshot-dir", snapDir}
 	if spec.GuestProfile != "" {
 		args = append(args, "--guest-profile", spec.GuestProfile)
 	}

@@ -22,7 +22,11 @@ func vsockSnapshot(t *testing.T, cmdline string) string {
 	t.Helper()
 	vmmBin, kernel, _ := fixture(t)
 	dir := shortDir(t)
-	v, err := spawn(context.Background(), spawnSpec{id: "snap", dir: filepath.Join(dir, "vm"), vmmBin: vmmBin, extraArgs: []string{"--console", "none"}, vsock: true})
+	snap := filepath.Join(dir, "snap")
+	if err := os.Mkdir(snap, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	v, err := spawn(context.Background(), spawnSpec{id: "snap", dir: filepath.Join(dir, "vm"), vmmBin: vmmBin, extraArgs: []string{"--console", "none", "--snapshot-dir", snap}, vsock: true})
 	if v == nil {
 		t.Fatal(err)
 	}
@@ -37,8 +41,6 @@ func vsockSnapshot(t *testing.T, cmdline string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	c := v.api
-	snap := filepath.Join(dir, "snap")
-	os.Mkdir(snap, 0o755)
 	for _, step := range []func() error{
 		func() error { return c.PutMachineConfig(ctx, types.MachineConfiguration{VCPUCount: 1, MemSizeMib: 64}) },
 		func() error {

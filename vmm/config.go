@@ -74,6 +74,10 @@ type Config struct {
 	// Logger receives warnings (e.g. the huge-page fallback); nil means
 	// slog's default logger.
 	Logger *slog.Logger
+	// Confinement, if set, is applied by Run before the guest's first
+	// instruction (seccomp, Landlock, capabilities). It is irreversible for
+	// the whole process.
+	Confinement *Confinement
 }
 
 // Defaults used by the CLI and the API.
@@ -114,6 +118,11 @@ func (c *Config) Validate() error {
 	}
 	if c.GuestProfile != "" {
 		if _, err := profile.Lookup(c.GuestProfile); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.Confinement != nil {
+		if err := c.Confinement.Validate(); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -84,6 +84,14 @@ func (v *VM) CreateSnapshot(ctx context.Context, p SnapshotParams) error {
 		if err := hostfile.CheckCreateTarget(t.what, t.path); err != nil {
 			return err
 		}
+		if err := v.checkSnapshotTarget(t.what, t.path, false); err != nil {
+			return err
+		}
+	}
+	if p.CASStore != "" {
+		if err := v.checkSnapshotTarget("CAS store", p.CASStore, true); err != nil {
+			return err
+		}
 	}
 	var store *cas.Store
 	if p.CASStore != "" {
@@ -309,6 +317,8 @@ type RestoreConfig struct {
 	// CASStore is the store that holds the memory of a snapshot whose
 	// memory is in the CAS (MemPath is then unused).
 	CASStore string
+	// Confinement is as in Config.
+	Confinement *Confinement
 }
 
 // Restore creates a VM from a snapshot: its memory file is mapped
@@ -414,7 +424,7 @@ func (v *VM) restoreState(ctx context.Context, rc RestoreConfig, st *snapshot.VM
 		KernelPath: m.KernelPath, Cmdline: m.Cmdline, MemorySize: m.MemorySize, HugePages: false,
 		CPUs: m.CPUs, CPUTemplate: m.CPUTemplate, CPUIDMask: m.CPUIDMask, TrackDirtyPages: v.cfg.TrackDirtyPages,
 		Console: rc.Console, ConsoleInput: rc.ConsoleInput, Origin: rc.Origin,
-		Logger: rc.Logger, AfterSnapshotStep: rc.AfterSnapshotStep,
+		Logger: rc.Logger, AfterSnapshotStep: rc.AfterSnapshotStep, Confinement: rc.Confinement,
 	}
 	if err := v.checkVCPUCount(); err != nil {
 		return err
@@ -498,7 +508,7 @@ func (v *VM) restoreFromCAS(ctx context.Context, rc RestoreConfig, waitState fun
 	if err != nil {
 		return nil, fmt.Errorf("restore %s: %w", rc.StatePath, err)
 	}
-	v.casLease = lease
+	v.casLease, v.casStore = lease, rc.CASStore
 	if rc.TrackDirtyPages != nil {
 		v.cfg.TrackDirtyPages = *rc.TrackDirtyPages
 	} else {

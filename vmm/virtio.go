@@ -137,6 +137,8 @@ type virtioSlot struct {
 	// close releases what the device holds on the host (the disk, the
 	// TAP, the Unix socket), after the transport is closed.
 	close func() error
+	// udsPath is the vsock device's host socket.
+	udsPath string
 }
 
 // deviceMemory is the guest memory the virtio queues use: with dirty-page
@@ -278,7 +280,9 @@ func (v *VM) place(slot int, kind string, dev virtio.Device, drive *snapshot.Dri
 	}
 	name := fmt.Sprintf("virtio-%s%d", kind, v.countKind(kind))
 	s := &virtioSlot{kind: kind, name: name, base: virtioBase + uint64(slot)*mmio.Size, gsi: virtioGSIs[slot], drive: drive, close: release}
-	t, err := mmio.New(dev, mmio.Config{Name: name, Memory: v.virtioMemory(), IRQ: irqLine{v.vm, s.gsi}, Log: v.logger().With("device", name)})
+	role := workerRoles[kind]
+	t, err := mmio.New(dev, mmio.Config{Name: name, Memory: v.virtioMemory(), IRQ: irqLine{v.vm, s.gsi}, Log: v.logger().With("device", name),
+		WorkerSetup: func() error { return confineThread(role) }})
 	if err != nil {
 		release()
 		return nil, fmt.Errorf("%s: %w", name, err)
@@ -369,7 +373,10 @@ func (v *VM) addVsock(slot int, c VsockConfig) error {
 	if err != nil {
 		return fmt.Errorf("vsock: %w", err)
 	}
-	_, err = v.place(slot, snapshot.VirtioVsock, dev, nil, dev.Close)
+	s, err := v.place(slot, snapshot.VirtioVsock, dev, nil, dev.Close)
+	if err == nil {
+		s.udsPath = dev.Config().UDSPath
+	}
 	return err
 }
 
@@ -478,7 +485,10 @@ func (v *VM) restoreVirtio(states []snapshot.VirtioState, o VirtioOverrides) err
 			if rerr != nil {
 				return fmt.Errorf("%s: %w", st.Name, rerr)
 			}
-			_, err = v.place(i, snapshot.VirtioVsock, dev, nil, dev.Close)
+			var s *virtioSlot
+			if s, err = v.place(i, snapshot.VirtioVsock, dev, nil, dev.Close); err == nil {
+				s.udsPath = dev.Config().UDSPath
+			}
 		case snapshot.VirtioEntropy:
 			dev, rerr := rng.New(rng.Config{RateLimit: st.Entropy.RateLimit})
 			if rerr == nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/voltvmm/volt/cas"
 	"github.com/voltvmm/volt/guest/marker"
 	"github.com/voltvmm/volt/internal/hostfile"
+	"github.com/voltvmm/volt/sandbox"
 	"github.com/voltvmm/volt/vmm/boot"
 	"github.com/voltvmm/volt/vmm/cpu"
 	"github.com/voltvmm/volt/vmm/devices/bootmarker"
@@ -113,6 +114,11 @@ type VM struct {
 	// casLease keeps a restored VM's memory chunks from the CAS's garbage
 	// collector while the VM lives.
 	casLease *cas.Lease
+	casStore string // the store of casLease
+	// confined is set once Run has applied cfg.Confinement; landlockDirs
+	// are then the directories Landlock lets the process write.
+	confined     atomic.Bool
+	landlockDirs []string
 	// snapshotBase is the memory ID of the VM's last snapshot, or of the
 	// snapshot it was restored from: what a diff snapshot applies onto.
 	snapshotBase snapshot.MemoryID
@@ -465,6 +471,20 @@ func (v *VM) Run(ctx context.Context) Result {
 	v.pause = v.startPaused
 	v.mu.Unlock()
 
+	// Confined before anything of the guest runs: the devices' workers
+	// and the vCPUs then add their own filters as their threads start.
+	if c := v.cfg.Confinement; c != nil {
+		if err := v.confine(c); err != nil {
+			err = fmt.Errorf("confine the VMM: %w", err)
+			v.stop(Result{Reason: StopError, Err: err})
+			v.mu.Lock()
+			v.running = 0
+			v.mu.Unlock()
+			v.closeDevices()
+			close(v.done)
+			return Result{Reason: StopError, Err: err}
+		}
+	}
 	stopFeed := v.feedConsole()
 	defer stopFeed()
 	// A restored VM's devices wait, paused, until it runs.
@@ -671,6 +691,10 @@ func (v *VM) runVCPU(i int) {
 		v.cond.Broadcast()
 		v.mu.Unlock()
 	}()
+	if err := confineThread(sandbox.RoleVCPU); err != nil {
+		v.stop(Result{Reason: StopError, Err: fmt.Errorf("vCPU %d: %w", i, err)})
+		return
+	}
 	first := true
 	for {
 		// Clear immediate_exit before looking at the flags: a kick that

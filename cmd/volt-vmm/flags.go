@@ -46,6 +46,12 @@ type flags struct {
 	vsock      string
 	entropy    bool
 
+	// Confinement (docs/security.md).
+	seccompLevel     string
+	noLandlock       bool
+	keepCapabilities bool
+	snapshotDirs     []string
+
 	// Firecracker's.
 	seccompFilter                                string
 	noSeccomp                                    bool
@@ -61,6 +67,8 @@ type flags struct {
 	// Testing only.
 	markerDelay      time.Duration
 	snapshotKillStep string
+	seccompViolation bool
+	openAfterConfine string
 }
 
 // machineFlags are the flags that describe the machine, which a restore
@@ -102,6 +110,11 @@ func newFlags() *flags {
 	fs.StringVar(&f.vsock, "vsock", "", "a virtio-vsock device: cid=N,uds=PATH (Firecracker's hybrid Unix socket)")
 	fs.BoolVar(&f.entropy, "entropy", false, "a virtio-rng device fed from getrandom(2)")
 
+	fs.StringVar(&f.seccompLevel, "seccomp-level", "2", "seccomp filters per thread role: 2 numbers and arguments, 1 numbers only, 0 none (debugging only)")
+	fs.BoolVar(&f.noLandlock, "no-landlock", false, "do not restrict the file system with Landlock once the VM runs (debugging only)")
+	fs.BoolVar(&f.keepCapabilities, "keep-capabilities", false, "keep the process's capabilities once the VM runs (debugging only)")
+	fs.StringArrayVar(&f.snapshotDirs, "snapshot-dir", nil, "a directory the API may create snapshots in once the VM runs; Landlock refuses every other (repeatable)")
+
 	fs.StringVar(&f.level, "level", "", "Firecracker: log level (Error, Warning, Info, Debug, Trace, Off)")
 	fs.StringVar(&f.logPath, "log-path", "", "Firecracker: write the log to this file or FIFO instead of standard error")
 	fs.BoolVar(&f.showLevel, "show-level", false, "Firecracker: show each log record's level")
@@ -113,15 +126,19 @@ func newFlags() *flags {
 	fs.Int64Var(&f.parentCPUTimeUs, "parent-cpu-time-us", 0, "Firecracker: the parent's CPU time in µs (recorded, not used)")
 	fs.BoolVar(&f.version, "version", false, "print volt-vmm's version and exit")
 	fs.StringVar(&f.describeSnapshot, "describe-snapshot", "", "print the format version of a snapshot state file and exit")
-	fs.BoolVar(&f.noSeccomp, "no-seccomp", false, "Firecracker: install no seccomp filters")
+	fs.BoolVar(&f.noSeccomp, "no-seccomp", false, "Firecracker: install no seccomp filters (--seccomp-level 0)")
 	fs.StringVar(&f.seccompFilter, "seccomp-filter", "", "Firecracker: a custom seccomp filter file (not applied by volt-vmm: see the notice)")
 	fs.Int64Var(&f.mmdsSizeLimit, "mmds-size-limit", 0, "Firecracker: MMDS data store limit (volt-vmm has no MMDS)")
 	fs.StringVar(&f.metadata, "metadata", "", "Firecracker: MMDS contents (volt-vmm has no MMDS)")
 
 	fs.DurationVar(&f.markerDelay, "test-marker-delay", 0, "testing only: stall the guest this long at every boot marker, to inject a regression")
 	fs.StringVar(&f.snapshotKillStep, "test-snapshot-kill-at", "", "testing only: SIGKILL the VMM after this step of writing a snapshot")
+	fs.BoolVar(&f.seccompViolation, "test-seccomp-violation", false, "testing only: once confined, make a system call no filter allows (the VMM dies with SIGSYS)")
+	fs.StringVar(&f.openAfterConfine, "test-open-after-confine", "", "testing only: once confined, try to open this path and log the result")
 	fs.MarkHidden("test-marker-delay")
 	fs.MarkHidden("test-snapshot-kill-at")
+	fs.MarkHidden("test-seccomp-violation")
+	fs.MarkHidden("test-open-after-confine")
 	return f
 }
 
@@ -130,11 +147,8 @@ func newFlags() *flags {
 // README.md.
 func (f *flags) notices() []string {
 	var out []string
-	if f.fs.Changed("no-seccomp") {
-		out = append(out, "--no-seccomp: volt-vmm installs no seccomp filters yet, so there is nothing to turn off")
-	}
 	if f.fs.Changed("seccomp-filter") {
-		out = append(out, "--seccomp-filter "+f.seccompFilter+": volt-vmm does not load Firecracker filter files; the VMM runs without a seccomp filter")
+		out = append(out, "--seccomp-filter "+f.seccompFilter+": volt-vmm does not load Firecracker filter files; its own filters apply (--seccomp-level)")
 	}
 	if f.fs.Changed("mmds-size-limit") {
 		out = append(out, "--mmds-size-limit: volt-vmm has no MMDS; the limit is ignored")

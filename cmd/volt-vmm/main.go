@@ -243,11 +243,16 @@ func machineConfig(f *flags, stderr io.Writer) (vmm.Config, int) {
 		}
 		cfg.Origin = origin
 	}
+	if cfg.Confinement, err = confinement(f); err != nil {
+		return cfg, usage(stderr, "%v", err)
+	}
 	if f.snapshotKillStep != "" {
 		step := snapshot.CreateStep(f.snapshotKillStep)
 		cfg.AfterSnapshotStep = func(s snapshot.CreateStep) {
 			if s == step {
-				unix.Kill(os.Getpid(), unix.SIGKILL)
+				// tgkill of its own thread: the call a confined VMM
+				// may make (SIGKILL still ends the whole process).
+				unix.Tgkill(os.Getpid(), unix.Gettid(), unix.SIGKILL)
 			}
 		}
 	}

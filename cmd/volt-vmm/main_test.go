@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -23,6 +24,16 @@ import (
 	"github.com/voltvmm/volt/vmm/api/types"
 	"github.com/voltvmm/volt/vmm/kvm/kvmtest"
 )
+
+// unconfined are the flags of every test that runs volt-vmm inside the
+// test binary: confinement is irreversible and process-wide, so it would
+// confine the test binary itself and every later test. The confinement
+// tests run volt-vmm as a child process instead.
+var unconfined = []string{"--seccomp-level", "0", "--no-landlock", "--keep-capabilities"}
+
+func runInProcess(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	return run(append(slices.Clip(args), unconfined...), stdin, stdout, stderr)
+}
 
 func TestUsageErrors(t *testing.T) {
 	junk := filepath.Join(t.TempDir(), "junk")
@@ -73,7 +84,7 @@ func TestUsageErrors(t *testing.T) {
 			}
 			var stderr bytes.Buffer
 			done := make(chan int, 1)
-			go func() { done <- run(tt.args, strings.NewReader(""), &bytes.Buffer{}, &stderr) }()
+			go func() { done <- runInProcess(tt.args, strings.NewReader(""), &bytes.Buffer{}, &stderr) }()
 			var status int
 			select {
 			case status = <-done:
@@ -101,7 +112,7 @@ func TestBootTimerOnProbe(t *testing.T) {
 	}
 	var stdout, stderr bytes.Buffer
 	in := strings.NewReader("echo over stdio\npoweroff\n")
-	status := run([]string{"--kernel", elf, "--memory", "32M", "--cpus", "2", "--boot-timer"}, in, &stdout, &stderr)
+	status := runInProcess([]string{"--kernel", elf, "--memory", "32M", "--cpus", "2", "--boot-timer"}, in, &stdout, &stderr)
 	if status != exitOK {
 		t.Fatalf("status %d; stderr:\n%s\nstdout:\n%s", status, stderr.String(), stdout.String())
 	}
@@ -125,7 +136,7 @@ func TestConsoleToFile(t *testing.T) {
 	var stderr bytes.Buffer
 	done := make(chan int)
 	go func() {
-		done <- run([]string{"--kernel", elf, "--console", "file:" + log, "--cpus", "1"}, strings.NewReader(""), &bytes.Buffer{}, &stderr)
+		done <- runInProcess([]string{"--kernel", elf, "--console", "file:" + log, "--cpus", "1"}, strings.NewReader(""), &bytes.Buffer{}, &stderr)
 	}()
 	deadline := make(chan struct{})
 	go func() {
@@ -177,7 +188,7 @@ func TestAPIUsageErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var stderr bytes.Buffer
 			done := make(chan int, 1)
-			go func() { done <- run(tt.args, strings.NewReader(""), &bytes.Buffer{}, &stderr) }()
+			go func() { done <- runInProcess(tt.args, strings.NewReader(""), &bytes.Buffer{}, &stderr) }()
 			var status int
 			select {
 			case status = <-done:
@@ -239,7 +250,7 @@ func TestAPISocketBootsProbeAndExitsOnPoweroff(t *testing.T) {
 	var stdout lockedBuffer
 	var stderr bytes.Buffer
 	done := make(chan int, 1)
-	go func() { done <- run([]string{"--api-sock", sock, "--id", "cli-test"}, inR, &stdout, &stderr) }()
+	go func() { done <- runInProcess([]string{"--api-sock", sock, "--id", "cli-test"}, inR, &stdout, &stderr) }()
 	waitFor(t, "the API socket", func() bool {
 		st, err := os.Lstat(sock)
 		return err == nil && st.Mode().Type() == os.ModeSocket
@@ -308,7 +319,7 @@ func TestConfigFileBootsProbe(t *testing.T) {
 		t.Fatal(err)
 	}
 	var stdout, stderr bytes.Buffer
-	status := run([]string{"--no-api", "--config-file", cfg}, strings.NewReader("echo from a config file\npoweroff\n"), &stdout, &stderr)
+	status := runInProcess([]string{"--no-api", "--config-file", cfg}, strings.NewReader("echo from a config file\npoweroff\n"), &stdout, &stderr)
 	if status != exitOK {
 		t.Fatalf("status %d; stderr:\n%s", status, stderr.String())
 	}
@@ -356,7 +367,7 @@ func TestRestoreFromDirectory(t *testing.T) {
 	<-done
 
 	var stdout, stderr bytes.Buffer
-	status := run([]string{"--restore", dir, "--boot-timer"}, strings.NewReader("sum 20\npoweroff\n"), &stdout, &stderr)
+	status := runInProcess([]string{"--restore", dir, "--boot-timer"}, strings.NewReader("sum 20\npoweroff\n"), &stdout, &stderr)
 	if status != exitOK {
 		t.Fatalf("status %d; stderr:\n%s", status, stderr.String())
 	}
@@ -368,10 +379,10 @@ func TestRestoreFromDirectory(t *testing.T) {
 	}
 
 	stderr.Reset()
-	if status := run([]string{"--restore", t.TempDir()}, strings.NewReader(""), &bytes.Buffer{}, &stderr); status != exitVMMError || !strings.Contains(stderr.String(), "vm.state") {
+	if status := runInProcess([]string{"--restore", t.TempDir()}, strings.NewReader(""), &bytes.Buffer{}, &stderr); status != exitVMMError || !strings.Contains(stderr.String(), "vm.state") {
 		t.Errorf("restore from an empty directory: status %d, stderr %q", status, stderr.String())
 	}
-	if status := run([]string{"--restore", dir, "--kernel", elf}, strings.NewReader(""), &bytes.Buffer{}, &stderr); status != exitUsage {
+	if status := runInProcess([]string{"--restore", dir, "--kernel", elf}, strings.NewReader(""), &bytes.Buffer{}, &stderr); status != exitUsage {
 		t.Errorf("--restore with --kernel: status %d", status)
 	}
 }

@@ -631,6 +631,7 @@ func restore(ctx context.Context, base vmm.Config, p types.SnapshotLoadParams) (
 		AfterSnapshotStep: base.AfterSnapshotStep,
 		Overrides:         overrides(p),
 		CASStore:          store,
+		Confinement:       base.Confinement,
 	})
 	if err != nil {
 		return nil, err

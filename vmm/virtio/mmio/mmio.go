@@ -43,6 +43,10 @@ type Config struct {
 	// Log receives the transport's and the device's log lines; nil means
 	// slog.Default().
 	Log *slog.Logger
+	// WorkerSetup, if set, runs first on every worker goroutine, before the
+	// device's Run: the VMM confines the worker's thread there. An error
+	// marks the device broken instead of running it.
+	WorkerSetup func() error
 }
 
 // Transport is one virtio-mmio device.
@@ -54,6 +58,8 @@ type Transport struct {
 	offered  uint64
 	maxSizes []uint16
 	intr     interrupt
+	// workerSetup is Config.WorkerSetup.
+	workerSetup func() error
 
 	// mu serialises register accesses (vCPU threads) and the worker's life
 	// cycle (start, stop, pause). The worker itself never takes it: it only
@@ -128,6 +134,8 @@ func New(dev virtio.Device, cfg Config) (*Transport, error) {
 		log:      cfg.Log.With("device", cfg.Name),
 		offered:  offered,
 		maxSizes: sizes,
+
+		workerSetup: cfg.WorkerSetup,
 	}
 	t.intr = interrupt{t}
 	t.irq.Store(&cfg.IRQ)
@@ -516,6 +524,12 @@ func (t *Transport) startWorker() {
 	t.worker = w
 	go func() {
 		defer close(w.done)
+		if t.workerSetup != nil {
+			if err := t.workerSetup(); err != nil {
+				t.markBroken(err)
+				return
+			}
+		}
 		if err := t.dev.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
 			t.markBroken(err)
 		}

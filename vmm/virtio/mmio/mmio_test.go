@@ -654,3 +654,32 @@ func TestEventFDNotifications(t *testing.T) {
 		}
 	}
 }
+
+// A worker whose set-up fails (the VMM could not confine its thread) never
+// runs the device: the transport marks it broken instead.
+func TestFailedWorkerSetupBreaksDevice(t *testing.T) {
+	b := newBench(t)
+	tr, err := mmio.New(b.dev, mmio.Config{Name: "echo0", Memory: b.mem, IRQ: b.irq,
+		WorkerSetup: func() error { return errors.New("no filter for this thread") }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.tr.Close()
+	b.tr = tr
+	defer tr.Close()
+	b.probe(^uint64(0))
+	b.setupQueues()
+	deadline := time.Now().Add(10 * time.Second)
+	for b.read(status)&needsReset == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("device not marked DEVICE_NEEDS_RESET")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := b.tr.Err(); err == nil || !strings.Contains(err.Error(), "no filter for this thread") {
+		t.Fatalf("Err() = %v", err)
+	}
+	if b.dev.runs != 0 {
+		t.Fatalf("the device ran %d times", b.dev.runs)
+	}
+}

@@ -1,0 +1,194 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/voltvmm/volt/guest/probe"
+	"github.com/voltvmm/volt/internal/testbin"
+	"github.com/voltvmm/volt/sandbox"
+	"github.com/voltvmm/volt/vmm/api/client"
+	"github.com/voltvmm/volt/vmm/api/types"
+	"github.com/voltvmm/volt/vmm/kvm/kvmtest"
+)
+
+// procStatus reads the fields of /proc/PID[/task/TID]/status.
+func procStatus(t *testing.T, path string) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]string{}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		k, v, _ := strings.Cut(sc.Text(), ":")
+		m[k] = strings.TrimSpace(v)
+	}
+	return m
+}
+
+// TestConfinedVMMDiesOnAForbiddenCall runs volt-vmm as it always runs,
+// confined, with the hidden test hooks: once confined, opening a file
+// outside its Landlock rules is refused, and a system call no filter
+// allows kills it with SIGSYS, named from the kernel's audit record.
+func TestConfinedVMMDiesOnAForbiddenCall(t *testing.T) {
+	kvmtest.Require(t)
+	elf, err := probe.Path(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(testbin.Build(t, "./cmd/volt-vmm"), "--kernel", elf, "--memory", "32M", "--console", "none",
+		"--test-open-after-confine", "/etc/hostname", "--test-seccomp-violation")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGSYS {
+		t.Fatalf("volt-vmm ended with %v, want SIGSYS; stderr:\n%s", err, stderr.String())
+	}
+	if !regexp.MustCompile(`test: open after confinement.* path=/etc/hostname err="open /etc/hostname: permission denied"`).MatchString(stderr.String()) {
+		t.Errorf("Landlock let the confined VMM open /etc/hostname, or it did not say; stderr:\n%s", stderr.String())
+	}
+	kill, err := sandbox.FindSeccompKill(cmd.Process.Pid, 5*time.Second)
+	if errors.Is(err, sandbox.ErrNoAuditRecord) {
+		t.Logf("the kernel printed no audit record for pid %d (rate-limited printk): %v", cmd.Process.Pid, err)
+		return
+	}
+	if err != nil || kill.Name != "kexec_file_load" {
+		t.Errorf("audit record %+v, %v; want kexec_file_load", kill, err)
+	}
+}
+
+// TestConfinedVMMRunsSnapshotsAndRestores boots the probe with a disk,
+// vsock and entropy under every layer volt-vmm applies itself, checks the
+// layers from /proc, uses each device (every worker thread under its own
+// filter), snapshots where --snapshot-dir allows and is refused elsewhere,
+// then restores the snapshot in a second confined VMM.
+func TestConfinedVMMRunsSnapshotsAndRestores(t *testing.T) {
+	kvmtest.Require(t)
+	elf, err := probe.Path(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := testbin.Build(t, "./cmd/volt-vmm")
+	dir, snap, elsewhere := t.TempDir(), t.TempDir(), t.TempDir()
+	disk := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(disk, bytes.Repeat([]byte{0x5a}, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "api.sock")
+	cmd := exec.Command(bin, "--api-sock", sock, "--snapshot-dir", snap)
+	in, _ := cmd.StdinPipe()
+	out, _ := cmd.StdoutPipe()
+	var stderr lockedBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := client.New(sock)
+	defer c.Close()
+	if _, err := c.WaitReady(ctx, time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []func() error{
+		func() error { return c.PutBootSource(ctx, types.BootSource{KernelImagePath: elf}) },
+		func() error { return c.PutMachineConfig(ctx, types.MachineConfiguration{VCPUCount: 2, MemSizeMib: 64}) },
+		func() error {
+			return c.PutDrive(ctx, types.Drive{DriveID: "d0", PathOnHost: disk, IsRootDevice: false, IsReadOnly: ptr(false)})
+		},
+		func() error { return c.PutVsock(ctx, types.Vsock{GuestCID: 3, UDSPath: filepath.Join(dir, "v.sock")}) },
+		func() error { return c.PutEntropy(ctx, types.EntropyDevice{}) },
+		func() error { return c.Start(ctx) },
+	} {
+		if err := step(); err != nil {
+			t.Fatalf("%v\n%s", err, stderr.String())
+		}
+	}
+	s := newProbeSession(t, in, out)
+	s.expect(probe.ReadyLine)
+
+	pid := cmd.Process.Pid
+	st := procStatus(t, filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	for k, want := range map[string]string{"CapEff": "0000000000000000", "CapPrm": "0000000000000000",
+		"CapBnd": "0000000000000000", "NoNewPrivs": "1", "Seccomp": "2"} {
+		if st[k] != want {
+			t.Errorf("volt-vmm %s = %s, want %s", k, st[k], want)
+		}
+	}
+	s.send("virtio")
+	s.expect("virtio devices=3")
+	for _, c := range []struct{ cmd, want string }{
+		{"blk read 0", "blk read 0 1 hash="}, {"blk write 8 7", "blk write 8 1 ok"}, {"blk flush", "blk flush ok"},
+		{"rng 64", "rng 64 got=64"}, {"vsock listen 5000", "vsock listening 5000"},
+	} {
+		s.send(c.cmd)
+		if l := s.expect(strings.Fields(c.want)[0]); !strings.HasPrefix(l, c.want) {
+			t.Errorf("%s: %q, want %q", c.cmd, l, c.want)
+		}
+	}
+	// Every vCPU and device worker thread stacks its role's filter on
+	// the process's: /proc counts two filters on those threads.
+	tasks, _ := os.ReadDir(filepath.Join("/proc", strconv.Itoa(pid), "task"))
+	stacked := 0
+	for _, task := range tasks {
+		if procStatus(t, filepath.Join("/proc", strconv.Itoa(pid), "task", task.Name(), "status"))["Seccomp_filters"] == "2" {
+			stacked++
+		}
+	}
+	if stacked < 2+3 {
+		t.Errorf("%d threads have their role's filter on top of the process's, want at least 5 (2 vCPUs, 3 device workers)", stacked)
+	}
+
+	if err := c.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	err = c.CreateSnapshot(ctx, types.SnapshotCreateParams{SnapshotPath: filepath.Join(elsewhere, types.SnapshotStateFile), MemFilePath: filepath.Join(elsewhere, types.SnapshotMemFile)})
+	if err == nil || !strings.Contains(err.Error(), "--snapshot-dir") {
+		t.Errorf("a snapshot outside --snapshot-dir: %v, want a refusal naming --snapshot-dir", err)
+	}
+	if left, _ := os.ReadDir(elsewhere); len(left) != 0 {
+		t.Errorf("the refused snapshot left %d files", len(left))
+	}
+	if err := c.CreateSnapshot(ctx, types.SnapshotCreateParams{SnapshotPath: filepath.Join(snap, types.SnapshotStateFile), MemFilePath: filepath.Join(snap, types.SnapshotMemFile)}); err != nil {
+		t.Fatalf("snapshot into --snapshot-dir: %v\n%s", err, stderr.String())
+	}
+	if err := c.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.send("poweroff")
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("confined volt-vmm: %v\n%s", err, stderr.String())
+	}
+
+	r := exec.Command(bin, "--restore", snap)
+	var rout, rerr bytes.Buffer
+	r.Stdin, r.Stdout, r.Stderr = strings.NewReader("blk read 8\nrng 16\npoweroff\n"), &rout, &rerr
+	if err := r.Run(); err != nil {
+		t.Fatalf("confined restore: %v\n%s\n%s", err, rerr.String(), rout.String())
+	}
+	for _, want := range []string{"blk read 8 1 hash=", "rng 16 got=16", "volt-probe: poweroff"} {
+		if !strings.Contains(rout.String(), want) {
+			t.Errorf("the restored VM did not print %q:\n%s", want, rout.String())
+		}
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
