@@ -192,18 +192,22 @@ func TestProbeListsItsVirtioDevices(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := startProbe(t, vmm.Config{
+		Cmdline: "probe.spin=1234 probe.agent=4321",
 		Drives:  []vmm.DriveConfig{{ID: "disk0", Path: disk}},
 		Vsock:   &vmm.VsockConfig{GuestCID: 7, UDSPath: vpUDS(t, "v.sock")},
 		Entropy: &vmm.EntropyConfig{},
 	})
-	s.expect(probe.ReadyLine)
+	vpWant(s, "", `volt-probe: booted cpus=1 mem=6[0-4]`)
+	vpWant(s, "", `agent listening 4321`)
+	vpWant(s, "", probe.ReadyLine)
+	vpWant(s, "vsock spin", `vsock spin 1234`)
 	vpWant(s, "virtio", `virtio devices=3`)
 	// The slots and GSIs of vmm/virtio.go, found the way Linux finds
 	// them: from virtio_mmio.device= on the command line.
 	vpWant(s, "", `virtio 0 block@0xd0000000 irq 5 features=0x[0-9a-f]{10}`)
 	vpWant(s, "", `virtio 1 vsock@0xd0001000 irq 6 features=0x[0-9a-f]{10}`)
 	vpWant(s, "", `virtio 2 entropy@0xd0002000 irq 7 features=0x[0-9a-f]{10}`)
-	vpWant(s, "vsock status", `vsock cid=7 listeners=0 conns=0 resets=0 rx=0 tx=0 irq=pic recoveries=0`)
+	vpWant(s, "vsock status", `vsock cid=7 listeners=1 conns=0 resets=0 rx=0 tx=0 irq=pic recoveries=0`)
 	vpPowerOff(t, s)
 }
 

@@ -375,17 +375,11 @@ static int has_token(uint64_t cmdline, const char *word)
 
 
 /*
- * The agent port from "probe.agent" (10240, the guest agent's) or
- * "probe.agent=PORT".
+ * token_u64 finds "KEY=NUMBER" (KEY ending in '=') as a whole token of the
+ * command line and reads the decimal NUMBER (at most 20 digits).
  */
-static void agent_token(uint64_t cmdline)
+static int token_u64(uint64_t cmdline, const char *key, uint64_t *out)
 {
-	if (has_token(cmdline, "probe.agent")) {
-		plat.agent = 1;
-		plat.agent_port = 10240;
-		return;
-	}
-	static const char key[] = "probe.agent=";
 	for (uint64_t i = 0; i < 4096 && mapped(cmdline + i, 1) && rd8(cmdline + i); i++) {
 		if (i > 0 && rd8(cmdline + i - 1) != ' ')
 			continue;
@@ -397,14 +391,33 @@ static void agent_token(uint64_t cmdline)
 		uint64_t v = 0;
 		int digits = 0;
 		uint64_t p = cmdline + i + j;
-		for (; mapped(p, 1) && rd8(p) >= '0' && rd8(p) <= '9' && digits < 10; p++, digits++)
+		for (; mapped(p, 1) && rd8(p) >= '0' && rd8(p) <= '9' && digits < 20; p++, digits++) {
+			if (v > (UINT64_MAX - 9) / 10)
+				return 0;
 			v = v * 10 + (rd8(p) - '0');
-		if (digits && v <= 0xffffffffu && (!mapped(p, 1) || rd8(p) == ' ' || rd8(p) == 0)) {
-			plat.agent = 1;
-			plat.agent_port = (uint32_t)v;
 		}
-		return;
+		if (!digits || (mapped(p, 1) && rd8(p) != ' ' && rd8(p) != 0))
+			return 0;
+		*out = v;
+		return 1;
 	}
+	return 0;
+}
+
+/* "probe.agent" (port 10240, the guest agent's) or "probe.agent=PORT";
+ * "probe.spin=TICKS" sets vsock's spin. */
+static void probe_tokens(uint64_t cmdline)
+{
+	uint64_t v;
+	if (has_token(cmdline, "probe.agent")) {
+		plat.agent = 1;
+		plat.agent_port = 10240;
+	} else if (token_u64(cmdline, "probe.agent=", &v) && v <= 0xffffffffu) {
+		plat.agent = 1;
+		plat.agent_port = (uint32_t)v;
+	}
+	if (token_u64(cmdline, "probe.spin=", &v))
+		vsock_set_spin(v);
 }
 
 /* ram_run_end is the end of the RAM run holding start, joining adjacent
@@ -435,7 +448,7 @@ static void read_start_info(uint64_t info)
 	if (cmdline && mapped(cmdline, 1)) {
 		plat.cmdline = cmdline;
 		plat.auto_poweroff = has_token(cmdline, "probe.poweroff");
-		agent_token(cmdline);
+		probe_tokens(cmdline);
 	}
 	if (rd32(info + 4) < 1)
 		return;			/* version 0 has no memory map */

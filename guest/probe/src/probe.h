@@ -119,6 +119,7 @@ void wait_for_interrupt(void);
 void virtio_parse_cmdline(uint64_t cmdline);
 int run_virtio_command(char *line);	/* 1 if line was a virtio command */
 void vsock_start_agent(uint32_t port);
+void vsock_set_spin(uint64_t ticks);
 /* vsock_idle is the serial console's wait: it serves vsock until input
  * may have arrived. 0 if there is no vsock to serve. */
 int vsock_idle(void);

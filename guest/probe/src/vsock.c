@@ -994,6 +994,11 @@ void vsock_command(char *arg)
 	}
 }
 
+void vsock_set_spin(uint64_t ticks)
+{
+	spin_ticks = ticks;
+}
+
 void agent_command(char *arg)
 {
 	listen_command(arg, M_AGENT, AGENT_PORT);
