@@ -248,66 +248,20 @@ func (d *Device) Run(ctx context.Context) error {
 	if !d.active {
 		return nil
 	}
-	q := d.act.Queues[0]
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	defer timer.Stop()
-	var retry <-chan time.Time
-	for {
-		wait, err := d.drain(q)
-		if err != nil {
-			return err
-		}
-		if wait > 0 {
-			timer.Reset(wait)
-			retry = timer.C
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-d.act.Notify[0]:
-		case <-retry:
-			retry = nil
-		}
-	}
+	return virtio.ServeQueue(ctx, d.act.Queues[0], d.act.Notify[0], d.serveChain)
 }
 
-// drain serves available requests until the queue is empty or the rate
-// limiter says wait; it interrupts the driver once per pass.
+// drain serves what the queue holds now (benchmarks call it directly).
 func (d *Device) drain(q *virtio.Queue) (time.Duration, error) {
-	for {
-		if err := q.DisableNotification(); err != nil {
-			return 0, err
-		}
-		for {
-			c, err := q.Pop()
-			if err != nil {
-				return 0, err
-			}
-			if c == nil {
-				break
-			}
-			written, wait, err := d.handle(c)
-			if err != nil {
-				return 0, err
-			}
-			if wait > 0 {
-				d.stats.Throttled++
-				if err := q.UndoPop(); err != nil {
-					return 0, err
-				}
-				return wait, q.SignalUsed()
-			}
-			if err := q.PushUsed(c.Head, written); err != nil {
-				return 0, err
-			}
-		}
-		more, err := q.EnableNotification()
-		if err != nil {
-			return 0, err
-		}
-		if !more {
-			return 0, q.SignalUsed()
-		}
+	return virtio.DrainQueue(q, d.serveChain)
+}
+
+// serveChain is the queue's virtio.ChainHandler: one request, counted
+// when the rate limiter defers it.
+func (d *Device) serveChain(c *virtio.Chain) (uint32, time.Duration, error) {
+	written, wait, err := d.handle(c)
+	if wait > 0 {
+		d.stats.Throttled++
 	}
+	return written, wait, err
 }

@@ -97,73 +97,20 @@ func (d *Device) Activate(a virtio.Activation) error {
 // Reset implements virtio.Device.
 func (d *Device) Reset() { d.act, d.active = virtio.Activation{}, false }
 
-// Run implements virtio.Device.
+// Run implements virtio.Device: serve the queue on every notification, and
+// when the rate limiter defers a request, again when its timer fires.
 func (d *Device) Run(ctx context.Context) error {
 	if !d.active {
 		return nil
 	}
-	q := d.act.Queues[0]
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	defer timer.Stop()
-	var retry <-chan time.Time
-	for {
-		wait, err := d.drain(q)
-		if err != nil {
-			return err
+	return virtio.ServeQueue(ctx, d.act.Queues[0], d.act.Notify[0], func(c *virtio.Chain) (uint32, time.Duration, error) {
+		n := min(int(c.WritableLen()), d.maxRequest)
+		if ok, wait := d.limiter.Consume(1, uint64(n)); !ok {
+			return 0, wait, nil
 		}
-		if wait > 0 {
-			timer.Reset(wait)
-			retry = timer.C
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-d.act.Notify[0]:
-		case <-retry:
-			retry = nil
-		}
-	}
-}
-
-// drain serves every available request. It returns how long to wait when
-// the rate limiter stops it.
-func (d *Device) drain(q *virtio.Queue) (time.Duration, error) {
-	for {
-		if err := q.DisableNotification(); err != nil {
-			return 0, err
-		}
-		for {
-			c, err := q.Pop()
-			if err != nil {
-				return 0, err
-			}
-			if c == nil {
-				break
-			}
-			n := min(int(c.WritableLen()), d.maxRequest)
-			if ok, wait := d.limiter.Consume(1, uint64(n)); !ok {
-				if err := q.UndoPop(); err != nil {
-					return 0, err
-				}
-				return wait, q.SignalUsed()
-			}
-			written, err := d.serve(c, n)
-			if err != nil {
-				return 0, err
-			}
-			if err := q.PushUsed(c.Head, written); err != nil {
-				return 0, err
-			}
-		}
-		more, err := q.EnableNotification()
-		if err != nil {
-			return 0, err
-		}
-		if !more {
-			return 0, q.SignalUsed()
-		}
-	}
+		written, err := d.serve(c, n)
+		return written, 0, err
+	})
 }
 
 // serve fills the first n bytes of the chain's writable part straight in
