@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -18,31 +19,81 @@ const (
 	RestoreAnswer = "restored"
 )
 
-// Arm names of a restore session.
+// Arm names of a restore session. A restore from a CAS store is named by
+// its chunk size: "restore-cas-2M".
 const (
-	ArmRestore  = "restore"
-	ArmColdBoot = "cold-boot"
+	ArmRestore   = "restore" // from the memory file
+	ArmColdBoot  = "cold-boot"
+	armCASPrefix = "restore-cas-"
 )
 
-// RestoreConfig is how to restore snap under the volt-vmm of boot, driven
-// by RestoreAsk and timed by RestoreStages.
+// Where a restore session's restores take their memory from (--from).
+const (
+	FromFile = "file" // the snapshot's memory file, mapped MAP_PRIVATE
+	FromCAS  = "cas"  // a CAS manifest, each chunk mapped MAP_PRIVATE|MAP_FIXED
+	FromBoth = "both" // both, interleaved
+)
+
+// ParseFrom reads --from.
+func ParseFrom(s string) (file, cas bool, err error) {
+	switch s {
+	case FromFile:
+		return true, false, nil
+	case FromCAS:
+		return false, true, nil
+	case FromBoth:
+		return true, true, nil
+	}
+	return false, false, fmt.Errorf("%q: want %s, %s or %s", s, FromFile, FromCAS, FromBoth)
+}
+
+// RestoreTarget is one way of restoring the same snapshot: from its memory
+// file, or from a CAS store at one chunk size.
+type RestoreTarget struct {
+	Name string
+	Dir  string       // for --restore
+	CAS  *CASSnapshot // nil: the memory file
+}
+
+// FileTarget restores snap from its memory file.
+func FileTarget(snap *Snapshot) RestoreTarget { return RestoreTarget{Name: ArmRestore, Dir: snap.Dir} }
+
+// CASTarget restores from the CAS snapshot c.
+func CASTarget(c *CASSnapshot) RestoreTarget {
+	return RestoreTarget{Name: armCASPrefix + c.ChunkName(), Dir: c.Dir, CAS: c}
+}
+
+// RestoreConfig is how to restore snap from its memory file under the
+// volt-vmm of boot, driven by RestoreAsk and timed by RestoreStages.
 func RestoreConfig(boot Config, snap *Snapshot) Config {
-	return Config{
-		VMM: VMMVolt, VMMBin: boot.VMMBin, Guest: GuestProbe, RestoreDir: snap.Dir,
+	return RestoreTargetConfig(boot, snap, FileTarget(snap))
+}
+
+// RestoreTargetConfig is RestoreConfig for any target.
+func RestoreTargetConfig(boot Config, snap *Snapshot, t RestoreTarget) Config {
+	c := Config{
+		VMM: VMMVolt, VMMBin: boot.VMMBin, Guest: GuestProbe, RestoreDir: t.Dir,
 		Memory: snap.Memory, CPUs: snap.CPUs, Timeout: boot.Timeout,
 		Ask: RestoreAsk, Answer: RestoreAnswer, Rows: RestoreStages,
 	}
+	if t.CAS != nil {
+		c.ExtraArgs = t.CAS.RestoreArgs()
+	}
+	return c
 }
 
-// RestoreArms returns the arms of a restore session: restores of snap and,
-// with compareBoot, cold boots of the same probe (boot's Kernel, Memory,
-// CPUs) driven the same way, first, as the base of the ratios. Both are
-// timed by RestoreStages. With floorDir, each gets its floor, interleaved
-// before it: floor-kvm for the cold boot (its guest answers after its
-// markers, as the cold-booted probe does), floor-kvm-answer for the
-// restore (one byte, no markers, as a restored probe answers).
-func RestoreArms(boot Config, snap *Snapshot, compareBoot bool, floorDir string) ([]Arm, error) {
-	restore := Arm{Name: ArmRestore, Config: RestoreConfig(boot, snap)}
+// RestoreArms returns the arms of a restore session: restores of snap from
+// each target, and, with compareBoot, cold boots of the same probe (boot's
+// Kernel, Memory, CPUs) driven the same way, first, as the base of the
+// ratios. All are timed by RestoreStages. With floorDir, each gets its
+// floor, interleaved before it: floor-kvm for the cold boot (its guest
+// answers after its markers, as the cold-booted probe does),
+// floor-kvm-answer for the restores (one byte, no markers, as a restored
+// probe answers).
+func RestoreArms(boot Config, snap *Snapshot, targets []RestoreTarget, compareBoot bool, floorDir string) ([]Arm, error) {
+	if len(targets) == 0 {
+		return nil, errors.New("restore: nothing to restore from")
+	}
 	var arms []Arm
 	if compareBoot {
 		cold := boot
@@ -58,15 +109,19 @@ func RestoreArms(boot Config, snap *Snapshot, compareBoot bool, floorDir string)
 		}
 		arms = append(arms, coldArm)
 	}
+	floor := ""
 	if floorDir != "" {
 		f, err := KVMAnswerFloorArm(floorDir, snap.Memory, boot.Timeout)
 		if err != nil {
 			return nil, err
 		}
-		restore.Floor = f.Name
+		floor = f.Name
 		arms = append(arms, f)
 	}
-	return append(arms, restore), nil
+	for _, t := range targets {
+		arms = append(arms, Arm{Name: t.Name, Config: RestoreTargetConfig(boot, snap, t), Floor: floor})
+	}
+	return arms, nil
 }
 
 // WithKVMFloor puts a floor-kvm arm, timed by rows, before arms and makes

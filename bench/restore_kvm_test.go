@@ -3,9 +3,14 @@ package bench
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -49,7 +54,7 @@ func TestRestoreRunTimesEveryStageInOrder(t *testing.T) {
 	r := requireRunner(t)
 	snap := prepareTestSnapshot(t, 100)
 	const n = 5
-	arms, err := RestoreArms(voltConfig(t), snap, true, floorFixture(t))
+	arms, err := RestoreArms(voltConfig(t), snap, []RestoreTarget{FileTarget(snap)}, true, floorFixture(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,41 +126,270 @@ func TestRestoreRunTimesEveryStageInOrder(t *testing.T) {
 
 var genIDRE = regexp.MustCompile(`^[0-9a-f]{32}$`)
 
-func TestClonesShareTheMemoryFileAndGetDistinctGenerationIDs(t *testing.T) {
+// voltCLIFixture is the volt CLI: $VOLT_CLI, or built from this tree.
+func voltCLIFixture(t *testing.T) string {
+	t.Helper()
+	voltOnce.Do(func() {
+		if env := os.Getenv("VOLT_CLI"); env != "" {
+			voltBin = env
+			return
+		}
+		root, err := RepoRoot()
+		if err != nil {
+			voltErr = err
+			return
+		}
+		dir, err := os.MkdirTemp("", "voltbench-volt-")
+		if err != nil {
+			voltErr = err
+			return
+		}
+		fixtureDirs = append(fixtureDirs, dir)
+		voltBin = filepath.Join(dir, "volt")
+		cmd := exec.Command("go", "build", "-o", voltBin, "./cmd/volt")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			voltErr = fmt.Errorf("build the volt CLI (or set $VOLT_CLI): %v\n%s", err, out)
+		}
+	})
+	if voltErr != nil {
+		t.Fatal(voltErr)
+	}
+	return voltBin
+}
+
+var (
+	voltOnce sync.Once
+	voltBin  string
+	voltErr  error
+)
+
+// prepareCloneSnapshots makes a template that touched touch pages and two
+// snapshots of it, A rewriting those pages and B touching 256 more, each also
+// in one CAS store.
+func prepareCloneSnapshots(t *testing.T, touch int) []*Snapshot {
+	t.Helper()
+	vmmBin, elf := probeFixture(t)
+	volt := voltCLIFixture(t)
+	dir := t.TempDir()
+	tmpl, err := PrepareSnapshot(context.Background(), SnapshotSpec{
+		VMMBin: vmmBin, Kernel: elf, Memory: "128M", CPUs: 1, TouchPages: touch, Dir: t.TempDir(), Timeout: 30 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var snaps []*Snapshot
+	for i, work := range [][]string{{"echo a", fmt.Sprintf("touch %d", touch)}, {"echo b", fmt.Sprintf("touch %d", touch+256)}} {
+		d := filepath.Join(dir, fmt.Sprint(i))
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		snap, err := DeriveSnapshot(context.Background(), DeriveSpec{
+			VMMBin: vmmBin, Template: tmpl, Work: work, Dir: d, CASStore: filepath.Join(dir, "store"), VoltBin: volt, Timeout: 30 * time.Second,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		snaps = append(snaps, snap)
+	}
+	if snaps[0].TouchSum != tmpl.TouchSum || snaps[0].TouchPages != touch {
+		t.Errorf("A rewrote the template's pages, yet its checksum %s (%d pages) differs from the template's %s", snaps[0].TouchSum, snaps[0].TouchPages, tmpl.TouchSum)
+	}
+	if snaps[1].TouchPages != touch+256 || snaps[1].TouchSum == tmpl.TouchSum {
+		t.Errorf("B: %d pages, sum %s", snaps[1].TouchPages, snaps[1].TouchSum)
+	}
+	for i, s := range snaps {
+		if s.CAS == nil || s.CAS.Manifest == "" || s.CAS.ChunkSize == 0 || s.MemFileBytes == 0 {
+			t.Fatalf("snapshot %d: %+v, CAS %+v", i, s, s.CAS)
+		}
+	}
+	return snaps
+}
+
+func TestClonesOfTwoSnapshotsShareChunksOnlyThroughTheCAS(t *testing.T) {
 	requireKVM(t)
-	const touch = 500
-	snap := prepareTestSnapshot(t, touch)
+	const touch = 512 // 2 MiB: exactly one 2 MiB chunk, the same bytes in A and B
+	snaps := prepareCloneSnapshots(t, touch)
 	vmmBin, _ := probeFixture(t)
-	rep, err := RunClones(context.Background(), CloneSpec{VMMBin: vmmBin, Snapshot: snap, N: 3, ReadBack: true, Timeout: 60 * time.Second})
+	reps := map[string]*CloneReport{}
+	var all []*CloneReport
+	for _, arm := range CloneArms {
+		rep, err := RunClones(context.Background(), CloneSpec{VMMBin: vmmBin, Snapshots: snaps, N: 4, Arm: arm, ReadBack: true, Timeout: 90 * time.Second})
+		if err != nil {
+			t.Fatalf("%s: %v", arm, err)
+		}
+		reps[arm] = rep
+		all = append(all, rep)
+		var buf bytes.Buffer
+		WriteClones(&buf, rep)
+		t.Logf("\n%s", buf.String())
+		seen := map[string]bool{}
+		for i, c := range rep.Clones {
+			snap := snaps[c.Snapshot]
+			if c.Snapshot != i%2 {
+				t.Errorf("%s clone %d restored snapshot %d", arm, i+1, c.Snapshot)
+			}
+			if !genIDRE.MatchString(c.GenID) || seen[c.GenID] {
+				t.Errorf("%s clone %d: generation ID %q is malformed or repeated", arm, i+1, c.GenID)
+			}
+			seen[c.GenID] = true
+			if c.Sum != snap.TouchSum {
+				t.Errorf("%s clone %d: sum %s, snapshot %s", arm, i+1, c.Sum, snap.TouchSum)
+			}
+			if c.Total.Rss == 0 || c.Total.Pss == 0 || c.Total.Pss > c.Total.Rss {
+				t.Errorf("%s clone %d: smaps_rollup %+v", arm, i+1, c.Total)
+			}
+			// Every clone read (or rewrote) its touched pages, so at
+			// least those are resident in its guest memory files.
+			if c.Guest.Rss < uint64(snap.TouchPages)*4 {
+				t.Errorf("%s clone %d: guest Rss %d kB, touched %d kB", arm, i+1, c.Guest.Rss, snap.TouchPages*4)
+			}
+			if arm == ClonePrivate && c.Guest.PrivateDirty < uint64(snap.TouchPages)*4 {
+				t.Errorf("private clone %d: guest Private_Dirty %d kB, rewrote %d kB", i+1, c.Guest.PrivateDirty, snap.TouchPages*4)
+			}
+			if arm == CloneCAS && c.Guest.SharedClean < 2048 {
+				// The chunk of the touched pages is one file that A's
+				// and B's clones all map.
+				t.Errorf("CAS clone %d: guest Shared_Clean %d kB: the chunk A and B have in common is not shared", i+1, c.Guest.SharedClean)
+			}
+		}
+	}
+	var buf bytes.Buffer
+	if err := WriteCloneArms(&buf, all); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("\n%s", buf.String())
+	_, cas := reps[CloneCAS].Sum()
+	_, file := reps[CloneFile].Sum()
+	_, private := reps[ClonePrivate].Sum()
+	if cas.Pss >= file.Pss {
+		t.Errorf("guest Pss: CAS %d kB not below files %d kB: A's and B's clones do not share their common chunk", cas.Pss, file.Pss)
+	}
+	if private.Pss*2 < file.Pss*3 {
+		t.Errorf("guest Pss: private copies %d kB not well above the shared files' %d kB (two clones per snapshot)", private.Pss, file.Pss)
+	}
+	if _, err := RunClones(context.Background(), CloneSpec{VMMBin: vmmBin, Snapshots: []*Snapshot{{Dir: "/x", MemFileBytes: 1}}, N: 1, Arm: CloneCAS, Timeout: time.Second}); err == nil {
+		t.Error("CAS clones of a snapshot without a CAS copy")
+	}
+}
+
+// --from both: the same snapshot restored from its memory file and from the
+// CAS, at volt-vmm's own chunk size and re-chunked to 64 KiB, every stage
+// reached in order, and only the poweroff marker written (a restore, not a
+// boot).
+func TestRestoreFromCASAtEveryChunkSize(t *testing.T) {
+	r := requireRunner(t)
+	vmmBin, elf := probeFixture(t)
+	volt := voltCLIFixture(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	snap, err := PrepareSnapshot(context.Background(), SnapshotSpec{
+		VMMBin: vmmBin, Kernel: elf, Memory: "128M", CPUs: 1, TouchPages: 300, Dir: dir, Timeout: 30 * time.Second,
+		CASStore: store, VoltBin: volt,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut, err := RechunkCAS(context.Background(), VoltCAS{Bin: volt, Store: store}, snap.CAS, 64<<10, filepath.Join(dir, "cas-64K"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cut.ChunkSize != 64<<10 || cut.Manifest == snap.CAS.Manifest || cut.DataBytes >= snap.CAS.DataBytes {
+		t.Errorf("re-chunked %+v from %+v: want 64 KiB chunks, another manifest, fewer data bytes", cut, snap.CAS)
+	}
+	targets := []RestoreTarget{FileTarget(snap), CASTarget(snap.CAS), CASTarget(cut)}
+	arms, err := RestoreArms(voltConfig(t), snap, targets, false, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 3
+	runs, err := r.RunPlan(context.Background(), Plan{Arms: arms, N: n, Observe: func(a Arm, b Boot) {
+		if b.Err != nil {
+			t.Errorf("%s: %v", a.Name, b.Err)
+			return
+		}
+		if b.Record.MarkerWrites != 1 {
+			t.Errorf("%s wrote %d boot markers, want 1 (poweroff)", a.Name, b.Record.MarkerWrites)
+		}
+	}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
-	WriteClones(&buf, rep)
+	report.WriteCompare(&buf, RestoreStageNames(), runs, nil)
 	t.Logf("\n%s", buf.String())
-	seen := map[string]bool{}
-	for i, c := range rep.Clones {
-		if !genIDRE.MatchString(c.GenID) || seen[c.GenID] {
-			t.Errorf("clone %d: generation ID %q is malformed or repeated", i+1, c.GenID)
-		}
-		seen[c.GenID] = true
-		if c.Sum != snap.TouchSum {
-			t.Errorf("clone %d: sum %s, snapshot %s", i+1, c.Sum, snap.TouchSum)
-		}
-		if c.Total.Rss == 0 || c.Total.Pss == 0 || c.Total.Pss > c.Total.Rss {
-			t.Errorf("clone %d: smaps_rollup %+v", i+1, c.Total)
-		}
-		// Every clone read the touched pages, so at least those are
-		// resident from the memory file.
-		if c.Guest.Rss < touch*4 {
-			t.Errorf("clone %d: memory file Rss %d kB, read back %d kB", i+1, c.Guest.Rss, touch*4)
+	for _, run := range runs {
+		for _, s := range RestoreStages {
+			if st := run.Stage(s.Name); st == nil || st.Count != n {
+				t.Errorf("%s: stage %s: %+v", run.VMM, s.Name, st)
+			}
 		}
 	}
-	// The page cache is shared: three clones mapping the same pages pay
-	// for them about once.
-	_, guest := rep.Sum()
-	if guest.Pss*2 > guest.Rss {
-		t.Errorf("memory file: sum of Pss %d kB is not well under sum of Rss %d kB: pages not shared", guest.Pss, guest.Rss)
+	// A state file naming a manifest the store lacks is refused by
+	// volt-vmm, never restored from whatever else is there.
+	bad, err := os.ReadFile(cut.StatePath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bad, err = swapStateManifest(bad, cut.Manifest, strings.Repeat("ab", 32)); err != nil {
+		t.Fatal(err)
+	}
+	badDir := filepath.Join(dir, "missing")
+	if err := os.Mkdir(badDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(badDir, "vm.state"), bad, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b := r.Boot(context.Background(), RestoreTargetConfig(voltConfig(t), snap, CASTarget(&CASSnapshot{Store: store, Dir: badDir})))
+	if b.Err == nil {
+		t.Error("restored a snapshot whose manifest is not in the store")
+	}
+}
+
+func TestDedupStoresTheSnapshotsOfOneTemplate(t *testing.T) {
+	requireKVM(t)
+	vmmBin, elf := probeFixture(t)
+	rep, err := RunDedup(context.Background(), DedupSpec{
+		VMMBin: vmmBin, Kernel: elf, VoltBin: voltCLIFixture(t), Memory: "128M", CPUs: 1, TemplateTouch: 600,
+		Works: [][]string{{"echo x"}, {"touch 600"}, {"touch 700", "gen"}}, ChunkSizes: []int64{2 << 20, 64 << 10},
+		Dir: t.TempDir(), Timeout: 30 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := WriteDedup(&buf, rep); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("\n%s", buf.String())
+	if len(rep.Snapshots) != 3 || len(rep.Sizes) != 2 {
+		t.Fatalf("%d snapshots, %d sizes", len(rep.Snapshots), len(rep.Sizes))
+	}
+	for _, d := range rep.Sizes {
+		var added int64
+		for i := range d.Added {
+			added += d.Added[i]
+			if d.Alone[i] <= 0 || d.Added[i] > d.Alone[i] {
+				t.Errorf("%s snapshot %d: alone %d, added %d", FormatChunkSize(d.ChunkSize), i+1, d.Alone[i], d.Added[i])
+			}
+		}
+		// The first import into the shared store is the snapshot alone;
+		// all together, stored is what the imports added, and no more
+		// than the snapshots alone summed.
+		if d.Added[0] != d.Alone[0] || added != d.Usage.StoredBytes || d.Usage.StoredBytes < slices.Max(d.Alone) {
+			t.Errorf("%s: added %v, alone %v, stored %d", FormatChunkSize(d.ChunkSize), d.Added, d.Alone, d.Usage.StoredBytes)
+		}
+		if d.Usage.LogicalBytes != 3*128<<20 {
+			t.Errorf("%s: logical %d, want three 128 MiB snapshots", FormatChunkSize(d.ChunkSize), d.Usage.LogicalBytes)
+		}
+	}
+	if big, small := rep.Sizes[0].Usage.StoredBytes, rep.Sizes[1].Usage.StoredBytes; small > big {
+		t.Errorf("64 KiB chunks stored %d bytes, more than 2 MiB chunks' %d", small, big)
+	}
+	// volt-vmm's own CAS snapshots are cut as the CLI cuts 2 MiB chunks.
+	if rep.VMMStore.StoredBytes != rep.Sizes[0].Usage.StoredBytes {
+		t.Errorf("volt-vmm stored %d bytes, the CLI at 2 MiB %d", rep.VMMStore.StoredBytes, rep.Sizes[0].Usage.StoredBytes)
 	}
 }
 

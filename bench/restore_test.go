@@ -16,7 +16,8 @@ import (
 func TestRestoreArmsDriveBothSidesAlike(t *testing.T) {
 	boot := Config{VMM: VMMVolt, VMMBin: "/bin/volt-vmm", Guest: GuestProbe, Kernel: "probe.elf", Memory: "128M", CPUs: 2, Timeout: time.Second}
 	snap := &Snapshot{Dir: "/snap", Memory: "128M", CPUs: 2}
-	arms, err := RestoreArms(boot, snap, true, "")
+	file := []RestoreTarget{FileTarget(snap)}
+	arms, err := RestoreArms(boot, snap, file, true, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,12 +41,15 @@ func TestRestoreArmsDriveBothSidesAlike(t *testing.T) {
 	if got := arms[0].Config.Args(); !slices.Contains(got, "--kernel") || !slices.Contains(got, "2") {
 		t.Errorf("cold boot args %q", got)
 	}
-	if only, _ := RestoreArms(boot, snap, false, ""); len(only) != 1 || only[0].Name != ArmRestore {
+	if only, _ := RestoreArms(boot, snap, file, false, ""); len(only) != 1 || only[0].Name != ArmRestore {
 		t.Errorf("without --compare-boot: %+v", only)
+	}
+	if _, err := RestoreArms(boot, snap, nil, true, ""); err == nil {
+		t.Error("a session without a restore target")
 	}
 	// With floors: each arm follows its own floor, and names it.
 	dir := fakeFloorDir(t)
-	arms, err = RestoreArms(boot, snap, true, dir)
+	arms, err = RestoreArms(boot, snap, file, true, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,8 +63,60 @@ func TestRestoreArmsDriveBothSidesAlike(t *testing.T) {
 	if a := arms[2].Config.Args(); !slices.Equal(a, []string{"answer", "128"}) {
 		t.Errorf("restore floor args %q", a)
 	}
-	if _, err := RestoreArms(boot, snap, true, t.TempDir()); err == nil || !strings.Contains(err.Error(), "bench/floor/build.sh") {
+	if _, err := RestoreArms(boot, snap, file, true, t.TempDir()); err == nil || !strings.Contains(err.Error(), "bench/floor/build.sh") {
 		t.Errorf("missing helpers: %v, want a hint to build them", err)
+	}
+}
+
+// The file and CAS arms of --from both restore the same snapshot, driven and
+// timed alike, each beside the same restore floor; a CAS arm names its store
+// and its chunk size.
+func TestRestoreArmsFromFileAndCAS(t *testing.T) {
+	boot := Config{VMM: VMMVolt, VMMBin: "/bin/volt-vmm", Guest: GuestProbe, Kernel: "probe.elf", Memory: "128M", CPUs: 1, Timeout: time.Second}
+	snap := &Snapshot{Dir: "/snap", Memory: "128M", CPUs: 1}
+	own := &CASSnapshot{Store: "/snap/store", Dir: "/snap/cas", ChunkSize: 2 << 20}
+	cut := &CASSnapshot{Store: "/snap/store", Dir: "/snap/cas-64K", ChunkSize: 64 << 10, Rechunked: true}
+	targets := []RestoreTarget{FileTarget(snap), CASTarget(own), CASTarget(cut)}
+	arms, err := RestoreArms(boot, snap, targets, true, fakeFloorDir(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, a := range arms {
+		got = append(got, a.Name+"→"+a.Floor)
+		if err := a.Config.Validate(); err != nil {
+			t.Errorf("%s: %v", a.Name, err)
+		}
+	}
+	if want := "floor-kvm→ cold-boot→floor-kvm floor-kvm-answer→ restore→floor-kvm-answer restore-cas-2M→floor-kvm-answer restore-cas-64K→floor-kvm-answer"; strings.Join(got, " ") != want {
+		t.Errorf("arms %q, want %q", strings.Join(got, " "), want)
+	}
+	for i, want := range [][]string{
+		{"--restore", "/snap", "--console", "stdio"},
+		{"--restore", "/snap/cas", "--console", "stdio", "--cas-store", "/snap/store"},
+		{"--restore", "/snap/cas-64K", "--console", "stdio", "--cas-store", "/snap/store"},
+	} {
+		a := arms[3+i]
+		if got := a.Config.Args(); !slices.Equal(got, want) {
+			t.Errorf("%s args %q, want %q", a.Name, got, want)
+		}
+		if a.Config.Ask != RestoreAsk || !slices.Equal(stageNames(a.Config.rows()), RestoreStageNames()) {
+			t.Errorf("%s not driven and timed as a restore", a.Name)
+		}
+	}
+	for _, tc := range []struct {
+		in        string
+		file, cas bool
+	}{{"file", true, false}, {"cas", false, true}, {"both", true, true}} {
+		f, c, err := ParseFrom(tc.in)
+		if err != nil || f != tc.file || c != tc.cas {
+			t.Errorf("ParseFrom(%q) = %v %v %v", tc.in, f, c, err)
+		}
+	}
+	for _, bad := range []string{"", "File", "memory", "cas,file"} {
+		if _, _, err := ParseFrom(bad); err == nil {
+			t.Errorf("ParseFrom(%q) accepted", bad)
+		}
 	}
 }
 

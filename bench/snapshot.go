@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -25,6 +26,13 @@ type SnapshotSpec struct {
 	TouchPages int           // pages the probe writes before the snapshot, so memory has content
 	Dir        string        // existing directory the snapshot is written to
 	Timeout    time.Duration // for the whole preparation
+	// CASStore, when set, also snapshots the paused VM into this CAS store
+	// (PUT /snapshot/create with mem_backend Cas, volt-vmm's own chunking),
+	// its state file in Dir/cas: the same VM state, its memory in the store.
+	CASStore string
+	// VoltBin, the volt CLI, describes the CAS snapshot from the store
+	// (manifest, chunk size, data chunks); without it they stay unknown.
+	VoltBin string
 }
 
 // Validate checks the spec before anything starts.
@@ -48,6 +56,9 @@ func (s SnapshotSpec) Validate() error {
 	if s.Timeout <= 0 {
 		errs = append(errs, errors.New("no timeout"))
 	}
+	if s.VoltBin != "" && s.CASStore == "" {
+		errs = append(errs, errors.New("the volt CLI describes a CAS snapshot, and there is no CAS store"))
+	}
 	return errors.Join(errs...)
 }
 
@@ -61,9 +72,15 @@ type Snapshot struct {
 	// `sum TouchPages` must repeat in every restore; "" without a touch.
 	TouchSum string
 	// The memory file: its length, and the bytes it occupies on disk
-	// (st_blocks × 512; zero pages are holes).
+	// (st_blocks × 512; zero pages are holes). Zero for a snapshot taken
+	// only into the CAS.
 	MemFileBytes, MemFileAllocated int64
 	Took                           time.Duration // boot, touch, pause, snapshot
+	// CAS is the same VM snapshotted into a CAS store, when asked.
+	CAS *CASSnapshot
+	// Work is what the guest did after its template's restore, for a
+	// snapshot made by DeriveSnapshot: its probe commands, "; "-joined.
+	Work string
 }
 
 // MemPath is the memory file's path.
@@ -107,23 +124,205 @@ func PrepareSnapshot(ctx context.Context, spec SnapshotSpec) (*Snapshot, error) 
 			return nil, fmt.Errorf("snapshot: touch: %w", err)
 		}
 	}
-	if err := api.Pause(ctx); err != nil {
-		return nil, fmt.Errorf("snapshot: pause: %w", err)
-	}
-	if err := api.CreateSnapshot(ctx, types.SnapshotCreateParams{
-		SnapshotPath: filepath.Join(spec.Dir, types.SnapshotStateFile),
-		MemFilePath:  filepath.Join(spec.Dir, types.SnapshotMemFile),
-	}); err != nil {
-		return nil, fmt.Errorf("snapshot: create: %w", err)
+	if err := takeSnapshots(ctx, api, snap, true, spec.CASStore, spec.VoltBin); err != nil {
+		return nil, err
 	}
 	con.terminate(2 * time.Second)
 	snap.Took = time.Since(start)
-	var st unix.Stat_t
-	if err := unix.Stat(snap.MemPath(), &st); err != nil {
-		return nil, fmt.Errorf("snapshot: memory file: %w", err)
-	}
-	snap.MemFileBytes, snap.MemFileAllocated = st.Size, st.Blocks*512
 	return snap, nil
+}
+
+// takeSnapshots pauses the VM behind api and snapshots it into snap.Dir:
+// with file, a state and a memory file; with casStore, also (or only) a
+// state file in Dir/cas whose memory is a manifest in casStore, described
+// with the volt CLI when voltBin is set.
+func takeSnapshots(ctx context.Context, api *client.Client, snap *Snapshot, file bool, casStore, voltBin string) error {
+	if err := api.Pause(ctx); err != nil {
+		return fmt.Errorf("snapshot: pause: %w", err)
+	}
+	if file {
+		if err := api.CreateSnapshot(ctx, types.SnapshotCreateParams{
+			SnapshotPath: filepath.Join(snap.Dir, types.SnapshotStateFile),
+			MemFilePath:  filepath.Join(snap.Dir, types.SnapshotMemFile),
+		}); err != nil {
+			return fmt.Errorf("snapshot: create: %w", err)
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(snap.MemPath(), &st); err != nil {
+			return fmt.Errorf("snapshot: memory file: %w", err)
+		}
+		snap.MemFileBytes, snap.MemFileAllocated = st.Size, st.Blocks*512
+	}
+	if casStore == "" {
+		return nil
+	}
+	c := &CASSnapshot{Store: casStore, Dir: filepath.Join(snap.Dir, "cas")}
+	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	volt := VoltCAS{Bin: voltBin, Store: casStore}
+	var before []CASObject
+	if voltBin != "" && regular(filepath.Join(casStore, "VERSION")) == nil {
+		var err error
+		if before, err = volt.List(ctx); err != nil {
+			return fmt.Errorf("snapshot: %w", err)
+		}
+	}
+	if err := api.CreateSnapshot(ctx, types.SnapshotCreateParams{
+		SnapshotPath: c.StatePath(),
+		MemBackend:   &types.MemoryBackend{BackendType: types.MemBackendCas, BackendPath: casStore},
+	}); err != nil {
+		return fmt.Errorf("snapshot: create in the CAS store %s: %w", casStore, err)
+	}
+	if voltBin != "" {
+		after, err := volt.List(ctx)
+		if err != nil {
+			return fmt.Errorf("snapshot: %w", err)
+		}
+		if err := describeCAS(c, before, after); err != nil {
+			return err
+		}
+	}
+	snap.CAS = c
+	return nil
+}
+
+// DeriveSpec says how to make a snapshot from a template: restore it, have
+// the probe do some work, snapshot it again.
+type DeriveSpec struct {
+	VMMBin   string
+	Template *Snapshot // a file snapshot
+	// Work is the probe commands run after the restore, each answered
+	// before the next (see ProbeReply for those known).
+	Work    []string
+	Dir     string // existing directory the snapshot is written to
+	NoFile  bool   // snapshot only into CASStore, no memory file
+	Timeout time.Duration
+	// CASStore and VoltBin as in SnapshotSpec.
+	CASStore, VoltBin string
+}
+
+// DeriveSnapshot restores spec.Template in a new volt-vmm (with its API on a
+// socket), runs spec.Work on the probe's console, pauses it and snapshots it
+// into spec.Dir (and spec.CASStore). Many snapshots derived from one
+// template share most of their memory: what the issue's dedup and clone
+// measurements are about.
+func DeriveSnapshot(ctx context.Context, spec DeriveSpec) (*Snapshot, error) {
+	switch {
+	case spec.VMMBin == "" || spec.Template == nil || spec.Dir == "" || spec.Timeout <= 0:
+		return nil, errors.New("derive snapshot: need a volt-vmm, a template, a directory and a timeout")
+	case spec.NoFile && spec.CASStore == "":
+		return nil, errors.New("derive snapshot: no memory file and no CAS store: nowhere to put the memory")
+	case spec.VoltBin != "" && spec.CASStore == "":
+		return nil, errors.New("derive snapshot: the volt CLI describes a CAS snapshot, and there is no CAS store")
+	}
+	replies := make([]string, len(spec.Work))
+	for i, w := range spec.Work {
+		r, err := ProbeReply(w)
+		if err != nil {
+			return nil, fmt.Errorf("derive snapshot: %w", err)
+		}
+		replies[i] = r
+	}
+	ctx, cancel := context.WithTimeout(ctx, spec.Timeout)
+	defer cancel()
+	start := time.Now()
+	sock := filepath.Join(spec.Dir, "api.sock")
+	con, err := startConsole(spec.VMMBin, "--restore", spec.Template.Dir, "--api-sock", sock, "--console", "stdio")
+	if err != nil {
+		return nil, fmt.Errorf("derive snapshot: %w", err)
+	}
+	defer con.close()
+	api := client.New(sock)
+	defer api.Close()
+	if err := waitForAPI(ctx, api, con); err != nil {
+		return nil, fmt.Errorf("derive snapshot: %w", err)
+	}
+	t := spec.Template
+	snap := &Snapshot{Dir: spec.Dir, Memory: t.Memory, CPUs: t.CPUs, TouchPages: t.TouchPages, TouchSum: t.TouchSum, Work: strings.Join(spec.Work, "; ")}
+	for i, w := range spec.Work {
+		line, err := con.ask(ctx, w, replies[i])
+		if err != nil {
+			return nil, fmt.Errorf("derive snapshot: %w", err)
+		}
+		// touch writes a pattern that is a function of each word's
+		// address alone, so touching fewer pages than the template
+		// rewrites what was there, and more extends it.
+		if n, ok := touchCount(w); ok && n > snap.TouchPages {
+			if snap.TouchSum, err = probeSum(line); err != nil {
+				return nil, fmt.Errorf("derive snapshot: %q: %w", w, err)
+			}
+			snap.TouchPages = n
+		}
+	}
+	if err := takeSnapshots(ctx, api, snap, !spec.NoFile, spec.CASStore, spec.VoltBin); err != nil {
+		return nil, err
+	}
+	con.terminate(2 * time.Second)
+	snap.Took = time.Since(start)
+	return snap, nil
+}
+
+// ProbeReply is the start of the probe's reply to a command that can be
+// part of a snapshot's work (guest/probe/README.md): the commands that
+// change nothing outside the guest and end in one line.
+func ProbeReply(command string) (string, error) {
+	f := strings.Fields(command)
+	if len(f) == 0 {
+		return "", errors.New("an empty probe command")
+	}
+	number := func(i int) (int, error) {
+		if len(f) <= i {
+			return 0, fmt.Errorf("probe command %q: missing its count", command)
+		}
+		n, err := strconv.Atoi(f[i])
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("probe command %q: %q is not a count", command, f[i])
+		}
+		return n, nil
+	}
+	switch f[0] {
+	case "echo":
+		if len(f) < 2 {
+			return "", fmt.Errorf("probe command %q: echo needs a word (an empty reply cannot be awaited)", command)
+		}
+		// The probe echoes the rest of the line, trailing blanks dropped.
+		return strings.TrimRight(strings.TrimPrefix(strings.TrimLeft(command, " \t"), "echo "), " \t"), nil
+	case "touch", "sum":
+		n, err := number(1)
+		if err != nil || len(f) != 2 {
+			return "", fmt.Errorf("probe command %q: want %s N", command, f[0])
+		}
+		if f[0] == "touch" {
+			return fmt.Sprintf("touched %d ", n), nil
+		}
+		return fmt.Sprintf("sum %d ", n), nil
+	case "gen", "cpus":
+		if len(f) != 1 {
+			return "", fmt.Errorf("probe command %q takes no argument", command)
+		}
+		return f[0] + " ", nil
+	case "repeat":
+		n, err := number(1)
+		if err != nil || len(f) < 3 {
+			return "", fmt.Errorf("probe command %q: want repeat N COMMAND", command)
+		}
+		if _, err := ProbeReply(strings.Join(f[2:], " ")); err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("repeat %d ok=%d", n, n), nil
+	}
+	return "", fmt.Errorf("probe command %q: voltbench knows echo, touch, sum, gen, cpus and repeat as work", command)
+}
+
+// touchCount is N of a `touch N` command.
+func touchCount(command string) (int, bool) {
+	f := strings.Fields(command)
+	if len(f) != 2 || f[0] != "touch" {
+		return 0, false
+	}
+	n, err := strconv.Atoi(f[1])
+	return n, err == nil
 }
 
 // probeSum takes the checksum out of a `touched N sum=0x…` or

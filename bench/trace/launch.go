@@ -24,9 +24,10 @@ import (
 // the Go runtime starts meanwhile, to the filter; the child's exec of the
 // command then fires sched_process_exec in a process already watched.
 // Nothing runs between fork and exec but Go's own child code, so the origin
-// is the exec itself, as before, and no intermediate process (the /bin/sh
-// gate this replaced cost ~9 ms of CPU per start and capped any rate at
-// ~110 starts/s on this machine) stands between the caller and the VMM.
+// is the exec itself, as before, and no intermediate process stands between
+// the caller and the VMM: the /bin/sh gate this replaced started a shell per
+// launch, and that bounded every rate voltbench could show (issue 14 saw
+// ~110 starts/s on the development machine).
 // Other ways were weighed: re-executing our own binary needs a hook in
 // every test binary's TestMain; ptrace stops change the timing of the very
 // exec measured; matching on the executable's name would catch unrelated

@@ -8,7 +8,8 @@
 //	voltbench gate     fail when a stage regressed against a baseline
 //	voltbench serve    boot periodically and export Prometheus metrics
 //	voltbench restore  restore a snapshot of the probe N times, against cold boots
-//	voltbench clones   run N clones of one snapshot at once; their shared memory
+//	voltbench clones   run N clones of two snapshots at once, memory from a CAS, files or private copies
+//	voltbench dedup    ten snapshots of one template in a CAS store at three chunk sizes
 //	voltbench floor    this machine's floor: empty processes and a minimal KVM guest
 //	voltbench pool     acquire → agent answer → release through voltpool, against cold paths
 //
@@ -52,7 +53,7 @@ func main() {
 	os.Exit(code)
 }
 
-const usageText = `Usage: voltbench [boot|compare|gate|serve|restore|clones|floor|pool] [flags]
+const usageText = `Usage: voltbench [boot|compare|gate|serve|restore|clones|dedup|floor|pool] [flags]
 
   boot      boot the guest -n times under --vmm, interleaved with the KVM floor helper,
             and print p50/p90/max (p99 from 100 boots) per stage with its distance to the floor (default)
@@ -62,9 +63,12 @@ const usageText = `Usage: voltbench [boot|compare|gate|serve|restore|clones|floo
   serve     boot every --interval and serve Prometheus metrics on --metrics-listen
   restore   snapshot the probe once, restore it -n times (interleaved with as many cold
             boots, --compare-boot, and their floors) and print both per stage;
-            --concurrency 1,2,8 adds restores per second with that many in flight
-  clones    restore -n clones of one snapshot at once and print their RSS/PSS and
-            shared pages from /proc/PID/smaps_rollup, and their generation IDs
+            --concurrency 1,2,8 adds restores per second with that many in flight;
+            --from cas|both restores from a CAS store too (--chunk-size 2M,256K,64K)
+  clones    restore -n clones of two snapshots of one template at once, their memory from a
+            CAS store, from memory files, or private copies, and print their PSS side by side
+  dedup     take ten snapshots of one template after different work and store them in a CAS
+            store at 2M, 256K and 64K chunks: stored bytes against one snapshot's
   pool      acquire a VM from voltpool, ask its guest agent over vsock, release it, with 1, 8 and
             64 callers, against the cold-restore path and a cold boot (HDR p50/p99 per stage, PSS)
   floor     run the floor helpers (bench/floor) -n times each: exec → exit of empty static
@@ -93,6 +97,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return cmdRestore(ctx, args, stdout, stderr)
 	case "clones":
 		return cmdClones(ctx, args, stdout, stderr)
+	case "dedup":
+		return cmdDedup(ctx, args, stdout, stderr)
 	case "floor":
 		return cmdFloor(ctx, args, stdout, stderr)
 	case "pool":

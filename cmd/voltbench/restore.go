@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -23,45 +24,51 @@ type snapshotFlags struct {
 	prepare                time.Duration
 }
 
-func (s *snapshotFlags) register(fs *pflag.FlagSet, defaultN int, what string) {
+func (s *snapshotFlags) register(fs *pflag.FlagSet, defaultN, defaultTouch int, what string) {
 	fs.StringVar(&s.vmmBin, "vmm-bin", "", "volt-vmm binary (default: "+bench.DefaultVMMBin+" in the repository)")
 	fs.StringVar(&s.kernel, "kernel", "", "probe guest (default: "+bench.DefaultProbe+")")
 	fs.StringVar(&s.memory, "memory", "128M", "guest memory")
 	fs.IntVar(&s.cpus, "cpus", 1, "vCPUs")
-	fs.IntVarP(&s.n, "count", "n", defaultN, what)
+	if what != "" {
+		fs.IntVarP(&s.n, "count", "n", defaultN, what)
+	}
 	fs.DurationVar(&s.timeout, "timeout", 10*time.Second, "per-VM limit; the VMM is killed after it")
-	fs.IntVar(&s.touch, "touch", 0, "4 KiB pages the probe writes before the snapshot, so that memory has content")
+	fs.IntVar(&s.touch, "touch", defaultTouch, "4 KiB pages the probe writes before the snapshot, so that memory has content")
 	fs.StringVar(&s.dir, "dir", os.TempDir(), "where the temporary snapshot directory is made (a disk, so the memory file's blocks mean something)")
 	fs.DurationVar(&s.prepare, "prepare-timeout", 30*time.Second, "limit for booting, touching and snapshotting the probe")
 }
 
-// snapshotProbe resolves the probe's boot configuration, boots it once,
-// snapshots it into a new directory under --dir and describes the
-// snapshot; cleanup removes it.
-func (s *snapshotFlags) snapshotProbe(ctx context.Context, stdout io.Writer) (bench.Config, *bench.Snapshot, func(), error) {
-	cfg, err := bench.Resolve(ctx, bench.Config{
+// probeConfig resolves the probe's boot configuration.
+func (s *snapshotFlags) probeConfig(ctx context.Context) (bench.Config, error) {
+	return bench.Resolve(ctx, bench.Config{
 		VMM: bench.VMMVolt, VMMBin: s.vmmBin, Guest: bench.GuestProbe, Kernel: s.kernel,
 		Memory: s.memory, CPUs: s.cpus, Timeout: s.timeout,
 	}, "")
-	if err != nil {
-		return cfg, nil, nil, err
-	}
+}
+
+// tempDir makes the command's scratch directory under --dir; cleanup
+// removes it.
+func (s *snapshotFlags) tempDir() (string, func(), error) {
 	dir, err := os.MkdirTemp(s.dir, "voltbench-snapshot-")
 	if err != nil {
-		return cfg, nil, nil, fmt.Errorf("snapshot directory: %w", err)
+		return "", nil, fmt.Errorf("snapshot directory: %w", err)
 	}
-	cleanup := func() { os.RemoveAll(dir) }
+	return dir, func() { os.RemoveAll(dir) }, nil
+}
+
+// snapshotProbe boots the probe once, snapshots it into dir (and, with
+// casStore, into that CAS store too) and describes the snapshot.
+func (s *snapshotFlags) snapshotProbe(ctx context.Context, cfg bench.Config, dir, casStore, voltBin string, stdout io.Writer) (*bench.Snapshot, error) {
 	snap, err := bench.PrepareSnapshot(ctx, bench.SnapshotSpec{
 		VMMBin: cfg.VMMBin, Kernel: cfg.Kernel, Memory: cfg.Memory, CPUs: cfg.CPUs,
-		TouchPages: s.touch, Dir: dir, Timeout: s.prepare,
+		TouchPages: s.touch, Dir: dir, Timeout: s.prepare, CASStore: casStore, VoltBin: voltBin,
 	})
 	if err != nil {
-		cleanup()
-		return cfg, nil, nil, err
+		return nil, err
 	}
 	fmt.Fprintf(stdout, "snapshot: probe, %s, %d vCPU, %d pages touched; memory file %d bytes, %d KiB on disk; prepared in %v\n",
 		snap.Memory, snap.CPUs, snap.TouchPages, snap.MemFileBytes, snap.MemFileAllocated>>10, snap.Took.Round(time.Millisecond))
-	return cfg, snap, cleanup, nil
+	return snap, nil
 }
 
 func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -71,9 +78,12 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		sess session
 		f    floorFlags
 	)
-	s.register(fs, 100, "restores (and, with --compare-boot, as many cold boots; with --floor, as many floor runs each)")
+	s.register(fs, 100, 0, "restores per arm (and, with --compare-boot, as many cold boots; with --floor, as many floor runs each)")
 	compareBoot := fs.Bool("compare-boot", true, "also cold-boot the same probe, interleaved, and print restore against cold boot")
-	concurrency := fs.IntSlice("concurrency", nil, "after the latency run, restores per second with this many in flight at once, e.g. 1,2,8 (each its own volt-vmm on the same snapshot)")
+	from := fs.String("from", bench.FromFile, "where restores take their memory from: file (the memory file), cas (a CAS store), or both, interleaved")
+	chunkSizes := fs.StringSlice("chunk-size", []string{"2M"}, "with --from cas|both: chunk sizes of the CAS arms, e.g. 2M,256K,64K (one arm each; a size other than volt-vmm's own is re-chunked by voltbench, see bench/README.md)")
+	voltBin := fs.String("volt-bin", "", "the volt CLI, for --from cas|both (default: "+bench.DefaultVoltBin+" in the repository)")
+	concurrency := fs.IntSlice("concurrency", nil, "after the latency run, restores per second with this many in flight at once, e.g. 1,2,8 (each its own volt-vmm on the same snapshot, from the first restore arm)")
 	concurrencyN := fs.Int("concurrency-n", 200, "restores per --concurrency level, in 4 rounds that alternate the levels")
 	fs.StringVar(&sess.jsonOut, "json", "", "write the results, with encoded HDR histograms, to this file")
 	fs.StringVar(&sess.metricsAddr, "metrics-listen", "", "serve Prometheus metrics on this address while running")
@@ -92,22 +102,79 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	if s.n < 1 {
 		return usage(stderr, "restore", "-n %d: want at least one restore", s.n)
 	}
+	fromFile, fromCAS, err := bench.ParseFrom(*from)
+	if err != nil {
+		return usage(stderr, "restore", "--from %v", err)
+	}
+	var sizes []int64
+	for _, c := range *chunkSizes {
+		n, err := bench.ParseChunkSize(c)
+		if err != nil {
+			return usage(stderr, "restore", "--chunk-size: %v", err)
+		}
+		for _, o := range sizes {
+			if o == n {
+				return usage(stderr, "restore", "--chunk-size %s given twice", c)
+			}
+		}
+		sizes = append(sizes, n)
+	}
+	if !fromCAS && fs.Changed("chunk-size") {
+		return usage(stderr, "restore", "--chunk-size is for the CAS arms: give --from cas or both")
+	}
 	if len(*concurrency) > 0 {
 		if err := bench.ValidateThroughput(*concurrency, *concurrencyN, bench.ThroughputRounds); err != nil {
 			return usage(stderr, "restore", "--concurrency %v, --concurrency-n %d: %v", *concurrency, *concurrencyN, err)
 		}
 	}
 	sess.n, sess.timeout = s.n, s.timeout
-	dir, err := f.dir()
+	floorDir, err := f.dir()
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
-	cfg, snap, cleanup, err := s.snapshotProbe(ctx, stdout)
+	cfg, err := s.probeConfig(ctx)
+	if err != nil {
+		return fail(stderr, "%v", err)
+	}
+	volt := ""
+	if fromCAS {
+		if volt, err = bench.ResolveVoltBin(*voltBin); err != nil {
+			return fail(stderr, "%v", err)
+		}
+	}
+	dir, cleanup, err := s.tempDir()
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
 	defer cleanup()
-	arms, err := bench.RestoreArms(cfg, snap, *compareBoot, dir)
+	fmt.Fprintf(stdout, "load average at start: %s\n", loadAvg())
+	store := ""
+	if fromCAS {
+		store = filepath.Join(dir, "store")
+	}
+	snap, err := s.snapshotProbe(ctx, cfg, dir, store, volt, stdout)
+	if err != nil {
+		return fail(stderr, "%v", err)
+	}
+	var targets []bench.RestoreTarget
+	if fromFile {
+		targets = append(targets, bench.FileTarget(snap))
+	}
+	if fromCAS {
+		v := bench.VoltCAS{Bin: volt, Store: store}
+		for _, cs := range sizes {
+			c := snap.CAS
+			if cs != c.ChunkSize {
+				if c, err = bench.RechunkCAS(ctx, v, snap.CAS, cs, filepath.Join(dir, "cas-"+bench.FormatChunkSize(cs))); err != nil {
+					return fail(stderr, "%v", err)
+				}
+			}
+			fmt.Fprintf(stdout, "CAS arm %s: %d chunks of %s, %d of them data (%s MiB mapped from chunk files), manifest %.12s, %s\n",
+				bench.CASTarget(c).Name, c.Chunks, c.ChunkName(), c.DataChunks, fmtMiB(c.DataBytes), c.Manifest, casOrigin(c))
+			targets = append(targets, bench.CASTarget(c))
+		}
+	}
+	arms, err := bench.RestoreArms(cfg, snap, targets, *compareBoot, floorDir)
 	if err != nil {
 		return fail(stderr, "%v (or --floor=false)", err)
 	}
@@ -123,15 +190,24 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	floors := bench.Floors(arms, runs)
 	vmms := nonFloor(runs)
-	restore := vmms[len(vmms)-1]
-	report.WriteTable(stdout, restore, floors[restore.VMM])
+	restores := vmms
 	if *compareBoot {
+		restores = vmms[1:]
+	}
+	for _, r := range restores {
+		report.WriteTable(stdout, r, floors[r.VMM])
 		fmt.Fprintln(stdout)
+	}
+	if *compareBoot {
 		report.WriteTable(stdout, vmms[0], floors[vmms[0].VMM])
 		fmt.Fprintf(stdout, "\npeer: cold boot of the same probe under the same volt-vmm, %s, %d vCPU, interleaved with the restores and driven the same way\n"+
 			"(%q queued on the console at exec, answer awaited, then poweroff); first-answer is that reply in both\n",
 			cfg.Memory, cfg.CPUs, bench.RestoreAsk)
 		report.WriteCompare(stdout, bench.RestoreStageNames(), vmms, floors)
+	}
+	if len(restores) > 1 {
+		fmt.Fprintf(stdout, "\nrestores side by side, each against %s (ratio > 1: slower), interleaved in the same session\n", restores[0].VMM)
+		report.WriteCompare(stdout, bench.RestoreStageNames(), restores, floors)
 	}
 	fmt.Fprintln(stdout)
 	names := make([]string, len(vmms))
@@ -139,6 +215,7 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		names[i] = r.VMM
 	}
 	spans.Write(stdout, names...)
+	fmt.Fprintf(stdout, "load average at end: %s\n", loadAvg())
 	title := fmt.Sprintf("voltbench restore: probe, %s, %d vCPU, %d pages touched", snap.Memory, snap.CPUs, snap.TouchPages)
 	if serr := save(sess.jsonOut, f.plot, title, bench.RestoreStageNames(), runs, append([]string{"restore"}, args...)); serr != nil {
 		return fail(stderr, "%v", serr)
@@ -150,18 +227,19 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return exitOK
 	}
 	spec := bench.ThroughputSpec{
-		Config: bench.RestoreConfig(cfg, snap), Levels: *concurrency, N: *concurrencyN, Rounds: bench.ThroughputRounds, Progress: sess.progressBar(stderr),
+		Config: bench.RestoreTargetConfig(cfg, snap, targets[0]), Levels: *concurrency, N: *concurrencyN, Rounds: bench.ThroughputRounds, Progress: sess.progressBar(stderr),
 	}
-	if dir != "" {
-		fa, err := bench.KVMAnswerFloorArm(dir, snap.Memory, s.timeout)
+	if floorDir != "" {
+		fa, err := bench.KVMAnswerFloorArm(floorDir, snap.Memory, s.timeout)
 		if err != nil {
 			return fail(stderr, "%v", err)
 		}
 		spec.Floor = &fa.Config
 	}
 	levels, err := runner.RunThroughput(ctx, spec)
-	fmt.Fprintln(stdout)
+	fmt.Fprintf(stdout, "\n%s: ", targets[0].Name)
 	bench.WriteThroughput(stdout, levels)
+	fmt.Fprintf(stdout, "load average at end: %s\n", loadAvg())
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
@@ -176,11 +254,25 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	return exitOK
 }
 
+// casOrigin says who cut a CAS arm's chunks.
+func casOrigin(c *bench.CASSnapshot) string {
+	if c.Rechunked {
+		return "re-chunked by voltbench from volt-vmm's snapshot (the API takes no chunk size yet)"
+	}
+	return "as volt-vmm's PUT /snapshot/create stored it"
+}
+
+func fmtMiB(n int64) string { return fmt.Sprintf("%.2f", float64(n)/(1<<20)) }
+
 func cmdClones(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := pflag.NewFlagSet("clones", pflag.ContinueOnError)
 	var s snapshotFlags
-	s.register(fs, 20, "clones running at once")
+	s.register(fs, 50, 2048, "clones running at once, per arm, alternating between the snapshots")
 	readBack := fs.Bool("read-back", true, "have every clone read the touched pages (sum), so they are mapped in it, and check them")
+	armsFlag := fs.StringSlice("arms", bench.CloneArms, "memory sources to compare, run one after the other: cas (both snapshots' chunks in one store), file (each snapshot's memory file), private (each clone rewrites its pages: its own copy)")
+	snapshots := fs.Int("snapshots", 2, "snapshots the clones are split between: 1 (the template itself) or 2 (two restores of one template, after different work)")
+	perClone := fs.Bool("per-clone", false, "also print every clone's figures, per arm")
+	voltBin := fs.String("volt-bin", "", "the volt CLI, to describe the CAS snapshots (default: "+bench.DefaultVoltBin+" in the repository; optional)")
 	if ok, code := parseFlags(fs, args, stderr); !ok {
 		return code
 	}
@@ -190,22 +282,132 @@ func cmdClones(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if s.n < 1 || s.touch < 0 {
 		return usage(stderr, "clones", "-n %d --touch %d: want at least one clone and 0 or more pages", s.n, s.touch)
 	}
-	cfg, snap, cleanup, err := s.snapshotProbe(ctx, stdout)
+	if *snapshots != 1 && *snapshots != 2 {
+		return usage(stderr, "clones", "--snapshots %d: want 1 or 2", *snapshots)
+	}
+	seen := map[string]bool{}
+	for _, a := range *armsFlag {
+		if seen[a] {
+			return usage(stderr, "clones", "--arms: %s given twice", a)
+		}
+		seen[a] = true
+		if !isKnownArm(a) {
+			return usage(stderr, "clones", "--arms: %q: want %v", a, bench.CloneArms)
+		}
+	}
+	if len(*armsFlag) == 0 {
+		return usage(stderr, "clones", "--arms: none given")
+	}
+	if seen[bench.ClonePrivate] && s.touch == 0 {
+		return usage(stderr, "clones", "--arms private needs --touch > 0: the pages each clone copies")
+	}
+	cfg, err := s.probeConfig(ctx)
+	if err != nil {
+		return fail(stderr, "%v", err)
+	}
+	// The volt CLI only describes the store; the clones run without it,
+	// so a missing default is no error, a missing --volt-bin is.
+	volt, err := bench.ResolveVoltBin(*voltBin)
+	if err != nil && *voltBin != "" {
+		return fail(stderr, "%v", err)
+	}
+	dir, cleanup, err := s.tempDir()
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
 	defer cleanup()
-	rep, err := bench.RunClones(ctx, bench.CloneSpec{
-		VMMBin: cfg.VMMBin, Snapshot: snap, N: s.n, ReadBack: *readBack,
-		// Clones start together on a shared machine: give each its own
-		// time plus the whole batch's start-up.
-		Timeout: s.timeout + time.Duration(s.n)*time.Second,
-	})
-	if rep != nil && len(rep.Clones) > 0 && rep.Clones[0].PID != 0 {
-		bench.WriteClones(stdout, rep)
+	fmt.Fprintf(stdout, "load average at start: %s\n", loadAvg())
+	store := ""
+	if seen[bench.CloneCAS] {
+		store = filepath.Join(dir, "store")
 	}
+	snaps, err := cloneSnapshots(ctx, &s, cfg, dir, store, volt, *snapshots, stdout)
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
+	var reps []*bench.CloneReport
+	for _, a := range bench.CloneArms {
+		if !seen[a] {
+			continue
+		}
+		rep, err := bench.RunClones(ctx, bench.CloneSpec{
+			VMMBin: cfg.VMMBin, Snapshots: snaps, N: s.n, Arm: a, ReadBack: *readBack,
+			// Clones start together on a shared machine: give each its
+			// own time plus the whole batch's start-up.
+			Timeout: s.timeout + time.Duration(s.n)*time.Second,
+		})
+		if rep != nil && *perClone && len(rep.Clones) > 0 && rep.Clones[0].PID != 0 {
+			bench.WriteClones(stdout, rep)
+			fmt.Fprintln(stdout)
+		}
+		if err != nil {
+			return fail(stderr, "%v", err)
+		}
+		reps = append(reps, rep)
+	}
+	bench.WriteCloneArms(stdout, reps)
+	if store != "" && volt != "" {
+		if u, err := (bench.VoltCAS{Bin: volt, Store: store}).Usage(ctx); err == nil {
+			fmt.Fprintf(stdout, "CAS store: %d snapshots, logical %s MiB, stored %s MiB in %d chunk files\n", len(u.Objects), fmtMiB(u.LogicalBytes), fmtMiB(u.StoredBytes), u.StoredChunks)
+		}
+	}
+	fmt.Fprintf(stdout, "load average at end: %s\n", loadAvg())
 	return exitOK
+}
+
+func isKnownArm(a string) bool {
+	for _, k := range bench.CloneArms {
+		if a == k {
+			return true
+		}
+	}
+	return false
+}
+
+// cloneExtraPages is how far the second snapshot's work touches past the
+// template: 1 MiB that the first snapshot does not have.
+const cloneExtraPages = 256
+
+// cloneSnapshots makes the snapshots of a clone run: the template itself
+// (n = 1), or two restores of it after different work (n = 2): A rewrites
+// the template's pages (same bytes), B also touches cloneExtraPages more.
+func cloneSnapshots(ctx context.Context, s *snapshotFlags, cfg bench.Config, dir, store, volt string, n int, stdout io.Writer) ([]*bench.Snapshot, error) {
+	tdir := filepath.Join(dir, "template")
+	if err := os.Mkdir(tdir, 0o700); err != nil {
+		return nil, err
+	}
+	// With two snapshots the clones restore the derived ones only, so the
+	// template needs no CAS copy.
+	tmplStore, tmplVolt := "", ""
+	if n == 1 && store != "" {
+		tmplStore, tmplVolt = store, volt
+	}
+	tmpl, err := s.snapshotProbe(ctx, cfg, tdir, tmplStore, tmplVolt, stdout)
+	if err != nil {
+		return nil, err
+	}
+	if n == 1 {
+		return []*bench.Snapshot{tmpl}, nil
+	}
+	works := [][]string{
+		{"echo clone-a", fmt.Sprintf("touch %d", s.touch)},
+		{"echo clone-b", fmt.Sprintf("touch %d", s.touch+cloneExtraPages)},
+	}
+	var snaps []*bench.Snapshot
+	for i, w := range works {
+		d := filepath.Join(dir, fmt.Sprintf("snapshot-%c", 'a'+i))
+		if err := os.Mkdir(d, 0o700); err != nil {
+			return nil, err
+		}
+		spec := bench.DeriveSpec{VMMBin: cfg.VMMBin, Template: tmpl, Work: w, Dir: d, Timeout: s.prepare}
+		if store != "" {
+			spec.CASStore, spec.VoltBin = store, volt
+		}
+		snap, err := bench.DeriveSnapshot(ctx, spec)
+		if err != nil {
+			return nil, err
+		}
+		snaps = append(snaps, snap)
+	}
+	return snaps, nil
 }

@@ -15,8 +15,8 @@ import (
 
 func TestRestoreAndClonesFlags(t *testing.T) {
 	var out, errb bytes.Buffer
-	if code := run(context.Background(), []string{"help"}, &out, &errb); code != exitOK || !strings.Contains(out.String(), "restore") || !strings.Contains(out.String(), "clones") {
-		t.Errorf("help does not list restore and clones: %q", out.String())
+	if code := run(context.Background(), []string{"help"}, &out, &errb); code != exitOK || !strings.Contains(out.String(), "restore") || !strings.Contains(out.String(), "clones") || !strings.Contains(out.String(), "dedup") {
+		t.Errorf("help does not list restore, clones and dedup: %q", out.String())
 	}
 	for _, args := range [][]string{
 		{"restore", "--no-such-flag"},
@@ -25,6 +25,24 @@ func TestRestoreAndClonesFlags(t *testing.T) {
 		{"clones", "-n", "0"},
 		{"clones", "--touch", "-5"},
 		{"clones", "extra"},
+		{"restore", "--from", "nowhere"},
+		{"restore", "--from", "cas", "--chunk-size", "3M"},
+		{"restore", "--from", "cas", "--chunk-size", "2M,2M"},
+		{"restore", "--from", "both", "--chunk-size", "2K"},
+		{"restore", "--chunk-size", "256K"}, // a chunk size without a CAS arm
+		{"clones", "--arms", "nope"},
+		{"clones", "--arms", "cas,cas"},
+		{"clones", "--arms", ""},
+		{"clones", "--snapshots", "3"},
+		{"clones", "--snapshots", "0"},
+		{"clones", "--arms", "private", "--touch", "0"},
+		{"dedup", "--chunk-size", "5K"},
+		{"dedup", "--chunk-size", "64K,64K"},
+		{"dedup", "--work", "poweroff"},
+		{"dedup", "--work", "touch 10"}, // one snapshot dedups against nothing
+		{"dedup", "--touch", "-1"},
+		{"dedup", "-n", "10"},
+		{"dedup", "extra"},
 	} {
 		errb.Reset()
 		if code := run(context.Background(), args, &out, &errb); code != exitUsage {
@@ -32,8 +50,14 @@ func TestRestoreAndClonesFlags(t *testing.T) {
 		}
 	}
 	errb.Reset()
-	if code := run(context.Background(), []string{"restore", "--help"}, &out, &errb); code != exitOK || !strings.Contains(errb.String(), "--compare-boot") {
+	if code := run(context.Background(), []string{"restore", "--help"}, &out, &errb); code != exitOK || !strings.Contains(errb.String(), "--compare-boot") || !strings.Contains(errb.String(), "--from") {
 		t.Errorf("restore --help: exit %d, %q", code, errb.String())
+	}
+	for cmd, flag := range map[string]string{"clones": "--arms", "dedup": "--work"} {
+		errb.Reset()
+		if code := run(context.Background(), []string{cmd, "--help"}, &out, &errb); code != exitOK || !strings.Contains(errb.String(), flag) {
+			t.Errorf("%s --help: exit %d, %q", cmd, code, errb.String())
+		}
 	}
 }
 
