@@ -52,6 +52,9 @@ type DedupSpec struct {
 	Dir                     string        // scratch directory, emptied by the caller
 	Timeout                 time.Duration // per snapshot
 	Progress                *Progress     // may be nil
+	// VMMArgs are extra arguments for the volt-vmm processes that make the
+	// snapshots (SnapshotSpec.VMMArgs).
+	VMMArgs []string
 }
 
 // Validate checks the spec before anything starts.
@@ -138,7 +141,7 @@ func RunDedup(ctx context.Context, spec DedupSpec) (*DedupReport, error) {
 	}
 	tmpl, err := PrepareSnapshot(ctx, SnapshotSpec{
 		VMMBin: spec.VMMBin, Kernel: spec.Kernel, Memory: spec.Memory, CPUs: spec.CPUs,
-		TouchPages: spec.TemplateTouch, Dir: tdir, Timeout: spec.Timeout,
+		TouchPages: spec.TemplateTouch, Dir: tdir, Timeout: spec.Timeout, VMMArgs: spec.VMMArgs,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dedup: template: %w", err)
@@ -152,7 +155,7 @@ func RunDedup(ctx context.Context, spec DedupSpec) (*DedupReport, error) {
 		}
 		snap, err := DeriveSnapshot(ctx, DeriveSpec{
 			VMMBin: spec.VMMBin, Template: tmpl, Work: w, Dir: dir, NoFile: true,
-			CASStore: vmmStore.Store, VoltBin: spec.VoltBin, Timeout: spec.Timeout,
+			CASStore: vmmStore.Store, VoltBin: spec.VoltBin, Timeout: spec.Timeout, VMMArgs: spec.VMMArgs,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("dedup: snapshot %d (%s): %w", i+1, strings.Join(w, "; "), err)

@@ -126,6 +126,14 @@ func TestRestoreRunTimesEveryStageInOrder(t *testing.T) {
 
 var genIDRE = regexp.MustCompile(`^[0-9a-f]{32}$`)
 
+// prepareVMMArgs go to the volt-vmm processes that make snapshots, which
+// are fixtures here (the restores and clones measured run confined as
+// always): volt-vmm's confinement at 93fbbdd kills it in the middle of a
+// snapshot into a CAS store (seccomp: mkdirat, fstat; Landlock: the rename
+// into a store needs the REFER right) and of a snapshot of a restored VM
+// (seccomp: lseek). Drop these once volt-vmm snapshots confined.
+var prepareVMMArgs = []string{"--no-seccomp", "--no-landlock"}
+
 // voltCLIFixture is the volt CLI: $VOLT_CLI, or built from this tree.
 func voltCLIFixture(t *testing.T) string {
 	t.Helper()
@@ -174,6 +182,7 @@ func prepareCloneSnapshots(t *testing.T, touch int) []*Snapshot {
 	dir := t.TempDir()
 	tmpl, err := PrepareSnapshot(context.Background(), SnapshotSpec{
 		VMMBin: vmmBin, Kernel: elf, Memory: "128M", CPUs: 1, TouchPages: touch, Dir: t.TempDir(), Timeout: 30 * time.Second,
+		VMMArgs: prepareVMMArgs,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -186,6 +195,7 @@ func prepareCloneSnapshots(t *testing.T, touch int) []*Snapshot {
 		}
 		snap, err := DeriveSnapshot(context.Background(), DeriveSpec{
 			VMMBin: vmmBin, Template: tmpl, Work: work, Dir: d, CASStore: filepath.Join(dir, "store"), VoltBin: volt, Timeout: 30 * time.Second,
+			VMMArgs: prepareVMMArgs,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -285,7 +295,7 @@ func TestRestoreFromCASAtEveryChunkSize(t *testing.T) {
 	store := filepath.Join(dir, "store")
 	snap, err := PrepareSnapshot(context.Background(), SnapshotSpec{
 		VMMBin: vmmBin, Kernel: elf, Memory: "128M", CPUs: 1, TouchPages: 300, Dir: dir, Timeout: 30 * time.Second,
-		CASStore: store, VoltBin: volt,
+		CASStore: store, VoltBin: volt, VMMArgs: prepareVMMArgs,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -353,7 +363,7 @@ func TestDedupStoresTheSnapshotsOfOneTemplate(t *testing.T) {
 	rep, err := RunDedup(context.Background(), DedupSpec{
 		VMMBin: vmmBin, Kernel: elf, VoltBin: voltCLIFixture(t), Memory: "128M", CPUs: 1, TemplateTouch: 600,
 		Works: [][]string{{"echo x"}, {"touch 600"}, {"touch 700", "gen"}}, ChunkSizes: []int64{2 << 20, 64 << 10},
-		Dir: t.TempDir(), Timeout: 30 * time.Second,
+		Dir: t.TempDir(), Timeout: 30 * time.Second, VMMArgs: prepareVMMArgs,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -33,6 +33,10 @@ type SnapshotSpec struct {
 	// VoltBin, the volt CLI, describes the CAS snapshot from the store
 	// (manifest, chunk size, data chunks); without it they stay unknown.
 	VoltBin string
+	// VMMArgs are extra arguments for the volt-vmm that boots and
+	// snapshots (it is not measured), e.g. --no-seccomp where this
+	// volt-vmm's confinement refuses its own snapshot.
+	VMMArgs []string
 }
 
 // Validate checks the spec before anything starts.
@@ -97,8 +101,12 @@ func PrepareSnapshot(ctx context.Context, spec SnapshotSpec) (*Snapshot, error) 
 	defer cancel()
 	start := time.Now()
 	sock := filepath.Join(spec.Dir, "api.sock")
-	con, err := startConsole(spec.VMMBin, "--api-sock", sock, "--kernel", spec.Kernel,
-		"--memory", spec.Memory, "--cpus", strconv.Itoa(spec.CPUs), "--console", "stdio")
+	args, err := snapshotterArgs(spec.Dir, spec.CASStore, spec.VMMArgs)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	con, err := startConsole(spec.VMMBin, append([]string{"--api-sock", sock, "--kernel", spec.Kernel,
+		"--memory", spec.Memory, "--cpus", strconv.Itoa(spec.CPUs), "--console", "stdio"}, args...)...)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
@@ -125,11 +133,26 @@ func PrepareSnapshot(ctx context.Context, spec SnapshotSpec) (*Snapshot, error) 
 		}
 	}
 	if err := takeSnapshots(ctx, api, snap, true, spec.CASStore, spec.VoltBin); err != nil {
-		return nil, err
+		return nil, con.explain(err)
 	}
 	con.terminate(2 * time.Second)
 	snap.Took = time.Since(start)
 	return snap, nil
+}
+
+// snapshotterArgs are the arguments a volt-vmm that will snapshot into dir
+// (and casStore) needs beyond the VM's: volt-vmm confines itself with
+// Landlock once the VM runs, and only --snapshot-dir directories stay
+// writable. The store directory is made here, since volt-vmm checks it.
+func snapshotterArgs(dir, casStore string, extra []string) ([]string, error) {
+	args := []string{"--snapshot-dir", dir}
+	if casStore != "" {
+		if err := os.MkdirAll(casStore, 0o700); err != nil {
+			return nil, err
+		}
+		args = append(args, "--snapshot-dir", casStore)
+	}
+	return append(args, extra...), nil
 }
 
 // takeSnapshots pauses the VM behind api and snapshots it into snap.Dir:
@@ -198,8 +221,9 @@ type DeriveSpec struct {
 	Dir     string // existing directory the snapshot is written to
 	NoFile  bool   // snapshot only into CASStore, no memory file
 	Timeout time.Duration
-	// CASStore and VoltBin as in SnapshotSpec.
+	// CASStore, VoltBin and VMMArgs as in SnapshotSpec.
 	CASStore, VoltBin string
+	VMMArgs           []string
 }
 
 // DeriveSnapshot restores spec.Template in a new volt-vmm (with its API on a
@@ -228,7 +252,11 @@ func DeriveSnapshot(ctx context.Context, spec DeriveSpec) (*Snapshot, error) {
 	defer cancel()
 	start := time.Now()
 	sock := filepath.Join(spec.Dir, "api.sock")
-	con, err := startConsole(spec.VMMBin, "--restore", spec.Template.Dir, "--api-sock", sock, "--console", "stdio")
+	args, err := snapshotterArgs(spec.Dir, spec.CASStore, spec.VMMArgs)
+	if err != nil {
+		return nil, fmt.Errorf("derive snapshot: %w", err)
+	}
+	con, err := startConsole(spec.VMMBin, append([]string{"--restore", spec.Template.Dir, "--api-sock", sock, "--console", "stdio"}, args...)...)
 	if err != nil {
 		return nil, fmt.Errorf("derive snapshot: %w", err)
 	}
@@ -256,7 +284,7 @@ func DeriveSnapshot(ctx context.Context, spec DeriveSpec) (*Snapshot, error) {
 		}
 	}
 	if err := takeSnapshots(ctx, api, snap, !spec.NoFile, spec.CASStore, spec.VoltBin); err != nil {
-		return nil, err
+		return nil, con.explain(err)
 	}
 	con.terminate(2 * time.Second)
 	snap.Took = time.Since(start)
@@ -357,4 +385,20 @@ func waitForAPI(ctx context.Context, api *client.Client, con *guestConsole) erro
 	default:
 	}
 	return err
+}
+
+// explain adds to err how the VMM behind c ended, when it ended within a
+// moment of err: an API call that fails with EOF is a VMM that died (a
+// seccomp kill is "bad system call"), and its stderr says why.
+func (c *guestConsole) explain(err error) error {
+	select {
+	case <-c.exited:
+	case <-time.After(500 * time.Millisecond):
+		return err
+	}
+	status := "exit status 0"
+	if c.waitErr != nil {
+		status = c.waitErr.Error()
+	}
+	return fmt.Errorf("%w; volt-vmm ended: %s; stderr %q", err, status, strings.TrimSpace(c.stderr.String()))
 }

@@ -52,6 +52,7 @@ func cmdDedup(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	spec := bench.DedupSpec{
 		Memory: s.memory, CPUs: s.cpus, TemplateTouch: s.touch, Works: work, ChunkSizes: sizes, Timeout: s.prepare,
+		VMMArgs: s.prepareArgs,
 	}
 	// Check what the flags decide before anything boots.
 	spec.VMMBin, spec.Kernel, spec.VoltBin, spec.Dir = "-", "-", "-", "-"

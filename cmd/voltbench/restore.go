@@ -22,6 +22,7 @@ type snapshotFlags struct {
 	touch                  int
 	dir                    string
 	prepare                time.Duration
+	prepareArgs            []string
 }
 
 func (s *snapshotFlags) register(fs *pflag.FlagSet, defaultN, defaultTouch int, what string) {
@@ -36,6 +37,7 @@ func (s *snapshotFlags) register(fs *pflag.FlagSet, defaultN, defaultTouch int, 
 	fs.IntVar(&s.touch, "touch", defaultTouch, "4 KiB pages the probe writes before the snapshot, so that memory has content")
 	fs.StringVar(&s.dir, "dir", os.TempDir(), "where the temporary snapshot directory is made (a disk, so the memory file's blocks mean something)")
 	fs.DurationVar(&s.prepare, "prepare-timeout", 30*time.Second, "limit for booting, touching and snapshotting the probe")
+	fs.StringArrayVar(&s.prepareArgs, "prepare-vmm-arg", nil, "extra argument for the volt-vmm that makes the snapshots, not for those measured (repeatable), e.g. --prepare-vmm-arg=--no-seccomp")
 }
 
 // probeConfig resolves the probe's boot configuration.
@@ -61,7 +63,7 @@ func (s *snapshotFlags) tempDir() (string, func(), error) {
 func (s *snapshotFlags) snapshotProbe(ctx context.Context, cfg bench.Config, dir, casStore, voltBin string, stdout io.Writer) (*bench.Snapshot, error) {
 	snap, err := bench.PrepareSnapshot(ctx, bench.SnapshotSpec{
 		VMMBin: cfg.VMMBin, Kernel: cfg.Kernel, Memory: cfg.Memory, CPUs: cfg.CPUs,
-		TouchPages: s.touch, Dir: dir, Timeout: s.prepare, CASStore: casStore, VoltBin: voltBin,
+		TouchPages: s.touch, Dir: dir, Timeout: s.prepare, CASStore: casStore, VoltBin: voltBin, VMMArgs: s.prepareArgs,
 	})
 	if err != nil {
 		return nil, err
@@ -399,7 +401,7 @@ func cloneSnapshots(ctx context.Context, s *snapshotFlags, cfg bench.Config, dir
 		if err := os.Mkdir(d, 0o700); err != nil {
 			return nil, err
 		}
-		spec := bench.DeriveSpec{VMMBin: cfg.VMMBin, Template: tmpl, Work: w, Dir: d, Timeout: s.prepare}
+		spec := bench.DeriveSpec{VMMBin: cfg.VMMBin, Template: tmpl, Work: w, Dir: d, Timeout: s.prepare, VMMArgs: s.prepareArgs}
 		if store != "" {
 			spec.CASStore, spec.VoltBin = store, volt
 		}
