@@ -8,7 +8,7 @@
 // guest runs its first instruction:
 //
 //	sandbox.Landlock(rules)            // paths: kernel, drives, snapshots, sockets
-//	sandbox.DropCapabilities()         // every set, every thread; no_new_privs
+//	sandbox.DropCapabilities()         // every set but the bounding one, every thread; no_new_privs
 //	sandbox.ApplyProcess(sandbox.RoleVMM, opts) // base filter on all threads (TSYNC)
 //	// then, first thing on each locked thread:
 //	sandbox.ApplyThread(sandbox.RoleVCPU)

@@ -66,12 +66,12 @@ func TestDropCapabilitiesLeavesNoneOnAnyThread(t *testing.T) {
 	if err != nil {
 		t.Fatalf("caps victim: %v\n%s", err, out)
 	}
-	threads := 0
+	threads, children := 0, 0
 	for _, line := range strings.Split(string(out), "\n") {
 		f := strings.Fields(line)
 		if len(f) == 2 {
 			switch f[0] {
-			case "CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:":
+			case "CapInh:", "CapPrm:", "CapEff:", "CapAmb:":
 				if f[1] != "0000000000000000" {
 					t.Errorf("%s %s after DropCapabilities", f[0], f[1])
 				}
@@ -81,6 +81,12 @@ func TestDropCapabilitiesLeavesNoneOnAnyThread(t *testing.T) {
 				}
 			}
 		}
+		if len(f) == 3 && f[0] == "child" {
+			children++
+			if f[2] != "0000000000000000" {
+				t.Errorf("a program execed after DropCapabilities has %s %s", f[1], f[2])
+			}
+		}
 		if len(f) == 4 && f[0] == "task" {
 			threads++
 			if f[2] != "NoNewPrivs:" && f[3] != "0000000000000000" || f[2] == "NoNewPrivs:" && f[3] != "1" {
@@ -88,7 +94,10 @@ func TestDropCapabilitiesLeavesNoneOnAnyThread(t *testing.T) {
 			}
 		}
 	}
-	if threads < 8 {
-		t.Errorf("saw %d per-thread lines, want every thread's (at least 2 threads × 4 lines)\n%s", threads, out)
+	if threads < 6 {
+		t.Errorf("saw %d per-thread lines, want every thread's (at least 2 threads × 3 lines)\n%s", threads, out)
+	}
+	if children != 4 {
+		t.Errorf("saw %d lines of the execed program's capabilities, want 4\n%s", children, out)
 	}
 }

@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/voltvmm/volt/sandbox"
 	"github.com/voltvmm/volt/vmm/snapshot"
@@ -87,6 +89,12 @@ func (v *VM) landlockPaths(c *Confinement) sandbox.Paths {
 // filter allows). Threads locked afterwards add their role's filter.
 func (v *VM) confine(c *Confinement) error {
 	log := v.logger()
+	start := time.Now()
+	// Landlock (before ABI 8) and capabilities are changed thread by
+	// thread, in one stop-the-world round per system call: their cost
+	// grows with the threads the process has by now.
+	tasks, _ := os.ReadDir("/proc/self/task")
+	var took struct{ landlock, caps, seccomp time.Duration }
 	if c.Landlock {
 		paths := v.landlockPaths(c)
 		st, err := sandbox.Landlock(paths)
@@ -99,18 +107,24 @@ func (v *VM) confine(c *Confinement) error {
 		} else {
 			log.Warn(st.String())
 		}
+		took.landlock = time.Since(start)
 	}
 	if !c.KeepCapabilities {
+		t := time.Now()
 		if err := sandbox.DropCapabilities(); err != nil {
 			return fmt.Errorf("drop capabilities: %w", err)
 		}
+		took.caps = time.Since(t)
 	}
 	if c.Seccomp.Level != sandbox.LevelOff {
+		t := time.Now()
 		if err := sandbox.ApplyProcess(sandbox.RoleVMM, c.Seccomp); err != nil {
 			return fmt.Errorf("seccomp: %w", err)
 		}
+		took.seccomp = time.Since(t)
 	}
 	v.confined.Store(true)
+	log.Info("confined", "threads", len(tasks), "landlock", took.landlock, "capabilities", took.caps, "seccomp", took.seccomp, "total", time.Since(start))
 	if c.AfterConfine != nil {
 		c.AfterConfine(log)
 	}
