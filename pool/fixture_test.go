@@ -23,6 +23,10 @@ var (
 	fixturePool          string // bin: voltpool built from this tree
 	fixtureErr           error
 	fixtureDir           string
+
+	toolsOnce                      sync.Once
+	fixtureSnapTool, fixtureJailer string // volt-snapshot, volt-jailer built from this tree
+	toolsErr                       error
 )
 
 func TestMain(m *testing.M) {
@@ -91,6 +95,37 @@ func fixture(t testing.TB) (vmmBin, kernel, voltpool string) {
 		t.Fatal(fixtureErr)
 	}
 	return fixtureVMM, fixtureK, fixturePool
+}
+
+// tools returns volt-snapshot and volt-jailer, built from this tree beside
+// volt-vmm (the CAS store and the jail need them).
+func tools(t testing.TB) (snapTool, jailer string) {
+	t.Helper()
+	fixture(t)
+	toolsOnce.Do(func() {
+		root, err := repoRoot()
+		if err != nil {
+			toolsErr = err
+			return
+		}
+		for _, b := range []struct {
+			out *string
+			pkg string
+		}{{&fixtureSnapTool, "./cmd/volt-snapshot"}, {&fixtureJailer, "./cmd/volt-jailer"}} {
+			*b.out = filepath.Join(fixtureDir, filepath.Base(b.pkg))
+			cmd := exec.Command("go", "build", "-o", *b.out, b.pkg)
+			cmd.Dir = root
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				toolsErr = fmt.Errorf("build %s: %v\n%s", b.pkg, err, out)
+				return
+			}
+		}
+	})
+	if toolsErr != nil {
+		t.Fatal(toolsErr)
+	}
+	return fixtureSnapTool, fixtureJailer
 }
 
 // shortDir returns a fresh directory with a short path (socket paths are

@@ -19,8 +19,9 @@ import (
 // acquire.
 
 // createTAPIn creates a persistent TAP named name, up, in the network
-// namespace of pid.
-func createTAPIn(pid int, name string) error {
+// namespace of pid; owner, unless -1, is the uid (and gid) that may attach
+// to it without CAP_NET_ADMIN: a jailed VMM's.
+func createTAPIn(pid int, name string, owner int) error {
 	if len(name) == 0 || len(name) >= unix.IFNAMSIZ {
 		return fmt.Errorf("TAP name %q: 1 to %d bytes", name, unix.IFNAMSIZ-1)
 	}
@@ -47,7 +48,7 @@ func createTAPIn(pid int, name string) error {
 			errc <- fmt.Errorf("enter netns of VMM %d: %w", pid, err)
 			return
 		}
-		err = makeTAP(name)
+		err = makeTAP(name, owner)
 		if serr := unix.Setns(int(home.Fd()), unix.CLONE_NEWNET); serr != nil {
 			// Keep the thread locked: it exits with the goroutine.
 			errc <- fmt.Errorf("return to own netns: %w", serr)
@@ -61,7 +62,7 @@ func createTAPIn(pid int, name string) error {
 
 // makeTAP creates the TAP in the calling thread's namespace, marks it
 // persistent (it outlives this fd, until its namespace goes) and sets it up.
-func makeTAP(name string) error {
+func makeTAP(name string, owner int) error {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("open /dev/net/tun: %w", err)
@@ -76,6 +77,14 @@ func makeTAP(name string) error {
 	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		return fmt.Errorf("TUNSETIFF %s: %w", name, err)
+	}
+	if owner >= 0 {
+		if err := unix.IoctlSetInt(fd, unix.TUNSETOWNER, owner); err != nil {
+			return fmt.Errorf("TUNSETOWNER %s %d: %w", name, owner, err)
+		}
+		if err := unix.IoctlSetInt(fd, unix.TUNSETGROUP, owner); err != nil {
+			return fmt.Errorf("TUNSETGROUP %s %d: %w", name, owner, err)
+		}
 	}
 	if err := unix.IoctlSetInt(fd, unix.TUNSETPERSIST, 1); err != nil {
 		return fmt.Errorf("TUNSETPERSIST %s: %w", name, err)

@@ -17,17 +17,36 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
+	"github.com/voltvmm/volt/cas"
 	pc "github.com/voltvmm/volt/pool/client"
 )
 
 // Config is how a pool runs.
 type Config struct {
 	StateDir string // templates, VM records, sockets (see the package doc)
-	StoreDir string // the CAS store, for a CAS-backed SnapshotStore (recorded, not used by FlatStore)
+	// StoreDir, when set, is the CAS store that keeps the templates'
+	// memory (a CASStore); "" keeps each snapshot as two flat files.
+	StoreDir string
 	VMMBin   string // volt-vmm
-	// Store keeps template snapshots; nil means a FlatStore under
-	// StateDir/templates.
+	// SnapshotTool is volt-snapshot, which a CASStore and a jailed
+	// template boot need (to read state files and import memory).
+	SnapshotTool string
+	// Store keeps template snapshots; nil means a CASStore in StoreDir,
+	// or a FlatStore under StateDir/templates without one.
 	Store SnapshotStore
+	// SnapshotIntoCAS makes an unjailed template VMM write its memory
+	// straight into the CAS store (PUT /snapshot/create with mem_backend
+	// Cas) instead of a memory file that the pool then imports. The
+	// volt-vmm of this tree cannot do it confined: its seccomp filter
+	// kills it on fstat, and Landlock refuses the store's links from
+	// ingest/ to chunks/ (EXDEV, no LANDLOCK_ACCESS_FS_REFER); hence off
+	// by default (see pool/README.md).
+	SnapshotIntoCAS bool
+	// TemplateVMMArgs are added to the command line of template boots'
+	// VMMs only.
+	TemplateVMMArgs []string
+	// Jail, when set, starts every VMM through volt-jailer.
+	Jail *JailConfig
 	// RefillConcurrency bounds the warm restores in flight (default 2:
 	// refills compete with the callers' VMs for the same cores).
 	RefillConcurrency int
@@ -51,8 +70,36 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("pool: state directory: %w", err)
 	}
 	c.StateDir = abs
-	if c.Store == nil {
-		c.Store = &FlatStore{Root: filepath.Join(c.StateDir, "templates")}
+	if c.VMMBin, err = filepath.Abs(c.VMMBin); err != nil {
+		return fmt.Errorf("pool: volt-vmm: %w", err)
+	}
+	if c.StoreDir != "" {
+		if c.StoreDir, err = filepath.Abs(c.StoreDir); err != nil {
+			return fmt.Errorf("pool: CAS store: %w", err)
+		}
+	}
+	if j := c.Jail; j != nil {
+		if j.Jailer == "" || !filepath.IsAbs(j.Jailer) {
+			return fmt.Errorf("pool: volt-jailer %q: an absolute path is required", j.Jailer)
+		}
+		if j.UIDs == (UIDRange{}) {
+			j.UIDs = DefaultUIDRange
+		}
+		if err := j.UIDs.Validate(); err != nil {
+			return fmt.Errorf("pool: --jail-uid-range: %w", err)
+		}
+		if j.ChrootBase == "" {
+			j.ChrootBase = filepath.Join(c.StateDir, "jail")
+		}
+		if !filepath.IsAbs(j.ChrootBase) {
+			return fmt.Errorf("pool: chroot base %q: an absolute path is required", j.ChrootBase)
+		}
+		if c.SnapshotTool == "" {
+			return errors.New("pool: a jailed pool needs volt-snapshot (template boots snapshot to a file first)")
+		}
+	}
+	if c.StoreDir != "" && c.SnapshotTool == "" && c.Store == nil {
+		return errors.New("pool: a CAS store needs volt-snapshot (to read state files and import memory)")
 	}
 	if c.RefillConcurrency <= 0 {
 		c.RefillConcurrency = 2
@@ -120,6 +167,10 @@ type Pool struct {
 	draining  bool
 	changed   chan struct{} // a VM ended or a lease went: Shutdown waits on it
 
+	uids   *uidPool // jailed VMMs' uids; nil unjailed
+	cas    *cas.Store
+	tool   snapshotTool
+
 	refill chan struct{}
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -141,6 +192,16 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 			return nil, fmt.Errorf("pool: %w", err)
 		}
 	}
+	p.tool = snapshotTool{bin: cfg.SnapshotTool}
+	if j := cfg.Jail; j != nil {
+		if err := checkUIDsUnused(j.UIDs, "/etc"); err != nil {
+			return nil, fmt.Errorf("pool: %w", err)
+		}
+		if err := os.MkdirAll(j.ChrootBase, 0o750); err != nil {
+			return nil, fmt.Errorf("pool: chroot base: %w", err)
+		}
+		p.uids = newUIDPool(j.UIDs)
+	}
 	lock, err := os.OpenFile(filepath.Join(cfg.StateDir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("pool: lock: %w", err)
@@ -153,6 +214,26 @@ func Open(ctx context.Context, cfg Config) (*Pool, error) {
 		return nil, fmt.Errorf("pool: lock %s: %w", cfg.StateDir, err)
 	}
 	p.lock = lock
+	if cfg.Store == nil {
+		if cfg.StoreDir != "" {
+			id, err := poolID(cfg.StateDir)
+			if err != nil {
+				lock.Close()
+				return nil, err
+			}
+			cs, err := NewCASStore(filepath.Join(cfg.StateDir, "templates"), cfg.StoreDir, id, cfg.SnapshotTool)
+			if err != nil {
+				lock.Close()
+				return nil, err
+			}
+			p.cfg.Store = cs
+		} else {
+			p.cfg.Store = &FlatStore{Root: filepath.Join(cfg.StateDir, "templates")}
+		}
+	}
+	if cs, ok := p.cfg.Store.(*CASStore); ok {
+		p.cas = cs.Store
+	}
 	p.metrics = newMetrics(p)
 	if err := p.loadTemplates(ctx); err != nil {
 		lock.Close()
@@ -258,7 +339,60 @@ func (p *Pool) exited(v *vm) {
 	if err := os.RemoveAll(v.dir); err != nil {
 		p.cfg.Log.Error("remove VM directory", "dir", v.dir, "err", err)
 	}
+	p.releaseJail(v)
 	p.kick()
+}
+
+// jailFor returns how to jail the VMM of id, showing it binds (and the
+// CAS store casView at /cas), with a uid of its own; nil for an unjailed
+// pool.
+func (p *Pool) jailFor(id string, binds []jailBind, casView string) (*jailSpawn, error) {
+	if p.cfg.Jail == nil {
+		return nil, nil
+	}
+	uid, err := p.uids.take()
+	if err != nil {
+		return nil, err
+	}
+	if casView != "" {
+		binds = append(binds, casViewBinds(casView)...)
+	}
+	return &jailSpawn{cfg: p.cfg.Jail, id: id, uid: uid, binds: binds, casView: casView}, nil
+}
+
+// spawnVM is spawn that gives back the jail's uid when nothing started.
+func (p *Pool) spawnVM(ctx context.Context, s spawnSpec) (*vm, error) {
+	v, err := spawn(ctx, s)
+	if v == nil && s.jail != nil {
+		p.uids.put(s.jail.uid)
+	}
+	return v, err
+}
+
+// releaseJail frees what a jailed VMM held, once its processes are gone:
+// the pool's CAS lease for it, its chroot and then its uid (kept taken if
+// the chroot could not be removed: files of that uid may remain).
+func (p *Pool) releaseJail(v *vm) {
+	j := v.jail
+	if j == nil {
+		return
+	}
+	p.mu.Lock()
+	l := j.casLease
+	j.casLease = nil
+	p.mu.Unlock()
+	if l != nil {
+		if err := l.Release(); err != nil {
+			p.cfg.Log.Error("release the CAS lease of a jailed VMM", "vm", v.id, "err", err)
+		}
+	}
+	if err := removeJailDir(j.dir); err != nil {
+		p.cfg.Log.Error("remove jail; its uid stays taken", "vm", v.id, "uid", j.uid, "err", err)
+		return
+	}
+	if p.uids != nil {
+		p.uids.put(j.uid)
+	}
 }
 
 // stop kills v (its watcher does the rest). Precondition: p.mu held.
@@ -286,10 +420,39 @@ func (p *Pool) stop(v *vm) {
 // warm, so that it never slows down the VMs callers hold.
 func (p *Pool) restore(ctx context.Context, name string, snap Snapshot, spec pc.TemplateSpec, resume bool) (*vm, error) {
 	id := newID()
-	v, err := spawn(ctx, spawnSpec{id: id, template: name, dir: filepath.Join(p.vmsDir, id), vmmBin: p.cfg.VMMBin,
-		extraArgs: p.cfg.VMMArgs, network: spec.Network, vsock: spec.Vsock, background: !resume})
+	s := spawnSpec{id: id, template: name, dir: filepath.Join(p.vmsDir, id), vmmBin: p.cfg.VMMBin,
+		extraArgs: p.cfg.VMMArgs, network: spec.Network, vsock: spec.Vsock, background: !resume}
+	var lease *cas.Lease
+	if p.cfg.Jail != nil {
+		casView := ""
+		if snap.CASStore != "" {
+			// The jailed VMM's own lease is private to its chroot:
+			// the pool's keeps the chunks from GC (see jail.go).
+			casView = snap.CASStore
+			l, err := p.cas.Lease(ctx, cas.LeaseOptions{}, snap.Manifest)
+			if err != nil {
+				return nil, fmt.Errorf("lease the memory of %s: %w", name, err)
+			}
+			lease = l
+		}
+		js, err := p.jailFor(id, restoreBinds(snap), casView)
+		if err != nil {
+			if lease != nil {
+				lease.Release()
+			}
+			return nil, err
+		}
+		s.jail = js
+	}
+	v, err := p.spawnVM(ctx, s)
 	if v == nil {
+		if lease != nil {
+			lease.Release()
+		}
 		return nil, err
+	}
+	if lease != nil {
+		v.jail.casLease, v.jail.manifest = lease, snap.Manifest
 	}
 	p.mu.Lock()
 	p.vms[id] = v
@@ -490,7 +653,7 @@ func (p *Pool) acquireCold(ctx context.Context, t *tmpl, snap Snapshot, spec pc.
 func (p *Pool) grant(t *tmpl, v *vm, ttl time.Duration, uid uint32, path string, start time.Time) (pc.Lease, error) {
 	now := time.Now()
 	l := &pc.Lease{ID: v.id, Template: v.template, VsockUDS: v.vsockUDS, APISock: v.api.Socket(),
-		ExpiresAt: now.Add(ttl).UTC(), Path: path, PID: v.proc.pid, Netns: v.netns, AcquiredAt: now.UTC(), OwnerUID: uid}
+		ExpiresAt: now.Add(ttl).UTC(), Path: path, PID: v.pid(), Netns: v.netns, AcquiredAt: now.UTC(), OwnerUID: uid}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if v.state != vmLeased {
@@ -603,7 +766,7 @@ func (p *Pool) VMs() []pc.VMInfo {
 	defer p.mu.Unlock()
 	out := make([]pc.VMInfo, 0, len(p.vms))
 	for _, v := range p.vms {
-		out = append(out, pc.VMInfo{ID: v.id, Template: v.template, State: string(v.state), PID: v.proc.pid, APISock: v.api.Socket()})
+		out = append(out, pc.VMInfo{ID: v.id, Template: v.template, State: string(v.state), PID: v.pid(), APISock: v.api.Socket()})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out

@@ -18,16 +18,90 @@ import (
 // process is one VMM process, started by this daemon (cmd set) or adopted
 // from a previous one. It is identified by a pidfd, so a signal can never
 // reach another process that reused the pid.
+//
+// A jailed VMM is two processes: volt-jailer's supervisor (pid, the one
+// started, waited for and reaped: it exits only after volt-vmm, having
+// removed the jail's cgroups) and volt-vmm inside the jail (vmm, its
+// child), the process that is signalled, reported and measured.
 type process struct {
 	pid   int
 	start uint64 // starttime in /proc/PID/stat: tells a reused pid apart
 	pidfd int
 	cmd   *exec.Cmd
+	// jailed: pid is volt-jailer's supervisor, and its exit status is
+	// volt-vmm's (128+N for signal N).
+	jailed bool
 
 	done    chan struct{} // closed once the process has exited (and, if ours, been reaped)
 	mu      sync.Mutex
 	exitMsg string // how it ended, once done
 	closed  bool
+	vmm     *pidRef // a jailed VMM's volt-vmm, once known; guarded by mu
+}
+
+// pidRef is a process other than ours held by a pidfd.
+type pidRef struct {
+	pid   int
+	start uint64
+	fd    int
+}
+
+// openPidRef opens a pidfd on pid if it still is the process that started
+// at start (0: whichever it is now, read after the pidfd is open).
+func openPidRef(pid int, start uint64) (*pidRef, error) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		if errors.Is(err, unix.ESRCH) {
+			return nil, os.ErrProcessDone
+		}
+		return nil, fmt.Errorf("pidfd_open %d: %w", pid, err)
+	}
+	st, err := procStartTime(pid)
+	if err != nil || (start != 0 && st != start) {
+		unix.Close(fd)
+		return nil, os.ErrProcessDone
+	}
+	return &pidRef{pid: pid, start: st, fd: fd}, nil
+}
+
+// setVMM records volt-vmm inside p's jail; false if p already ended (the
+// reference is then closed).
+func (p *process) setVMM(r *pidRef) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		unix.Close(r.fd)
+		return false
+	}
+	p.vmm = r
+	return true
+}
+
+// vmmPID is volt-vmm's pid: the process itself, or inside its jail (0
+// while that is not known yet).
+func (p *process) vmmPID() int {
+	if !p.jailed {
+		return p.pid
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.vmm == nil {
+		return 0
+	}
+	return p.vmm.pid
+}
+
+// vmmStart is volt-vmm's start time (see vmmPID).
+func (p *process) vmmStart() uint64 {
+	if !p.jailed {
+		return p.start
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.vmm == nil {
+		return 0
+	}
+	return p.vmm.start
 }
 
 // startProcess starts argv with stdio redirected to log (stdin from
@@ -39,10 +113,21 @@ type process struct {
 // inherited from the forking thread): a refill then takes only the CPU the
 // callers' VMs leave idle, instead of competing with the VM that was just
 // handed out. setPriority raises it once the VMM is warm.
-func startProcess(argv []string, log *os.File, newNetns, background bool) (*process, error) {
+func startProcess(argv []string, log *os.File, newNetns, background, jailed bool) (*process, error) {
+	var p *process
+	var err error
 	if !background {
-		return startProcessNow(argv, log, newNetns)
+		p, err = startProcessNow(argv, log, newNetns)
+	} else {
+		p, err = startBackground(argv, log, newNetns)
 	}
+	if p != nil {
+		p.jailed = jailed
+	}
+	return p, err
+}
+
+func startBackground(argv []string, log *os.File, newNetns bool) (*process, error) {
 	type result struct {
 		p   *process
 		err error
@@ -70,9 +155,13 @@ const backgroundNice = 19
 // normal priority of a VM handed to a caller). Threads created later
 // inherit it from their creators.
 func (p *process) setPriority(nice int) error {
-	tasks, err := os.ReadDir("/proc/" + strconv.Itoa(p.pid) + "/task")
+	pid := p.vmmPID()
+	if pid == 0 {
+		return fmt.Errorf("jailed VMM of volt-jailer %d not known yet", p.pid)
+	}
+	tasks, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
 	if err != nil {
-		return fmt.Errorf("threads of VMM %d: %w", p.pid, err)
+		return fmt.Errorf("threads of VMM %d: %w", pid, err)
 	}
 	for _, t := range tasks {
 		tid, err := strconv.Atoi(t.Name())
@@ -80,7 +169,7 @@ func (p *process) setPriority(nice int) error {
 			continue
 		}
 		if err := unix.Setpriority(unix.PRIO_PROCESS, tid, nice); err != nil && !errors.Is(err, unix.ESRCH) {
-			return fmt.Errorf("priority of VMM %d thread %d: %w", p.pid, tid, err)
+			return fmt.Errorf("priority of VMM %d thread %d: %w", pid, tid, err)
 		}
 	}
 	return nil
@@ -135,18 +224,35 @@ func adoptProcess(pid int, start uint64) (*process, error) {
 }
 
 // kill sends SIGKILL through the pidfd. A process that already exited is
-// not an error.
+// not an error. A jailed VMM's volt-vmm is killed, once known, and its
+// supervisor then exits by itself after removing the jail's cgroups;
+// before that the supervisor is killed, and the jail's process follows it
+// (its parent-death signal is SIGKILL).
 func (p *process) kill() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
 		return nil
 	}
-	err := unix.PidfdSendSignal(p.pidfd, unix.SIGKILL, nil, 0)
+	fd, pid := p.pidfd, p.pid
+	if p.vmm != nil {
+		fd, pid = p.vmm.fd, p.vmm.pid
+	}
+	err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
 	if err != nil && !errors.Is(err, unix.ESRCH) {
-		return fmt.Errorf("kill VMM %d: %w", p.pid, err)
+		return fmt.Errorf("kill VMM %d: %w", pid, err)
 	}
 	return nil
+}
+
+// killSupervisor kills a jailed VMM's supervisor itself (the last resort
+// when its VMM is gone and it still runs).
+func (p *process) killSupervisor() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.closed {
+		unix.PidfdSendSignal(p.pidfd, unix.SIGKILL, nil, 0)
+	}
 }
 
 // wait blocks until the process exits, reaps it if it is ours, records how
@@ -156,6 +262,9 @@ func (p *process) wait() {
 	if p.cmd != nil {
 		err := p.cmd.Wait()
 		msg = exitMessage(p.cmd.ProcessState, err)
+		if p.jailed {
+			msg = jailedExitMessage(p.cmd.ProcessState, msg)
+		}
 	} else {
 		// Not our child: wait for the pidfd to become readable (the
 		// process exited); whoever its parent is reaps it.
@@ -178,6 +287,9 @@ func (p *process) wait() {
 	p.exitMsg = msg
 	p.closed = true
 	unix.Close(p.pidfd)
+	if p.vmm != nil {
+		unix.Close(p.vmm.fd)
+	}
 	p.mu.Unlock()
 	close(p.done)
 }
@@ -199,6 +311,18 @@ func (p *process) exited() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.exitMsg
+}
+
+// jailedExitMessage says how a jailed volt-vmm ended from its supervisor's
+// status, which is volt-vmm's, or 128+N for signal N.
+func jailedExitMessage(ps *os.ProcessState, msg string) string {
+	if ps == nil || !ps.Exited() {
+		return msg + " (volt-jailer)"
+	}
+	if c := ps.ExitCode(); c > 128 && c < 128+65 {
+		return "signal: " + unix.Signal(c-128).String()
+	}
+	return msg
 }
 
 func exitMessage(ps *os.ProcessState, err error) string {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/voltvmm/volt/cas"
 	"github.com/voltvmm/volt/vmm/api/types"
 )
 
@@ -14,14 +15,16 @@ import (
 // VMM's PUT /snapshot/load takes.
 type Snapshot struct {
 	StatePath string
-	MemPath   string
-	MemBytes  int64
+	MemPath   string // the memory file; "" when the memory is in a CAS store
+	MemBytes  int64  // the guest memory's size
+	// CASStore is the store holding the memory as the manifest Manifest
+	// (restored with mem_backend Cas); "" for a memory file.
+	CASStore string
+	Manifest cas.Digest
 }
 
-// SnapshotStore keeps templates' snapshots. The flat-file store is the
-// first implementation; a CAS-backed one (memory as a manifest whose chunks
-// each clone maps) goes behind the same interface once volt-vmm restores
-// from the CAS.
+// SnapshotStore keeps templates' snapshots: FlatStore as two files,
+// CASStore as a state file and a memory manifest in a CAS store.
 type SnapshotStore interface {
 	// Put takes the snapshot in dir (vm.state and vm.mem) as template
 	// name's; dir is consumed (moved or copied and removed).
@@ -52,7 +55,7 @@ func (s *FlatStore) Put(ctx context.Context, name, dir string) (Snapshot, error)
 		return Snapshot{}, fmt.Errorf("store %s: a snapshot is already stored at %s", name, dst)
 	}
 	for _, f := range []string{types.SnapshotStateFile, types.SnapshotMemFile} {
-		if err := syncFile(filepath.Join(dir, f)); err != nil {
+		if err := sealFile(filepath.Join(dir, f)); err != nil {
 			return Snapshot{}, fmt.Errorf("store %s: %w", name, err)
 		}
 	}
@@ -65,8 +68,22 @@ func (s *FlatStore) Put(ctx context.Context, name, dir string) (Snapshot, error)
 	return s.Get(ctx, name)
 }
 
+// sealFile makes a stored snapshot file root's, read-only (0444: it is
+// never written again; jailed VMMs of other uids read it through a
+// read-only bind mount, while the template directory, 0750, keeps every
+// other user out) and durable.
+func sealFile(path string) error {
+	if err := os.Lchown(path, 0, 0); err != nil && !errors.Is(err, os.ErrPermission) {
+		return err
+	}
+	if err := os.Chmod(path, 0o444); err != nil {
+		return err
+	}
+	return syncFile(path)
+}
+
 func syncFile(path string) error {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	f, err := os.Open(path) // fsync needs no write access
 	if err != nil {
 		return err
 	}

@@ -27,8 +27,8 @@ var templateName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
 // validateSpec checks a template spec as a caller's input.
 func validateSpec(s *pc.TemplateSpec) error {
-	if !templateName.MatchString(s.Name) {
-		return errorf(ErrBadRequest, "template name %q: 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit", s.Name)
+	if !templateName.MatchString(s.Name) || strings.Contains(s.Name, "..") {
+		return errorf(ErrBadRequest, "template name %q: 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit, no \"..\"", s.Name)
 	}
 	if s.Warm < 0 || s.Warm > MaxWarm {
 		return errorf(ErrBadRequest, "warm %d out of range: 0 to %d", s.Warm, MaxWarm)
@@ -99,14 +99,22 @@ func (p *Pool) loadTemplates(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("pool: templates: %w", err)
 	}
+	cs, _ := p.cfg.Store.(*CASStore)
+	dirs := map[string]bool{}
 	for _, e := range ents {
 		name := e.Name()
 		if strings.HasPrefix(name, ".") {
 			// A staging directory of a create that a killed daemon
-			// never finished.
+			// never finished, and what its VMM put in the store.
+			if cs != nil {
+				if err := cs.Abandon(ctx, filepath.Join(root, name, "snapshot")); err != nil {
+					p.cfg.Log.Error("abandoned template create", "dir", name, "err", err)
+				}
+			}
 			os.RemoveAll(filepath.Join(root, name))
 			continue
 		}
+		dirs[name] = true
 		var t pc.Template
 		if err := readJSON(filepath.Join(root, name, templateFile), &t); err != nil {
 			p.cfg.Log.Error("template skipped", "template", name, "err", err)
@@ -122,6 +130,19 @@ func (p *Pool) loadTemplates(ctx context.Context) error {
 			continue
 		}
 		p.templates[name] = &tmpl{t: t, snap: snap}
+	}
+	if cs != nil {
+		// Refs of this pool whose template has no directory: a daemon
+		// killed between naming the memory and keeping the template.
+		// A template that is there but could not be loaded keeps its
+		// ref (it may be repaired).
+		removed, err := cs.Prune(dirs)
+		if err != nil {
+			p.cfg.Log.Error("prune CAS refs", "err", err)
+		}
+		for _, r := range removed {
+			p.cfg.Log.Info("removed a CAS ref of no template", "ref", r)
+		}
 	}
 	return nil
 }
@@ -186,23 +207,24 @@ func (p *Pool) buildTemplate(ctx context.Context, spec pc.TemplateSpec) (pc.Temp
 		return pc.Template{}, Snapshot{}, err
 	}
 	tpl := pc.Template{TemplateSpec: spec, CreatedAt: time.Now().UTC()}
+	stored := false
+	if cs, ok := p.cfg.Store.(*CASStore); ok {
+		// A template VMM that wrote into the store before the create
+		// failed left its memory under its own ref.
+		defer func() {
+			if !stored {
+				if err := cs.Abandon(context.WithoutCancel(ctx), snapDir); err != nil {
+					p.cfg.Log.Error("template create: undo the CAS snapshot", "template", spec.Name, "err", err)
+				}
+			}
+		}()
+	}
 	if spec.FromSnapshot != "" {
 		for _, f := range []string{types.SnapshotStateFile, types.SnapshotMemFile} {
 			if err := copySparse(filepath.Join(spec.FromSnapshot, f), filepath.Join(snapDir, f)); err != nil {
 				return pc.Template{}, Snapshot{}, errorf(ErrBadRequest, "template %s from %s: %v", spec.Name, spec.FromSnapshot, err)
 			}
 		}
-		// A trial restore: a snapshot this volt-vmm cannot load is
-		// refused now, not at every refill.
-		trial := Snapshot{StatePath: filepath.Join(snapDir, types.SnapshotStateFile), MemPath: filepath.Join(snapDir, types.SnapshotMemFile)}
-		v, err := p.restore(ctx, spec.Name, trial, spec, false)
-		if err != nil {
-			return pc.Template{}, Snapshot{}, errorf(ErrBadRequest, "template %s: %s does not restore: %v", spec.Name, spec.FromSnapshot, err)
-		}
-		p.mu.Lock()
-		p.stop(v)
-		p.mu.Unlock()
-		<-v.proc.done
 	} else {
 		d, err := p.bootTemplate(ctx, spec, staging, snapDir)
 		if err != nil {
@@ -213,10 +235,32 @@ func (p *Pool) buildTemplate(ctx context.Context, spec pc.TemplateSpec) (pc.Temp
 	if err := os.MkdirAll(p.templateDir(spec.Name), 0o750); err != nil {
 		return pc.Template{}, Snapshot{}, err
 	}
+	// Stored as clones will load it: a flat snapshot given to a CAS pool
+	// is imported into the store here.
 	snap, err := p.cfg.Store.Put(ctx, spec.Name, snapDir)
 	if err != nil {
 		os.RemoveAll(p.templateDir(spec.Name))
+		if spec.FromSnapshot != "" {
+			return pc.Template{}, Snapshot{}, errorf(ErrBadRequest, "template %s from %s: %v", spec.Name, spec.FromSnapshot, err)
+		}
 		return pc.Template{}, Snapshot{}, err
+	}
+	stored = true
+	if spec.FromSnapshot != "" {
+		// A trial restore, as clones restore: a snapshot this
+		// volt-vmm cannot load is refused now, not at every refill.
+		v, err := p.restore(ctx, spec.Name, snap, spec, false)
+		if err == nil {
+			p.mu.Lock()
+			p.stop(v)
+			p.mu.Unlock()
+			<-v.proc.done
+		}
+		if err != nil {
+			p.cfg.Store.Remove(ctx, spec.Name)
+			os.RemoveAll(p.templateDir(spec.Name))
+			return pc.Template{}, Snapshot{}, errorf(ErrBadRequest, "template %s: %s does not restore: %v", spec.Name, spec.FromSnapshot, err)
+		}
 	}
 	tpl.MemBytes = snap.MemBytes
 	// The record last: a template without its record is not loaded
@@ -230,7 +274,9 @@ func (p *Pool) buildTemplate(ctx context.Context, spec pc.TemplateSpec) (pc.Temp
 }
 
 // bootTemplate boots the guest in a VMM of its own under staging, waits for
-// it to be ready, pauses it and snapshots it into snapDir.
+// it to be ready, pauses it and snapshots it into snapDir: its memory as a
+// memory file (which a CASStore imports), or, with SnapshotIntoCAS and no
+// jail (a jailed VMM cannot write the store), straight into the CAS store.
 func (p *Pool) bootTemplate(ctx context.Context, spec pc.TemplateSpec, staging, snapDir string) (time.Duration, error) {
 	timeout := 60 * time.Second
 	if spec.ReadyTimeout != "" {
@@ -238,14 +284,46 @@ func (p *Pool) bootTemplate(ctx context.Context, spec pc.TemplateSpec, staging, 
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	// The VMM is confined once the guest runs: snapDir is the one
-	// directory its snapshot may be written to.
-	args := []string{"--console", "file:" + filepath.Join(staging, "console.log"), "--snapshot-dir", snapDir}
+	// Paths as the VMM sees them: the host's, or the chroot's.
+	kernel, initrd, rootfs, snapAt := spec.Kernel, spec.Initrd, spec.Rootfs, snapDir
+	console := filepath.Join(staging, "console.log")
+	metricsPath := filepath.Join(staging, "metrics.json")
+	var js *jailSpawn
+	if p.cfg.Jail != nil {
+		binds := []jailBind{{host: spec.Kernel, jail: "/kernel"}, {host: snapDir, jail: jailSnapshotDir, writable: true}}
+		kernel, snapAt, console, metricsPath = "/kernel", jailSnapshotDir, "/console.log", "/metrics.json"
+		if spec.Initrd != "" {
+			binds, initrd = append(binds, jailBind{host: spec.Initrd, jail: "/initrd"}), "/initrd"
+		}
+		if spec.Rootfs != "" {
+			binds, rootfs = append(binds, jailBind{host: spec.Rootfs, jail: "/rootfs"}), "/rootfs"
+		}
+		var err error
+		if js, err = p.jailFor("tpl-"+newID(), binds, ""); err != nil {
+			return 0, err
+		}
+		// The VMM writes its snapshot here as its own uid; Put makes
+		// the files root's again.
+		if err := os.Lchown(snapDir, js.uid, js.uid); err != nil {
+			p.uids.put(js.uid)
+			return 0, err
+		}
+		defer os.Lchown(snapDir, 0, 0)
+	}
+	toCAS := p.cas != nil && js == nil && p.cfg.SnapshotIntoCAS
+	// The VMM is confined once the guest runs: snapDir (and the CAS
+	// store its memory goes to) are the only directories its snapshot
+	// may be written to.
+	args := []string{"--console", "file:" + console, "--snapshot-dir", snapAt}
+	if toCAS {
+		args = append(args, "--snapshot-dir", p.cas.Dir())
+	}
+	args = append(args, p.cfg.TemplateVMMArgs...)
 	if spec.GuestProfile != "" {
 		args = append(args, "--guest-profile", spec.GuestProfile)
 	}
-	v, err := spawn(ctx, spawnSpec{id: "template", template: spec.Name, dir: filepath.Join(staging, "vm"), vmmBin: p.cfg.VMMBin,
-		extraArgs: args, network: spec.Network, vsock: spec.Vsock})
+	v, err := p.spawnVM(ctx, spawnSpec{id: "template", template: spec.Name, dir: filepath.Join(staging, "vm"), vmmBin: p.cfg.VMMBin,
+		extraArgs: args, network: spec.Network, vsock: spec.Vsock, jail: js})
 	if v == nil {
 		return 0, err
 	}
@@ -255,6 +333,7 @@ func (p *Pool) bootTemplate(ctx context.Context, spec pc.TemplateSpec, staging, 
 		v.proc.kill()
 		<-v.proc.done
 		v.api.Close()
+		p.releaseJail(v)
 	}()
 	if err != nil {
 		return 0, err
@@ -268,7 +347,7 @@ func (p *Pool) bootTemplate(ctx context.Context, spec pc.TemplateSpec, staging, 
 		if tail := logTail(v.dir); tail != "" {
 			err = fmt.Errorf("%w (VMM log: %s)", err, tail)
 		}
-		if c := tailFile(filepath.Join(staging, "console.log")); c != "" {
+		if c := tailFile(v.hostPath(console)); c != "" {
 			err = fmt.Errorf("%w (console: %s)", err, c)
 		}
 		return 0, err
@@ -277,7 +356,7 @@ func (p *Pool) bootTemplate(ctx context.Context, spec pc.TemplateSpec, staging, 
 	if err := c.PutMachineConfig(ctx, types.MachineConfiguration{VCPUCount: spec.CPUs, MemSizeMib: spec.MemoryMiB}); err != nil {
 		return fail(err)
 	}
-	if err := c.PutBootSource(ctx, types.BootSource{KernelImagePath: spec.Kernel, InitrdPath: spec.Initrd, BootArgs: spec.Cmdline}); err != nil {
+	if err := c.PutBootSource(ctx, types.BootSource{KernelImagePath: kernel, InitrdPath: initrd, BootArgs: spec.Cmdline}); err != nil {
 		return fail(err)
 	}
 	if spec.Rootfs != "" {
@@ -286,7 +365,7 @@ func (p *Pool) bootTemplate(ctx context.Context, spec pc.TemplateSpec, staging, 
 		// clones would write into one file under each other. Writable
 		// per-clone disks come with the CAS volume backend.
 		ro := true
-		if err := c.PutDrive(ctx, types.Drive{DriveID: "rootfs", PathOnHost: spec.Rootfs, IsRootDevice: true, IsReadOnly: &ro}); err != nil {
+		if err := c.PutDrive(ctx, types.Drive{DriveID: "rootfs", PathOnHost: rootfs, IsRootDevice: true, IsReadOnly: &ro}); err != nil {
 			return fail(err)
 		}
 	}
@@ -296,11 +375,14 @@ func (p *Pool) bootTemplate(ctx context.Context, spec pc.TemplateSpec, staging, 
 		}
 	}
 	if spec.Vsock {
-		if err := c.PutVsock(ctx, types.Vsock{GuestCID: 3, UDSPath: v.vsockUDS}); err != nil {
+		uds := v.vsockUDS
+		if js != nil {
+			uds = jailVsockSock
+		}
+		if err := c.PutVsock(ctx, types.Vsock{GuestCID: 3, UDSPath: uds}); err != nil {
 			return fail(err)
 		}
 	}
-	metricsPath := filepath.Join(staging, "metrics.json")
 	if !spec.Vsock {
 		if err := c.PutMetrics(ctx, types.Metrics{MetricsPath: metricsPath}); err != nil {
 			return fail(err)
@@ -310,18 +392,20 @@ func (p *Pool) bootTemplate(ctx context.Context, spec pc.TemplateSpec, staging, 
 	if err := c.Start(ctx); err != nil {
 		return fail(err)
 	}
-	if err := waitReady(ctx, v, spec.Vsock, metricsPath); err != nil {
+	if err := waitReady(ctx, v, spec.Vsock, v.hostPath(metricsPath)); err != nil {
 		return fail(err)
 	}
 	ready := time.Since(start)
 	if err := c.Pause(ctx); err != nil {
 		return fail(err)
 	}
-	if err := c.CreateSnapshot(ctx, types.SnapshotCreateParams{
-		SnapshotPath: filepath.Join(snapDir, types.SnapshotStateFile),
-		MemFilePath:  filepath.Join(snapDir, types.SnapshotMemFile),
-		SnapshotType: types.SnapshotFull,
-	}); err != nil {
+	sp := types.SnapshotCreateParams{SnapshotPath: filepath.Join(snapAt, types.SnapshotStateFile), SnapshotType: types.SnapshotFull}
+	if toCAS {
+		sp.MemBackend = &types.MemoryBackend{BackendType: types.MemBackendCas, BackendPath: p.cas.Dir()}
+	} else {
+		sp.MemFilePath = filepath.Join(snapAt, types.SnapshotMemFile)
+	}
+	if err := c.CreateSnapshot(ctx, sp); err != nil {
 		return fail(err)
 	}
 	return ready, nil

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/voltvmm/volt/cas"
 	pc "github.com/voltvmm/volt/pool/client"
 	"github.com/voltvmm/volt/vmm/api/client"
 	"github.com/voltvmm/volt/vmm/api/types"
@@ -45,13 +46,25 @@ const (
 // vmRecord is vms/ID/vm.json: which process the VM is. Whether it is
 // leased is lease.json beside it.
 type vmRecord struct {
-	ID        string  `json:"id"`
-	Template  string  `json:"template"`
-	PID       int     `json:"pid"`
-	StartTime uint64  `json:"start_time"` // /proc/PID/stat starttime
-	State     vmState `json:"state"`
-	APISock   string  `json:"api_sock"`
-	VsockUDS  string  `json:"vsock_uds,omitempty"`
+	ID        string      `json:"id"`
+	Template  string      `json:"template"`
+	PID       int         `json:"pid"`        // volt-vmm
+	StartTime uint64      `json:"start_time"` // /proc/PID/stat starttime
+	State     vmState     `json:"state"`
+	APISock   string      `json:"api_sock"`
+	VsockUDS  string      `json:"vsock_uds,omitempty"`
+	Jail      *jailRecord `json:"jail,omitempty"`
+}
+
+// jailRecord is what a restarted daemon needs to adopt a jailed VMM.
+type jailRecord struct {
+	SupervisorPID   int    `json:"supervisor_pid"` // volt-jailer, volt-vmm's parent
+	SupervisorStart uint64 `json:"supervisor_start_time"`
+	UID             int    `json:"uid"`
+	Dir             string `json:"dir"` // <chroot base>/volt-vmm/<id>
+	// Manifest is the CAS memory manifest the pool leases for the VMM
+	// (which cannot lease it in the store itself); "" for none.
+	Manifest string `json:"manifest,omitempty"`
 }
 
 // vm is one VMM the pool owns. Fields after proc are guarded by Pool.mu.
@@ -59,17 +72,47 @@ type vm struct {
 	id, template string
 	dir          string
 	api          *client.Client
-	vsockUDS     string
+	vsockUDS     string // the host's path of the vsock socket
 	netns        string
 	proc         *process
+	jail         *vmJail // nil: not jailed
 
 	state vmState
 	lease *pc.Lease
 }
 
+// vmJail is a jailed VMM's share of the host.
+type vmJail struct {
+	dir  string // <chroot base>/volt-vmm/<id>
+	uid  int
+	root string // dir/root: the VMM's /
+	// casLease keeps the VMM's memory manifest from GC (see jail.go);
+	// manifest is what it leases. Guarded by Pool.mu.
+	casLease *cas.Lease
+	manifest cas.Digest
+}
+
+// hostPath is where the host sees path of the VMM's file system.
+func (v *vm) hostPath(path string) string {
+	if v.jail == nil {
+		return path
+	}
+	return filepath.Join(v.jail.root, path)
+}
+
+// pid is volt-vmm's pid.
+func (v *vm) pid() int { return v.proc.vmmPID() }
+
 func (v *vm) record() vmRecord {
-	return vmRecord{ID: v.id, Template: v.template, PID: v.proc.pid, StartTime: v.proc.start, State: v.state,
+	r := vmRecord{ID: v.id, Template: v.template, PID: v.proc.vmmPID(), StartTime: v.proc.vmmStart(), State: v.state,
 		APISock: v.api.Socket(), VsockUDS: v.vsockUDS}
+	if j := v.jail; j != nil {
+		r.Jail = &jailRecord{SupervisorPID: v.proc.pid, SupervisorStart: v.proc.start, UID: j.uid, Dir: j.dir}
+		if !j.manifest.IsZero() {
+			r.Jail.Manifest = j.manifest.String()
+		}
+	}
+	return r
 }
 
 // spawnSpec is how to start one VMM.
@@ -81,10 +124,16 @@ type spawnSpec struct {
 	network      *pc.Network
 	vsock        bool
 	background   bool // restore at the lowest CPU priority (a refill)
+	// jail, when set, starts the VMM through volt-jailer; the uid it
+	// names is the VM's until the VM is reaped (see releaseJail).
+	jail *jailSpawn
 }
 
 // spawn starts a VMM serving its API in dir, in its own network namespace
 // with the template's TAP when it has a network, and waits for its API.
+// Jailed, the VMM's sockets are in its chroot and extraArgs name paths
+// inside it. An error with a nil vm means nothing was started and
+// nothing is left (a jail's uid included); with a vm, the caller owns it.
 func spawn(ctx context.Context, s spawnSpec) (*vm, error) {
 	if err := os.Mkdir(s.dir, 0o750); err != nil {
 		return nil, fmt.Errorf("VM directory: %w", err)
@@ -94,28 +143,80 @@ func spawn(ctx context.Context, s spawnSpec) (*vm, error) {
 	if s.vsock {
 		vsock = filepath.Join(s.dir, vmVsockSock)
 	}
+	var vj *vmJail
+	if j := s.jail; j != nil {
+		dir := jailDir(j.cfg, s.vmmBin, j.id)
+		vj = &vmJail{dir: dir, uid: j.uid, root: filepath.Join(dir, "root")}
+		api = filepath.Join(vj.root, vmAPISock)
+		if s.vsock {
+			vsock = filepath.Join(vj.root, vmVsockSock)
+		}
+	}
+	cleanup := func() {
+		os.RemoveAll(s.dir)
+		if vj != nil {
+			removeJailDir(vj.dir)
+		}
+	}
 	if len(api) > maxSunPath || len(vsock)+len("_4294967295") > maxSunPath {
 		os.RemoveAll(s.dir)
-		return nil, fmt.Errorf("VM directory %s: socket paths would exceed %d bytes: use a shorter --state-dir", s.dir, maxSunPath)
+		return nil, fmt.Errorf("VM directory %s: socket paths would exceed %d bytes: use a shorter --state-dir", filepath.Dir(api), maxSunPath)
 	}
 	log, err := os.OpenFile(filepath.Join(s.dir, vmLogFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
 	if err != nil {
 		os.RemoveAll(s.dir)
 		return nil, fmt.Errorf("VMM log: %w", err)
 	}
-	argv := append([]string{s.vmmBin, "--api-sock", api, "--id", "pool-" + s.id}, s.extraArgs...)
-	p, err := startProcess(argv, log, s.network != nil, s.background)
+	var argv []string
+	if vj != nil {
+		if _, err := os.Lstat(vj.dir); err == nil {
+			log.Close()
+			os.RemoveAll(s.dir)
+			return nil, fmt.Errorf("jail %s exists already", vj.dir)
+		}
+		if err := prepareChroot(vj.dir, s.jail); err != nil {
+			log.Close()
+			cleanup()
+			return nil, err
+		}
+		argv = jailerArgv(s.jail, s.vmmBin, append([]string{"--api-sock", jailAPISock}, s.extraArgs...))
+	} else {
+		argv = append([]string{s.vmmBin, "--api-sock", api, "--id", "pool-" + s.id}, s.extraArgs...)
+	}
+	p, err := startProcess(argv, log, s.network != nil, s.background, vj != nil)
 	log.Close()
 	if err != nil {
-		os.RemoveAll(s.dir)
+		cleanup()
 		return nil, err
 	}
-	v := &vm{id: s.id, template: s.template, dir: s.dir, api: client.New(api), vsockUDS: vsock, proc: p, state: vmStarting}
+	v := &vm{id: s.id, template: s.template, dir: s.dir, api: client.New(api), vsockUDS: vsock, proc: p, state: vmStarting, jail: vj}
 	if s.network != nil {
-		v.netns = "/proc/" + strconv.Itoa(p.pid) + "/ns/net"
-		if err := createTAPIn(p.pid, s.network.HostDevName); err != nil {
+		// The jailer's supervisor and volt-vmm share the namespace
+		// the supervisor was started in.
+		owner := -1
+		if vj != nil {
+			owner = vj.uid
+		}
+		if err := createTAPIn(p.pid, s.network.HostDevName, owner); err != nil {
 			return v, fmt.Errorf("clone network: %w", err)
 		}
+	}
+	if vj != nil {
+		deadline := time.Now().Add(30 * time.Second)
+		if d, ok := ctx.Deadline(); ok {
+			deadline = d
+		}
+		r, err := waitJailedVMM(p, vj.dir, s.vmmBin, deadline)
+		if err != nil {
+			if tail := logTail(v.dir); tail != "" {
+				err = fmt.Errorf("%w: %s", err, tail)
+			}
+			return v, err
+		}
+		p.setVMM(r)
+	}
+	if s.network != nil {
+		v.netns = "/proc/" + strconv.Itoa(v.pid()) + "/ns/net"
 	}
 	if err := waitAPI(ctx, v); err != nil {
 		return v, err
@@ -137,7 +238,7 @@ func waitAPI(ctx context.Context, v *vm) error {
 		}
 		last = err
 		if v.proc.hasExited() {
-			msg := fmt.Sprintf("VMM %d exited before its API answered", v.proc.pid)
+			msg := fmt.Sprintf("VMM %d exited before its API answered", v.pid())
 			if tail := logTail(v.dir); tail != "" {
 				msg += ": " + tail
 			}
@@ -145,27 +246,46 @@ func waitAPI(ctx context.Context, v *vm) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("VMM %d: API socket never answered: %w (last: %v)", v.proc.pid, ctx.Err(), last)
+			return fmt.Errorf("VMM %d: API socket never answered: %w (last: %v)", v.pid(), ctx.Err(), last)
 		case <-time.After(time.Millisecond):
 		}
 	}
 }
 
 // load restores snap into a freshly spawned VMM, paused unless resume; the
-// vsock (if any) gets this VM's own socket path.
+// vsock (if any) gets this VM's own socket path. A jailed VMM finds the
+// snapshot where restoreBinds put it.
 func (v *vm) load(ctx context.Context, snap Snapshot, resume bool) error {
-	p := types.SnapshotLoadParams{
-		SnapshotPath: snap.StatePath,
-		MemBackend:   &types.MemoryBackend{BackendType: "File", BackendPath: snap.MemPath},
-		ResumeVM:     resume,
+	state, mem, store, vsock := snap.StatePath, snap.MemPath, snap.CASStore, v.vsockUDS
+	if v.jail != nil {
+		state, mem, vsock = jailSnapshotDir+"/"+types.SnapshotStateFile, jailSnapshotDir+"/"+types.SnapshotMemFile, jailVsockSock
+		if store != "" {
+			store = jailCAS
+		}
+	}
+	p := types.SnapshotLoadParams{SnapshotPath: state, ResumeVM: resume}
+	if store != "" {
+		p.MemBackend = &types.MemoryBackend{BackendType: types.MemBackendCas, BackendPath: store}
+	} else {
+		p.MemBackend = &types.MemoryBackend{BackendType: types.MemBackendFile, BackendPath: mem}
 	}
 	if v.vsockUDS != "" {
-		p.VsockOverride = &types.VsockOverride{UDSPath: v.vsockUDS}
+		p.VsockOverride = &types.VsockOverride{UDSPath: vsock}
 	}
 	if err := v.api.LoadSnapshot(ctx, p); err != nil {
-		return fmt.Errorf("load snapshot into VMM %d: %w", v.proc.pid, err)
+		return fmt.Errorf("load snapshot into VMM %d: %w", v.pid(), err)
 	}
 	return nil
+}
+
+// restoreBinds shows snap to a jailed VMM: the state file (and memory
+// file) under /snapshot, or its CAS store's view at /cas.
+func restoreBinds(snap Snapshot) []jailBind {
+	bs := []jailBind{{host: snap.StatePath, jail: jailSnapshotDir + "/" + types.SnapshotStateFile}}
+	if snap.CASStore != "" {
+		return append(bs, casViewBinds(snap.CASStore)...)
+	}
+	return append(bs, jailBind{host: snap.MemPath, jail: jailSnapshotDir + "/" + types.SnapshotMemFile})
 }
 
 // logTail returns the last lines of the VMM's log, for error messages.

@@ -127,9 +127,14 @@ func fail(stderr io.Writer, err error) int {
 func cmdServe(ctx context.Context, args []string, stderr io.Writer) int {
 	fs, socket := flags("serve", stderr)
 	stateDir := fs.String("state-dir", "/var/lib/volt/pool", "templates, VM records and sockets")
-	store := fs.String("store", "/var/lib/volt/cas", "the CAS store (for CAS-backed templates; flat files under --state-dir are used today)")
+	store := fs.String("store", "", "keep the templates' memory in this CAS store (e.g. /var/lib/volt/cas), mapped by every clone from its chunks; default: flat files under --state-dir")
 	metrics := fs.String("metrics-listen", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9465)")
 	vmm := fs.String("vmm", "", "volt-vmm binary (default: beside voltpool, then $PATH)")
+	snapTool := fs.String("volt-snapshot", "", "volt-snapshot binary, for --store and --jail (default: beside volt-vmm, beside voltpool, then $PATH)")
+	jail := fs.Bool("jail", false, "start every VMM through volt-jailer: a chroot under --state-dir, new mount and PID namespaces, a uid of its own")
+	jailer := fs.String("jailer", "", "volt-jailer binary (default: beside voltpool, then $PATH)")
+	uidRange := fs.String("jail-uid-range", pool.DefaultUIDRange.String(), "uids (and gids) given to jailed VMMs, one per live VMM: FIRST-LAST, used by no account or subordinate id range")
+	jailCgroups := fs.StringArray("jail-cgroup", nil, "cgroup setting of every jailed VMM, FILE=VALUE, as volt-jailer --cgroup (repeatable)")
 	refill := fs.Int("refill-concurrency", 2, "warm restores in flight at most")
 	maxVMs := fs.Int("max-vms", 256, "VMMs at most, warm and leased")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "on shutdown, how long to wait for leases to be released before ending them")
@@ -140,39 +145,81 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) int {
 	if _, code := parse(fs, args, 0, "no arguments"); code >= 0 {
 		return code
 	}
-	bin, err := findVMM(*vmm)
+	bin, err := findBinary(*vmm, "volt-vmm", "--vmm")
 	if err != nil {
 		return fail(stderr, err)
+	}
+	cfg := pool.Config{StateDir: *stateDir, StoreDir: *store, VMMBin: bin, RefillConcurrency: *refill,
+		MaxVMs: *maxVMs, DefaultTTL: *defTTL, MaxTTL: *maxTTL}
+	if *store != "" || *jail || *snapTool != "" {
+		// volt-snapshot is built with volt-vmm: look beside it first.
+		flag := *snapTool
+		if flag == "" {
+			if p := filepath.Join(filepath.Dir(bin), "volt-snapshot"); isExecutable(p) {
+				flag = p
+			}
+		}
+		if cfg.SnapshotTool, err = findBinary(flag, "volt-snapshot", "--volt-snapshot"); err != nil {
+			return fail(stderr, err)
+		}
+	}
+	if *jail {
+		j := &pool.JailConfig{Cgroups: *jailCgroups}
+		if j.Jailer, err = findBinary(*jailer, "volt-jailer", "--jailer"); err != nil {
+			return fail(stderr, err)
+		}
+		if j.UIDs, err = pool.ParseUIDRange(*uidRange); err != nil {
+			fmt.Fprintf(stderr, "voltpool serve: --jail-uid-range: %v\n", err)
+			return exitUsage
+		}
+		cfg.Jail = j
+	} else if fs.Changed("jailer") || fs.Changed("jail-uid-range") || fs.Changed("jail-cgroup") {
+		fmt.Fprintln(stderr, "voltpool serve: --jailer, --jail-uid-range and --jail-cgroup need --jail")
+		return exitUsage
 	}
 	level := slog.LevelInfo
 	if *verbose {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	err = pool.Serve(ctx, pool.Config{StateDir: *stateDir, StoreDir: *store, VMMBin: bin, RefillConcurrency: *refill,
-		MaxVMs: *maxVMs, DefaultTTL: *defTTL, MaxTTL: *maxTTL, Log: log},
-		pool.ServerConfig{Socket: *socket, SocketGroup: *group, MetricsListen: *metrics, Drain: *drain})
+	cfg.Log = log
+	err = pool.Serve(ctx, cfg, pool.ServerConfig{Socket: *socket, SocketGroup: *group, MetricsListen: *metrics, Drain: *drain})
 	if err != nil {
 		return fail(stderr, err)
 	}
 	return exitOK
 }
 
-func findVMM(flag string) (string, error) {
-	if flag != "" {
-		return filepath.Abs(flag)
+// findBinary resolves a helper binary: the flag's path, or name beside
+// voltpool, then in $PATH; always absolute (volt-jailer needs its
+// --exec-file so).
+func findBinary(flagValue, name, flagName string) (string, error) {
+	if flagValue != "" {
+		p, err := filepath.Abs(flagValue)
+		if err != nil {
+			return "", err
+		}
+		if !isExecutable(p) {
+			return "", fmt.Errorf("%s %s: not an executable regular file", flagName, p)
+		}
+		return p, nil
 	}
 	if exe, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(exe), "volt-vmm")
-		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+		p := filepath.Join(filepath.Dir(exe), name)
+		if isExecutable(p) {
 			return p, nil
 		}
 	}
-	p, err := exec.LookPath("volt-vmm")
+	p, err := exec.LookPath(name)
 	if err != nil {
-		return "", fmt.Errorf("volt-vmm not found beside voltpool nor in $PATH: give --vmm PATH")
+		return "", fmt.Errorf("%s not found beside voltpool nor in $PATH: give %s PATH", name, flagName)
 	}
 	return filepath.Abs(p)
+}
+
+func isExecutable(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular() && st.Mode().Perm()&0o111 != 0
 }
 
 func cmdTemplate(ctx context.Context, args []string, stdout, stderr io.Writer) int {
