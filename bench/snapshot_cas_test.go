@@ -2,11 +2,14 @@ package bench
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 const (
@@ -166,5 +169,34 @@ func TestProbeReplies(t *testing.T) {
 	}
 	if _, ok := touchCount("sum 12"); ok {
 		t.Error("touchCount of sum")
+	}
+}
+
+// Bad specs are refused before any VMM starts.
+func TestSnapshotSpecsAreCheckedFirst(t *testing.T) {
+	tmpl := &Snapshot{Dir: "/t", Memory: "128M", CPUs: 1}
+	for name, spec := range map[string]DeriveSpec{
+		"no template":             {VMMBin: "v", Dir: "/d", Timeout: time.Second},
+		"no memory anywhere":      {VMMBin: "v", Template: tmpl, Dir: "/d", Timeout: time.Second, NoFile: true},
+		"volt CLI without store":  {VMMBin: "v", Template: tmpl, Dir: "/d", Timeout: time.Second, VoltBin: "volt"},
+		"work the probe lacks":    {VMMBin: "v", Template: tmpl, Dir: "/d", Timeout: time.Second, Work: []string{"poweroff"}},
+		"a touch without a count": {VMMBin: "v", Template: tmpl, Dir: "/d", Timeout: time.Second, Work: []string{"touch"}},
+	} {
+		if _, err := DeriveSnapshot(context.Background(), spec); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	spec := SnapshotSpec{VMMBin: "v", Kernel: "k", CPUs: 1, Dir: "/d", Timeout: time.Second, VoltBin: "volt"}
+	if err := spec.Validate(); err == nil {
+		t.Error("a volt CLI to describe a CAS snapshot that is not taken")
+	}
+	if args, err := snapshotterArgs("/d", "", []string{"--no-seccomp"}); err != nil || strings.Join(args, " ") != "--snapshot-dir /d --no-seccomp" {
+		t.Errorf("snapshotter args %q, %v", args, err)
+	}
+	store := t.TempDir() + "/store"
+	if args, err := snapshotterArgs("/d", store, nil); err != nil || strings.Join(args, " ") != "--snapshot-dir /d --snapshot-dir "+store {
+		t.Errorf("snapshotter args %q, %v", args, err)
+	} else if fi, err := os.Stat(store); err != nil || !fi.IsDir() {
+		t.Errorf("the store directory was not made: %v", err)
 	}
 }
