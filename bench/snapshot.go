@@ -400,5 +400,10 @@ func (c *guestConsole) explain(err error) error {
 	if c.waitErr != nil {
 		status = c.waitErr.Error()
 	}
-	return fmt.Errorf("%w; volt-vmm ended: %s; stderr %q", err, status, strings.TrimSpace(c.stderr.String()))
+	hint := ""
+	if strings.Contains(status, "bad system call") {
+		// SIGSYS: its own seccomp filter killed it.
+		hint = " (volt-vmm's seccomp filter killed it while snapshotting: see \"Snapshots made for a run\" in bench/README.md, e.g. --prepare-vmm-arg=--no-seccomp --prepare-vmm-arg=--no-landlock)"
+	}
+	return fmt.Errorf("%w; volt-vmm ended: %s%s; stderr %q", err, status, hint, strings.TrimSpace(c.stderr.String()))
 }
