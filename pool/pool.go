@@ -167,9 +167,9 @@ type Pool struct {
 	draining  bool
 	changed   chan struct{} // a VM ended or a lease went: Shutdown waits on it
 
-	uids   *uidPool // jailed VMMs' uids; nil unjailed
-	cas    *cas.Store
-	tool   snapshotTool
+	uids *uidPool // jailed VMMs' uids; nil unjailed
+	cas  *cas.Store
+	tool snapshotTool
 
 	refill chan struct{}
 	ctx    context.Context

@@ -21,13 +21,14 @@ type poolDaemon struct {
 	client *pc.Client
 }
 
-func startDaemon(t *testing.T, voltpool, vmm, socket, state string) *poolDaemon {
+func startDaemon(t *testing.T, voltpool, vmm, socket, state string, extra ...string) *poolDaemon {
 	t.Helper()
 	log, err := os.OpenFile(filepath.Join(filepath.Dir(socket), "daemon.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(voltpool, "serve", "--socket", socket, "--state-dir", state, "--vmm", vmm, "--drain-timeout", "0s")
+	args := append([]string{"serve", "--socket", socket, "--state-dir", state, "--vmm", vmm, "--drain-timeout", "0s"}, extra...)
+	cmd := exec.Command(voltpool, args...)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -278,12 +278,12 @@ func (v *vm) load(ctx context.Context, snap Snapshot, resume bool) error {
 	return nil
 }
 
-// restoreBinds shows snap to a jailed VMM: the state file (and memory
-// file) under /snapshot, or its CAS store's view at /cas.
+// restoreBinds shows snap to a jailed VMM: the state file and the memory
+// file under /snapshot (memory in the CAS is shown by jailFor's view).
 func restoreBinds(snap Snapshot) []jailBind {
 	bs := []jailBind{{host: snap.StatePath, jail: jailSnapshotDir + "/" + types.SnapshotStateFile}}
 	if snap.CASStore != "" {
-		return append(bs, casViewBinds(snap.CASStore)...)
+		return bs
 	}
 	return append(bs, jailBind{host: snap.MemPath, jail: jailSnapshotDir + "/" + types.SnapshotMemFile})
 }
