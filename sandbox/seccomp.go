@@ -3,7 +3,6 @@ package sandbox
 import (
 	"errors"
 	"fmt"
-	"os"
 	"runtime"
 	"sync"
 
@@ -39,11 +38,10 @@ func ApplyProcess(r Role, o Options) error {
 		process.applied, process.opts = true, o
 		return nil
 	}
-	p, err := policy(r, o, os.Getpid())
+	// LoadFilter assembles the policy once more: it takes a policy, not a
+	// program, and installing a program needs a pointer to it.
+	p, err := preparedFor(r, o)
 	if err != nil {
-		return err
-	}
-	if _, err := Compile(r, o, os.Getpid()); err != nil {
 		return err
 	}
 	f := seccomp.Filter{NoNewPrivs: true, Flag: seccomp.FilterFlagTSync | tsyncESRCH, Policy: p}
@@ -79,7 +77,7 @@ func ApplyThread(r Role) error {
 	if o.Level == LevelOff {
 		return nil
 	}
-	p, err := policy(r, o, os.Getpid())
+	p, err := preparedFor(r, o)
 	if err != nil {
 		return err
 	}
