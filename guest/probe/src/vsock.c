@@ -917,10 +917,14 @@ static void connect_command(char *arg)
 		poll();
 		cpu_relax();
 	}
+	/* A connection the host ended is freed at once, and its slot may
+	 * already hold a new one by now: its bytes are ours only if not. */
+	int mine = c->mode == M_CLIENT && c->lport == lport && c->pport == port;
 	uint32_t n = 0;
-	while (n < c->in_len && c->buf[RING + n] != '\n')
+	while (mine && n < c->in_len && c->buf[RING + n] != '\n')
 		n++;
-	if (c->state != C_FREE) {
+	got = got && mine;
+	if (mine && c->state != C_FREE) {
 		c->shut_after_out = 1;
 		flush(c);
 		kicks();
