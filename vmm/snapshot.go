@@ -341,7 +341,7 @@ func Restore(ctx context.Context, rc RestoreConfig) (_ *VM, err error) {
 		st, err := snapshot.ReadStateFile(rc.StatePath)
 		stateCh <- decoded{st, err}
 	}()
-	v, err := newShell(Config{Origin: rc.Origin})
+	v, err := newShell(Config{Origin: rc.Origin, Confinement: rc.Confinement})
 	if err != nil {
 		<-stateCh
 		return nil, err
@@ -437,6 +437,11 @@ func (v *VM) restoreState(ctx context.Context, rc RestoreConfig, st *snapshot.VM
 		return fmt.Errorf("restore %s: the snapshot's CPU has features this host's KVM lacks: %s", rc.StatePath, strings.Join(missing, ", "))
 	}
 	v.snapshotBase = st.Memory.ID
+	kinds := make([]string, 0, len(st.Devices.Virtio))
+	for _, d := range st.Devices.Virtio {
+		kinds = append(kinds, d.Kind)
+	}
+	v.prepareFilters(rc.Confinement, deviceRoles(kinds...)...)
 	for _, c := range []kvm.IRQChip{st.IRQChip.PICMaster, st.IRQChip.PICSlave, st.IRQChip.IOAPIC} {
 		if err := v.vm.SetIRQChip(c); err != nil {
 			return err

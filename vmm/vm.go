@@ -115,6 +115,8 @@ type VM struct {
 	// collector while the VM lives.
 	casLease *cas.Lease
 	casStore string // the store of casLease
+	// preparing runs prepareFilters' goroutines.
+	preparing sync.WaitGroup
 	// confined is set once Run has applied cfg.Confinement; landlockDirs
 	// are then the directories Landlock lets the process write.
 	confined     atomic.Bool
@@ -166,6 +168,7 @@ func New(cfg Config) (_ *VM, err error) {
 			v.Close()
 		}
 	}()
+	v.prepareFilters(cfg.Confinement, deviceRoles(cfg.deviceKinds()...)...)
 	// Memory slots are registered before the in-kernel irqchip exists:
 	// measured here, the same KVM_SET_USER_MEMORY_REGION took 5–7 ms after
 	// KVM_CREATE_IRQCHIP and 50–100 µs before it (the kernel synchronises
@@ -214,8 +217,10 @@ func newShell(cfg Config) (*VM, error) {
 	v := &VM{cfg: cfg, done: make(chan struct{})}
 	v.cond = sync.NewCond(&v.mu)
 	v.timeline.Origin = cfg.Origin
+	v.prepareFilters(cfg.Confinement, sandbox.RoleVMM, sandbox.RoleVCPU)
 	var err error
 	if v.sys, err = kvm.Open(); err != nil {
+		v.preparing.Wait()
 		return nil, err
 	}
 	// KVM_GET_SUPPORTED_CPUID takes about a millisecond here and nothing
@@ -801,6 +806,7 @@ func (v *VM) Close() error {
 	if v.cpuidDone != nil {
 		<-v.cpuidDone
 	}
+	v.preparing.Wait()
 	errs = append(errs, v.waitPIT())
 	for _, c := range v.vcpus {
 		errs = append(errs, c.Close())
