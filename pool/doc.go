@@ -10,11 +10,18 @@
 // On disk, under the state directory:
 //
 //	lock                      flock: one daemon per state directory
+//	pool-id                   this pool's id in the refs of a shared CAS store
 //	templates/NAME/template.json
-//	templates/NAME/snapshot/{vm.state,vm.mem}   (the flat-file SnapshotStore)
-//	vms/ID/vm.json            the VMM's record: pid, start time, state
+//	templates/NAME/snapshot/{vm.state,vm.mem}   (FlatStore; CASStore keeps vm.state only)
+//	vms/ID/vm.json            the VMM's record: pid, start time, state (and its jail)
 //	vms/ID/lease.json         its lease, while it is leased
 //	vms/ID/api.sock, vsock.sock, vmm.log
+//	jail/volt-vmm/ID/root/    a jailed VMM's chroot, with its api.sock and vsock.sock
+//
+// Templates' memory is either a flat memory file (FlatStore) or a manifest
+// in a CAS store whose chunks every clone maps (CASStore); with a
+// JailConfig every VMM runs under volt-jailer with a uid of its own (see
+// jail.go).
 //
 // Every record is replaced atomically (a temporary file renamed over it), so
 // a daemon killed at any point leaves each record old or new, never torn.

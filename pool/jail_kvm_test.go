@@ -160,20 +160,30 @@ func procRoot(t *testing.T, pid int) string {
 	return r
 }
 
-// A jailed VMM killed is reaped with its supervisor, its uid freed and its
-// chroot removed, and the pool replaces it.
+// A jailed VMM killed, volt-vmm or its volt-jailer, is reaped with the
+// other, its uid freed and its chroot removed, and the pool replaces it.
 func TestJailedVMMKilledIsReapedAndItsUIDAndChrootFreed(t *testing.T) {
 	s, _ := jailedPool(t, false)
 	s.probeTemplate(t, "probe", 1)
+	for i, which := range []string{"volt-vmm", "volt-jailer"} {
+		t.Run(which, func(t *testing.T) { testJailedKill(t, s, which == "volt-jailer", uint64(i+1)) })
+	}
+}
+
+func testJailedKill(t *testing.T, s *served, supervisor bool, deaths uint64) {
 	s.waitWarm(t, "probe", 1)
 	var victim jailedVM
 	for _, v := range jailedVMs(s) {
 		victim = v
 	}
-	if err := unix.Kill(victim.pid, unix.SIGKILL); err != nil {
+	target := victim.pid
+	if supervisor {
+		target = victim.supervisor
+	}
+	if err := unix.Kill(target, unix.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the death to be counted", func() bool { return s.status(t, "probe").Deaths == 1 })
+	waitFor(t, "the death to be counted", func() bool { return s.status(t, "probe").Deaths == deaths })
 	waitFor(t, "the chroot to go", func() bool {
 		_, err := os.Stat(victim.dir)
 		return os.IsNotExist(err)
@@ -389,4 +399,73 @@ func TestJailedDaemonRestartAdoptsItsVMMs(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the adopted VMM to stop", func() bool { return !alive(l.PID) })
+}
+
+// Acquire/release cycles of a jailed pool with its templates in the CAS
+// and a network leak nothing: at rest, as many uids, chroots, volt-jailer
+// processes, network namespaces and CAS leases as warm VMMs, and the
+// daemon's descriptors, threads and goroutines do not grow.
+func TestJailedCyclesLeakNothing(t *testing.T) {
+	cycles := 400
+	if testing.Short() {
+		cycles = 100
+	}
+	const warm = 2
+	s, st := jailedPool(t, true)
+	_, kernel, _ := fixture(t)
+	ctx := context.Background()
+	if _, err := s.client.CreateTemplate(ctx, pc.TemplateSpec{Name: "net", Kernel: kernel, MemoryMiB: 64,
+		Warm: warm, Network: &pc.Network{HostDevName: "vjtap0"}}); err != nil {
+		t.Fatal(err)
+	}
+	type held struct{ fds, threads, goroutines, uids, chroots, jailers, netns, leases, mounts int }
+	base := s.pool.cfg.Jail.ChrootBase
+	settle := func() held {
+		s.waitWarm(t, "net", warm)
+		waitFor(t, "released VMMs to be reaped", func() bool {
+			return len(s.pool.VMs()) == warm && len(strayJailers(base)) == warm && s.pool.uids.inUse() == warm
+		})
+		s.client.Close()
+		time.Sleep(50 * time.Millisecond)
+		r := measure(s.state)
+		h := held{fds: r.fds, threads: r.threads, goroutines: r.goroutines, mounts: r.mounts, uids: s.pool.uids.inUse(), jailers: len(strayJailers(base))}
+		h.chroots = countDir(filepath.Join(base, "volt-vmm"))
+		netns := map[string]bool{}
+		for _, v := range s.pool.VMs() {
+			if ns, err := os.Readlink("/proc/" + itoa(v.PID) + "/ns/net"); err == nil {
+				netns[ns] = true
+			}
+		}
+		h.netns = len(netns)
+		ls, _ := st.Leases()
+		for _, l := range ls {
+			if l.Alive {
+				h.leases++
+			}
+		}
+		return h
+	}
+	var mid held
+	for i := 1; i <= cycles; i++ {
+		l, err := s.client.Acquire(ctx, "net", 30*time.Second)
+		if err != nil {
+			t.Fatalf("cycle %d: acquire: %v", i, err)
+		}
+		if err := s.client.Release(ctx, l.ID); err != nil {
+			t.Fatalf("cycle %d: release: %v", i, err)
+		}
+		if i == cycles/2 {
+			mid = settle()
+		}
+	}
+	end := settle()
+	t.Logf("midpoint %+v, end %+v", mid, end)
+	if end.fds > mid.fds || end.goroutines > mid.goroutines || end.threads > mid.threads+4 || end.mounts > mid.mounts {
+		t.Errorf("the daemon grew: midpoint %+v, end %+v", mid, end)
+	}
+	for what, n := range map[string]int{"uids": end.uids, "chroots": end.chroots, "volt-jailers": end.jailers, "network namespaces": end.netns, "CAS leases": end.leases} {
+		if n != warm {
+			t.Errorf("at rest: %d %s for %d warm VMMs", n, what, warm)
+		}
+	}
 }

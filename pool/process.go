@@ -284,6 +284,15 @@ func (p *process) wait() {
 		}
 	}
 	p.mu.Lock()
+	vmm := p.vmm
+	p.mu.Unlock()
+	if vmm != nil {
+		// A supervisor that was killed leaves volt-vmm to its
+		// parent-death signal: nothing of the VM (its uid, its
+		// chroot) is given back before volt-vmm is gone too.
+		reapRef(vmm, 5*time.Second)
+	}
+	p.mu.Lock()
 	p.exitMsg = msg
 	p.closed = true
 	unix.Close(p.pidfd)
@@ -292,6 +301,23 @@ func (p *process) wait() {
 	}
 	p.mu.Unlock()
 	close(p.done)
+}
+
+// reapRef kills r and waits, up to limit, until it has exited.
+func reapRef(r *pidRef, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for {
+		fds := []unix.PollFd{{Fd: int32(r.fd), Events: unix.POLLIN}}
+		if n, err := unix.Poll(fds, 0); err == nil && n > 0 {
+			return
+		}
+		unix.PidfdSendSignal(r.fd, unix.SIGKILL, nil, 0)
+		if time.Now().After(deadline) {
+			return
+		}
+		fds = []unix.PollFd{{Fd: int32(r.fd), Events: unix.POLLIN}}
+		unix.Poll(fds, 100)
+	}
 }
 
 // hasExited polls the pidfd without blocking: true once the process has

@@ -36,7 +36,7 @@ const (
 
 const usageText = `Usage: voltpool COMMAND [flags]   (every command takes --socket PATH, default ` + pc.DefaultSocket + `)
 
-  serve                          run the daemon (--state-dir, --store, --metrics-listen, ...)
+  serve                          run the daemon (--state-dir, --store CAS, --jail, --metrics-listen, ...)
   template create NAME [flags]   boot a guest once, wait until it is ready, snapshot it
                                  (--kernel --initrd|--rootfs --cmdline --memory --cpus --warm N
                                  --vsock --tap NAME --guest-profile), or adopt --from-snapshot DIR

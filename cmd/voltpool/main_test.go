@@ -31,6 +31,11 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"run", "tpl", "--socket", "/nonexistent/p.sock", "--", "ls", "--socket"}, exitError, "no such file"},
 		{[]string{"run", "tpl", "--"}, exitUsage, "no command after --"},
 		{[]string{"serve", "extra"}, exitUsage, "no arguments"},
+		{[]string{"serve", "--vmm", "/nonexistent/volt-vmm"}, exitError, "not an executable"},
+		{[]string{"serve", "--vmm", "/bin/true", "--jailer", "/bin/true"}, exitUsage, "need --jail"},
+		{[]string{"serve", "--vmm", "/bin/true", "--volt-snapshot", "/bin/true", "--jail", "--jailer", "/bin/true", "--jail-uid-range", "0-5"}, exitUsage, "uid 0"},
+		{[]string{"serve", "--vmm", "/bin/true", "--volt-snapshot", "/bin/true", "--jail", "--jailer", "/bin/true", "--jail-uid-range", "5"}, exitUsage, "FIRST-LAST"},
+		{[]string{"serve", "--vmm", "/bin/true", "--volt-snapshot", "/etc/passwd", "--store", "/tmp/x"}, exitError, "--volt-snapshot /etc/passwd: not an executable"},
 		{[]string{"acquire", "--ttl", "soon", "x"}, exitUsage, "invalid argument"},
 		{[]string{"status", "--socket", "/nonexistent/pool.sock"}, exitError, "no such file"},
 	} {
