@@ -24,7 +24,7 @@ import (
 
 // snapshotProbe boots the probe, touches pages, pauses and snapshots it,
 // and returns the snapshot paths and the checksum the guest reported.
-func snapshotProbe(t *testing.T, cfg vmm.Config, pages int) (state, mem, sum string) {
+func snapshotProbe(t testing.TB, cfg vmm.Config, pages int) (state, mem, sum string) {
 	t.Helper()
 	s := startProbe(t, cfg)
 	s.expect(probe.ReadyLine)

@@ -115,8 +115,10 @@ type VM struct {
 	// collector while the VM lives.
 	casLease *cas.Lease
 	casStore string // the store of casLease
-	// preparing runs prepareFilters' goroutines.
-	preparing sync.WaitGroup
+	// preparing runs prepareFilters' goroutines, prefetching a restore's
+	// startPrefetch.
+	preparing   sync.WaitGroup
+	prefetching sync.WaitGroup
 	// confined is set once Run has applied cfg.Confinement; landlockDirs
 	// are then the directories Landlock lets the process write.
 	confined     atomic.Bool
@@ -807,6 +809,7 @@ func (v *VM) Close() error {
 		<-v.cpuidDone
 	}
 	v.preparing.Wait()
+	v.prefetching.Wait()
 	errs = append(errs, v.waitPIT())
 	for _, c := range v.vcpus {
 		errs = append(errs, c.Close())

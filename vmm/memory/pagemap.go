@@ -1,12 +1,10 @@
 package memory
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"reflect"
 
 	"golang.org/x/sys/unix"
 )
@@ -36,25 +34,10 @@ const pagemapBatch = 64 << 10
 // Where pagemap cannot be read, every page is reported (slower, still
 // correct). fn must not keep data after it returns.
 func (m *Memory) DataRuns(fn func(off uint64, data []byte) error) error {
-	pages := uint64(len(m.mapping)) / PageSize
-	if pages == 0 {
-		return nil
-	}
-	pm, err := os.Open("/proc/self/pagemap")
-	if err != nil {
-		return fn(0, m.mapping)
-	}
-	defer pm.Close()
-	base := uint64(reflect.ValueOf(m.mapping).Pointer())
-	entries := make([]byte, 8*pagemapBatch)
 	var scratch []byte
-	runStart, runTouched := uint64(0), false
-	flush := func(end uint64) error {
-		if end == runStart {
-			return nil
-		}
-		if runTouched {
-			return fn(runStart*PageSize, m.mapping[runStart*PageSize:end*PageSize])
+	err := m.pagemapRuns(func(start, end uint64, touched bool) error {
+		if touched {
+			return fn(start*PageSize, m.mapping[start*PageSize:end*PageSize])
 		}
 		if len(m.files) == 0 {
 			return nil // untouched anonymous memory is zero
@@ -62,30 +45,12 @@ func (m *Memory) DataRuns(fn func(off uint64, data []byte) error) error {
 		if scratch == nil {
 			scratch = make([]byte, 1<<20)
 		}
-		return m.fileRuns(runStart*PageSize, end*PageSize, scratch, fn)
+		return m.fileRuns(start*PageSize, end*PageSize, scratch, fn)
+	})
+	if errors.Is(err, errNoPagemap) {
+		return fn(0, m.mapping)
 	}
-	for first := uint64(0); first < pages; first += pagemapBatch {
-		n := min(pagemapBatch, pages-first)
-		buf := entries[:8*n]
-		if _, err := pm.ReadAt(buf, int64((base/PageSize+first)*8)); err != nil {
-			return fmt.Errorf("read /proc/self/pagemap: %w", err)
-		}
-		for i := range n {
-			e := binary.LittleEndian.Uint64(buf[8*i:])
-			touched := e&(pagemapPresent|pagemapSwapped) != 0
-			p := first + i
-			if p == 0 {
-				runTouched = touched
-			}
-			if touched != runTouched {
-				if err := flush(p); err != nil {
-					return err
-				}
-				runStart, runTouched = p, touched
-			}
-		}
-	}
-	return flush(pages)
+	return err
 }
 
 // fileRuns reads the parts of [start, end) that backing files cover,

@@ -22,7 +22,8 @@ const (
 	// and the memory file's trailer); version 1 files cannot be checked
 	// that way and are refused.
 	MajorVersion = 2
-	MinorVersion = 0
+	// MinorVersion 1 added MemoryState.WorkingSet.
+	MinorVersion = 1
 	headerSize   = 8 + 2 + 2 + 4 + 8 + sha256.Size
 	// MaxStateSize caps what is read from a state file; real states are
 	// tens of KiB per vCPU.
@@ -164,6 +165,13 @@ func (st *VMState) Validate() error {
 		}
 	} else if len(st.Memory.DirtyBitmap) != 0 {
 		return bad("a full snapshot with a dirty bitmap")
+	}
+	var next uint64
+	for i, r := range st.Memory.WorkingSet {
+		if r.Count == 0 || r.First < next || r.First > pages || r.Count > pages-r.First {
+			return bad("working set run %d (pages %d+%d) is empty, out of order or beyond the %d pages", i, r.First, r.Count, pages)
+		}
+		next = r.First + r.Count
 	}
 	if len(st.Devices.Virtio) > MaxVirtioDevices {
 		return bad("%d virtio devices, at most %d", len(st.Devices.Virtio), MaxVirtioDevices)

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/voltvmm/volt/vmm/kvm"
+	"github.com/voltvmm/volt/vmm/memory"
 )
 
 func validState() *VMState {
@@ -23,7 +24,9 @@ func validState() *VMState {
 }
 
 func TestEncodeDecodeRoundTrip(t *testing.T) {
-	b, err := Encode(validState())
+	in := validState()
+	in.Memory.WorkingSet = []memory.PageRange{{0, 3}, {256, 1}, {4095, 1}}
+	b, err := Encode(in)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +34,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.VCPUs[1].Regs.RIP != 0x1234 || string(st.Devices.UART.Input) != "pending" || st.VCPUs[0].MSRs[0].Data != 7 || st.Memory.ID != (MemoryID{1}) {
+	if st.VCPUs[1].Regs.RIP != 0x1234 || string(st.Devices.UART.Input) != "pending" || st.VCPUs[0].MSRs[0].Data != 7 || st.Memory.ID != (MemoryID{1}) || len(st.Memory.WorkingSet) != 3 || st.Memory.WorkingSet[1] != (memory.PageRange{256, 1}) {
 		t.Fatalf("round trip lost data: %+v", st.VCPUs[1].Regs)
 	}
 	if st.Format != (Version{MajorVersion, MinorVersion}) {
@@ -83,6 +86,10 @@ func TestDecodeRejects(t *testing.T) {
 		{"too many MSRs", reencode(func(s *VMState) { s.VCPUs[0].MSRs = make([]kvm.MSR, MaxMSRs+1) }), ErrInvalid},
 		{"no CPUID", reencode(func(s *VMState) { s.VCPUs[0].CPUID = nil }), ErrInvalid},
 		{"vCPU IDs out of order", reencode(func(s *VMState) { s.VCPUs[0].ID = 1 }), ErrInvalid},
+		{"empty working set run", reencode(func(s *VMState) { s.Memory.WorkingSet = []memory.PageRange{{First: 1}} }), ErrInvalid},
+		{"working set out of order", reencode(func(s *VMState) { s.Memory.WorkingSet = []memory.PageRange{{5, 2}, {6, 1}} }), ErrInvalid},
+		{"working set beyond memory", reencode(func(s *VMState) { s.Memory.WorkingSet = []memory.PageRange{{4095, 2}} }), ErrInvalid},
+		{"working set overflowing", reencode(func(s *VMState) { s.Memory.WorkingSet = []memory.PageRange{{1, ^uint64(0)}} }), ErrInvalid},
 		{"XCR count too big", reencode(func(s *VMState) { s.VCPUs[0].XCRs.NrXCRs = 99 }), ErrInvalid},
 	}
 	for _, tt := range tests {

@@ -31,6 +31,7 @@ import (
 	"github.com/voltvmm/volt/vmm/devices/i8042"
 	"github.com/voltvmm/volt/vmm/devices/uart"
 	"github.com/voltvmm/volt/vmm/kvm"
+	"github.com/voltvmm/volt/vmm/memory"
 	"github.com/voltvmm/volt/vmm/ratelimit"
 	"github.com/voltvmm/volt/vmm/virtio/blk"
 	"github.com/voltvmm/volt/vmm/virtio/mmio"
@@ -89,6 +90,11 @@ type MemoryState struct {
 	// order) and must be merged onto its base before a restore.
 	Diff        bool
 	DirtyBitmap []uint64 `json:",omitempty"`
+	// WorkingSet lists, in order, the runs of pages the VM had mapped when
+	// the snapshot was taken (memory.Memory.Resident): what a restore
+	// prefetches before the guest asks for it. Format 2.1 on; older files
+	// have none, and their restores fault every page in on demand.
+	WorkingSet []memory.PageRange `json:",omitempty"`
 }
 
 // Region is one RAM region: its guest address and where it lies in the
