@@ -185,7 +185,7 @@ func (v *VM) captureState() (*snapshot.VMState, error) {
 	if ws, err := v.mem.Resident(); err != nil {
 		v.logger().Warn("snapshot without a working set: its restores will not prefetch", "err", err)
 	} else {
-		st.Memory.WorkingSet = ws
+		st.Memory.WorkingSet = memory.Coalesce(ws, memory.MaxWorkingSetRuns)
 	}
 	err = v.onEachVCPU(func(c *kvm.VCPU) error {
 		s, err := saveVCPU(c, msrIndexes)

@@ -155,3 +155,32 @@ func (m *Memory) Prefetch(ranges []PageRange, how Prefetch) error {
 	}
 	return nil
 }
+
+// MaxWorkingSetRuns bounds the runs a working set is recorded with, so
+// that a fragmented one (every other page of a large guest) cannot make
+// the state file, which every restore decodes, large.
+const MaxWorkingSetRuns = 4096
+
+// Coalesce returns ranges (in order, not overlapping) with at most max
+// runs: runs separated by the smallest gaps are joined, gap sizes doubling
+// until the count fits, so the result covers every page of ranges and
+// some between them.
+func Coalesce(ranges []PageRange, max int) []PageRange {
+	if max < 1 {
+		max = 1
+	}
+	out := ranges
+	for gap := uint64(1); len(out) > max; gap *= 2 {
+		joined := []PageRange{out[0]}
+		for _, r := range out[1:] {
+			last := &joined[len(joined)-1]
+			if r.First-(last.First+last.Count) <= gap {
+				last.Count = r.First + r.Count - last.First
+				continue
+			}
+			joined = append(joined, r)
+		}
+		out = joined
+	}
+	return out
+}

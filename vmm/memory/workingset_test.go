@@ -129,3 +129,30 @@ func covers(rs []PageRange, w PageRange) bool {
 	}
 	return false
 }
+
+func TestCoalesceKeepsEveryPageInFewerRuns(t *testing.T) {
+	var every []PageRange
+	for p := uint64(0); p < 1000; p += 2 {
+		every = append(every, PageRange{p, 1})
+	}
+	every = append(every, PageRange{5000, 3})
+	for _, max := range []int{1000, 501, 100, 10, 1, 0} {
+		got := Coalesce(every, max)
+		if len(got) > max && !(max < 1 && len(got) == 1) {
+			t.Errorf("Coalesce(…, %d) has %d runs", max, len(got))
+		}
+		for _, r := range every {
+			if !covers(got, r) {
+				t.Fatalf("Coalesce(…, %d) = %v lost %v", max, got, r)
+			}
+		}
+		for i := 1; i < len(got); i++ {
+			if got[i].First <= got[i-1].First+got[i-1].Count-1 {
+				t.Fatalf("Coalesce(…, %d): runs %v and %v overlap or are out of order", max, got[i-1], got[i])
+			}
+		}
+	}
+	if got := Coalesce(every, 501); !slices.Equal(got, every) {
+		t.Error("Coalesce changed ranges that already fit")
+	}
+}

@@ -166,6 +166,9 @@ func (st *VMState) Validate() error {
 	} else if len(st.Memory.DirtyBitmap) != 0 {
 		return bad("a full snapshot with a dirty bitmap")
 	}
+	if len(st.Memory.WorkingSet) > memory.MaxWorkingSetRuns {
+		return bad("a working set of %d runs, at most %d", len(st.Memory.WorkingSet), memory.MaxWorkingSetRuns)
+	}
 	var next uint64
 	for i, r := range st.Memory.WorkingSet {
 		if r.Count == 0 || r.First < next || r.First > pages || r.Count > pages-r.First {

@@ -90,6 +90,11 @@ func TestDecodeRejects(t *testing.T) {
 		{"working set out of order", reencode(func(s *VMState) { s.Memory.WorkingSet = []memory.PageRange{{5, 2}, {6, 1}} }), ErrInvalid},
 		{"working set beyond memory", reencode(func(s *VMState) { s.Memory.WorkingSet = []memory.PageRange{{4095, 2}} }), ErrInvalid},
 		{"working set overflowing", reencode(func(s *VMState) { s.Memory.WorkingSet = []memory.PageRange{{1, ^uint64(0)}} }), ErrInvalid},
+		{"working set of too many runs", reencode(func(s *VMState) {
+			for p := range uint64(memory.MaxWorkingSetRuns + 1) {
+				s.Memory.WorkingSet = append(s.Memory.WorkingSet, memory.PageRange{First: p * 2, Count: 1})
+			}
+		}), ErrInvalid},
 		{"XCR count too big", reencode(func(s *VMState) { s.VCPUs[0].XCRs.NrXCRs = 99 }), ErrInvalid},
 	}
 	for _, tt := range tests {
