@@ -53,6 +53,8 @@ type command struct {
 func root() *command {
 	return &command{name: "volt", summary: "Volt: microVMs and containers over one content-addressed store", sub: []*command{
 		casCommand(),
+		imageCommand(),
+		containerCommand(),
 	}}
 }
 

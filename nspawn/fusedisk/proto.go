@@ -92,10 +92,16 @@ const (
 	fattrHarmless = fattrAtime | fattrMtime | fattrCtime | fattrAtimeNow | fattrMtimeNow | fattrFh | fattrLockOwner | fattrKillSUID
 )
 
-// fuse_open_out.open_flags: no page cache of the FUSE file itself. The
-// loop device above it and the chunk files below it are cached already;
-// a third copy in memory would only cost RAM.
-const fopenDirectIO = 1 << 0
+// fuse_open_out.open_flags. DIRECT_IO: no page cache of the FUSE file
+// itself; the loop device above it and the chunk files below it are
+// cached already, and a third copy would only cost RAM. NOFLUSH: no FLUSH
+// request at close(2). A process that serves its own file and dies with
+// the file open would otherwise hang in exit forever, its close waiting
+// for an answer from threads that are gone.
+const (
+	fopenDirectIO = 1 << 0
+	fopenNoFlush  = 1 << 5
+)
 
 // fallocate(2) modes the kernel passes through.
 const (

@@ -139,6 +139,20 @@ func (s *Server) closeFds() {
 // Path is the mounted file.
 func (s *Server) Path() string { return s.path }
 
+// Open opens the served file for the caller's own use (binding a loop
+// device to it). Use it rather than os.OpenFile: the Go runtime registers
+// files it opens with its epoll, and for a FUSE file that is a FUSE_POLL
+// request made while the runtime holds a scheduler slot; with every slot
+// so held, no worker can answer and the process deadlocks (seen with two
+// slots). The file returned here is not registered.
+func (s *Server) Open(flags int) (*os.File, error) {
+	fd, err := unix.Open(s.path, flags|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: s.path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), s.path), nil
+}
+
 // WaitReady blocks until the kernel's INIT has been answered (the file can
 // be opened without waiting) or ctx ends.
 func (s *Server) WaitReady(ctx context.Context) error {
@@ -450,7 +464,7 @@ func (s *session) open(req request, out []byte) []byte {
 	b := out[outHeaderSize : outHeaderSize+openOutSize]
 	clear(b)
 	binary.LittleEndian.PutUint64(b[0:], 1) // fh: one file, one handle value
-	binary.LittleEndian.PutUint32(b[8:], fopenDirectIO)
+	binary.LittleEndian.PutUint32(b[8:], fopenDirectIO|fopenNoFlush)
 	return okReply(out, req, openOutSize)
 }
 

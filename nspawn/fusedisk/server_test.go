@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -103,7 +104,7 @@ func TestFileServesTheBackendThroughTheKernel(t *testing.T) {
 	requireFUSE(t)
 	m := &memDisk{data: pattern(3<<20 + 512)}
 	want := bytes.Clone(m.data)
-	_, path := mountMem(t, m, Options{})
+	srv, path := mountMem(t, m, Options{})
 
 	st, err := os.Stat(path)
 	if err != nil {
@@ -112,7 +113,7 @@ func TestFileServesTheBackendThroughTheKernel(t *testing.T) {
 	if st.Size() != int64(len(want)) || !st.Mode().IsRegular() {
 		t.Fatalf("stat: size %d mode %v, want %d regular", st.Size(), st.Mode(), len(want))
 	}
-	got, err := os.ReadFile(path)
+	got, err := readFile(srv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +121,7 @@ func TestFileServesTheBackendThroughTheKernel(t *testing.T) {
 		t.Fatal("contents read through FUSE differ from the backend")
 	}
 
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	f, err := srv.Open(os.O_RDWR)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,11 +172,11 @@ func TestFileServesTheBackendThroughTheKernel(t *testing.T) {
 func TestReadOnlyFileRefusesWrites(t *testing.T) {
 	requireFUSE(t)
 	m := &memDisk{data: pattern(64 << 10)}
-	_, path := mountMem(t, m, Options{ReadOnly: true})
-	if _, err := os.OpenFile(path, os.O_RDWR, 0); !errors.Is(err, unix.EROFS) {
+	srv, _ := mountMem(t, m, Options{ReadOnly: true})
+	if _, err := srv.Open(os.O_RDWR); !errors.Is(err, unix.EROFS) {
 		t.Errorf("open for writing: %v, want EROFS", err)
 	}
-	got, err := os.ReadFile(path)
+	got, err := readFile(srv)
 	if err != nil || !bytes.Equal(got, m.data) {
 		t.Errorf("read-only read: %v", err)
 	}
@@ -186,12 +187,12 @@ func TestBackendErrorsAreEIOAndLogged(t *testing.T) {
 	m := &memDisk{data: pattern(64 << 10), failRead: true}
 	var mu sync.Mutex
 	var logs []string
-	_, path := mountMem(t, m, Options{Logf: func(f string, a ...any) {
+	srv, _ := mountMem(t, m, Options{Logf: func(f string, a ...any) {
 		mu.Lock()
 		logs = append(logs, f)
 		mu.Unlock()
 	}})
-	_, err := os.ReadFile(path)
+	_, err := readFile(srv)
 	if !errors.Is(err, unix.EIO) {
 		t.Errorf("read of a damaged backend: %v, want EIO", err)
 	}
@@ -199,6 +200,41 @@ func TestBackendErrorsAreEIOAndLogged(t *testing.T) {
 	defer mu.Unlock()
 	if len(logs) == 0 {
 		t.Error("the backend error was not logged")
+	}
+}
+
+// readFile reads the whole served file through Server.Open.
+func readFile(srv *Server) ([]byte, error) {
+	f, err := srv.Open(os.O_RDONLY)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(f)
+}
+
+// With one scheduler slot, opening and reading the file from the serving
+// process itself must not deadlock (os.Open would: see Server.Open).
+func TestServingProcessCanUseTheFileWithOneSchedulerSlot(t *testing.T) {
+	requireFUSE(t)
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	m := &memDisk{data: pattern(1 << 20)}
+	srv, _ := mountMem(t, m, Options{})
+	done := make(chan error, 1)
+	go func() {
+		got, err := readFile(srv)
+		if err == nil && !bytes.Equal(got, m.data) {
+			err = errors.New("contents differ")
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("reading the served file from its own process hung")
 	}
 }
 
