@@ -475,6 +475,27 @@ func (v *VM) restoreState(ctx context.Context, rc RestoreConfig, st *snapshot.VM
 	if err := v.checkVCPUCount(); err != nil {
 		return err
 	}
+	// The host's CPU is checked last: KVM_GET_SUPPORTED_CPUID, asked on a
+	// goroutine since KVM was opened, takes about a millisecond here and
+	// now overlaps the whole restore; nothing of the guest has run when it
+	// is checked. A step that a host lacking features fails first (KVM
+	// refusing the XSAVE state of a larger CPU) reports those features,
+	// not its own error.
+	err := v.restoreMachine(rc, st)
+	if cerr := v.checkHostCPU(rc, st); cerr != nil {
+		return cerr
+	}
+	if err != nil {
+		return err
+	}
+	v.timeline.StateRestored = time.Now()
+	v.startPaused = !rc.Resume
+	return ctx.Err()
+}
+
+// checkHostCPU refuses a snapshot whose CPU has features this host's KVM
+// does not support.
+func (v *VM) checkHostCPU(rc RestoreConfig, st *snapshot.VMState) error {
 	supported, err := v.supportedCPUID()
 	if err != nil {
 		return err
@@ -482,6 +503,12 @@ func (v *VM) restoreState(ctx context.Context, rc RestoreConfig, st *snapshot.VM
 	if missing := cpu.MissingFeatures(st.VCPUs[0].CPUID, supported); len(missing) > 0 {
 		return fmt.Errorf("restore %s: the snapshot's CPU has features this host's KVM lacks: %s", rc.StatePath, strings.Join(missing, ", "))
 	}
+	return nil
+}
+
+// restoreMachine is restoreState's work: the interrupt controllers, the
+// PIT and clock, the devices and the vCPUs.
+func (v *VM) restoreMachine(rc RestoreConfig, st *snapshot.VMState) error {
 	v.snapshotBase = st.Memory.ID
 	kinds := make([]string, 0, len(st.Devices.Virtio))
 	for _, d := range st.Devices.Virtio {
@@ -532,9 +559,7 @@ func (v *VM) restoreState(ctx context.Context, rc RestoreConfig, st *snapshot.VM
 		}
 		v.cpuid[i] = st.VCPUs[i].CPUID
 	}
-	v.timeline.StateRestored = time.Now()
-	v.startPaused = !rc.Resume
-	return ctx.Err()
+	return nil
 }
 
 // restoreFromCAS is Restore for a snapshot whose memory is in a CAS store:
