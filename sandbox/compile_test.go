@@ -451,13 +451,17 @@ func TestIoctlNumbersMatchTheKernelHeaders(t *testing.T) {
 // seccomp itself, restricted to a thread installing its own flagless
 // filter, which Go needs because the base filter must be on every thread
 // (TSYNC) before a thread can narrow its own. Firecracker's threads each
-// install their one filter and need no such call.
+// install their one filter and need no such call. The process filter has
+// five more still, for what Firecracker does not do in its VMM: snapshots
+// written into a CAS store (mkdirat for its fan-out directories, fchmod of
+// read-only chunks, sync_file_range to start their write-back, fstat) and
+// the data runs of a restored VM's memory file (lseek SEEK_DATA/SEEK_HOLE).
 func TestSyscallCountsStayWithinBudget(t *testing.T) {
 	budget := []struct {
 		role        Role
 		firecracker int
 		max         int
-	}{{RoleVMM, 50, 51}, {RoleAPI, 31, 30}, {RoleVCPU, 27, 26}}
+	}{{RoleVMM, 50, 56}, {RoleAPI, 31, 30}, {RoleVCPU, 27, 26}}
 	for _, b := range budget {
 		table, _ := TableFor(b.role)
 		n := len(table.Syscalls())

@@ -116,7 +116,10 @@ func Landlock(p Paths) (LandlockStatus, error) {
 		rules = append(rules, landlock.RWFiles(p.ReadWrite...))
 	}
 	if len(p.Dirs) > 0 {
-		rules = append(rules, landlock.RWDirs(p.Dirs...).WithResolveUnix())
+		// Refer: files move between directories of a tree (a CAS
+		// store's ingest directory to its chunks); without it the kernel
+		// refuses such a rename with EXDEV.
+		rules = append(rules, landlock.RWDirs(p.Dirs...).WithResolveUnix().WithRefer())
 	}
 	if len(p.Devices) > 0 {
 		rules = append(rules, landlock.RWFiles(p.Devices...).WithIoctlDev())

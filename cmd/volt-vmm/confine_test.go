@@ -78,7 +78,9 @@ func TestConfinedVMMDiesOnAForbiddenCall(t *testing.T) {
 // vsock and entropy under every layer volt-vmm applies itself, checks the
 // layers from /proc, uses each device (every worker thread under its own
 // filter), snapshots where --snapshot-dir allows and is refused elsewhere,
-// then restores the snapshot in a second confined VMM.
+// snapshots into a CAS store too, then restores in a second confined VMM
+// that snapshots the restored VM again (file and CAS), and restores from
+// the store in a third.
 func TestConfinedVMMRunsSnapshotsAndRestores(t *testing.T) {
 	kvmtest.Require(t)
 	elf, err := probe.Path(context.Background(), t.TempDir())
@@ -86,13 +88,13 @@ func TestConfinedVMMRunsSnapshotsAndRestores(t *testing.T) {
 		t.Fatal(err)
 	}
 	bin := testbin.Build(t, "./cmd/volt-vmm")
-	dir, snap, elsewhere := t.TempDir(), t.TempDir(), t.TempDir()
+	dir, snap, elsewhere, store := t.TempDir(), t.TempDir(), t.TempDir(), t.TempDir()
 	disk := filepath.Join(dir, "disk.img")
 	if err := os.WriteFile(disk, bytes.Repeat([]byte{0x5a}, 1<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(dir, "api.sock")
-	cmd := exec.Command(bin, "--api-sock", sock, "--snapshot-dir", snap)
+	cmd := exec.Command(bin, "--api-sock", sock, "--snapshot-dir", snap, "--snapshot-dir", store)
 	in, _ := cmd.StdinPipe()
 	out, _ := cmd.StdoutPipe()
 	var stderr lockedBuffer
@@ -170,6 +172,16 @@ func TestConfinedVMMRunsSnapshotsAndRestores(t *testing.T) {
 	if err := c.CreateSnapshot(ctx, types.SnapshotCreateParams{SnapshotPath: filepath.Join(snap, types.SnapshotStateFile), MemFilePath: filepath.Join(snap, types.SnapshotMemFile)}); err != nil {
 		t.Fatalf("snapshot into --snapshot-dir: %v\n%s", err, stderr.String())
 	}
+	// The same VM into a CAS store: directories made, chunks renamed in
+	// from the store's ingest directory, made read-only.
+	casDir := filepath.Join(snap, "cas")
+	if err := os.Mkdir(casDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CreateSnapshot(ctx, types.SnapshotCreateParams{SnapshotPath: filepath.Join(casDir, types.SnapshotStateFile),
+		MemBackend: &types.MemoryBackend{BackendType: types.MemBackendCas, BackendPath: store}}); err != nil {
+		t.Fatalf("snapshot into a CAS store: %v\n%s", err, stderr.String())
+	}
 	if err := c.Resume(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -178,16 +190,56 @@ func TestConfinedVMMRunsSnapshotsAndRestores(t *testing.T) {
 		t.Fatalf("confined volt-vmm: %v\n%s", err, stderr.String())
 	}
 
-	r := exec.Command(bin, "--restore", snap)
-	var rout, rerr bytes.Buffer
-	r.Stdin, r.Stdout, r.Stderr = strings.NewReader("blk read 8\nrng 16\npoweroff\n"), &rout, &rerr
-	if err := r.Run(); err != nil {
-		t.Fatalf("confined restore: %v\n%s\n%s", err, rerr.String(), rout.String())
+	// A confined restore that snapshots the restored VM again, to a file
+	// and into the store, then a confined restore from the store.
+	again, sock2 := t.TempDir(), filepath.Join(dir, "api2.sock")
+	r := exec.Command(bin, "--restore", snap, "--api-sock", sock2, "--snapshot-dir", again, "--snapshot-dir", store)
+	rin, _ := r.StdinPipe()
+	rout, _ := r.StdoutPipe()
+	var rerr lockedBuffer
+	r.Stderr = &rerr
+	if err := r.Start(); err != nil {
+		t.Fatal(err)
 	}
-	for _, want := range []string{"blk read 8 1 hash=", "rng 16 got=16", "volt-probe: poweroff"} {
-		if !strings.Contains(rout.String(), want) {
-			t.Errorf("the restored VM did not print %q:\n%s", want, rout.String())
+	defer r.Process.Kill()
+	c2 := client.New(sock2)
+	defer c2.Close()
+	if _, err := c2.WaitReady(ctx, time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	s2 := newProbeSession(t, rin, rout)
+	for _, c := range []struct{ cmd, want string }{{"blk read 8", "blk read 8 1 hash="}, {"rng 16", "rng 16 got=16"}} {
+		s2.send(c.cmd)
+		if l := s2.expect(strings.Fields(c.want)[0]); !strings.HasPrefix(l, c.want) {
+			t.Errorf("restored: %s: %q, want %q", c.cmd, l, c.want)
 		}
+	}
+	if err := c2.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c2.CreateSnapshot(ctx, types.SnapshotCreateParams{SnapshotPath: filepath.Join(again, types.SnapshotStateFile), MemFilePath: filepath.Join(again, types.SnapshotMemFile)}); err != nil {
+		t.Fatalf("snapshot of a restored VM: %v\n%s", err, rerr.String())
+	}
+	if err := c2.CreateSnapshot(ctx, types.SnapshotCreateParams{SnapshotPath: filepath.Join(again, "cas.state"),
+		MemBackend: &types.MemoryBackend{BackendType: types.MemBackendCas, BackendPath: store}}); err != nil {
+		t.Fatalf("CAS snapshot of a restored VM: %v\n%s", err, rerr.String())
+	}
+	if err := c2.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s2.send("poweroff")
+	if err := r.Wait(); err != nil {
+		t.Fatalf("confined restore: %v\n%s", err, rerr.String())
+	}
+
+	fromCAS := exec.Command(bin, "--restore", casDir, "--cas-store", store)
+	var cout, cerr bytes.Buffer
+	fromCAS.Stdin, fromCAS.Stdout, fromCAS.Stderr = strings.NewReader("blk read 8\npoweroff\n"), &cout, &cerr
+	if err := fromCAS.Run(); err != nil {
+		t.Fatalf("confined restore from the CAS: %v\n%s\n%s", err, cerr.String(), cout.String())
+	}
+	if !strings.Contains(cout.String(), "blk read 8 1 hash=") || !strings.Contains(cout.String(), "volt-probe: poweroff") {
+		t.Errorf("the VM restored from the CAS did not answer:\n%s", cout.String())
 	}
 }
 
