@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +23,7 @@ import (
 	"github.com/voltvmm/volt/vmm/api/client"
 	"github.com/voltvmm/volt/vmm/api/types"
 	"github.com/voltvmm/volt/vmm/kvm/kvmtest"
+	"github.com/voltvmm/volt/vmm/netdev/nettest"
 )
 
 // procStatus reads the fields of /proc/PID[/task/TID]/status.
@@ -93,8 +96,17 @@ func TestConfinedVMMRunsSnapshotsAndRestores(t *testing.T) {
 	if err := os.WriteFile(disk, bytes.Repeat([]byte{0x5a}, 1<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	sock := filepath.Join(dir, "api.sock")
-	cmd := exec.Command(bin, "--api-sock", sock, "--snapshot-dir", snap, "--snapshot-dir", store)
+	// A TAP in a namespace of the test's own, where every VMM runs: the
+	// host side answers the guest's ARP request.
+	ns := nettest.New(t)
+	ns.IP("tuntap", "add", "vtap0", "mode", "tap")
+	ns.IP("addr", "add", "10.0.0.1/24", "dev", "vtap0")
+	ns.IP("link", "set", "vtap0", "up")
+	inNS := func(args ...string) *exec.Cmd {
+		return exec.Command("ip", append([]string{"netns", "exec", ns.Name, bin}, args...)...)
+	}
+	sock, vsockPath := filepath.Join(dir, "api.sock"), filepath.Join(dir, "v.sock")
+	cmd := inNS("--api-sock", sock, "--snapshot-dir", snap, "--snapshot-dir", store)
 	in, _ := cmd.StdinPipe()
 	out, _ := cmd.StdoutPipe()
 	var stderr lockedBuffer
@@ -116,7 +128,10 @@ func TestConfinedVMMRunsSnapshotsAndRestores(t *testing.T) {
 		func() error {
 			return c.PutDrive(ctx, types.Drive{DriveID: "d0", PathOnHost: disk, IsRootDevice: false, IsReadOnly: ptr(false)})
 		},
-		func() error { return c.PutVsock(ctx, types.Vsock{GuestCID: 3, UDSPath: filepath.Join(dir, "v.sock")}) },
+		func() error { return c.PutVsock(ctx, types.Vsock{GuestCID: 3, UDSPath: vsockPath}) },
+		func() error {
+			return c.PutNetworkInterface(ctx, types.NetworkInterface{IfaceID: "eth0", HostDevName: "vtap0", GuestMAC: "02:00:00:00:00:09"})
+		},
 		func() error { return c.PutEntropy(ctx, types.EntropyDevice{}) },
 		func() error { return c.Start(ctx) },
 	} {
@@ -136,16 +151,47 @@ func TestConfinedVMMRunsSnapshotsAndRestores(t *testing.T) {
 		}
 	}
 	s.send("virtio")
-	s.expect("virtio devices=3")
+	s.expect("virtio devices=4")
+	// A guest-initiated vsock connection lands on <uds_path>_6000.
+	ln, err := net.Listen("unix", vsockPath+"_6000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		if _, err := bufio.NewReader(conn).ReadString('\n'); err == nil {
+			io.WriteString(conn, "pong\n")
+		}
+	}()
 	for _, c := range []struct{ cmd, want string }{
 		{"blk read 0", "blk read 0 1 hash="}, {"blk write 8 7", "blk write 8 1 ok"}, {"blk flush", "blk flush ok"},
 		{"rng 64", "rng 64 got=64"}, {"vsock listen 5000", "vsock listening 5000"},
+		{"vsock connect 6000 ping", "vsock reply pong"},
+		{"net send arp 10.0.0.1 10.0.0.2", "net send len=42 ethertype=0x0806"}, {"net recv 0x0806", "net recv len="},
 	} {
 		s.send(c.cmd)
 		if l := s.expect(strings.Fields(c.want)[0]); !strings.HasPrefix(l, c.want) {
 			t.Errorf("%s: %q, want %q", c.cmd, l, c.want)
 		}
 	}
+	// A host-initiated one, through the hybrid socket, echoed by the probe.
+	conn, err := net.Dial("unix", vsockPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	io.WriteString(conn, "CONNECT 5000\nhello\n")
+	if ok, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(ok, "OK ") {
+		t.Errorf("CONNECT 5000: %q, %v", ok, err)
+	} else if echo, err := br.ReadString('\n'); err != nil || echo != "hello\n" {
+		t.Errorf("the guest echoed %q, %v", echo, err)
+	}
+	conn.Close()
 	// Every vCPU and device worker thread stacks its role's filter on
 	// the process's: /proc counts two filters on those threads.
 	tasks, _ := os.ReadDir(filepath.Join("/proc", strconv.Itoa(pid), "task"))
@@ -155,8 +201,8 @@ func TestConfinedVMMRunsSnapshotsAndRestores(t *testing.T) {
 			stacked++
 		}
 	}
-	if stacked < 2+3 {
-		t.Errorf("%d threads have their role's filter on top of the process's, want at least 5 (2 vCPUs, 3 device workers)", stacked)
+	if stacked < 2+4 {
+		t.Errorf("%d threads have their role's filter on top of the process's, want at least 6 (2 vCPUs, 4 device workers)", stacked)
 	}
 
 	if err := c.Pause(ctx); err != nil {
@@ -193,7 +239,7 @@ func TestConfinedVMMRunsSnapshotsAndRestores(t *testing.T) {
 	// A confined restore that snapshots the restored VM again, to a file
 	// and into the store, then a confined restore from the store.
 	again, sock2 := t.TempDir(), filepath.Join(dir, "api2.sock")
-	r := exec.Command(bin, "--restore", snap, "--api-sock", sock2, "--snapshot-dir", again, "--snapshot-dir", store)
+	r := inNS("--restore", snap, "--api-sock", sock2, "--snapshot-dir", again, "--snapshot-dir", store)
 	rin, _ := r.StdinPipe()
 	rout, _ := r.StdoutPipe()
 	var rerr lockedBuffer
@@ -208,7 +254,8 @@ func TestConfinedVMMRunsSnapshotsAndRestores(t *testing.T) {
 		t.Fatal(err)
 	}
 	s2 := newProbeSession(t, rin, rout)
-	for _, c := range []struct{ cmd, want string }{{"blk read 8", "blk read 8 1 hash="}, {"rng 16", "rng 16 got=16"}} {
+	for _, c := range []struct{ cmd, want string }{{"blk read 8", "blk read 8 1 hash="}, {"rng 16", "rng 16 got=16"},
+		{"net send arp 10.0.0.1 10.0.0.2", "net send len=42"}, {"net recv 0x0806", "net recv len="}} {
 		s2.send(c.cmd)
 		if l := s2.expect(strings.Fields(c.want)[0]); !strings.HasPrefix(l, c.want) {
 			t.Errorf("restored: %s: %q, want %q", c.cmd, l, c.want)
@@ -232,7 +279,7 @@ func TestConfinedVMMRunsSnapshotsAndRestores(t *testing.T) {
 		t.Fatalf("confined restore: %v\n%s", err, rerr.String())
 	}
 
-	fromCAS := exec.Command(bin, "--restore", casDir, "--cas-store", store)
+	fromCAS := inNS("--restore", casDir, "--cas-store", store)
 	var cout, cerr bytes.Buffer
 	fromCAS.Stdin, fromCAS.Stdout, fromCAS.Stderr = strings.NewReader("blk read 8\npoweroff\n"), &cout, &cerr
 	if err := fromCAS.Run(); err != nil {
