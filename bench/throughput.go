@@ -251,7 +251,7 @@ func WriteThroughput(w io.Writer, levels []Throughput) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintln(w, "(ms since each restore's exec; wall: first exec to last exit of each batch, summed; every process, restore or floor, is started through the same /bin/sh gate)")
+	fmt.Fprintln(w, "(ms since each restore's exec; wall: first exec to last exit of each batch, summed; every process, restore or floor, is started by the same launcher, straight from os/exec)")
 	if withFloor {
 		fmt.Fprintf(w, "floor: %s run the same way, batch for batch at each level; \"of floor\" is restores/s over its runs/s\n", FloorKVMAnswer)
 	}
