@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -467,5 +468,53 @@ func TestJailedCyclesLeakNothing(t *testing.T) {
 		if n != warm {
 			t.Errorf("at rest: %d %s for %d warm VMMs", n, what, warm)
 		}
+	}
+}
+
+// A jailed VMM that a killed daemon left without a record (its volt-jailer
+// runs with this pool's chroot base) is killed by the next daemon, and its
+// chroot removed.
+func TestRestartKillsStrayJailedVMMs(t *testing.T) {
+	requireRoot(t)
+	vmm, _, voltpool := fixture(t)
+	snapTool, jailer := tools(t)
+	dir := shortDir(t)
+	socket, state := filepath.Join(dir, "pool.sock"), filepath.Join(dir, "s")
+	base := filepath.Join(state, "jail")
+	if err := os.MkdirAll(base, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(jailer, "--id", "0000000000000000", "--exec-file", vmm, "--uid", strconv.Itoa(int(testUIDs.First)),
+		"--gid", strconv.Itoa(int(testUIDs.First)), "--chroot-base-dir", base, "--", "--api-sock", "/api.sock", "--console", "none")
+	cmd.SysProcAttr = &unix.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	chroot := filepath.Join(base, "volt-vmm", "0000000000000000")
+	waitFor(t, "the stray jailed VMM's socket", func() bool {
+		_, err := os.Stat(filepath.Join(chroot, "root", "api.sock"))
+		return err == nil
+	})
+	vmmPID := childrenOf(cmd.Process.Pid)
+	d := startDaemon(t, voltpool, vmm, socket, state, "--jail", "--jailer", jailer, "--volt-snapshot", snapTool, "--jail-uid-range", testUIDs.String())
+	defer func() {
+		d.cmd.Process.Signal(os.Interrupt)
+		d.cmd.Wait()
+	}()
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("the stray volt-jailer was not ended")
+	}
+	for _, pid := range vmmPID {
+		if alive(pid) {
+			t.Errorf("the stray jailed volt-vmm %d is alive", pid)
+		}
+	}
+	if _, err := os.Stat(chroot); !os.IsNotExist(err) {
+		t.Errorf("the stray's chroot: %v", err)
 	}
 }
