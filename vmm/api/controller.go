@@ -598,7 +598,7 @@ func snapshotItself(ctx context.Context, m Machine, p types.SnapshotCreateParams
 	}
 	sp := vmm.SnapshotParams{StatePath: p.SnapshotPath, MemPath: p.MemFilePath, Type: vmm.SnapshotType(p.SnapshotType)}
 	if p.MemBackend != nil {
-		sp.CASStore = p.MemBackend.BackendPath
+		sp.CASStore, sp.CASChunkSize = p.MemBackend.BackendPath, p.MemBackend.ChunkSize
 	}
 	return s.CreateSnapshot(ctx, sp)
 }

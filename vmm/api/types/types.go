@@ -168,7 +168,18 @@ const (
 type MemoryBackend struct {
 	BackendType string `json:"backend_type" volt:"required"`
 	BackendPath string `json:"backend_path" volt:"required"`
+	// ChunkSize, volt-vmm's, is the chunk size in bytes of a memory
+	// snapshot created in a CAS store (PUT /snapshot/create with
+	// backend_type Cas): a power of two from 4 KiB to 64 MiB; 0 means the
+	// VMM's default.
+	ChunkSize int64 `json:"chunk_size,omitempty"`
 }
+
+// Chunk sizes a CAS memory snapshot may have (the CAS's own limits).
+const (
+	MinChunkSize = 4 << 10
+	MaxChunkSize = 64 << 20
+)
 
 // NetworkOverride is the swagger NetworkOverride.
 type NetworkOverride struct {

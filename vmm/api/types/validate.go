@@ -330,6 +330,8 @@ func (s SnapshotCreateParams) Validate() error {
 		return fmt.Errorf(`mem_backend.backend_type must be %q when creating a snapshot (or give mem_file_path), got %q`, MemBackendCas, b.BackendType)
 	case b != nil && b.BackendPath == "":
 		return errors.New("mem_backend.backend_path must name a CAS store")
+	case b != nil && b.ChunkSize != 0 && (b.ChunkSize < MinChunkSize || b.ChunkSize > MaxChunkSize || b.ChunkSize&(b.ChunkSize-1) != 0):
+		return fmt.Errorf("mem_backend.chunk_size must be a power of two from %d to %d, got %d", MinChunkSize, MaxChunkSize, b.ChunkSize)
 	}
 	if s.SnapshotPath == s.MemFilePath {
 		return errors.New("snapshot_path and mem_file_path must be different files")
@@ -363,6 +365,9 @@ func (s SnapshotLoadParams) Validate() error {
 		}
 		if b.BackendPath == "" {
 			return errors.New("mem_backend.backend_path must not be empty")
+		}
+		if b.ChunkSize != 0 {
+			return errors.New("mem_backend.chunk_size is for creating a snapshot; a load takes the manifest's")
 		}
 	}
 	for i, o := range s.NetworkOverrides {
