@@ -88,18 +88,17 @@ func runEcho(t *testing.T, l pc.Lease, word string) {
 
 // A template in the CAS: its state file alone is on disk, its memory is a
 // manifest named by the pool's ref, and every clone, warm or cold, maps
-// its chunks and answers through the agent. Two ways in: the template
-// VMM's memory file imported (the default: a confined volt-vmm cannot
-// write the store yet), and the VMM writing into the store itself, whose
-// default ref the pool takes over (run with the template VMM's seccomp
-// filter and Landlock off, which that needs today; see pool/README.md).
+// its chunks and answers through the agent. Two ways in: the confined
+// template VMM writing into the store itself, whose default ref the pool
+// takes over (the default), and its memory file imported
+// (SnapshotViaFile, as for a jailed template).
 func TestCASTemplateClonesMapItsChunksWarmAndCold(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		cfg  Config
 	}{
-		{"imported", Config{}},
-		{"straight-into-the-store", Config{SnapshotIntoCAS: true, TemplateVMMArgs: []string{"--seccomp-level", "0", "--no-landlock"}}},
+		{"straight-into-the-store", Config{}},
+		{"imported", Config{SnapshotViaFile: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) { testCASTemplate(t, tc.cfg) })
 	}

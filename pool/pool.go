@@ -34,17 +34,13 @@ type Config struct {
 	// Store keeps template snapshots; nil means a CASStore in StoreDir,
 	// or a FlatStore under StateDir/templates without one.
 	Store SnapshotStore
-	// SnapshotIntoCAS makes an unjailed template VMM write its memory
-	// straight into the CAS store (PUT /snapshot/create with mem_backend
-	// Cas) instead of a memory file that the pool then imports. The
-	// volt-vmm of this tree cannot do it confined: its seccomp filter
-	// kills it on fstat, and Landlock refuses the store's links from
-	// ingest/ to chunks/ (EXDEV, no LANDLOCK_ACCESS_FS_REFER); hence off
-	// by default (see pool/README.md).
-	SnapshotIntoCAS bool
-	// TemplateVMMArgs are added to the command line of template boots'
-	// VMMs only.
-	TemplateVMMArgs []string
+	// SnapshotViaFile makes an unjailed template VMM write its memory to
+	// a file that the pool then imports into the CAS store (as a jailed
+	// one always does: it cannot write the store), instead of writing it
+	// there itself (PUT /snapshot/create with mem_backend Cas): for a
+	// volt-vmm whose confinement does not allow the latter (before
+	// sandbox allowed fstat, fchmod, ... and Landlock's refer right).
+	SnapshotViaFile bool
 	// Jail, when set, starts every VMM through volt-jailer.
 	Jail *JailConfig
 	// RefillConcurrency bounds the warm restores in flight (default 2:

@@ -274,9 +274,10 @@ func (p *Pool) buildTemplate(ctx context.Context, spec pc.TemplateSpec) (pc.Temp
 }
 
 // bootTemplate boots the guest in a VMM of its own under staging, waits for
-// it to be ready, pauses it and snapshots it into snapDir: its memory as a
-// memory file (which a CASStore imports), or, with SnapshotIntoCAS and no
-// jail (a jailed VMM cannot write the store), straight into the CAS store.
+// it to be ready, pauses it and snapshots it into snapDir: with a CAS store
+// its memory goes straight into the store, unless the VMM is jailed (it
+// cannot write the store) or SnapshotViaFile is set; then, as without a
+// store, to a memory file (which a CASStore imports).
 func (p *Pool) bootTemplate(ctx context.Context, spec pc.TemplateSpec, staging, snapDir string) (time.Duration, error) {
 	timeout := 60 * time.Second
 	if spec.ReadyTimeout != "" {
@@ -310,7 +311,7 @@ func (p *Pool) bootTemplate(ctx context.Context, spec pc.TemplateSpec, staging, 
 		}
 		defer os.Lchown(snapDir, 0, 0)
 	}
-	toCAS := p.cas != nil && js == nil && p.cfg.SnapshotIntoCAS
+	toCAS := p.cas != nil && js == nil && !p.cfg.SnapshotViaFile
 	// The VMM is confined once the guest runs: snapDir (and the CAS
 	// store its memory goes to) are the only directories its snapshot
 	// may be written to.
@@ -318,7 +319,6 @@ func (p *Pool) bootTemplate(ctx context.Context, spec pc.TemplateSpec, staging, 
 	if toCAS {
 		args = append(args, "--snapshot-dir", p.cas.Dir())
 	}
-	args = append(args, p.cfg.TemplateVMMArgs...)
 	if spec.GuestProfile != "" {
 		args = append(args, "--guest-profile", spec.GuestProfile)
 	}
