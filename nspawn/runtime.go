@@ -10,9 +10,7 @@ package nspawn
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,24 +22,23 @@ import (
 	"github.com/voltvmm/volt/nspawn/instance"
 )
 
-// Runtime runs containers from one state root and one CAS store.
+// Runtime runs containers from one state root and one CAS store. Its ls,
+// stop, rm and logs are the instance.Set's, shared with VMs.
 type Runtime struct {
-	StateRoot string
-	StoreDir  string
+	instance.Set
 	// Supervisor is the command that runs Supervise, before its own
 	// arguments (--state-dir ROOT NAME): volt's "container _supervise".
 	Supervisor []string
-	Manager    instance.Manager
+	// SupervisorEnv is added to the supervisor's environment.
+	SupervisorEnv []string
 	// ReadyTimeout bounds the wait for a container to start (default 60 s).
 	ReadyTimeout time.Duration
 }
 
-func (r *Runtime) dir(name string) (instance.Dir, error) {
-	return instance.NewDir(r.StateRoot, instance.Container, name)
+// NewRuntime returns a container runtime.
+func NewRuntime(stateRoot, storeDir string, m instance.Manager, supervisor []string) *Runtime {
+	return &Runtime{Set: instance.Set{Root: stateRoot, Kind: instance.Container, StoreDir: storeDir, Manager: m}, Supervisor: supervisor}
 }
-
-// ErrUnknown is wrapped when no container has the name.
-var ErrUnknown = instance.ErrNotFound
 
 // Run creates container spec.Name over its image and starts it; it returns
 // once the workload runs (or with why it could not start). The spec's
@@ -63,11 +60,11 @@ func (r *Runtime) Run(ctx context.Context, spec Spec) (instance.Status, error) {
 	if _, err := FindNspawn(); err != nil {
 		return instance.Status{}, err
 	}
-	d, err := r.dir(spec.Name)
+	d, err := r.Dir(spec.Name)
 	if err != nil {
 		return instance.Status{}, err
 	}
-	if err := checkNameFree(ctx, d, r.Manager); err != nil {
+	if err := r.CheckNameFree(ctx, d); err != nil {
 		return instance.Status{}, err
 	}
 	store, err := cas.OpenExisting(r.StoreDir)
@@ -78,32 +75,11 @@ func (r *Runtime) Run(ctx context.Context, spec Spec) (instance.Status, error) {
 	if err != nil {
 		return instance.Status{}, err
 	}
-	if err := d.Create(); err != nil {
-		if errors.Is(err, instance.ErrExists) {
-			return instance.Status{}, checkNameFree(ctx, d, r.Manager)
-		}
-		return instance.Status{}, err
-	}
-	unlock, err := d.OpsLock()
-	if err != nil {
-		return instance.Status{}, err
-	}
-	defer unlock()
-	launched := false
-	defer func() {
-		if !launched {
-			// Nothing ran: leave no trace of the attempt.
-			store.RemoveRef(d.CASRef())
-			d.Remove()
-		}
-	}()
 	spec.ImageDigest = digest
 	spec.Store = store.Dir()
 	spec.CreatedAt = time.Now().UTC()
-	if err := instance.WriteJSON(d.SpecPath(), spec); err != nil {
-		return instance.Status{}, err
-	}
-	if err := instance.Prepare(ctx, d, store, digest); err != nil {
+	d, done, err := r.Create(ctx, spec.Name, store, digest, spec)
+	if err != nil {
 		return instance.Status{}, err
 	}
 	l := instance.Launch{
@@ -112,29 +88,14 @@ func (r *Runtime) Run(ctx context.Context, spec Spec) (instance.Status, error) {
 		Description:  fmt.Sprintf("volt container %s (image %s)", spec.Name, spec.Image),
 		Limits:       spec.Limits,
 		ReadyTimeout: r.ReadyTimeout,
+		Env:          r.SupervisorEnv,
 	}
-	launched = true // from here the log and the record tell what happened
+	// From here the log and the record tell what happened: keep them.
+	defer done(true)
 	if err := r.Manager.Start(ctx, l); err != nil {
 		return d.Observe(ctx, r.Manager), fmt.Errorf("%w\n(volt container logs %s shows its output; volt container rm %s removes it)", err, spec.Name, spec.Name)
 	}
 	return d.Observe(ctx, r.Manager), nil
-}
-
-// checkNameFree explains why a name cannot be used.
-func checkNameFree(ctx context.Context, d instance.Dir, q instance.UnitQuerier) error {
-	ok, err := d.Exists()
-	if err != nil || !ok {
-		return err
-	}
-	st := d.Observe(ctx, q)
-	if st.State.Live() {
-		since := ""
-		if !st.Record.StartedAt.IsZero() {
-			since = " since " + st.Record.StartedAt.Local().Format(time.DateTime)
-		}
-		return fmt.Errorf("%w: container %s is %s%s; stop it first (volt container stop %s)", instance.ErrExists, d.Name, st.State, since, d.Name)
-	}
-	return fmt.Errorf("%w: container %s exists (%s); remove it first (volt container rm %s) or pick another name", instance.ErrExists, d.Name, st.State, d.Name)
 }
 
 // Info is one container for ls.
@@ -149,13 +110,13 @@ type Info struct {
 
 // List observes every container.
 func (r *Runtime) List(ctx context.Context) ([]Info, error) {
-	names, err := instance.List(r.StateRoot, instance.Container)
+	names, err := r.Names()
 	if err != nil {
 		return nil, err
 	}
 	out := make([]Info, 0, len(names))
 	for _, n := range names {
-		d, err := r.dir(n)
+		d, err := r.Dir(n)
 		if err != nil {
 			continue
 		}
@@ -180,55 +141,11 @@ func (r *Runtime) info(ctx context.Context, d instance.Dir) Info {
 
 // Inspect observes one container.
 func (r *Runtime) Inspect(ctx context.Context, name string) (Info, error) {
-	d, err := r.dir(name)
+	d, err := r.Existing(name)
 	if err != nil {
-		return Info{}, err
-	}
-	if ok, err := d.Exists(); err != nil || !ok {
-		if err == nil {
-			err = fmt.Errorf("%w: container %s", instance.ErrNotFound, name)
-		}
 		return Info{}, err
 	}
 	return r.info(ctx, d), nil
-}
-
-// Stop stops a running container, giving its workload timeout to exit
-// after SIGTERM before it is killed.
-func (r *Runtime) Stop(ctx context.Context, name string, timeout time.Duration) (instance.Status, error) {
-	d, err := r.dir(name)
-	if err != nil {
-		return instance.Status{}, err
-	}
-	if ok, err := d.Exists(); err != nil || !ok {
-		if err == nil {
-			err = fmt.Errorf("%w: container %s", instance.ErrNotFound, name)
-		}
-		return instance.Status{}, err
-	}
-	return instance.Stop(ctx, d, r.Manager, timeout)
-}
-
-// Remove removes a stopped container (force: stop it first).
-func (r *Runtime) Remove(ctx context.Context, name string, force bool, timeout time.Duration) error {
-	d, err := r.dir(name)
-	if err != nil {
-		return err
-	}
-	store, err := cas.OpenExisting(r.StoreDir)
-	if err != nil {
-		return err
-	}
-	return instance.Remove(ctx, d, store, r.Manager, force, timeout)
-}
-
-// Logs writes the container's output to w.
-func (r *Runtime) Logs(ctx context.Context, name string, follow bool, w io.Writer) error {
-	d, err := r.dir(name)
-	if err != nil {
-		return err
-	}
-	return instance.Logs(ctx, d, r.Manager, follow, w)
 }
 
 // CommitInstance turns a stopped instance's writes into image imageName.
@@ -256,7 +173,7 @@ func CommitInstance(ctx context.Context, d instance.Dir, storeDir string, q inst
 
 // Commit turns a stopped container's writes into image imageName.
 func (r *Runtime) Commit(ctx context.Context, name, imageName string, force bool) (*volume.CommitResult, error) {
-	d, err := r.dir(name)
+	d, err := r.Dir(name)
 	if err != nil {
 		return nil, err
 	}

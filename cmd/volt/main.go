@@ -1,6 +1,6 @@
-// Command volt is Volt's single entry point, with no daemon. Today it has
-// one command group, cas, for the content-addressed store; containers and
-// VMs join as further groups.
+// Command volt is Volt's single entry point, with no daemon: cas (the
+// content-addressed store), image (workload images in it), container
+// (systemd-nspawn) and vm (volt-vmm); see docs/containers.md.
 //
 //	volt cas import FILE --name NAME [--chunk-size 2M] [--kind image]
 //	volt cas export NAME FILE
@@ -55,6 +55,7 @@ func root() *command {
 		casCommand(),
 		imageCommand(),
 		containerCommand(),
+		vmCommand(),
 	}}
 }
 

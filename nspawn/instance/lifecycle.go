@@ -160,8 +160,10 @@ func Remove(ctx context.Context, d Dir, store *cas.Store, mgr Manager, force boo
 		return err
 	}
 	defer unlock()
-	if alive, _ := d.SupervisorAlive(); alive {
-		return fmt.Errorf("%s %s: a supervisor started while removing it", d.Kind, d.Name)
+	// A supervisor that has recorded the end still has its cgroup and
+	// lock to let go of.
+	if !waitSupervisor(ctx, d, 10*time.Second) {
+		return fmt.Errorf("%s %s: its supervisor (pid %d) still holds it", d.Kind, d.Name, d.Observe(ctx, mgr).Record.Supervisor.PID)
 	}
 	if err := store.RemoveRef(d.CASRef()); err != nil && !errors.Is(err, cas.ErrNotFound) {
 		return err
@@ -221,6 +223,9 @@ func Commit(ctx context.Context, d Dir, store *cas.Store, q UnitQuerier, ref str
 	st := d.Observe(ctx, q)
 	if st.State.Live() {
 		return nil, fmt.Errorf("%s %s is %s: stop it first (its file system is mounted and changing)", d.Kind, d.Name, st.State)
+	}
+	if !waitSupervisor(ctx, d, 10*time.Second) {
+		return nil, fmt.Errorf("%s %s: its supervisor (pid %d) still holds it", d.Kind, d.Name, st.Record.Supervisor.PID)
 	}
 	v, err := volume.Open(ctx, store, d.VolumePath())
 	if err != nil {
