@@ -39,8 +39,8 @@ type Spec struct {
 	// Command is what volt-init runs (volt.run); empty: its default shell.
 	Command []string `json:"command,omitempty"`
 	// Cmdline is added to the kernel command line.
-	Cmdline   string    `json:"cmdline,omitempty"`
-	VMM string `json:"vmm"` // volt-vmm's absolute path
+	Cmdline string `json:"cmdline,omitempty"`
+	VMM     string `json:"vmm"` // volt-vmm's absolute path
 	// VMMFlags are more volt-vmm flags, passed as given (--no-seccomp,
 	// --hugepages, ...); the ones this package sets are refused.
 	VMMFlags  []string  `json:"vmm_flags,omitempty"`
@@ -116,7 +116,7 @@ func validWord(s string) bool {
 
 // KernelCmdline builds the guest's command line: volt-vmm's default, the
 // extra parameters, and volt.run with the command quoted the way volt-init
-// splits it (single quotes; a quote inside is '\''). The kernel gives
+// splits it (single quotes; a quote inside is '\”). The kernel gives
 // double quotes no escape, so a command holding one is refused.
 func KernelCmdline(s *Spec) (string, error) {
 	parts := []string{BaseCmdline}
