@@ -69,12 +69,12 @@ func (s CloneSpec) Validate() error {
 		switch {
 		case snap == nil:
 			errs = append(errs, fmt.Errorf("snapshot %d missing", i+1))
-		case s.Arm == CloneCAS && snap.CAS == nil:
+		case s.Arm == CloneCAS && snap.FirstCAS() == nil:
 			errs = append(errs, fmt.Errorf("snapshot %d has no CAS snapshot", i+1))
-		case s.Arm == CloneCAS && store != "" && snap.CAS.Store != store:
-			errs = append(errs, fmt.Errorf("snapshots in two CAS stores (%s, %s): clones share chunks only within one", store, snap.CAS.Store))
+		case s.Arm == CloneCAS && store != "" && snap.FirstCAS().Store != store:
+			errs = append(errs, fmt.Errorf("snapshots in two CAS stores (%s, %s): clones share chunks only within one", store, snap.FirstCAS().Store))
 		case s.Arm == CloneCAS:
-			store = snap.CAS.Store
+			store = snap.FirstCAS().Store
 		case snap.MemFileBytes == 0:
 			errs = append(errs, fmt.Errorf("snapshot %d has no memory file", i+1))
 		case s.Arm == ClonePrivate && snap.TouchPages == 0:
@@ -112,10 +112,12 @@ type CloneReport struct {
 	Started   time.Duration // until every clone had answered
 }
 
-// restoreArgs is the volt-vmm command line of a clone of snap.
+// restoreArgs is the volt-vmm command line of a clone of snap (in the CAS
+// arm, from its first CAS snapshot).
 func (s CloneSpec) restoreArgs(snap *Snapshot) []string {
 	if s.Arm == CloneCAS {
-		return append([]string{"--restore", snap.CAS.Dir}, append(snap.CAS.RestoreArgs(), "--console", "stdio")...)
+		c := snap.FirstCAS()
+		return append([]string{"--restore", c.Dir}, append(c.RestoreArgs(), "--console", "stdio")...)
 	}
 	return []string{"--restore", snap.Dir, "--console", "stdio"}
 }
@@ -124,7 +126,7 @@ func (s CloneSpec) restoreArgs(snap *Snapshot) []string {
 // guest memory in this arm.
 func (s CloneSpec) guestFiles(snap *Snapshot) func(string) bool {
 	if s.Arm == CloneCAS {
-		chunks := filepath.Join(realPath(snap.CAS.Store), "chunks") + "/"
+		chunks := filepath.Join(realPath(snap.FirstCAS().Store), "chunks") + "/"
 		return func(p string) bool { return strings.HasPrefix(p, chunks) }
 	}
 	mem := realPath(snap.MemPath())
@@ -286,7 +288,7 @@ func describeSnapshots(w io.Writer, snaps []*Snapshot) {
 		if s.MemFileBytes > 0 {
 			fmt.Fprintf(w, "; memory file %d KiB on disk", s.MemFileAllocated>>10)
 		}
-		if c := s.CAS; c != nil && c.ChunkSize > 0 {
+		if c := s.FirstCAS(); c != nil && c.ChunkSize > 0 {
 			fmt.Fprintf(w, "; CAS: %d data chunks of %s (%s MiB)", c.DataChunks, c.ChunkName(), formatMiB(c.DataBytes))
 		}
 		fmt.Fprintln(w)

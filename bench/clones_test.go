@@ -11,8 +11,8 @@ import (
 )
 
 func TestCloneSpecValidateAndRestoreArgs(t *testing.T) {
-	a := &Snapshot{Dir: "/a", MemFileBytes: 1, TouchPages: 10, CAS: &CASSnapshot{Store: "/s", Dir: "/a/cas"}}
-	b := &Snapshot{Dir: "/b", MemFileBytes: 1, TouchPages: 20, CAS: &CASSnapshot{Store: "/s", Dir: "/b/cas"}}
+	a := &Snapshot{Dir: "/a", MemFileBytes: 1, TouchPages: 10, CAS: []*CASSnapshot{{Store: "/s", Dir: "/a/cas"}}}
+	b := &Snapshot{Dir: "/b", MemFileBytes: 1, TouchPages: 20, CAS: []*CASSnapshot{{Store: "/s", Dir: "/b/cas"}}}
 	ok := CloneSpec{VMMBin: "v", Snapshots: []*Snapshot{a, b}, N: 4, Timeout: time.Second}
 	for _, arm := range CloneArms {
 		s := ok
@@ -36,7 +36,7 @@ func TestCloneSpecValidateAndRestoreArgs(t *testing.T) {
 	if m := s.guestFiles(b); !m("/b/vm.mem") || m("/a/vm.mem") {
 		t.Error("file guest memory is not the snapshot's own memory file")
 	}
-	other := &Snapshot{Dir: "/c", MemFileBytes: 1, CAS: &CASSnapshot{Store: "/t", Dir: "/c/cas"}}
+	other := &Snapshot{Dir: "/c", MemFileBytes: 1, CAS: []*CASSnapshot{{Store: "/t", Dir: "/c/cas"}}}
 	for name, spec := range map[string]CloneSpec{
 		"no clones":          {VMMBin: "v", Snapshots: []*Snapshot{a}, N: 0, Arm: CloneFile, Timeout: time.Second},
 		"no snapshot":        {VMMBin: "v", N: 1, Arm: CloneFile, Timeout: time.Second},

@@ -79,15 +79,8 @@ func (s DedupSpec) Validate() error {
 	if len(s.ChunkSizes) == 0 {
 		errs = append(errs, errors.New("no chunk size"))
 	}
-	seen := map[int64]bool{}
-	for _, c := range s.ChunkSizes {
-		if c < MinCASChunkSize || c > MaxCASChunkSize || c&(c-1) != 0 {
-			errs = append(errs, fmt.Errorf("chunk size %d: want a power of two from 4K to 64M", c))
-		}
-		if seen[c] {
-			errs = append(errs, fmt.Errorf("chunk size %s given twice", FormatChunkSize(c)))
-		}
-		seen[c] = true
+	if err := validateChunkSizes(s.ChunkSizes); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -101,6 +94,11 @@ type DedupSize struct {
 	// Alone[i] what it takes in a store of its own.
 	Added, Alone []int64
 	Took         time.Duration // importing all of them into the shared store
+	// VMMDiffer lists the snapshots (numbered from 1) whose manifest
+	// volt-vmm cut at this size (PUT /snapshot/create, mem_backend
+	// chunk_size) is not the one the CLI's import made of the same bytes.
+	// Equal manifests have equal digests, so it must be empty.
+	VMMDiffer []int
 }
 
 // StoredOverOne is stored bytes of all snapshots over the median snapshot
@@ -115,19 +113,20 @@ func (d DedupSize) StoredOverOne() float64 {
 
 // DedupReport is the outcome of RunDedup.
 type DedupReport struct {
-	Template  *Snapshot
-	Snapshots []*Snapshot // each with its CAS snapshot in the VMM's store
-	// VMMStore is the store volt-vmm itself snapshotted every snapshot
-	// into (PUT /snapshot/create, mem_backend Cas, its own chunk size).
-	VMMStore CASUsage
-	Sizes    []DedupSize
+	Template *Snapshot
+	// Snapshots, each with its CAS snapshots in the VMM's store, one per
+	// chunk size, in the order of Sizes.
+	Snapshots []*Snapshot
+	Sizes     []DedupSize
 }
 
 // RunDedup snapshots the probe once as a template, restores it once per
-// work and snapshots each into one CAS store through volt-vmm's API, then
-// stores the same memory again at every chunk size (exported with the volt
-// CLI and imported, all snapshots into one store, and each alone into a
-// store of its own).
+// work and snapshots each into one CAS store through volt-vmm's API, once
+// per chunk size, then stores the same memory again at every chunk size
+// with the volt CLI (exported from the VMM's store and imported, all
+// snapshots into one store, and each alone into a store of its own): the
+// space figures are the CLI's stores, one per size, and each of volt-vmm's
+// manifests is checked against the CLI's cut of the same bytes.
 func RunDedup(ctx context.Context, spec DedupSpec) (*DedupReport, error) {
 	if err := spec.Validate(); err != nil {
 		return nil, fmt.Errorf("dedup: %w", err)
@@ -155,7 +154,7 @@ func RunDedup(ctx context.Context, spec DedupSpec) (*DedupReport, error) {
 		}
 		snap, err := DeriveSnapshot(ctx, DeriveSpec{
 			VMMBin: spec.VMMBin, Template: tmpl, Work: w, Dir: dir, NoFile: true,
-			CASStore: vmmStore.Store, VoltBin: spec.VoltBin, Timeout: spec.Timeout, VMMArgs: spec.VMMArgs,
+			CASStore: vmmStore.Store, CASChunkSizes: spec.ChunkSizes, VoltBin: spec.VoltBin, Timeout: spec.Timeout, VMMArgs: spec.VMMArgs,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("dedup: snapshot %d (%s): %w", i+1, strings.Join(w, "; "), err)
@@ -163,18 +162,18 @@ func RunDedup(ctx context.Context, spec DedupSpec) (*DedupReport, error) {
 		rep.Snapshots = append(rep.Snapshots, snap)
 		spec.Progress.Step(0)
 	}
-	if rep.VMMStore, err = vmmStore.Usage(ctx); err != nil {
-		return nil, fmt.Errorf("dedup: %w", err)
-	}
 	// The RAM bytes of every snapshot, holes kept, as flat files to import.
 	raws := make([]string, len(rep.Snapshots))
 	for i, s := range rep.Snapshots {
 		raws[i] = filepath.Join(s.Dir, "memory.raw")
-		if err := vmmStore.Export(ctx, s.CAS.Ref, raws[i]); err != nil {
+		if len(s.CAS) != len(spec.ChunkSizes) {
+			return nil, fmt.Errorf("dedup: snapshot %d has %d CAS snapshots, want one per chunk size (%d)", i+1, len(s.CAS), len(spec.ChunkSizes))
+		}
+		if err := vmmStore.Export(ctx, s.CAS[0].Ref, raws[i]); err != nil {
 			return nil, fmt.Errorf("dedup: %w", err)
 		}
 	}
-	for _, cs := range spec.ChunkSizes {
+	for k, cs := range spec.ChunkSizes {
 		size := DedupSize{ChunkSize: cs}
 		shared := VoltCAS{Bin: spec.VoltBin, Store: filepath.Join(spec.Dir, "store-"+FormatChunkSize(cs))}
 		start := time.Now()
@@ -184,6 +183,9 @@ func RunDedup(ctx context.Context, spec DedupSpec) (*DedupReport, error) {
 				return nil, fmt.Errorf("dedup: %w", err)
 			}
 			size.Added = append(size.Added, imp.NewBytes)
+			if imp.Digest != rep.Snapshots[i].CAS[k].Manifest {
+				size.VMMDiffer = append(size.VMMDiffer, i+1)
+			}
 			spec.Progress.Step(0)
 		}
 		size.Took = time.Since(start)
@@ -217,7 +219,7 @@ func RunDedup(ctx context.Context, spec DedupSpec) (*DedupReport, error) {
 // against one alone, then each snapshot's share.
 func WriteDedup(w io.Writer, r *DedupReport) error {
 	t := r.Template
-	fmt.Fprintf(w, "%d probe snapshots, each a restore of one template (%s, %d vCPU, %d pages touched) after different work, snapshotted by volt-vmm into its CAS store; then the same RAM bytes stored at each chunk size with the volt CLI\n",
+	fmt.Fprintf(w, "%d probe snapshots, each a restore of one template (%s, %d vCPU, %d pages touched) after different work, snapshotted by volt-vmm into its CAS store at each chunk size; then the same RAM bytes stored at each chunk size with the volt CLI, a store per size\n",
 		len(r.Snapshots), t.Memory, t.CPUs, t.TouchPages)
 	fmt.Fprintf(w, "MiB; one snapshot = the median of each snapshot stored alone; issue 12's goal: all of them in ≤ %.1f× one\n", DedupGoal)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -238,19 +240,15 @@ func WriteDedup(w io.Writer, r *DedupReport) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	v := r.VMMStore
-	fmt.Fprintf(w, "volt-vmm's own CAS snapshots (its default chunk size): logical %s, data %s, stored %s MiB in %d chunk files",
-		formatMiB(v.LogicalBytes), formatMiB(v.DataBytes), formatMiB(v.StoredBytes), v.StoredChunks)
+	var cuts []string
 	for _, d := range r.Sizes {
-		if len(r.Snapshots) > 0 && r.Snapshots[0].CAS != nil && d.ChunkSize == r.Snapshots[0].CAS.ChunkSize {
-			if d.Usage.StoredBytes == v.StoredBytes {
-				fmt.Fprintf(w, "; the same as the volt CLI's import at %s", FormatChunkSize(d.ChunkSize))
-			} else {
-				fmt.Fprintf(w, "; NOT the %s MiB the volt CLI stored at %s", formatMiB(d.Usage.StoredBytes), FormatChunkSize(d.ChunkSize))
-			}
+		if len(d.VMMDiffer) == 0 {
+			cuts = append(cuts, fmt.Sprintf("%s the same for all %d", FormatChunkSize(d.ChunkSize), len(d.Added)))
+		} else {
+			cuts = append(cuts, fmt.Sprintf("%s NOT the same for snapshot(s) %v", FormatChunkSize(d.ChunkSize), d.VMMDiffer))
 		}
 	}
-	fmt.Fprintln(w)
+	fmt.Fprintf(w, "volt-vmm's own cuts (mem_backend.chunk_size) against the volt CLI's import of the same bytes, manifest for manifest: %s\n", strings.Join(cuts, "; "))
 	fmt.Fprintln(w, "\nper snapshot, MiB: alone = stored in a store of its own; added = new chunks when imported after the ones above it")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprint(tw, "#\twork\ttouched\t")

@@ -39,14 +39,13 @@ func TestDedupSpecValidate(t *testing.T) {
 
 func TestWriteDedupShowsStoredAgainstOneSnapshot(t *testing.T) {
 	snaps := []*Snapshot{
-		{Work: "echo idle", TouchPages: 100, CAS: &CASSnapshot{ChunkSize: 2 << 20}},
-		{Work: "touch 200", TouchPages: 200, CAS: &CASSnapshot{ChunkSize: 2 << 20}},
-		{Work: "touch 300", TouchPages: 300, CAS: &CASSnapshot{ChunkSize: 2 << 20}},
+		{Work: "echo idle", TouchPages: 100},
+		{Work: "touch 200", TouchPages: 200},
+		{Work: "touch 300", TouchPages: 300},
 	}
 	rep := &DedupReport{
 		Template:  &Snapshot{Memory: "128M", CPUs: 1, TouchPages: 100},
 		Snapshots: snaps,
-		VMMStore:  CASUsage{LogicalBytes: 3 * 128 << 20, StoredBytes: 10 << 20, StoredChunks: 5},
 		Sizes: []DedupSize{
 			{ChunkSize: 2 << 20, Usage: CASUsage{LogicalBytes: 3 * 128 << 20, DataBytes: 18 << 20, StoredBytes: 10 << 20, StoredChunks: 5},
 				Added: []int64{6 << 20, 2 << 20, 2 << 20}, Alone: []int64{6 << 20, 6 << 20, 8 << 20}},
@@ -62,16 +61,16 @@ func TestWriteDedupShowsStoredAgainstOneSnapshot(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := buf.String()
-	for _, want := range []string{"1.67×", "1.25×", "≤ 1.3×", "the same as the volt CLI's import at 2M", "touch 300", "alone 64K", "added 64K"} {
+	for _, want := range []string{"1.67×", "1.25×", "≤ 1.3×", "2M the same for all 3; 64K the same for all 3", "touch 300", "alone 64K", "added 64K"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
-	rep.VMMStore.StoredBytes++
+	rep.Sizes[1].VMMDiffer = []int{2, 3}
 	buf.Reset()
 	WriteDedup(&buf, rep)
-	if !strings.Contains(buf.String(), "NOT the 10.00 MiB the volt CLI stored at 2M") {
-		t.Errorf("a disagreement between volt-vmm's store and the CLI's import is not shown:\n%s", buf.String())
+	if !strings.Contains(buf.String(), "2M the same for all 3; 64K NOT the same for snapshot(s) [2 3]") {
+		t.Errorf("a disagreement between volt-vmm's cut and the CLI's import is not shown:\n%s", buf.String())
 	}
 }
 

@@ -126,14 +126,6 @@ func TestRestoreRunTimesEveryStageInOrder(t *testing.T) {
 
 var genIDRE = regexp.MustCompile(`^[0-9a-f]{32}$`)
 
-// prepareVMMArgs go to the volt-vmm processes that make snapshots, which
-// are fixtures here (the restores and clones measured run confined as
-// always): volt-vmm's confinement at 93fbbdd kills it in the middle of a
-// snapshot into a CAS store (seccomp: mkdirat, fstat; Landlock: the rename
-// into a store needs the REFER right) and of a snapshot of a restored VM
-// (seccomp: lseek). Drop these once volt-vmm snapshots confined.
-var prepareVMMArgs = []string{"--no-seccomp", "--no-landlock"}
-
 // voltCLIFixture is the volt CLI: $VOLT_CLI, or built from this tree.
 func voltCLIFixture(t *testing.T) string {
 	t.Helper()
@@ -182,7 +174,6 @@ func prepareCloneSnapshots(t *testing.T, touch int) []*Snapshot {
 	dir := t.TempDir()
 	tmpl, err := PrepareSnapshot(context.Background(), SnapshotSpec{
 		VMMBin: vmmBin, Kernel: elf, Memory: "128M", CPUs: 1, TouchPages: touch, Dir: t.TempDir(), Timeout: 30 * time.Second,
-		VMMArgs: prepareVMMArgs,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -195,7 +186,6 @@ func prepareCloneSnapshots(t *testing.T, touch int) []*Snapshot {
 		}
 		snap, err := DeriveSnapshot(context.Background(), DeriveSpec{
 			VMMBin: vmmBin, Template: tmpl, Work: work, Dir: d, CASStore: filepath.Join(dir, "store"), VoltBin: volt, Timeout: 30 * time.Second,
-			VMMArgs: prepareVMMArgs,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -209,8 +199,8 @@ func prepareCloneSnapshots(t *testing.T, touch int) []*Snapshot {
 		t.Errorf("B: %d pages, sum %s", snaps[1].TouchPages, snaps[1].TouchSum)
 	}
 	for i, s := range snaps {
-		if s.CAS == nil || s.CAS.Manifest == "" || s.CAS.ChunkSize == 0 || s.MemFileBytes == 0 {
-			t.Fatalf("snapshot %d: %+v, CAS %+v", i, s, s.CAS)
+		if c := s.FirstCAS(); len(s.CAS) != 1 || c.Manifest == "" || c.ChunkSize == 0 || c.Dir != filepath.Join(s.Dir, "cas") || s.MemFileBytes == 0 {
+			t.Fatalf("snapshot %d: %+v, CAS %+v: want one CAS snapshot at the VMM's default size, in DIR/cas", i, s, s.CAS)
 		}
 	}
 	return snaps
@@ -284,9 +274,10 @@ func TestClonesOfTwoSnapshotsShareChunksOnlyThroughTheCAS(t *testing.T) {
 }
 
 // --from both: the same snapshot restored from its memory file and from the
-// CAS, at volt-vmm's own chunk size and re-chunked to 64 KiB, every stage
-// reached in order, and only the poweroff marker written (a restore, not a
-// boot).
+// CAS at two chunk sizes, each a snapshot volt-vmm cut itself
+// (mem_backend.chunk_size) of the one paused VM, every stage reached in
+// order, and only the poweroff marker written (a restore, not a boot).
+// All of it under volt-vmm's default confinement, snapshots included.
 func TestRestoreFromCASAtEveryChunkSize(t *testing.T) {
 	r := requireRunner(t)
 	vmmBin, elf := probeFixture(t)
@@ -295,22 +286,34 @@ func TestRestoreFromCASAtEveryChunkSize(t *testing.T) {
 	store := filepath.Join(dir, "store")
 	snap, err := PrepareSnapshot(context.Background(), SnapshotSpec{
 		VMMBin: vmmBin, Kernel: elf, Memory: "128M", CPUs: 1, TouchPages: 300, Dir: dir, Timeout: 30 * time.Second,
-		CASStore: store, VoltBin: volt, VMMArgs: prepareVMMArgs,
+		CASStore: store, CASChunkSizes: []int64{2 << 20, 64 << 10}, VoltBin: volt,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cut, err := RechunkCAS(context.Background(), VoltCAS{Bin: volt, Store: store}, snap.CAS, 64<<10, filepath.Join(dir, "cas-64K"))
-	if err != nil {
-		t.Fatal(err)
+	if len(snap.CAS) != 2 {
+		t.Fatalf("%d CAS snapshots, want one per chunk size", len(snap.CAS))
 	}
-	if cut.ChunkSize != 64<<10 || cut.Manifest == snap.CAS.Manifest || cut.DataBytes >= snap.CAS.DataBytes {
-		t.Errorf("re-chunked %+v from %+v: want 64 KiB chunks, another manifest, fewer data bytes", cut, snap.CAS)
+	big, small := snap.CAS[0], snap.CAS[1]
+	for _, c := range snap.CAS {
+		if c.Store != store || c.Dir != CASStateDir(dir, c.ChunkSize) || !isDigest(c.Manifest) || c.DataChunks == 0 {
+			t.Errorf("CAS snapshot %+v", c)
+		}
 	}
-	targets := []RestoreTarget{FileTarget(snap), CASTarget(snap.CAS), CASTarget(cut)}
+	// The same memory, cut finer: another manifest, more and smaller data
+	// chunks that hold fewer bytes (the touched pages, not whole 2 MiB
+	// around them).
+	if big.ChunkSize != 2<<20 || small.ChunkSize != 64<<10 || small.Manifest == big.Manifest ||
+		small.DataChunks <= big.DataChunks || small.DataBytes >= big.DataBytes {
+		t.Errorf("cuts: 2M %+v, 64K %+v: want 64 KiB chunks, another manifest, more data chunks, fewer data bytes", big, small)
+	}
+	targets := []RestoreTarget{FileTarget(snap), CASTarget(big), CASTarget(small)}
 	arms, err := RestoreArms(voltConfig(t), snap, targets, false, "")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if got := []string{arms[1].Name, arms[2].Name}; strings.Join(got, " ") != "restore-cas-2M restore-cas-64K" {
+		t.Errorf("CAS arms %v", got)
 	}
 	const n = 3
 	runs, err := r.RunPlan(context.Background(), Plan{Arms: arms, N: n, Observe: func(a Arm, b Boot) {
@@ -335,25 +338,21 @@ func TestRestoreFromCASAtEveryChunkSize(t *testing.T) {
 			}
 		}
 	}
-	// A state file naming a manifest the store lacks is refused by
-	// volt-vmm, never restored from whatever else is there.
-	bad, err := os.ReadFile(cut.StatePath())
-	if err != nil {
-		t.Fatal(err)
+	// A state file whose manifest the store no longer holds is refused by
+	// volt-vmm, never restored from whatever else is there: drop the 64 KiB
+	// cut's name and collect it.
+	for _, args := range [][]string{{"cas", "rm", small.Ref}, {"cas", "gc"}} {
+		if out, err := exec.Command(volt, append(args, "--store", store)...).CombinedOutput(); err != nil {
+			t.Fatalf("volt %v: %v\n%s", args, err, out)
+		}
 	}
-	if bad, err = swapStateManifest(bad, cut.Manifest, strings.Repeat("ab", 32)); err != nil {
-		t.Fatal(err)
-	}
-	badDir := filepath.Join(dir, "missing")
-	if err := os.Mkdir(badDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(badDir, "vm.state"), bad, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	b := r.Boot(context.Background(), RestoreTargetConfig(voltConfig(t), snap, CASTarget(&CASSnapshot{Store: store, Dir: badDir})))
-	if b.Err == nil {
+	if b := r.Boot(context.Background(), RestoreTargetConfig(voltConfig(t), snap, CASTarget(small))); b.Err == nil {
 		t.Error("restored a snapshot whose manifest is not in the store")
+	} else {
+		t.Logf("the 64 KiB cut after its manifest was collected: %v", b.Err)
+	}
+	if b := r.Boot(context.Background(), RestoreTargetConfig(voltConfig(t), snap, CASTarget(big))); b.Err != nil {
+		t.Errorf("the 2 MiB cut, still named, after the gc: %v", b.Err)
 	}
 }
 
@@ -363,7 +362,7 @@ func TestDedupStoresTheSnapshotsOfOneTemplate(t *testing.T) {
 	rep, err := RunDedup(context.Background(), DedupSpec{
 		VMMBin: vmmBin, Kernel: elf, VoltBin: voltCLIFixture(t), Memory: "128M", CPUs: 1, TemplateTouch: 600,
 		Works: [][]string{{"echo x"}, {"touch 600"}, {"touch 700", "gen"}}, ChunkSizes: []int64{2 << 20, 64 << 10},
-		Dir: t.TempDir(), Timeout: 30 * time.Second, VMMArgs: prepareVMMArgs,
+		Dir: t.TempDir(), Timeout: 30 * time.Second,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -397,9 +396,17 @@ func TestDedupStoresTheSnapshotsOfOneTemplate(t *testing.T) {
 	if big, small := rep.Sizes[0].Usage.StoredBytes, rep.Sizes[1].Usage.StoredBytes; small > big {
 		t.Errorf("64 KiB chunks stored %d bytes, more than 2 MiB chunks' %d", small, big)
 	}
-	// volt-vmm's own CAS snapshots are cut as the CLI cuts 2 MiB chunks.
-	if rep.VMMStore.StoredBytes != rep.Sizes[0].Usage.StoredBytes {
-		t.Errorf("volt-vmm stored %d bytes, the CLI at 2 MiB %d", rep.VMMStore.StoredBytes, rep.Sizes[0].Usage.StoredBytes)
+	// volt-vmm cut every snapshot at every size as the CLI cuts the same
+	// bytes: the same manifests.
+	for k, d := range rep.Sizes {
+		if len(d.VMMDiffer) > 0 {
+			t.Errorf("%s: volt-vmm's manifests of snapshots %v are not the CLI's", FormatChunkSize(d.ChunkSize), d.VMMDiffer)
+		}
+		for i, s := range rep.Snapshots {
+			if c := s.CAS[k]; c.ChunkSize != d.ChunkSize || c.Dir != CASStateDir(s.Dir, d.ChunkSize) {
+				t.Errorf("snapshot %d, cut %d: %+v, want %s chunks", i+1, k, c, FormatChunkSize(d.ChunkSize))
+			}
+		}
 	}
 }
 

@@ -74,8 +74,8 @@ func TestRestoreArmsDriveBothSidesAlike(t *testing.T) {
 func TestRestoreArmsFromFileAndCAS(t *testing.T) {
 	boot := Config{VMM: VMMVolt, VMMBin: "/bin/volt-vmm", Guest: GuestProbe, Kernel: "probe.elf", Memory: "128M", CPUs: 1, Timeout: time.Second}
 	snap := &Snapshot{Dir: "/snap", Memory: "128M", CPUs: 1}
-	own := &CASSnapshot{Store: "/snap/store", Dir: "/snap/cas", ChunkSize: 2 << 20}
-	cut := &CASSnapshot{Store: "/snap/store", Dir: "/snap/cas-64K", ChunkSize: 64 << 10, Rechunked: true}
+	own := &CASSnapshot{Store: "/snap/store", Dir: "/snap/cas-2M", ChunkSize: 2 << 20}
+	cut := &CASSnapshot{Store: "/snap/store", Dir: "/snap/cas-64K", ChunkSize: 64 << 10}
 	targets := []RestoreTarget{FileTarget(snap), CASTarget(own), CASTarget(cut)}
 	arms, err := RestoreArms(boot, snap, targets, true, fakeFloorDir(t))
 	if err != nil {
@@ -93,7 +93,7 @@ func TestRestoreArmsFromFileAndCAS(t *testing.T) {
 	}
 	for i, want := range [][]string{
 		{"--restore", "/snap", "--console", "stdio"},
-		{"--restore", "/snap/cas", "--console", "stdio", "--cas-store", "/snap/store"},
+		{"--restore", "/snap/cas-2M", "--console", "stdio", "--cas-store", "/snap/store"},
 		{"--restore", "/snap/cas-64K", "--console", "stdio", "--cas-store", "/snap/store"},
 	} {
 		a := arms[3+i]

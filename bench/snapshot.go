@@ -27,9 +27,12 @@ type SnapshotSpec struct {
 	Dir        string        // existing directory the snapshot is written to
 	Timeout    time.Duration // for the whole preparation
 	// CASStore, when set, also snapshots the paused VM into this CAS store
-	// (PUT /snapshot/create with mem_backend Cas, volt-vmm's own chunking),
-	// its state file in Dir/cas: the same VM state, its memory in the store.
-	CASStore string
+	// (PUT /snapshot/create with mem_backend Cas): the same VM state, its
+	// memory in the store, once per size in CASChunkSizes (chunk_size), in
+	// that order, each with its state file in CASStateDir(Dir, size);
+	// with no sizes, once at the VMM's default, in Dir/cas.
+	CASStore      string
+	CASChunkSizes []int64
 	// VoltBin, the volt CLI, describes the CAS snapshot from the store
 	// (manifest, chunk size, data chunks); without it they stay unknown.
 	VoltBin string
@@ -60,8 +63,42 @@ func (s SnapshotSpec) Validate() error {
 	if s.Timeout <= 0 {
 		errs = append(errs, errors.New("no timeout"))
 	}
-	if s.VoltBin != "" && s.CASStore == "" {
+	if err := validateCASCuts(s.CASStore, s.CASChunkSizes, s.VoltBin); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// validateCASCuts checks the CAS side of a snapshot spec: chunk sizes only
+// with a store, each a size volt-vmm takes, none twice; the volt CLI only
+// where there is a CAS snapshot to describe.
+func validateCASCuts(store string, sizes []int64, voltBin string) error {
+	var errs []error
+	if voltBin != "" && store == "" {
 		errs = append(errs, errors.New("the volt CLI describes a CAS snapshot, and there is no CAS store"))
+	}
+	if len(sizes) > 0 && store == "" {
+		errs = append(errs, errors.New("CAS chunk sizes, and there is no CAS store"))
+	}
+	if err := validateChunkSizes(sizes); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// validateChunkSizes checks that every size is one a CAS object may have
+// (and so mem_backend.chunk_size takes) and that none comes twice.
+func validateChunkSizes(sizes []int64) error {
+	var errs []error
+	seen := map[int64]bool{}
+	for _, c := range sizes {
+		if c < MinCASChunkSize || c > MaxCASChunkSize || c&(c-1) != 0 {
+			errs = append(errs, fmt.Errorf("chunk size %d: want a power of two from 4K to 64M", c))
+		}
+		if seen[c] {
+			errs = append(errs, fmt.Errorf("chunk size %s given twice", FormatChunkSize(c)))
+		}
+		seen[c] = true
 	}
 	return errors.Join(errs...)
 }
@@ -80,8 +117,9 @@ type Snapshot struct {
 	// only into the CAS.
 	MemFileBytes, MemFileAllocated int64
 	Took                           time.Duration // boot, touch, pause, snapshot
-	// CAS is the same VM snapshotted into a CAS store, when asked.
-	CAS *CASSnapshot
+	// CAS is the same VM snapshotted into a CAS store by volt-vmm, when
+	// asked: one per chunk size asked for, in that order.
+	CAS []*CASSnapshot
 	// Work is what the guest did after its template's restore, for a
 	// snapshot made by DeriveSnapshot: its probe commands, "; "-joined.
 	Work string
@@ -89,6 +127,29 @@ type Snapshot struct {
 
 // MemPath is the memory file's path.
 func (s *Snapshot) MemPath() string { return filepath.Join(s.Dir, types.SnapshotMemFile) }
+
+// FirstCAS is its first CAS snapshot, nil without one.
+func (s *Snapshot) FirstCAS() *CASSnapshot {
+	if len(s.CAS) == 0 {
+		return nil
+	}
+	return s.CAS[0]
+}
+
+// casCuts says which CAS snapshots takeSnapshots takes: one into Store per
+// size (0 alone: the VMM's default), described with the volt CLI VoltBin
+// when set.
+type casCuts struct {
+	Store, VoltBin string
+	Sizes          []int64
+}
+
+func newCASCuts(store string, sizes []int64, voltBin string) casCuts {
+	if store != "" && len(sizes) == 0 {
+		sizes = []int64{0}
+	}
+	return casCuts{Store: store, VoltBin: voltBin, Sizes: sizes}
+}
 
 // PrepareSnapshot boots the probe under volt-vmm with its API on a socket
 // in spec.Dir, waits for it to be ready, optionally touches pages, pauses
@@ -132,7 +193,7 @@ func PrepareSnapshot(ctx context.Context, spec SnapshotSpec) (*Snapshot, error) 
 			return nil, fmt.Errorf("snapshot: touch: %w", err)
 		}
 	}
-	if err := takeSnapshots(ctx, api, snap, true, spec.CASStore, spec.VoltBin); err != nil {
+	if err := takeSnapshots(ctx, api, snap, true, newCASCuts(spec.CASStore, spec.CASChunkSizes, spec.VoltBin)); err != nil {
 		return nil, con.explain(err)
 	}
 	con.terminate(2 * time.Second)
@@ -156,10 +217,12 @@ func snapshotterArgs(dir, casStore string, extra []string) ([]string, error) {
 }
 
 // takeSnapshots pauses the VM behind api and snapshots it into snap.Dir:
-// with file, a state and a memory file; with casStore, also (or only) a
-// state file in Dir/cas whose memory is a manifest in casStore, described
-// with the volt CLI when voltBin is set.
-func takeSnapshots(ctx context.Context, api *client.Client, snap *Snapshot, file bool, casStore, voltBin string) error {
+// with file, a state and a memory file; then, for every size in cas, a
+// state file in CASStateDir(snap.Dir, size) whose memory volt-vmm cut into
+// chunks of that size in cas.Store (mem_backend.chunk_size), each
+// described with the volt CLI when cas.VoltBin is set. The VM stays paused
+// throughout, so every snapshot holds the same VM.
+func takeSnapshots(ctx context.Context, api *client.Client, snap *Snapshot, file bool, cas casCuts) error {
 	if err := api.Pause(ctx); err != nil {
 		return fmt.Errorf("snapshot: pause: %w", err)
 	}
@@ -176,37 +239,40 @@ func takeSnapshots(ctx context.Context, api *client.Client, snap *Snapshot, file
 		}
 		snap.MemFileBytes, snap.MemFileAllocated = st.Size, st.Blocks*512
 	}
-	if casStore == "" {
+	if len(cas.Sizes) == 0 {
 		return nil
 	}
-	c := &CASSnapshot{Store: casStore, Dir: filepath.Join(snap.Dir, "cas")}
-	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
-		return fmt.Errorf("snapshot: %w", err)
-	}
-	volt := VoltCAS{Bin: voltBin, Store: casStore}
+	volt := VoltCAS{Bin: cas.VoltBin, Store: cas.Store}
 	var before []CASObject
-	if voltBin != "" && regular(filepath.Join(casStore, "VERSION")) == nil {
+	if cas.VoltBin != "" && regular(filepath.Join(cas.Store, "VERSION")) == nil {
 		var err error
 		if before, err = volt.List(ctx); err != nil {
 			return fmt.Errorf("snapshot: %w", err)
 		}
 	}
-	if err := api.CreateSnapshot(ctx, types.SnapshotCreateParams{
-		SnapshotPath: c.StatePath(),
-		MemBackend:   &types.MemoryBackend{BackendType: types.MemBackendCas, BackendPath: casStore},
-	}); err != nil {
-		return fmt.Errorf("snapshot: create in the CAS store %s: %w", casStore, err)
-	}
-	if voltBin != "" {
-		after, err := volt.List(ctx)
-		if err != nil {
+	for _, size := range cas.Sizes {
+		c := &CASSnapshot{Store: cas.Store, Dir: CASStateDir(snap.Dir, size), ChunkSize: size}
+		if err := os.Mkdir(c.Dir, 0o700); err != nil {
 			return fmt.Errorf("snapshot: %w", err)
 		}
-		if err := describeCAS(c, before, after); err != nil {
-			return err
+		if err := api.CreateSnapshot(ctx, types.SnapshotCreateParams{
+			SnapshotPath: c.StatePath(),
+			MemBackend:   &types.MemoryBackend{BackendType: types.MemBackendCas, BackendPath: cas.Store, ChunkSize: size},
+		}); err != nil {
+			return fmt.Errorf("snapshot: create in the CAS store %s at %s chunks: %w", cas.Store, c.ChunkName(), err)
 		}
+		if cas.VoltBin != "" {
+			after, err := volt.List(ctx)
+			if err != nil {
+				return fmt.Errorf("snapshot: %w", err)
+			}
+			if err := describeCAS(c, before, after); err != nil {
+				return err
+			}
+			before = after
+		}
+		snap.CAS = append(snap.CAS, c)
 	}
-	snap.CAS = c
 	return nil
 }
 
@@ -221,8 +287,9 @@ type DeriveSpec struct {
 	Dir     string // existing directory the snapshot is written to
 	NoFile  bool   // snapshot only into CASStore, no memory file
 	Timeout time.Duration
-	// CASStore, VoltBin and VMMArgs as in SnapshotSpec.
+	// CASStore, CASChunkSizes, VoltBin and VMMArgs as in SnapshotSpec.
 	CASStore, VoltBin string
+	CASChunkSizes     []int64
 	VMMArgs           []string
 }
 
@@ -237,8 +304,9 @@ func DeriveSnapshot(ctx context.Context, spec DeriveSpec) (*Snapshot, error) {
 		return nil, errors.New("derive snapshot: need a volt-vmm, a template, a directory and a timeout")
 	case spec.NoFile && spec.CASStore == "":
 		return nil, errors.New("derive snapshot: no memory file and no CAS store: nowhere to put the memory")
-	case spec.VoltBin != "" && spec.CASStore == "":
-		return nil, errors.New("derive snapshot: the volt CLI describes a CAS snapshot, and there is no CAS store")
+	}
+	if err := validateCASCuts(spec.CASStore, spec.CASChunkSizes, spec.VoltBin); err != nil {
+		return nil, fmt.Errorf("derive snapshot: %w", err)
 	}
 	replies := make([]string, len(spec.Work))
 	for i, w := range spec.Work {
@@ -283,7 +351,7 @@ func DeriveSnapshot(ctx context.Context, spec DeriveSpec) (*Snapshot, error) {
 			snap.TouchPages = n
 		}
 	}
-	if err := takeSnapshots(ctx, api, snap, !spec.NoFile, spec.CASStore, spec.VoltBin); err != nil {
+	if err := takeSnapshots(ctx, api, snap, !spec.NoFile, newCASCuts(spec.CASStore, spec.CASChunkSizes, spec.VoltBin)); err != nil {
 		return nil, con.explain(err)
 	}
 	con.terminate(2 * time.Second)
@@ -403,7 +471,7 @@ func (c *guestConsole) explain(err error) error {
 	hint := ""
 	if strings.Contains(status, "bad system call") {
 		// SIGSYS: its own seccomp filter killed it.
-		hint = " (volt-vmm's seccomp filter killed it while snapshotting: see \"Snapshots made for a run\" in bench/README.md, e.g. --prepare-vmm-arg=--no-seccomp --prepare-vmm-arg=--no-landlock)"
+		hint = " (volt-vmm's own seccomp filter killed it while snapshotting: a system call its filter lacks; see \"Snapshots made for a run\" in bench/README.md)"
 	}
 	return fmt.Errorf("%w; volt-vmm ended: %s%s; stderr %q", err, status, hint, strings.TrimSpace(c.stderr.String()))
 }

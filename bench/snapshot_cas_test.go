@@ -1,11 +1,7 @@
 package bench
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
-	"errors"
 	"os"
 	"strings"
 	"testing"
@@ -16,96 +12,6 @@ const (
 	digestA = "0ec880a03508aa0ec880a03508aa0ec880a03508aa0ec880a03508aa0ec880a0"
 	digestB = "8bb513b9a3938bb513b9a3938bb513b9a3938bb513b9a3938bb513b9a3938bb5"
 )
-
-// stateFile encodes payload as docs/snapshots.md lays out a state file.
-func stateFile(major, minor uint16, payload []byte) []byte {
-	out := make([]byte, stateHeaderSize, stateHeaderSize+len(payload))
-	copy(out, stateMagic)
-	binary.LittleEndian.PutUint16(out[8:], major)
-	binary.LittleEndian.PutUint16(out[10:], minor)
-	binary.LittleEndian.PutUint64(out[16:], uint64(len(payload)))
-	sum := sha256.Sum256(payload)
-	copy(out[24:], sum[:])
-	return append(out, payload...)
-}
-
-func TestSwapStateManifestRepointsOnlyTheDigest(t *testing.T) {
-	payload := []byte(`{"Machine":{"CPUs":1},"Memory":{"Size":134217728,"Manifest":"` + digestA + `","Regions":[]}}`)
-	in := stateFile(2, 0, payload)
-	out, err := swapStateManifest(in, digestA, digestB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := stateFile(2, 0, bytes.Replace(payload, []byte(digestA), []byte(digestB), 1))
-	if !bytes.Equal(out, want) {
-		t.Errorf("swapped state differs from the state naming the new manifest:\n%q\n%q", out, want)
-	}
-	if bytes.Contains(in, []byte(digestB)) {
-		t.Error("the input was changed")
-	}
-	// The result is a state file again: swapping back restores the input.
-	back, err := swapStateManifest(out, digestB, digestA)
-	if err != nil || !bytes.Equal(back, in) {
-		t.Errorf("swap back: %v", err)
-	}
-}
-
-func TestSwapStateManifestRefusesWhatItWasNotWrittenFor(t *testing.T) {
-	good := []byte(`{"Memory":{"Manifest":"` + digestA + `"}}`)
-	twice := []byte(`{"Memory":{"Manifest":"` + digestA + `"},"Other":"` + digestA + `"}`)
-	flipped := stateFile(2, 0, good)
-	flipped[len(flipped)-3] ^= 1
-	short := stateFile(2, 0, good)
-	binary.LittleEndian.PutUint64(short[16:], uint64(len(good)+1))
-	reserved := stateFile(2, 0, good)
-	reserved[12] = 1
-	for name, tc := range map[string]struct {
-		state    []byte
-		old, new string
-	}{
-		"empty":            {nil, digestA, digestB},
-		"bad magic":        {append([]byte("NOTSNAP!"), stateFile(2, 0, good)[8:]...), digestA, digestB},
-		"format 1":         {stateFile(1, 0, good), digestA, digestB},
-		"format 3":         {stateFile(3, 0, good), digestA, digestB},
-		"reserved bytes":   {reserved, digestA, digestB},
-		"length":           {short, digestA, digestB},
-		"checksum":         {flipped, digestA, digestB},
-		"not named":        {stateFile(2, 0, good), digestB, digestA},
-		"named twice":      {stateFile(2, 0, twice), digestA, digestB},
-		"old not a digest": {stateFile(2, 0, good), "0ec880a0", digestB},
-		"new not a digest": {stateFile(2, 0, good), digestA, strings.ToUpper(digestB)},
-		"header only":      {stateFile(2, 0, nil), digestA, digestB},
-	} {
-		if _, err := swapStateManifest(tc.state, tc.old, tc.new); !errors.Is(err, ErrStateFile) {
-			t.Errorf("%s: %v, want ErrStateFile", name, err)
-		}
-	}
-}
-
-// The state file is read from disk: whatever it holds, swapStateManifest
-// either refuses it or returns a state file of the same length that names
-// the new manifest where it named the old one, with a valid checksum.
-func FuzzSwapStateManifest(f *testing.F) {
-	f.Add(stateFile(2, 0, []byte(`{"Memory":{"Manifest":"`+digestA+`"}}`)))
-	f.Add(stateFile(2, 1, []byte(`"`+digestA+`"`)))
-	f.Add([]byte(stateMagic))
-	f.Fuzz(func(t *testing.T, state []byte) {
-		out, err := swapStateManifest(state, digestA, digestB)
-		if err != nil {
-			if !errors.Is(err, ErrStateFile) {
-				t.Fatalf("error %v does not wrap ErrStateFile", err)
-			}
-			return
-		}
-		if len(out) != len(state) || bytes.Count(out[stateHeaderSize:], []byte(`"`+digestB+`"`)) < 1 {
-			t.Fatalf("swapped %d bytes into %d", len(state), len(out))
-		}
-		sum := sha256.Sum256(out[stateHeaderSize:])
-		if !bytes.Equal(sum[:], out[24:stateHeaderSize]) {
-			t.Fatal("checksum not recomputed")
-		}
-	})
-}
 
 func TestParseChunkSize(t *testing.T) {
 	for in, want := range map[string]int64{"2M": 2 << 20, "256K": 256 << 10, "64k": 64 << 10, "4096": 4096, "64M": 64 << 20, "1MiB": 1 << 20} {
@@ -133,14 +39,32 @@ func TestDescribeCASFindsTheOneNewMemoryRef(t *testing.T) {
 	if c.Ref != added.Name || c.Manifest != digestA || c.ChunkSize != 2<<20 || c.DataChunks != 3 || c.ChunkName() != "2M" {
 		t.Errorf("described %+v", c)
 	}
-	for name, after := range map[string][]CASObject{
-		"none new": {old},
-		"two new":  {old, added, {Name: "x", Digest: digestA, Kind: "memory"}},
-		"an image": {old, {Name: "img", Digest: digestA, Kind: "image"}},
-		"bad hash": {old, {Name: "m", Digest: "zz", Kind: "memory"}},
+	// Asked for 2 MiB chunks, and the store has them: described.
+	asked := &CASSnapshot{Store: "/s", ChunkSize: 2 << 20}
+	if err := describeCAS(asked, []CASObject{old}, []CASObject{old, added}); err != nil || asked.Manifest != digestA {
+		t.Errorf("asked for 2M, got %+v: %v", asked, err)
+	}
+	for name, tc := range map[string]struct {
+		asked int64
+		after []CASObject
+	}{
+		"none new": {0, []CASObject{old}},
+		"two new":  {0, []CASObject{old, added, {Name: "x", Digest: digestA, Kind: "memory"}}},
+		"an image": {0, []CASObject{old, {Name: "img", Digest: digestA, Kind: "image"}}},
+		"bad hash": {0, []CASObject{old, {Name: "m", Digest: "zz", Kind: "memory"}}},
+		// volt-vmm ignored mem_backend.chunk_size: its own size instead.
+		"another chunk size": {64 << 10, []CASObject{old, added}},
 	} {
-		if err := describeCAS(&CASSnapshot{}, []CASObject{old}, after); err == nil {
+		if err := describeCAS(&CASSnapshot{ChunkSize: tc.asked}, []CASObject{old}, tc.after); err == nil {
 			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestCASStateDirNamesTheChunkSize(t *testing.T) {
+	for size, want := range map[int64]string{0: "/d/cas", 2 << 20: "/d/cas-2M", 256 << 10: "/d/cas-256K", 4096: "/d/cas-4K"} {
+		if got := CASStateDir("/d", size); got != want {
+			t.Errorf("CASStateDir(/d, %d) = %s, want %s", size, got, want)
 		}
 	}
 }
@@ -186,9 +110,43 @@ func TestSnapshotSpecsAreCheckedFirst(t *testing.T) {
 			t.Errorf("%s: accepted", name)
 		}
 	}
-	spec := SnapshotSpec{VMMBin: "v", Kernel: "k", CPUs: 1, Dir: "/d", Timeout: time.Second, VoltBin: "volt"}
-	if err := spec.Validate(); err == nil {
-		t.Error("a volt CLI to describe a CAS snapshot that is not taken")
+	tmplSpec := func(mutate func(*DeriveSpec)) DeriveSpec {
+		s := DeriveSpec{VMMBin: "v", Template: tmpl, Dir: "/d", Timeout: time.Second, CASStore: "/s"}
+		mutate(&s)
+		return s
+	}
+	for name, spec := range map[string]DeriveSpec{
+		"chunk sizes without a store": tmplSpec(func(s *DeriveSpec) { s.CASStore, s.CASChunkSizes = "", []int64{64 << 10} }),
+		"a chunk size twice":          tmplSpec(func(s *DeriveSpec) { s.CASChunkSizes = []int64{64 << 10, 2 << 20, 64 << 10} }),
+		"a chunk size not 2^n":        tmplSpec(func(s *DeriveSpec) { s.CASChunkSizes = []int64{96 << 10} }),
+		"a chunk size of 0":           tmplSpec(func(s *DeriveSpec) { s.CASChunkSizes = []int64{0} }),
+	} {
+		if _, err := DeriveSnapshot(context.Background(), spec); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	ok := SnapshotSpec{VMMBin: "v", Kernel: "k", CPUs: 1, Dir: "/d", Timeout: time.Second, CASStore: "/s", CASChunkSizes: []int64{2 << 20, 256 << 10, 64 << 10}}
+	if err := ok.Validate(); err != nil {
+		t.Errorf("three chunk sizes: %v", err)
+	}
+	for name, mutate := range map[string]func(*SnapshotSpec){
+		"a volt CLI to describe a CAS snapshot that is not taken": func(s *SnapshotSpec) { s.CASStore, s.CASChunkSizes, s.VoltBin = "", nil, "volt" },
+		"chunk sizes without a store":                             func(s *SnapshotSpec) { s.CASStore = "" },
+		"a chunk size twice":                                      func(s *SnapshotSpec) { s.CASChunkSizes = []int64{4096, 4096} },
+		"a chunk size above 64M":                                  func(s *SnapshotSpec) { s.CASChunkSizes = []int64{128 << 20} },
+		"a chunk size below 4K":                                   func(s *SnapshotSpec) { s.CASChunkSizes = []int64{2048} },
+	} {
+		s := ok
+		mutate(&s)
+		if err := s.Validate(); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if c := newCASCuts("/s", nil, ""); len(c.Sizes) != 1 || c.Sizes[0] != 0 {
+		t.Errorf("a store and no chunk size: cuts %v, want one at the VMM's default", c.Sizes)
+	}
+	if c := newCASCuts("", nil, ""); len(c.Sizes) != 0 {
+		t.Errorf("no store: cuts %v", c.Sizes)
 	}
 	if args, err := snapshotterArgs("/d", "", []string{"--no-seccomp"}); err != nil || strings.Join(args, " ") != "--snapshot-dir /d --no-seccomp" {
 		t.Errorf("snapshotter args %q, %v", args, err)

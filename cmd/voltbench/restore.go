@@ -59,11 +59,12 @@ func (s *snapshotFlags) tempDir() (string, func(), error) {
 }
 
 // snapshotProbe boots the probe once, snapshots it into dir (and, with
-// casStore, into that CAS store too) and describes the snapshot.
-func (s *snapshotFlags) snapshotProbe(ctx context.Context, cfg bench.Config, dir, casStore, voltBin string, stdout io.Writer) (*bench.Snapshot, error) {
+// casStore, into that CAS store too, once per chunk size) and describes the
+// snapshot.
+func (s *snapshotFlags) snapshotProbe(ctx context.Context, cfg bench.Config, dir, casStore string, chunkSizes []int64, voltBin string, stdout io.Writer) (*bench.Snapshot, error) {
 	snap, err := bench.PrepareSnapshot(ctx, bench.SnapshotSpec{
 		VMMBin: cfg.VMMBin, Kernel: cfg.Kernel, Memory: cfg.Memory, CPUs: cfg.CPUs,
-		TouchPages: s.touch, Dir: dir, Timeout: s.prepare, CASStore: casStore, VoltBin: voltBin, VMMArgs: s.prepareArgs,
+		TouchPages: s.touch, Dir: dir, Timeout: s.prepare, CASStore: casStore, CASChunkSizes: chunkSizes, VoltBin: voltBin, VMMArgs: s.prepareArgs,
 	})
 	if err != nil {
 		return nil, err
@@ -83,8 +84,8 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	s.register(fs, 100, 0, "restores per arm (and, with --compare-boot, as many cold boots; with --floor, as many floor runs each)")
 	compareBoot := fs.Bool("compare-boot", true, "also cold-boot the same probe, interleaved, and print restore against cold boot")
 	from := fs.String("from", bench.FromFile, "where restores take their memory from: file (the memory file), cas (a CAS store), or both, interleaved")
-	chunkSizes := fs.StringSlice("chunk-size", []string{"2M"}, "with --from cas|both: chunk sizes of the CAS arms, e.g. 2M,256K,64K (one arm each; a size other than volt-vmm's own is re-chunked by voltbench, see bench/README.md)")
-	voltBin := fs.String("volt-bin", "", "the volt CLI, for --from cas|both (default: "+bench.DefaultVoltBin+" in the repository)")
+	chunkSizes := fs.StringSlice("chunk-size", []string{"2M"}, "with --from cas|both: chunk sizes of the CAS arms, e.g. 2M,256K,64K (one arm each, every one a snapshot volt-vmm cut at that size)")
+	voltBin := fs.String("volt-bin", "", "the volt CLI, to describe the CAS arms' manifests (default: "+bench.DefaultVoltBin+" in the repository; optional)")
 	concurrency := fs.IntSlice("concurrency", nil, "after the latency run, restores per second with this many in flight at once, e.g. 1,2,8 (each its own volt-vmm on the same snapshot, from the first restore arm)")
 	concurrencyN := fs.Int("concurrency-n", 200, "restores per --concurrency level, in 4 rounds that alternate the levels")
 	fs.StringVar(&sess.jsonOut, "json", "", "write the results, with encoded HDR histograms, to this file")
@@ -138,9 +139,12 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
+	// The volt CLI only describes the CAS arms (and checks their chunk
+	// size); the restores run without it, so a missing default is no
+	// error, a missing --volt-bin is.
 	volt := ""
 	if fromCAS {
-		if volt, err = bench.ResolveVoltBin(*voltBin); err != nil {
+		if volt, err = bench.ResolveVoltBin(*voltBin); err != nil && *voltBin != "" {
 			return fail(stderr, "%v", err)
 		}
 	}
@@ -150,11 +154,11 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	defer cleanup()
 	fmt.Fprintf(stdout, "load average at start: %s\n", loadAvg())
-	store := ""
+	store, casSizes := "", []int64(nil)
 	if fromCAS {
-		store = filepath.Join(dir, "store")
+		store, casSizes = filepath.Join(dir, "store"), sizes
 	}
-	snap, err := s.snapshotProbe(ctx, cfg, dir, store, volt, stdout)
+	snap, err := s.snapshotProbe(ctx, cfg, dir, store, casSizes, volt, stdout)
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
@@ -162,19 +166,15 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	if fromFile {
 		targets = append(targets, bench.FileTarget(snap))
 	}
-	if fromCAS {
-		v := bench.VoltCAS{Bin: volt, Store: store}
-		for _, cs := range sizes {
-			c := snap.CAS
-			if cs != c.ChunkSize {
-				if c, err = bench.RechunkCAS(ctx, v, snap.CAS, cs, filepath.Join(dir, "cas-"+bench.FormatChunkSize(cs))); err != nil {
-					return fail(stderr, "%v", err)
-				}
-			}
-			fmt.Fprintf(stdout, "CAS arm %s: %d chunks of %s, %d of them data (%s MiB mapped from chunk files), manifest %.12s, %s\n",
-				bench.CASTarget(c).Name, c.Chunks, c.ChunkName(), c.DataChunks, fmtMiB(c.DataBytes), c.Manifest, casOrigin(c))
-			targets = append(targets, bench.CASTarget(c))
+	for _, c := range snap.CAS {
+		if volt != "" {
+			fmt.Fprintf(stdout, "CAS arm %s: %d chunks of %s, %d of them data (%s MiB mapped from chunk files), manifest %.12s, as volt-vmm's PUT /snapshot/create cut it (mem_backend.chunk_size %d)\n",
+				bench.CASTarget(c).Name, c.Chunks, c.ChunkName(), c.DataChunks, fmtMiB(c.DataBytes), c.Manifest, c.ChunkSize)
+		} else {
+			fmt.Fprintf(stdout, "CAS arm %s: volt-vmm's snapshot cut at %s (mem_backend.chunk_size %d), not described (no volt CLI)\n",
+				bench.CASTarget(c).Name, c.ChunkName(), c.ChunkSize)
 		}
+		targets = append(targets, bench.CASTarget(c))
 	}
 	arms, err := bench.RestoreArms(cfg, snap, targets, *compareBoot, floorDir)
 	if err != nil {
@@ -254,14 +254,6 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		}
 	}
 	return exitOK
-}
-
-// casOrigin says who cut a CAS arm's chunks.
-func casOrigin(c *bench.CASSnapshot) string {
-	if c.Rechunked {
-		return "re-chunked by voltbench from volt-vmm's snapshot (the API takes no chunk size yet)"
-	}
-	return "as volt-vmm's PUT /snapshot/create stored it"
 }
 
 func fmtMiB(n int64) string { return fmt.Sprintf("%.2f", float64(n)/(1<<20)) }
@@ -384,7 +376,7 @@ func cloneSnapshots(ctx context.Context, s *snapshotFlags, cfg bench.Config, dir
 	if n == 1 && store != "" {
 		tmplStore, tmplVolt = store, volt
 	}
-	tmpl, err := s.snapshotProbe(ctx, cfg, tdir, tmplStore, tmplVolt, stdout)
+	tmpl, err := s.snapshotProbe(ctx, cfg, tdir, tmplStore, nil, tmplVolt, stdout)
 	if err != nil {
 		return nil, err
 	}
