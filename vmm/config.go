@@ -228,22 +228,3 @@ func FormatSize(n uint64) string {
 	}
 	return fmt.Sprintf("%dB", n)
 }
-
-// deviceKinds lists the kind of every virtio device c declares, in the
-// snapshot's names.
-func (c Config) deviceKinds() []string {
-	var kinds []string
-	for range c.Drives {
-		kinds = append(kinds, snapshot.VirtioBlock)
-	}
-	for range c.Nets {
-		kinds = append(kinds, snapshot.VirtioNet)
-	}
-	if c.Vsock != nil {
-		kinds = append(kinds, snapshot.VirtioVsock)
-	}
-	if c.Entropy != nil {
-		kinds = append(kinds, snapshot.VirtioEntropy)
-	}
-	return kinds
-}

@@ -85,30 +85,6 @@ func (v *VM) landlockPaths(c *Confinement) sandbox.Paths {
 	return p
 }
 
-// prepareFilters builds, on a goroutine of its own while the VM is built
-// or restored, the seccomp filters that Run and the threads it starts will
-// install, so that they only install them (sandbox.Prepare). A build that
-// fails fails again, with the same error, where the filter is applied, so
-// the goroutine keeps no error. Close waits for it.
-func (v *VM) prepareFilters(c *Confinement, roles ...sandbox.Role) {
-	if c == nil || c.Seccomp.Level == sandbox.LevelOff || len(roles) == 0 {
-		return
-	}
-	v.preparing.Go(func() { _ = sandbox.Prepare(c.Seccomp, roles...) })
-}
-
-// deviceRoles returns the worker roles of the virtio device kinds given,
-// each once.
-func deviceRoles(kinds ...string) []sandbox.Role {
-	var roles []sandbox.Role
-	for _, k := range kinds {
-		if r, ok := workerRoles[k]; ok && !slices.Contains(roles, r) {
-			roles = append(roles, r)
-		}
-	}
-	return roles
-}
-
 // confine applies c to the whole process: Landlock, then capabilities,
 // then the process-wide seccomp filter (Landlock and capset need calls no
 // filter allows). Threads locked afterwards add their role's filter.

@@ -386,7 +386,7 @@ func Restore(ctx context.Context, rc RestoreConfig) (_ *VM, err error) {
 		st, err := snapshot.ReadStateFile(rc.StatePath)
 		stateCh <- decoded{st, err}
 	}()
-	v, err := newShell(Config{Origin: rc.Origin, Confinement: rc.Confinement})
+	v, err := newShell(Config{Origin: rc.Origin})
 	if err != nil {
 		<-stateCh
 		return nil, err
@@ -510,11 +510,6 @@ func (v *VM) checkHostCPU(rc RestoreConfig, st *snapshot.VMState) error {
 // PIT and clock, the devices and the vCPUs.
 func (v *VM) restoreMachine(rc RestoreConfig, st *snapshot.VMState) error {
 	v.snapshotBase = st.Memory.ID
-	kinds := make([]string, 0, len(st.Devices.Virtio))
-	for _, d := range st.Devices.Virtio {
-		kinds = append(kinds, d.Kind)
-	}
-	v.prepareFilters(rc.Confinement, deviceRoles(kinds...)...)
 	for _, c := range []kvm.IRQChip{st.IRQChip.PICMaster, st.IRQChip.PICSlave, st.IRQChip.IOAPIC} {
 		if err := v.vm.SetIRQChip(c); err != nil {
 			return err

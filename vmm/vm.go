@@ -115,9 +115,7 @@ type VM struct {
 	// collector while the VM lives.
 	casLease *cas.Lease
 	casStore string // the store of casLease
-	// preparing runs prepareFilters' goroutines, prefetching a restore's
-	// startPrefetch.
-	preparing   sync.WaitGroup
+	// prefetching runs a restore's startPrefetch.
 	prefetching sync.WaitGroup
 	// confined is set once Run has applied cfg.Confinement; landlockDirs
 	// are then the directories Landlock lets the process write.
@@ -170,7 +168,6 @@ func New(cfg Config) (_ *VM, err error) {
 			v.Close()
 		}
 	}()
-	v.prepareFilters(cfg.Confinement, deviceRoles(cfg.deviceKinds()...)...)
 	// Memory slots are registered before the in-kernel irqchip exists:
 	// measured here, the same KVM_SET_USER_MEMORY_REGION took 5–7 ms after
 	// KVM_CREATE_IRQCHIP and 50–100 µs before it (the kernel synchronises
@@ -219,10 +216,8 @@ func newShell(cfg Config) (*VM, error) {
 	v := &VM{cfg: cfg, done: make(chan struct{})}
 	v.cond = sync.NewCond(&v.mu)
 	v.timeline.Origin = cfg.Origin
-	v.prepareFilters(cfg.Confinement, sandbox.RoleVMM, sandbox.RoleVCPU)
 	var err error
 	if v.sys, err = kvm.Open(); err != nil {
-		v.preparing.Wait()
 		return nil, err
 	}
 	// KVM_GET_SUPPORTED_CPUID takes about a millisecond here and nothing
@@ -808,7 +803,6 @@ func (v *VM) Close() error {
 	if v.cpuidDone != nil {
 		<-v.cpuidDone
 	}
-	v.preparing.Wait()
 	v.prefetching.Wait()
 	errs = append(errs, v.waitPIT())
 	for _, c := range v.vcpus {
