@@ -233,3 +233,34 @@ func writeFile(path, value string) error {
 	}
 	return err
 }
+
+// leaveDelegatedRoot moves the calling process from the root of its
+// delegated unit cgroup into a "volt-supervisor" child, on the unified
+// hierarchy only (cgroup v1 and hybrid hosts have no such rule, and there
+// systemd-nspawn shares the unit's root with us).
+func leaveDelegatedRoot() error {
+	if _, err := os.Stat(filepath.Join(cgroupRoot, "cgroup.controllers")); err != nil {
+		return nil
+	}
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return fmt.Errorf("cgroup: %w", err)
+	}
+	var own string
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok {
+			own = p
+		}
+	}
+	if own == "" || own == "/" || strings.Contains(own, "..") {
+		return nil
+	}
+	leaf := filepath.Join(cgroupRoot, own, "volt-supervisor")
+	if err := os.Mkdir(leaf, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("cgroup: %w", err)
+	}
+	if err := writeFile(filepath.Join(leaf, "cgroup.procs"), strconv.Itoa(os.Getpid())); err != nil {
+		return fmt.Errorf("cgroup: move into %s: %w", leaf, err)
+	}
+	return nil
+}

@@ -60,7 +60,12 @@ func (s *Session) Record() Record { return s.rec }
 // no systemd unit does that already.
 func (s *Session) JoinCgroup(l Limits) error {
 	if s.Manager == ManagerSystemd {
-		return nil
+		// systemd has made the unit's cgroup, with the limits, and
+		// delegated it. On the unified hierarchy a cgroup with processes
+		// cannot enable controllers for its children, which nspawn
+		// --keep-unit makes (payload, supervisor): step aside into a leaf
+		// of our own.
+		return leaveDelegatedRoot()
 	}
 	cg, err := JoinCgroup(s.Dir, l)
 	if err != nil {
