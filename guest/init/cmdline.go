@@ -5,19 +5,53 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 )
 
 // ParamPrefix marks the kernel parameters volt-init reads.
 const ParamPrefix = "volt."
 
-// Config is what the volt.* parameters ask of init. The zero value means:
-// no network beyond lo, keep the kernel's hostname, run the default shell.
+// Config is what the volt.* parameters (and the kernel's ip=) ask of init.
+// The zero value means: no network beyond lo, keep the kernel's hostname,
+// run the default shell, serve the guest agent when there is a vsock
+// device, poll the generation ID every GenIDInterval.
 type Config struct {
 	Run      []string     // volt.run, split shell-like; nil means the default
-	Addr     netip.Prefix // volt.ip, the address of eth0 with its prefix length
+	Addr     netip.Prefix // volt.ip, the address of Device with its prefix length
 	Gateway  netip.Addr   // volt.gw, the default route's next hop
 	Hostname string       // volt.hostname
-	Env      []string     // volt.env, K=V entries in the order given
+	// Domain is the NIS domain name, from the host-name field of ip=
+	// (what follows its first dot, as the kernel splits it).
+	Domain string
+	// Device is the interface Addr and Gateway configure: ip='s device
+	// field; "" means DefaultDevice.
+	Device string
+	Env    []string // volt.env, K=V entries in the order given
+	// NoAgent is volt.agent=off: no guest agent even with a vsock device.
+	NoAgent bool
+	// GenIDInterval is volt.genid_interval: how often the generation ID
+	// is polled. Zero means GenIDInterval; negative (volt.genid_interval=0
+	// or off) means never: the agent still checks it before each request.
+	GenIDInterval time.Duration
+}
+
+// DefaultDevice is the interface volt.ip configures.
+const DefaultDevice = "eth0"
+
+// Limits of volt.genid_interval: below the minimum the poll would cost a
+// noticeable share of a vCPU where ring 0 is emulated; above the maximum a
+// clone's RNG would stay shared for longer than anyone should want.
+const (
+	MinGenIDInterval = 10 * time.Millisecond
+	MaxGenIDInterval = time.Hour
+)
+
+// Interface returns the interface the configuration addresses.
+func (c *Config) Interface() string {
+	if c.Device == "" {
+		return DefaultDevice
+	}
+	return c.Device
 }
 
 // ErrParam is wrapped by every error about a malformed volt.* parameter, so
@@ -94,20 +128,37 @@ func ParseCmdline(cmdline string) (Config, []string, error) {
 	return ParseParams(SplitKernelCmdline(cmdline))
 }
 
-// ParseParams reads the volt.* entries of params and ignores the rest, which
-// belong to the kernel or to other programs. A later volt.run, volt.ip,
-// volt.gw or volt.hostname replaces an earlier one, as kernel parameters do;
-// volt.env accumulates. Unknown volt.* keys produce a warning rather than an
-// error so that an older init still boots a VM configured for a newer one.
-// Malformed values are errors wrapping ErrParam.
+// ParseParams reads the volt.* entries of params and the kernel's ip=, and
+// ignores the rest, which belong to the kernel or to other programs. A later
+// parameter replaces an earlier one of the same name, as kernel parameters
+// do; volt.env accumulates. Unknown volt.* keys produce a warning rather
+// than an error so that an older init still boots a VM configured for a
+// newer one. Malformed values are errors wrapping ErrParam.
+//
+// ip= (see ParseKernelIP) configures the network only where no volt.ip or
+// volt.gw is given, and names the host only where no volt.hostname is:
+// explicit volt.* parameters win. Callers leave ip= out of params when the
+// kernel has acted on it itself (CONFIG_IP_PNP; see Init).
 func ParseParams(params []string) (cfg Config, warnings []string, err error) {
+	var (
+		kip   KernelIP
+		hasIP bool
+	)
 	for _, p := range params {
+		if v, ok := strings.CutPrefix(p, KernelIPParam+"="); ok {
+			k, w, err := ParseKernelIP(v)
+			if err != nil {
+				return Config{}, warnings, err
+			}
+			kip, hasIP, warnings = k, true, append(warnings, w...)
+			continue
+		}
 		if !strings.HasPrefix(p, ParamPrefix) {
 			continue
 		}
 		key, val, hasVal := strings.Cut(p, "=")
 		switch key {
-		case "volt.run", "volt.ip", "volt.gw", "volt.hostname", "volt.env":
+		case "volt.run", "volt.ip", "volt.gw", "volt.hostname", "volt.env", "volt.agent", "volt.genid_interval":
 		default:
 			warnings = append(warnings, fmt.Sprintf("unknown parameter %q ignored", key))
 			continue
@@ -117,6 +168,16 @@ func ParseParams(params []string) (cfg Config, warnings []string, err error) {
 		}
 		if err := cfg.set(key, val); err != nil {
 			return Config{}, warnings, err
+		}
+	}
+	if hasIP {
+		if !cfg.Addr.IsValid() && !cfg.Gateway.IsValid() {
+			cfg.Addr, cfg.Gateway, cfg.Device = kip.Addr, kip.Gateway, kip.Device
+		} else if kip.Addr.IsValid() {
+			warnings = append(warnings, "ip= address ignored: volt.ip/volt.gw are given")
+		}
+		if cfg.Hostname == "" {
+			cfg.Hostname, cfg.Domain = kip.Hostname, kip.Domain
 		}
 	}
 	if err := cfg.Validate(); err != nil {
@@ -165,6 +226,25 @@ func (c *Config) set(key, val string) error {
 			return paramError(key, "%q contains a NUL byte", val)
 		}
 		c.Env = append(c.Env, val)
+	case "volt.agent":
+		switch val {
+		case "on":
+			c.NoAgent = false
+		case "off":
+			c.NoAgent = true
+		default:
+			return paramError(key, "%q is neither on nor off", val)
+		}
+	case "volt.genid_interval":
+		if val == "off" || val == "0" {
+			c.GenIDInterval = -1
+			return nil
+		}
+		d, err := time.ParseDuration(val)
+		if err != nil || d < MinGenIDInterval || d > MaxGenIDInterval {
+			return paramError(key, "%q is not off, 0 or a duration from %v to %v (e.g. 250ms)", val, MinGenIDInterval, MaxGenIDInterval)
+		}
+		c.GenIDInterval = d
 	}
 	return nil
 }
@@ -185,6 +265,19 @@ func (c *Config) Validate() error {
 		if c.Gateway.IsValid() && c.Gateway.Is4() != a.Is4() {
 			return paramError("volt.gw", "%s and volt.ip %s are of different families", c.Gateway, a)
 		}
+	}
+	if c.Device != "" {
+		if err := checkIfname(c.Device); err != nil {
+			return paramError(KernelIPParam, "device: %v", err)
+		}
+	}
+	if c.Domain != "" {
+		if err := checkHostname(c.Domain); err != nil {
+			return paramError(KernelIPParam, "domain name: %v", err)
+		}
+	}
+	if c.GenIDInterval > MaxGenIDInterval || c.GenIDInterval > 0 && c.GenIDInterval < MinGenIDInterval {
+		return paramError("volt.genid_interval", "%v is outside %v to %v", c.GenIDInterval, MinGenIDInterval, MaxGenIDInterval)
 	}
 	return nil
 }

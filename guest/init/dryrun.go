@@ -53,6 +53,7 @@ func (d *DryRun) AttachConsole() error                 { return nil }
 func (d *DryRun) ReadFile(path string) ([]byte, error) { return d.real.ReadFile(path) }
 func (d *DryRun) Exists(path string) bool              { return d.real.Exists(path) }
 func (d *DryRun) Sethostname(name string) error        { d.logf("hostname %s", name); return nil }
+func (d *DryRun) Setdomainname(name string) error      { d.logf("domainname %s", name); return nil }
 func (d *DryRun) Reap() (int, unix.WaitStatus, error)  { return d.real.Reap() }
 func (d *DryRun) Sync()                                { d.logf("sync") }
 func (d *DryRun) Reboot(cmd int) error {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -28,6 +29,10 @@ const (
 	killWait = 500 * time.Millisecond
 
 	defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+	// kernelIPDoneFile exists when the kernel's own IP autoconfiguration
+	// (CONFIG_IP_PNP) is built in and has handled ip=.
+	kernelIPDoneFile = "/proc/net/pnp"
 )
 
 // ShutdownSignals are the signals that make init power off: SIGTERM from a
@@ -57,8 +62,27 @@ type Init struct {
 	// line to init as arguments.
 	Args    []string
 	Environ []string
+	// Agent, when set, is started after the network is configured and
+	// before the ready marker (unless volt.agent=off), and stopped first
+	// at power-off.
+	Agent Agent
+	// Generation, when set, detects restores from a snapshot: its
+	// baseline is read at boot, and it is polled with a ticker from
+	// NewTicker every volt.genid_interval (GenIDInterval by default).
+	// CheckGeneration checks it on demand.
+	Generation *GenerationWatcher
+	NewTicker  func(time.Duration) (StoppableTicker, error)
 
-	mounted []string // targets, in mount order
+	mounted      []string // targets, in mount order
+	agentStarted bool
+	ticker       StoppableTicker
+	pollDone     chan struct{} // closed when the generation poll ends
+}
+
+// StoppableTicker is a Ticker that its owner closes.
+type StoppableTicker interface {
+	Ticker
+	Close() error
 }
 
 func (in *Init) logf(format string, args ...any) {
@@ -68,7 +92,17 @@ func (in *Init) logf(format string, args ...any) {
 // Run boots, supervises the workload and powers off. On a real PID 1 it
 // does not return unless power-off fails; under DryRun it returns nil after
 // the logged power-off.
+//
+// Run must be called on the goroutine locked to the process's main thread
+// (cmd/volt-init locks it in init), and Sys.Start and Sys.Reap are called
+// only from it: Linux.Reap collects the children of that thread alone, so
+// that it never takes a child that os/exec, on another thread, waits for
+// (the guest agent's commands). Run locks its goroutine to its thread
+// itself, so that at least the workload is always reaped; orphans reach it
+// only on the main thread.
 func (in *Init) Run() error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	cfg, err := in.setUp()
 	if err == nil {
 		err = in.supervise(cfg)
@@ -106,18 +140,81 @@ func (in *Init) setUp() (Config, error) {
 			return Config{}, fmt.Errorf("set hostname %s: %w", cfg.Hostname, err)
 		}
 	}
+	if cfg.Domain != "" {
+		if err := in.Sys.Setdomainname(cfg.Domain); err != nil {
+			return Config{}, fmt.Errorf("set domain name %s: %w", cfg.Domain, err)
+		}
+	}
 	if err := in.Sys.SetupInterface("lo", netip.Prefix{}, netip.Addr{}); err != nil {
 		in.logf("warning: loopback: %v", err)
 	}
 	if cfg.Addr.IsValid() {
-		if err := in.Sys.SetupInterface("eth0", cfg.Addr, cfg.Gateway); err != nil {
+		if err := in.Sys.SetupInterface(cfg.Interface(), cfg.Addr, cfg.Gateway); err != nil {
 			return Config{}, fmt.Errorf("network: %w", err)
+		}
+	}
+	in.startGeneration(cfg)
+	if in.Agent != nil && cfg.NoAgent {
+		in.logf("agent off: volt.agent=off")
+	} else if in.Agent != nil {
+		// A guest without the agent still runs its workload: failing to
+		// listen is a warning, and whoever waits for the agent sees why
+		// on the console.
+		switch err := in.Agent.Start(); {
+		case err == nil:
+			in.agentStarted = true
+		case errors.Is(err, ErrNoVsock):
+			in.logf("agent off: %v", err)
+		default:
+			in.logf("warning: %v", err)
 		}
 	}
 
 	in.logf("ready cpus=%d mem=%d", in.cpus(), in.memMiB())
 	in.Sys.Mark(marker.Ready)
 	return cfg, nil
+}
+
+// startGeneration reads the generation ID's baseline and starts its poll,
+// which runs until shutdown. A guest without the device (another VMM) boots
+// the same, without clone detection.
+func (in *Init) startGeneration(cfg Config) {
+	if in.Generation == nil {
+		return
+	}
+	if err := in.Generation.Baseline(); err != nil {
+		in.logf("generation ID unavailable, clone detection off: %v", err)
+		return
+	}
+	interval := cfg.GenIDInterval
+	if interval == 0 {
+		interval = GenIDInterval
+	}
+	if interval < 0 || in.NewTicker == nil {
+		in.logf("generation ID polling off: checked before each agent request only")
+		return
+	}
+	t, err := in.NewTicker(interval)
+	if err != nil {
+		in.logf("warning: generation ID polling off: %v", err)
+		return
+	}
+	in.ticker, in.pollDone = t, make(chan struct{})
+	go func() {
+		defer close(in.pollDone)
+		in.Generation.Poll(t)
+	}()
+}
+
+// CheckGeneration checks the generation ID now, if clone detection is on;
+// the agent calls it before it answers a connection.
+func (in *Init) CheckGeneration() {
+	if in.Generation == nil {
+		return
+	}
+	if _, err := in.Generation.Check(); err != nil && !errors.Is(err, ErrNoBaseline) {
+		in.logf("generation ID: %v", err)
+	}
 }
 
 func (in *Init) mount(m Mount) error {
@@ -148,6 +245,12 @@ func (in *Init) config() (Config, error) {
 	params := SplitKernelCmdline(string(raw))
 	params = append(params, in.Environ...)
 	params = append(params, in.Args...)
+	// A kernel with CONFIG_IP_PNP has configured ip= itself (and shows
+	// /proc/net/pnp); ours has not, and passes it to init, as every
+	// parameter it does not know, in the environment too.
+	if in.Sys.Exists(kernelIPDoneFile) {
+		params = slices.DeleteFunc(params, func(p string) bool { return strings.HasPrefix(p, KernelIPParam+"=") })
+	}
 	cfg, warnings, err := ParseParams(params)
 	for _, w := range warnings {
 		in.logf("warning: %s", w)
@@ -234,6 +337,18 @@ func (in *Init) shutdown() error {
 	if grace == 0 {
 		grace = DefaultGrace
 	}
+	// The agent first, so that no request starts once power-off has; a
+	// request in flight (the one that ended the workload, say) still gets
+	// its answer.
+	if in.agentStarted {
+		in.Agent.Stop(grace)
+		in.agentStarted = false
+	}
+	if in.ticker != nil {
+		in.ticker.Close()
+		<-in.pollDone
+		in.ticker = nil
+	}
 	if !in.waitChildren(0) {
 		_ = in.Sys.Kill(-1, unix.SIGTERM) // ESRCH: nobody left, which is fine
 		if !in.waitChildren(grace) {
@@ -301,8 +416,9 @@ func (in *Init) reapAll() bool {
 }
 
 // WorkloadEnv builds the workload's environment: init's own without volt.*
-// entries, PATH, HOME and TERM defaults where missing, then extra (volt.env)
-// replacing same-named entries.
+// entries and the kernel's ip= (parameters for init that the kernel passes
+// in the environment), PATH, HOME and TERM defaults where missing, then
+// extra (volt.env) replacing same-named entries.
 func WorkloadEnv(inherited, extra []string) []string {
 	var keys []string
 	vals := map[string]string{}
@@ -316,7 +432,7 @@ func WorkloadEnv(inherited, extra []string) []string {
 		vals[k] = kv
 	}
 	for _, kv := range inherited {
-		if !strings.HasPrefix(kv, ParamPrefix) && strings.Contains(kv, "=") {
+		if !strings.HasPrefix(kv, ParamPrefix) && !strings.HasPrefix(kv, KernelIPParam+"=") && strings.Contains(kv, "=") {
 			set(kv, true)
 		}
 	}

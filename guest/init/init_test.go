@@ -9,6 +9,7 @@ import (
 	"os"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -79,6 +80,10 @@ func (f *fakeSystem) ReadFile(path string) ([]byte, error) {
 func (f *fakeSystem) Exists(path string) bool { return f.exists[path] }
 func (f *fakeSystem) Sethostname(name string) error {
 	f.record("hostname %s", name)
+	return nil
+}
+func (f *fakeSystem) Setdomainname(name string) error {
+	f.record("domainname %s", name)
 	return nil
 }
 func (f *fakeSystem) SetupInterface(name string, addr netip.Prefix, gw netip.Addr) error {
@@ -329,7 +334,7 @@ func contains(list []string, s string) bool {
 
 func TestWorkloadEnv(t *testing.T) {
 	got := WorkloadEnv(
-		[]string{"HOME=/", "TERM=linux", "volt.run=x", "BOOT_IMAGE=/vmlinuz", "junk"},
+		[]string{"HOME=/", "TERM=linux", "volt.run=x", "BOOT_IMAGE=/vmlinuz", "ip=10.0.0.2::10.0.0.1:255.255.255.0::eth0:off", "junk"},
 		[]string{"A=1", "HOME=/srv", "PATH=/opt/bin", "A=2"},
 	)
 	want := []string{"HOME=/srv", "TERM=linux", "BOOT_IMAGE=/vmlinuz", "PATH=/opt/bin", "A=2"}
@@ -350,5 +355,286 @@ func TestCheckPID(t *testing.T) {
 	}
 	if err := CheckPID(42, false); err == nil || !strings.Contains(err.Error(), "--dry-run") {
 		t.Errorf("pid 42: error %v, want one pointing at --dry-run", err)
+	}
+}
+
+// runInit runs in to its power-off and fails the test if it hangs.
+func runInit(t *testing.T, in *Init) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- in.Run() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return")
+	}
+}
+
+// fakeAgent records its start and stop among the system's calls.
+type fakeAgent struct {
+	f        *fakeSystem
+	startErr error
+	grace    time.Duration
+}
+
+func (a *fakeAgent) Start() error {
+	a.f.record("agent start")
+	return a.startErr
+}
+
+func (a *fakeAgent) Stop(grace time.Duration) {
+	a.f.record("agent stop")
+	a.grace = grace
+}
+
+func TestInitStartsTheAgentBeforeReady(t *testing.T) {
+	boot := []string{"link lo"}
+	run := []string{"mark ready", "start /app", "mark workload", "mark shutdown"}
+	tests := []struct {
+		name      string
+		cmdline   string
+		startErr  error
+		wantCalls []string
+		wantOut   string
+	}{
+		{
+			name:      "listening before ready, stopped first at power-off",
+			cmdline:   "volt.run=/app",
+			wantCalls: seq(bootCalls, boot, []string{"agent start"}, run, []string{"agent stop"}, downCalls),
+		},
+		{
+			name:      "volt.agent=off",
+			cmdline:   "volt.run=/app volt.agent=off",
+			wantCalls: seq(bootCalls, boot, run, downCalls),
+			wantOut:   "volt-init: agent off: volt.agent=off",
+		},
+		{
+			name:      "no vsock device",
+			cmdline:   "volt.run=/app",
+			startErr:  fmt.Errorf("%w: the kernel has no CID for this guest", ErrNoVsock),
+			wantCalls: seq(bootCalls, boot, []string{"agent start"}, run, downCalls),
+			wantOut:   "volt-init: agent off: no vsock device: the kernel has no CID for this guest",
+		},
+		{
+			name:      "a failing agent is a warning, the workload still runs",
+			cmdline:   "volt.run=/app volt.agent=on",
+			startErr:  errors.New("agent: bind vsock port 10240: address already in use"),
+			wantCalls: seq(bootCalls, boot, []string{"agent start"}, run, downCalls),
+			wantOut:   "volt-init: warning: agent: bind vsock port 10240: address already in use",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFake(tt.cmdline)
+			f.workloads = []int{0}
+			a := &fakeAgent{f: f, startErr: tt.startErr}
+			var out bytes.Buffer
+			in := &Init{Sys: f, Console: &out, Signals: f.sigs, Grace: 30 * time.Millisecond, Agent: a}
+			runInit(t, in)
+			if !reflect.DeepEqual(f.calls, tt.wantCalls) {
+				t.Errorf("calls\n got %q\nwant %q", f.calls, tt.wantCalls)
+			}
+			if tt.wantOut != "" && !strings.Contains(out.String(), tt.wantOut+"\n") {
+				t.Errorf("console lacks %q:\n%s", tt.wantOut, out.String())
+			}
+			if contains(f.calls, "agent stop") && a.grace != 30*time.Millisecond {
+				t.Errorf("agent stopped with grace %v, want init's 30ms", a.grace)
+			}
+		})
+	}
+}
+
+// fakeTicker fires when the test sends on c and fails once closed.
+type fakeTicker struct {
+	c      chan struct{}
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newFakeTicker() *fakeTicker {
+	return &fakeTicker{c: make(chan struct{}), closed: make(chan struct{})}
+}
+
+func (k *fakeTicker) Each(fn func()) error {
+	for {
+		select {
+		case <-k.c:
+			fn()
+		case <-k.closed:
+			return errors.New("closed")
+		}
+	}
+}
+
+func (k *fakeTicker) Close() error { k.once.Do(func() { close(k.closed) }); return nil }
+
+func TestInitPollsTheGenerationID(t *testing.T) {
+	tests := []struct {
+		name         string
+		cmdline      string
+		readErr      error
+		wantInterval time.Duration // 0: no ticker made
+		wantOut      string
+	}{
+		{name: "default interval", cmdline: "volt.run=/app", wantInterval: GenIDInterval},
+		{name: "volt.genid_interval", cmdline: "volt.run=/app volt.genid_interval=1s", wantInterval: time.Second},
+		{name: "polling off", cmdline: "volt.run=/app volt.genid_interval=off",
+			wantOut: "volt-init: generation ID polling off: checked before each agent request only"},
+		{name: "no device", cmdline: "volt.run=/app", readErr: errors.New("no generation-ID device at port 0xf00"),
+			wantOut: "volt-init: generation ID unavailable, clone detection off: no generation-ID device at port 0xf00"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFake(tt.cmdline)
+			f.workloads = []int{int(unix.SIGTERM)} // runs until the shutdown signal
+			var (
+				mu       sync.Mutex
+				id       = [GenIDSize]byte{1}
+				reseeds  [][]byte
+				interval time.Duration
+			)
+			tick := newFakeTicker()
+			var out syncBuffer
+			in := &Init{Sys: f, Console: &out, Signals: f.sigs, Grace: 30 * time.Millisecond}
+			in.Generation = &GenerationWatcher{
+				Read: func() ([GenIDSize]byte, error) {
+					mu.Lock()
+					defer mu.Unlock()
+					return id, tt.readErr
+				},
+				Reseed: func(b []byte) error {
+					mu.Lock()
+					defer mu.Unlock()
+					reseeds = append(reseeds, bytes.Clone(b))
+					return nil
+				},
+				Logf: in.logf,
+			}
+			in.NewTicker = func(d time.Duration) (StoppableTicker, error) { interval = d; return tick, nil }
+			done := make(chan error, 1)
+			go func() { done <- in.Run() }()
+			for !strings.Contains(out.String(), "volt-init: ready ") {
+				time.Sleep(time.Millisecond) // the baseline is read before ready
+			}
+			if tt.wantInterval != 0 {
+				// A tick with the boot's ID reseeds nothing; one after a
+				// "restore" reseeds with the new ID.
+				tick.c <- struct{}{}
+				mu.Lock()
+				id = [GenIDSize]byte{2}
+				mu.Unlock()
+				tick.c <- struct{}{}
+				tick.c <- struct{}{} // the previous tick's check has finished
+			}
+			// The agent's check works whatever the poll does.
+			mu.Lock()
+			id = [GenIDSize]byte{3}
+			mu.Unlock()
+			in.CheckGeneration()
+			f.sigs <- unix.SIGTERM
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if interval != tt.wantInterval {
+				t.Errorf("ticker interval %v, want %v", interval, tt.wantInterval)
+			}
+			var want [][]byte
+			switch {
+			case tt.readErr != nil:
+			case tt.wantInterval != 0:
+				want = [][]byte{(&[GenIDSize]byte{2})[:], (&[GenIDSize]byte{3})[:]}
+			default:
+				want = [][]byte{(&[GenIDSize]byte{3})[:]}
+			}
+			if !reflect.DeepEqual(reseeds, want) {
+				t.Errorf("reseeded with %x, want %x", reseeds, want)
+			}
+			select {
+			case <-tick.closed:
+			default:
+				if tt.wantInterval != 0 {
+					t.Error("the ticker was not closed at shutdown")
+				}
+			}
+			if tt.wantOut != "" && !strings.Contains(out.String(), tt.wantOut+"\n") {
+				t.Errorf("console lacks %q:\n%s", tt.wantOut, out.String())
+			}
+			if n := strings.Count(out.String(), "generation changed to "); n != len(want) {
+				t.Errorf("%d generation-change lines, want %d:\n%s", n, len(want), out.String())
+			}
+		})
+	}
+}
+
+// syncBuffer is a bytes.Buffer that the poll goroutine and the test may
+// write and read at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestInitAppliesTheKernelIPParameter(t *testing.T) {
+	const ip = "ip=10.0.0.2::10.0.0.1:255.255.255.0:vm2.example:eth1:off"
+	tests := []struct {
+		name      string
+		cmdline   string
+		environ   []string
+		pnp       bool
+		wantCalls []string
+	}{
+		{
+			name:    "from the command line",
+			cmdline: "volt.run=/app " + ip,
+			wantCalls: []string{"hostname vm2", "domainname example", "link lo", "link eth1 10.0.0.2/24 via 10.0.0.1",
+				"mark ready", "start /app", "mark workload", "mark shutdown"},
+		},
+		{
+			name:    "the kernel passes it in the environment too",
+			cmdline: "volt.run=/app " + ip,
+			environ: []string{ip},
+			wantCalls: []string{"hostname vm2", "domainname example", "link lo", "link eth1 10.0.0.2/24 via 10.0.0.1",
+				"mark ready", "start /app", "mark workload", "mark shutdown"},
+		},
+		{
+			name:    "volt.* win",
+			cmdline: "volt.run=/app volt.ip=10.1.0.2/16 volt.hostname=other " + ip,
+			wantCalls: []string{"hostname other", "link lo", "link eth0 10.1.0.2/16",
+				"mark ready", "start /app", "mark workload", "mark shutdown"},
+		},
+		{
+			name:      "a kernel with CONFIG_IP_PNP has done it",
+			cmdline:   "volt.run=/app " + ip,
+			environ:   []string{ip},
+			pnp:       true,
+			wantCalls: []string{"link lo", "mark ready", "start /app", "mark workload", "mark shutdown"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFake(tt.cmdline)
+			f.exists[kernelIPDoneFile] = tt.pnp
+			f.workloads = []int{0}
+			var out bytes.Buffer
+			in := &Init{Sys: f, Console: &out, Signals: f.sigs, Grace: 20 * time.Millisecond, Environ: tt.environ}
+			runInit(t, in)
+			if want := seq(bootCalls, tt.wantCalls, downCalls); !reflect.DeepEqual(f.calls, want) {
+				t.Errorf("calls\n got %q\nwant %q\nconsole:\n%s", f.calls, want, out.String())
+			}
+		})
 	}
 }

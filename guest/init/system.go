@@ -45,6 +45,7 @@ type System interface {
 	ReadFile(path string) ([]byte, error)
 	Exists(path string) bool
 	Sethostname(name string) error
+	Setdomainname(name string) error
 	// SetupInterface brings a link up and, when valid, adds addr and a
 	// default route via gw.
 	SetupInterface(name string, addr netip.Prefix, gw netip.Addr) error
@@ -52,6 +53,8 @@ type System interface {
 	Start(argv, env []string) (pid int, err error)
 	// Reap collects one exited child without blocking: pid 0 means
 	// children remain but none has exited; ECHILD means none remain.
+	// Children are those Start made and orphans the kernel gave init;
+	// not the processes other threads of init started (see Linux.Reap).
 	Reap() (pid int, status unix.WaitStatus, err error)
 	// Kill sends sig; pid -1 means every process but init.
 	Kill(pid int, sig unix.Signal) error
@@ -135,15 +138,25 @@ func (*Linux) Exists(path string) bool {
 
 func (*Linux) Sethostname(name string) error { return unix.Sethostname([]byte(name)) }
 
+func (*Linux) Setdomainname(name string) error { return unix.Setdomainname([]byte(name)) }
+
 func (*Linux) SetupInterface(name string, addr netip.Prefix, gw netip.Addr) error {
 	return setupInterface(name, addr, gw)
 }
 
 func (*Linux) Start(argv, env []string) (int, error) { return startProcess(argv, env) }
 
+// Reap waits with __WNOTHREAD: only for children of the calling thread.
+// PID 1 must reap every orphan, and os/exec (the guest agent's commands)
+// waits for its own children by pid; a plain wait4(-1) would take those
+// and leave exec.Cmd.Wait with ECHILD. Volt-init's main goroutine is
+// locked to the main thread, which Start forks from and to which the
+// kernel reparents orphans (the namespace's child reaper is that thread,
+// tid 1); goroutines never run there, so every child os/exec makes
+// belongs to another thread and is left to its waiter.
 func (*Linux) Reap() (int, unix.WaitStatus, error) {
 	var ws unix.WaitStatus
-	pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+	pid, err := unix.Wait4(-1, &ws, unix.WNOHANG|unix.WNOTHREAD, nil)
 	return pid, ws, err
 }
 

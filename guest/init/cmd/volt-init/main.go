@@ -5,10 +5,22 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime"
+	"strings"
+	"time"
 
+	"github.com/voltvmm/volt/guest/agent"
 	voltinit "github.com/voltvmm/volt/guest/init"
 	"github.com/voltvmm/volt/guest/marker"
 )
+
+// The main goroutine keeps the main thread for good: the workload is forked
+// from it, the kernel hands orphans to it, and it alone reaps them, with
+// __WNOTHREAD, so that the children the guest agent's os/exec starts on
+// other threads stay theirs to wait for (voltinit.Linux.Reap). An init
+// function is the one place where LockOSThread pins main to the thread the
+// process started on.
+func init() { runtime.LockOSThread() }
 
 func main() {
 	// The marker comes first so that the tracer's "PID 1 reached" is the
@@ -41,7 +53,10 @@ func main() {
 		Args:    args,
 		Environ: os.Environ(),
 	}
+	logf := func(f string, a ...any) { fmt.Fprintf(os.Stdout, "volt-init: "+f+"\n", a...) }
 	if dryRun {
+		// Outside a VM: no port reads (the host's ports are not the
+		// VMM's) and no agent on the host's vsock.
 		sys, err := voltinit.NewDryRun(os.Stderr)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "volt-init: %v\n", err)
@@ -51,18 +66,35 @@ func main() {
 	} else {
 		in.Sys = &voltinit.Linux{}
 		// Clones restored from one snapshot must not share RNG state.
-		w := &voltinit.GenerationWatcher{
-			Read:     voltinit.ReadGenerationID,
-			Reseed:   voltinit.ReseedKernelRNG,
-			Interval: voltinit.GenIDInterval,
-			Logf:     func(f string, a ...any) { fmt.Fprintf(os.Stdout, "volt-init: "+f+"\n", a...) },
+		ports := &voltinit.GenIDPorts{}
+		in.Generation = &voltinit.GenerationWatcher{Read: ports.Read, Reseed: voltinit.ReseedKernelRNG, Logf: logf}
+		in.NewTicker = func(d time.Duration) (voltinit.StoppableTicker, error) { return voltinit.NewTimerfdTicker(d) }
+		// The agent's commands inherit init's environment, in which the
+		// kernel put no PATH and the parameters it did not know (ip=):
+		// init takes the environment a workload gets (volt.env aside,
+		// which is the workload's alone).
+		setEnviron(voltinit.WorkloadEnv(in.Environ, nil))
+		in.Agent = &voltinit.VsockAgent{
+			Port:        agent.Port,
+			Handler:     agent.ExecHandler{},
+			BeforeServe: in.CheckGeneration,
+			Logf:        logf,
 		}
-		go w.Run(nil)
 	}
 	if err := in.Run(); err != nil {
 		// Exiting PID 1 panics the kernel, which at least stops the VM
 		// loudly when even power-off failed.
 		fmt.Fprintf(os.Stderr, "volt-init: %v\n", err)
 		os.Exit(1)
+	}
+}
+
+// setEnviron replaces the process's environment with env (K=V entries).
+func setEnviron(env []string) {
+	os.Clearenv()
+	for _, kv := range env {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			os.Setenv(k, v)
+		}
 	}
 }
