@@ -77,8 +77,11 @@ func imageImport(ctx context.Context, e *env, path string, args []string) int {
 		return failure(e, path, err)
 	}
 	secs := time.Since(start).Seconds()
+	for _, w := range res.Warnings {
+		fmt.Fprintf(e.stderr, "%s: warning: %s\n", path, w)
+	}
 	if f.json {
-		return printJSON(e, path, map[string]any{"name": name, "digest": res.Digest, "size": res.Size, "data_bytes": res.DataBytes,
+		return printJSON(e, path, map[string]any{"name": name, "warnings": res.Warnings, "digest": res.Digest, "size": res.Size, "data_bytes": res.DataBytes,
 			"chunks": res.Chunks, "new_chunks": res.NewChunks, "new_bytes": res.NewBytes, "holes": res.Holes,
 			"block_size": res.Superblock.BlockSize, "label": res.Superblock.Label, "seconds": secs})
 	}

@@ -99,7 +99,13 @@ type Result struct {
 	Holes      int
 	Superblock *Superblock
 	Extract    *ExtractStats // tar imports only
+	// Warnings are things the image will not do (boot as a VM).
+	Warnings []string
 }
+
+// MinVMBlockSize is the smallest file system block a VM can mount from
+// its volume disk, whose logical sectors are the volume's 4 KiB blocks.
+const MinVMBlockSize = 4096
 
 // Import builds (for a tar or a directory) or checks (for an ext4 file) a
 // file system and stores it as image name.
@@ -174,6 +180,9 @@ func Import(ctx context.Context, store *cas.Store, name string, src Source, opts
 		return nil, err
 	}
 	res.Superblock = sb
+	if sb.BlockSize < MinVMBlockSize {
+		res.Warnings = append(res.Warnings, fmt.Sprintf("the file system has %d-byte blocks: containers can run it, VMs cannot mount it from a volume disk (4 KiB sectors); rebuild it with mkfs.ext4 -b 4096 or import the tree with --dir", sb.BlockSize))
+	}
 
 	ss, err := store.Begin(ctx)
 	if err != nil {
@@ -268,4 +277,26 @@ func Remove(store *cas.Store, name string) error {
 		return fmt.Errorf("%w %q", ErrUnknown, name)
 	}
 	return store.RemoveRef(Ref(name))
+}
+
+// ReadSuperblock reads an image's superblock from the store.
+func ReadSuperblock(ctx context.Context, store *cas.Store, name string) (*Superblock, error) {
+	d, m, err := Resolve(ctx, store, name)
+	if err != nil {
+		return nil, err
+	}
+	r, err := cas.NewObjectReader(ctx, store, m, d.String(), 2)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	b := make([]byte, superblockSize)
+	if _, err := r.ReadAt(b, superblockOffset); err != nil {
+		return nil, fmt.Errorf("image %s: read its superblock: %w", name, err)
+	}
+	sb, err := ParseSuperblock(b)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", name, err)
+	}
+	return sb, nil
 }

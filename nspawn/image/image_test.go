@@ -338,6 +338,30 @@ func TestImportFromEachSource(t *testing.T) {
 		t.Errorf("re-import: digest %s new %d, want %s and 0", res2.Digest.Short(), res2.NewChunks, res.Digest.Short())
 	}
 
+	if len(res2.Warnings) != 0 {
+		t.Errorf("warnings for a 4 KiB-block image: %v", res2.Warnings)
+	}
+	if sb, err := ReadSuperblock(ctx, s, "fromext4"); err != nil || sb.BlockSize != 4096 {
+		t.Errorf("ReadSuperblock: %+v %v", sb, err)
+	}
+
+	// An ext4 with 1 KiB blocks is stored, with a warning that VMs cannot
+	// mount it.
+	small := filepath.Join(t.TempDir(), "1k.ext4")
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-b", "1024", small, "8M").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs: %v %s", err, out)
+	}
+	res3, err := Import(ctx, s, "onek", Source{Ext4: small}, ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res3.Warnings) != 1 || !strings.Contains(res3.Warnings[0], "1024-byte blocks") {
+		t.Errorf("warnings %v", res3.Warnings)
+	}
+	if err := Remove(s, "onek"); err != nil {
+		t.Fatal(err)
+	}
+
 	infos, err := List(ctx, s)
 	if err != nil || len(infos) != 3 {
 		t.Fatalf("list: %v %v", infos, err)

@@ -73,6 +73,13 @@ func (r *Runtime) Run(ctx context.Context, spec Spec) (instance.Status, error) {
 	if err != nil {
 		return instance.Status{}, err
 	}
+	sb, err := image.ReadSuperblock(ctx, store, spec.Image)
+	if err != nil {
+		return instance.Status{}, err
+	}
+	if sb.BlockSize < image.MinVMBlockSize {
+		return instance.Status{}, fmt.Errorf("image %s has %d-byte file system blocks: a VM's volume disk has 4 KiB sectors and the guest could not mount it (rebuild the image with 4 KiB blocks: volt image import --dir)", spec.Image, sb.BlockSize)
+	}
 	spec.ImageDigest = digest
 	spec.Store = store.Dir()
 	spec.CreatedAt = time.Now().UTC()
