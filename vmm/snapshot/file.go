@@ -22,8 +22,10 @@ const (
 	// and the memory file's trailer); version 1 files cannot be checked
 	// that way and are refused.
 	MajorVersion = 2
-	// MinorVersion 1 added MemoryState.WorkingSet.
-	MinorVersion = 1
+	// MinorVersion 1 added MemoryState.WorkingSet; 2 writes each vCPU's
+	// architectural state as one block (vcpu.go). A reader of 2.2 reads
+	// 2.0 and 2.1.
+	MinorVersion = 2
 	headerSize   = 8 + 2 + 2 + 4 + 8 + sha256.Size
 	// MaxStateSize caps what is read from a state file; real states are
 	// tens of KiB per vCPU.

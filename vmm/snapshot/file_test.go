@@ -25,7 +25,7 @@ func validState() *VMState {
 
 func TestEncodeDecodeRoundTrip(t *testing.T) {
 	in := validState()
-	in.Memory.WorkingSet = []memory.PageRange{{0, 3}, {256, 1}, {4095, 1}}
+	in.Memory.WorkingSet = []memory.PageRange{{First: 0, Count: 3}, {First: 256, Count: 1}, {First: 4095, Count: 1}}
 	b, err := Encode(in)
 	if err != nil {
 		t.Fatal(err)
@@ -34,7 +34,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.VCPUs[1].Regs.RIP != 0x1234 || string(st.Devices.UART.Input) != "pending" || st.VCPUs[0].MSRs[0].Data != 7 || st.Memory.ID != (MemoryID{1}) || len(st.Memory.WorkingSet) != 3 || st.Memory.WorkingSet[1] != (memory.PageRange{256, 1}) {
+	if st.VCPUs[1].Regs.RIP != 0x1234 || string(st.Devices.UART.Input) != "pending" || st.VCPUs[0].MSRs[0].Data != 7 || st.Memory.ID != (MemoryID{1}) || len(st.Memory.WorkingSet) != 3 || st.Memory.WorkingSet[1] != (memory.PageRange{First: 256, Count: 1}) {
 		t.Fatalf("round trip lost data: %+v", st.VCPUs[1].Regs)
 	}
 	if st.Format != (Version{MajorVersion, MinorVersion}) {
@@ -87,9 +87,9 @@ func TestDecodeRejects(t *testing.T) {
 		{"no CPUID", reencode(func(s *VMState) { s.VCPUs[0].CPUID = nil }), ErrInvalid},
 		{"vCPU IDs out of order", reencode(func(s *VMState) { s.VCPUs[0].ID = 1 }), ErrInvalid},
 		{"empty working set run", reencode(func(s *VMState) { s.Memory.WorkingSet = []memory.PageRange{{First: 1}} }), ErrInvalid},
-		{"working set out of order", reencode(func(s *VMState) { s.Memory.WorkingSet = []memory.PageRange{{5, 2}, {6, 1}} }), ErrInvalid},
-		{"working set beyond memory", reencode(func(s *VMState) { s.Memory.WorkingSet = []memory.PageRange{{4095, 2}} }), ErrInvalid},
-		{"working set overflowing", reencode(func(s *VMState) { s.Memory.WorkingSet = []memory.PageRange{{1, ^uint64(0)}} }), ErrInvalid},
+		{"working set out of order", reencode(func(s *VMState) { s.Memory.WorkingSet = []memory.PageRange{{First: 5, Count: 2}, {First: 6, Count: 1}} }), ErrInvalid},
+		{"working set beyond memory", reencode(func(s *VMState) { s.Memory.WorkingSet = []memory.PageRange{{First: 4095, Count: 2}} }), ErrInvalid},
+		{"working set overflowing", reencode(func(s *VMState) { s.Memory.WorkingSet = []memory.PageRange{{First: 1, Count: ^uint64(0)}} }), ErrInvalid},
 		{"working set of too many runs", reencode(func(s *VMState) {
 			for p := range uint64(memory.MaxWorkingSetRuns + 1) {
 				s.Memory.WorkingSet = append(s.Memory.WorkingSet, memory.PageRange{First: p * 2, Count: 1})
