@@ -10,6 +10,7 @@ package nspawn
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -59,6 +60,9 @@ func (r *Runtime) Run(ctx context.Context, spec Spec) (instance.Status, error) {
 	}
 	if _, err := FindNspawn(); err != nil {
 		return instance.Status{}, err
+	}
+	if os.Geteuid() != 0 {
+		return instance.Status{}, errors.New("containers need root: the supervisor mounts the image (FUSE, a loop device, ext4) and systemd-nspawn makes the namespaces")
 	}
 	d, err := r.Dir(spec.Name)
 	if err != nil {
