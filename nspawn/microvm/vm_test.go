@@ -299,3 +299,57 @@ func mustDir(t *testing.T, set *instance.Set, name string) instance.Dir {
 	}
 	return d
 }
+
+// A VM is stopped in order (volt-vmm exits 4, "stopped by a signal"), and
+// one whose supervisor is SIGKILLed takes its VMM with it and shows as
+// dead; both right after they start, so no guest boot is waited for.
+func TestVMStopAndSupervisorCrash(t *testing.T) {
+	kernel, init := guestInputs(t)
+	w := newWorld(t, init)
+	ctx := context.Background()
+	spec := Spec{Name: "stopme", Image: "busybox", Kernel: kernel, MemoryBytes: 128 << 20, CPUs: 1, GuestProfile: guestProfile(),
+		VMM: w.vmm, VMMFlags: vmmWorkarounds(), Command: []string{"/bin/sleep", "600"}}
+	if _, err := w.vms.Run(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	st, err := w.vms.Stop(ctx, "stopme", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.State != instance.StateExited || st.Record.ExitCode == nil || *st.Record.ExitCode != 4 {
+		t.Errorf("stop: %s %v %s", st.State, st.Record.ExitCode, st.Detail)
+	}
+	if _, err := w.vms.Run(ctx, spec); err == nil || !strings.Contains(err.Error(), "exists") {
+		t.Errorf("run over a stopped VM's name: %v", err)
+	}
+
+	spec.Name = "crash"
+	if _, err := w.vms.Run(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	d := mustDir(t, &w.vms.Set, "crash")
+	rec, _ := d.ReadRecord()
+	if !rec.Payload.Alive() {
+		t.Fatal("no volt-vmm recorded")
+	}
+	if err := rec.Supervisor.Signal(9); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for rec.Payload.Alive() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if rec.Payload.Alive() {
+		t.Error("volt-vmm outlived its supervisor")
+	}
+	st = waitState(t, &w.vms.Set, "crash", func(s instance.State) bool { return s == instance.StateDead }, 10*time.Second)
+	if !strings.Contains(st.Detail, "died without recording") {
+		t.Errorf("dead VM's detail: %q", st.Detail)
+	}
+	if _, err := w.vms.Stop(ctx, "crash", time.Second); err == nil {
+		t.Error("stopping a dead VM succeeded")
+	}
+	if err := w.vms.Remove(ctx, "crash", false, time.Second); err != nil {
+		t.Errorf("rm of a dead VM: %v", err)
+	}
+}
