@@ -32,7 +32,11 @@ func TestMain(m *testing.M) {
 	if os.Getenv(superviseEnv) == "1" {
 		os.Exit(superviseMain(os.Args[1:]))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if treeDir != "" {
+		os.RemoveAll(filepath.Dir(treeDir))
+	}
+	os.Exit(code)
 }
 
 // superviseMain parses "--state-dir ROOT NAME" as volt's command does.

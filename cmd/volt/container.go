@@ -80,7 +80,8 @@ func containerRun(ctx context.Context, e *env, path string, args []string) int {
 		return rc
 	}
 	defer m.Close()
-	rt := &nspawn.Runtime{StateRoot: f.stateDir, StoreDir: f.store, Supervisor: self, Manager: m, ReadyTimeout: *timeout}
+	rt := nspawn.NewRuntime(f.stateDir, f.store, m, self)
+	rt.ReadyTimeout = *timeout
 	st, err := rt.Run(ctx, spec)
 	if err != nil {
 		return failure(e, path, err)
@@ -128,7 +129,7 @@ func containerList(ctx context.Context, e *env, path string, args []string) int 
 		return rc
 	}
 	defer m.Close()
-	rt := &nspawn.Runtime{StateRoot: f.stateDir, StoreDir: f.store, Manager: m}
+	rt := nspawn.NewRuntime(f.stateDir, f.store, m, nil)
 	infos, err := rt.List(ctx)
 	if err != nil {
 		return failure(e, path, err)
@@ -178,7 +179,7 @@ func containerStop(ctx context.Context, e *env, path string, args []string) int 
 		return rc
 	}
 	defer m.Close()
-	rt := &nspawn.Runtime{StateRoot: f.stateDir, StoreDir: f.store, Manager: m}
+	rt := nspawn.NewRuntime(f.stateDir, f.store, m, nil)
 	status := exitOK
 	for _, name := range pos {
 		st, err := rt.Stop(ctx, name, *timeout)
@@ -206,7 +207,7 @@ func containerRemove(ctx context.Context, e *env, path string, args []string) in
 		return rc
 	}
 	defer m.Close()
-	rt := &nspawn.Runtime{StateRoot: f.stateDir, StoreDir: f.store, Manager: m}
+	rt := nspawn.NewRuntime(f.stateDir, f.store, m, nil)
 	status := exitOK
 	for _, name := range pos {
 		if err := rt.Remove(ctx, name, *force, *timeout); err != nil {
@@ -228,7 +229,7 @@ func containerLogs(ctx context.Context, e *env, path string, args []string) int 
 		return rc
 	}
 	defer m.Close()
-	rt := &nspawn.Runtime{StateRoot: f.stateDir, StoreDir: f.store, Manager: m}
+	rt := nspawn.NewRuntime(f.stateDir, f.store, m, nil)
 	if err := rt.Logs(ctx, pos[0], *follow, e.stdout); err != nil {
 		return failure(e, path, err)
 	}
