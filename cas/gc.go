@@ -36,8 +36,9 @@ type GCResult struct {
 // lease reaches, dead leases, and temp files of writers that died.
 //
 // Safety: GC holds the store's lock exclusively for its whole run, while
-// every writer holds it shared from before its first file until its ref or
-// lease is durable (see Session), and Export and Verify hold it shared while
+// every writer holds it shared from before its first file until its ref is
+// durable or its lease is in place (see Session; a lease need not be
+// durable, since no holder outlives a crash), and Export and Verify hold it shared while
 // they read. So GC never runs during a write or one of those reads: it sees
 // each writer's files either not yet written or already named, and never
 // deletes a chunk a locked reader is about to read. Readers that do not take

@@ -36,14 +36,20 @@ type LeaseOptions struct {
 	Expires time.Time // zero: protects until released or its holder dies
 }
 
-// Lease takes a lease on manifests, which must all be stored.
+// Lease takes a lease on manifests, which must all be stored. It is what
+// every VM restored from the store does before mapping its memory, so it
+// takes only the store's shared lock (GC holds it exclusively) and not a
+// whole Session, which would first sweep the ingest directory.
 func (s *Store) Lease(ctx context.Context, opts LeaseOptions, manifests ...Digest) (*Lease, error) {
-	ss, err := s.Begin(ctx)
+	lf, err := s.openLock()
 	if err != nil {
 		return nil, err
 	}
-	defer ss.Close()
-	return ss.Lease(opts, manifests...)
+	defer lf.Close()
+	if err := flockContext(ctx, lf, unix.LOCK_SH); err != nil {
+		return nil, err
+	}
+	return s.lease(opts, manifests)
 }
 
 // Lease takes a lease on manifests within a session, so that what the
@@ -52,28 +58,40 @@ func (ss *Session) Lease(opts LeaseOptions, manifests ...Digest) (*Lease, error)
 	if err := ss.check(); err != nil {
 		return nil, err
 	}
+	// What the session stored must be durable before anything protects
+	// it; the lease itself need not be (see lease).
+	if err := ss.syncDirty(); err != nil {
+		return nil, err
+	}
+	return ss.s.lease(opts, manifests)
+}
+
+// lease writes the lease file. Precondition: the store's lock is held
+// shared. The file is not fsynced, nor is leases/: a lease protects only
+// while its holder lives and holds its flock, and after a crash every
+// holder is gone, so GC removes whatever a lease file then holds (complete,
+// partial or empty) without reading it. Durability would buy nothing and
+// cost two fsyncs on every restore.
+func (s *Store) lease(opts LeaseOptions, manifests []Digest) (*Lease, error) {
 	rec := LeaseRecord{PID: os.Getpid(), Expires: opts.Expires, Manifests: manifests}
 	b, err := EncodeLease(rec)
 	if err != nil {
 		return nil, fmt.Errorf("lease: %w", err)
 	}
 	for _, d := range manifests {
-		if _, err := os.Stat(ss.s.manifestPath(d)); err != nil {
+		if _, err := os.Stat(s.manifestPath(d)); err != nil {
 			return nil, fmt.Errorf("lease: manifest %s: %w", d, ErrNotFound)
 		}
-	}
-	if err := ss.syncDirty(); err != nil {
-		return nil, err
 	}
 	var rnd [8]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return nil, err
 	}
 	id := hex.EncodeToString(rnd[:])
-	final := filepath.Join(ss.s.dir, leasesDir, id)
+	final := filepath.Join(s.dir, leasesDir, id)
 	// The temp file is flocked from its creation: that lock becomes the
-	// lease's liveness once the file is renamed into leases/.
-	t, err := ss.s.createTemp("lease")
+	// lease's liveness once the file is renamed into leases/, complete.
+	t, err := s.createTemp("lease")
 	if err != nil {
 		return nil, fmt.Errorf("lease: %w", err)
 	}
@@ -81,17 +99,12 @@ func (ss *Session) Lease(opts LeaseOptions, manifests ...Digest) (*Lease, error)
 		t.discard()
 		return nil, fmt.Errorf("lease: write: %w", err)
 	}
-	if err := t.seal(0o444); err != nil {
+	if err := t.Chmod(0o444); err != nil {
 		t.discard()
 		return nil, fmt.Errorf("lease: %w", err)
 	}
 	if err := os.Rename(t.path, final); err != nil {
 		t.discard()
-		return nil, fmt.Errorf("lease: %w", err)
-	}
-	if err := syncDir(filepath.Dir(final)); err != nil {
-		os.Remove(final)
-		t.Close()
 		return nil, fmt.Errorf("lease: %w", err)
 	}
 	return &Lease{id: id, path: final, f: t.File, rec: rec}, nil
