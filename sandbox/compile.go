@@ -126,38 +126,36 @@ const maxInstructions = 4096
 // installed by a process whose PID is pid. A program of LevelOff is an
 // error: there is nothing to compile.
 func Compile(r Role, o Options, pid int) ([]bpf.Instruction, error) {
-	_, prog, err := checkedPolicy(r, o, pid)
-	return prog, err
-}
-
-// checkedPolicy returns a role's policy and its program, once the program
-// is known to assemble and to fit in one filter.
-func checkedPolicy(r Role, o Options, pid int) (seccomp.Policy, []bpf.Instruction, error) {
 	if o.Level == LevelOff {
-		return seccomp.Policy{}, nil, fmt.Errorf("role %s: seccomp level 0 has no filter", r)
+		return nil, fmt.Errorf("role %s: seccomp level 0 has no filter", r)
 	}
 	p, err := policy(r, o, pid)
 	if err != nil {
-		return seccomp.Policy{}, nil, err
+		return nil, err
 	}
-	prog, err := p.Assemble()
-	if err != nil {
-		return seccomp.Policy{}, nil, fmt.Errorf("compile the %s filter: %w", r, err)
-	}
-	if len(prog) > maxInstructions {
-		return seccomp.Policy{}, nil, fmt.Errorf("the %s filter has %d instructions, more than the kernel's %d", r, len(prog), maxInstructions)
-	}
-	if _, err := bpf.Assemble(prog); err != nil {
-		return seccomp.Policy{}, nil, fmt.Errorf("assemble the %s filter: %w", r, err)
-	}
-	return p, prog, nil
+	return assembleChecked(r, p)
 }
 
-// prepared holds this process's checked policies, one per role and
-// options, each built once: by Prepare ahead of time, or else by the first
-// ApplyProcess or ApplyThread that needs it. The process's PID, which
-// fills tgkill's condition, never changes (a Go process does not fork
-// without exec).
+// assembleChecked assembles a role's policy and checks that the program
+// assembles to BPF and fits in one filter.
+func assembleChecked(r Role, p seccomp.Policy) ([]bpf.Instruction, error) {
+	prog, err := p.Assemble()
+	if err != nil {
+		return nil, fmt.Errorf("compile the %s filter: %w", r, err)
+	}
+	if len(prog) > maxInstructions {
+		return nil, fmt.Errorf("the %s filter has %d instructions, more than the kernel's %d", r, len(prog), maxInstructions)
+	}
+	if _, err := bpf.Assemble(prog); err != nil {
+		return nil, fmt.Errorf("assemble the %s filter: %w", r, err)
+	}
+	return prog, nil
+}
+
+// prepared holds this process's policies, one per role and options, each
+// built once: by Prepare ahead of time, or else by the first ApplyProcess
+// or ApplyThread that needs it. The process's PID, which fills tgkill's
+// condition, never changes (a Go process does not fork without exec).
 var prepared struct {
 	mu sync.Mutex
 	m  map[preparedKey]*preparedPolicy
@@ -168,15 +166,22 @@ type preparedKey struct {
 	opts Options
 }
 
+// preparedPolicy is one role's policy. Checking it (assembling it and
+// counting its instructions) is kept apart: go-seccomp-bpf's LoadFilter
+// assembles the policy itself and fails on a program the kernel would
+// refuse, so an install checks only once it failed, to say why.
 type preparedPolicy struct {
-	once   sync.Once
-	policy seccomp.Policy
-	err    error
+	role      Role
+	once      sync.Once
+	policy    seccomp.Policy
+	err       error
+	checkOnce sync.Once
+	checkErr  error
 }
 
-// preparedFor returns role's checked policy for this process, building it
-// on first use; concurrent callers of one role wait for one build.
-func preparedFor(r Role, o Options) (seccomp.Policy, error) {
+// preparedFor returns role's policy for this process, building it on
+// first use; concurrent callers of one role wait for one build.
+func preparedFor(r Role, o Options) *preparedPolicy {
 	k := preparedKey{r, o}
 	prepared.mu.Lock()
 	if prepared.m == nil {
@@ -184,29 +189,61 @@ func preparedFor(r Role, o Options) (seccomp.Policy, error) {
 	}
 	e := prepared.m[k]
 	if e == nil {
-		e = &preparedPolicy{}
+		e = &preparedPolicy{role: r}
 		prepared.m[k] = e
 	}
 	prepared.mu.Unlock()
-	e.once.Do(func() { e.policy, _, e.err = checkedPolicy(r, o, os.Getpid()) })
-	return e.policy, e.err
+	e.once.Do(func() { e.policy, e.err = policy(r, o, os.Getpid()) })
+	return e
+}
+
+// check assembles the policy and checks it against the kernel's limits,
+// once.
+func (e *preparedPolicy) check() error {
+	e.checkOnce.Do(func() {
+		if e.err == nil {
+			_, e.checkErr = assembleChecked(e.role, e.policy)
+		}
+	})
+	if e.err != nil {
+		return e.err
+	}
+	return e.checkErr
+}
+
+// load installs the policy with filter's flags, explaining a failure by
+// the check when the program itself is at fault.
+func (e *preparedPolicy) load(f seccomp.Filter, what string) error {
+	if e.err != nil {
+		return e.err
+	}
+	f.Policy = e.policy
+	if err := seccomp.LoadFilter(f); err != nil {
+		if cerr := e.check(); cerr != nil {
+			return cerr
+		}
+		return fmt.Errorf("seccomp: install the %s filter %s: %w", e.role, what, err)
+	}
+	return nil
 }
 
 // Prepare builds and checks the filters of roles with options o for this
 // process, so that ApplyProcess and ApplyThread later only install them.
-// Building one takes 0.1-0.5 ms (rule tables to a policy, the policy
-// assembled and checked against the kernel's limit); a VMM calls Prepare
-// on a goroutine of its own while it builds the VM, off the path to the
-// guest's first instruction. It returns the first role's error, which the
-// Apply call of that role would return too. At LevelOff there is nothing
-// to prepare.
+// Building and checking one takes 0.1-0.5 ms here (rule tables to a
+// policy, the policy assembled and checked against the kernel's limit).
+// Measured on two busy cores, a VMM that called it on a goroutine of its
+// own while building the VM restored slower, not faster (the goroutine took
+// a core the build needed; docs/performance.md), so volt-vmm does not; a
+// caller with a core to spare may. It returns every role's error, which
+// the Apply call of that role would return too. At LevelOff there is
+// nothing to prepare.
 func Prepare(o Options, roles ...Role) error {
 	if o.Level == LevelOff {
 		return nil
 	}
 	var errs []error
 	for _, r := range roles {
-		if _, err := preparedFor(r, o); err != nil {
+		if err := preparedFor(r, o).check(); err != nil {
 			errs = append(errs, err)
 		}
 	}

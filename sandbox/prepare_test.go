@@ -22,11 +22,11 @@ func TestPrepareBuildsWhatApplyInstalls(t *testing.T) {
 		}
 		wg.Wait()
 		for _, r := range Roles() {
-			p, err := preparedFor(r, o)
-			if err != nil {
+			e := preparedFor(r, o)
+			if err := e.check(); err != nil {
 				t.Fatalf("%s: %v", r, err)
 			}
-			got, err := p.Assemble()
+			got, err := e.policy.Assemble()
 			if err != nil {
 				t.Fatalf("%s: assemble the prepared policy: %v", r, err)
 			}
@@ -60,8 +60,8 @@ func TestPrepareBuildsWhatApplyInstalls(t *testing.T) {
 
 // BenchmarkCompile is what ApplyProcess did twice and ApplyThread once on
 // the path to the guest's first instruction; BenchmarkPrepared is what a
-// prepared role costs them now (LoadFilter still assembles the policy
-// once: BenchmarkAssemble).
+// built role costs them now, which LoadFilter then assembles once
+// (BenchmarkAssemble).
 func BenchmarkCompile(b *testing.B) {
 	for _, r := range []Role{RoleVMM, RoleVCPU} {
 		b.Run(string(r), func(b *testing.B) {
@@ -78,8 +78,8 @@ func BenchmarkPrepared(b *testing.B) {
 	for _, r := range []Role{RoleVMM, RoleVCPU} {
 		b.Run(string(r), func(b *testing.B) {
 			for b.Loop() {
-				if _, err := preparedFor(r, DefaultOptions); err != nil {
-					b.Fatal(err)
+				if e := preparedFor(r, DefaultOptions); e.err != nil {
+					b.Fatal(e.err)
 				}
 			}
 		})
@@ -88,16 +88,38 @@ func BenchmarkPrepared(b *testing.B) {
 
 func BenchmarkAssemble(b *testing.B) {
 	for _, r := range []Role{RoleVMM, RoleVCPU} {
-		p, err := preparedFor(r, DefaultOptions)
-		if err != nil {
-			b.Fatal(err)
+		e := preparedFor(r, DefaultOptions)
+		if e.err != nil {
+			b.Fatal(e.err)
 		}
 		b.Run(string(r), func(b *testing.B) {
 			for b.Loop() {
-				if _, err := p.Assemble(); err != nil {
+				if _, err := e.policy.Assemble(); err != nil {
 					b.Fatal(err)
 				}
 			}
 		})
+	}
+}
+
+// TestTablesAreMergedPerRoleOnFirstUse: asking for one role's table merges
+// that role's alone, and asking again returns the same table.
+func TestTablesAreMergedPerRoleOnFirstUse(t *testing.T) {
+	if _, err := TableFor(RoleRNG); err != nil {
+		t.Fatal(err)
+	}
+	merged.mu.Lock()
+	_, rng := merged.m[RoleRNG]
+	merged.mu.Unlock()
+	if !rng {
+		t.Fatal("the rng table was not kept")
+	}
+	a, _ := TableFor(RoleRNG)
+	b, _ := TableFor(RoleRNG)
+	if &a[0] != &b[0] {
+		t.Error("a second TableFor merged the table again")
+	}
+	if _, err := TableFor(Role("no-such-role")); err == nil {
+		t.Error("TableFor of an unknown role succeeded")
 	}
 }

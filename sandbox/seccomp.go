@@ -38,15 +38,11 @@ func ApplyProcess(r Role, o Options) error {
 		process.applied, process.opts = true, o
 		return nil
 	}
-	// LoadFilter assembles the policy once more: it takes a policy, not a
-	// program, and installing a program needs a pointer to it.
-	p, err := preparedFor(r, o)
-	if err != nil {
+	// LoadFilter assembles the policy: it takes a policy, not a program,
+	// and installing a program needs a pointer to it.
+	f := seccomp.Filter{NoNewPrivs: true, Flag: seccomp.FilterFlagTSync | tsyncESRCH}
+	if err := preparedFor(r, o).load(f, "on every thread"); err != nil {
 		return err
-	}
-	f := seccomp.Filter{NoNewPrivs: true, Flag: seccomp.FilterFlagTSync | tsyncESRCH, Policy: p}
-	if err := seccomp.LoadFilter(f); err != nil {
-		return fmt.Errorf("seccomp: install the %s filter on every thread: %w", r, err)
 	}
 	process.applied, process.opts = true, o
 	return nil
@@ -77,17 +73,9 @@ func ApplyThread(r Role) error {
 	if o.Level == LevelOff {
 		return nil
 	}
-	p, err := preparedFor(r, o)
-	if err != nil {
-		return err
-	}
 	// no_new_privs is already set on every thread (TSYNC copied it), and
 	// prctl is not allowed by the process filter.
-	f := seccomp.Filter{Policy: p}
-	if err := seccomp.LoadFilter(f); err != nil {
-		return fmt.Errorf("seccomp: install the %s filter on this thread: %w", r, err)
-	}
-	return nil
+	return preparedFor(r, o).load(seccomp.Filter{}, "on this thread")
 }
 
 // ProcessFilterApplied reports whether ApplyProcess has run (at any
