@@ -473,6 +473,7 @@ func TestOurLinuxDrivesTheVirtioDevices(t *testing.T) {
 		}); err != nil {
 			t.Fatalf("restore %d: %v", i, err)
 		}
+		t.Cleanup(func() { cvm.Stop(); cvm.Close() }) // for a test that fails half-way
 		cdone := make(chan vmm.Result, 1)
 		go func() { cdone <- cvm.Run(context.Background()) }()
 		gen := cvm.GenerationID()

@@ -117,6 +117,8 @@ func (a *VsockAgent) serve(fd int, name string) error {
 // checkVsockDevice tells a guest with a vsock device from one without: the
 // virtio transport registers at boot either way (so socket and listen
 // succeed), but reports the guest's CID only once a device is bound.
+// Without one the kernel answers VMADDR_CID_ANY, or, with the loopback
+// transport built in (our kernel), VMADDR_CID_LOCAL.
 func checkVsockDevice() error {
 	f, err := os.Open("/dev/vsock")
 	if err != nil {
@@ -130,8 +132,14 @@ func checkVsockDevice() error {
 	if err != nil {
 		return fmt.Errorf("agent: /dev/vsock: local CID: %w", err)
 	}
-	if cid == unix.VMADDR_CID_ANY {
-		return fmt.Errorf("%w: the kernel has no CID for this guest", ErrNoVsock)
+	return checkGuestCID(cid)
+}
+
+// checkGuestCID accepts a CID a guest can be reached at: 0 to 2 are the
+// hypervisor's, the loopback's and the host's, and all ones is "none".
+func checkGuestCID(cid uint32) error {
+	if cid <= unix.VMADDR_CID_HOST || cid == unix.VMADDR_CID_ANY {
+		return fmt.Errorf("%w: the kernel reports CID %d, not a guest's", ErrNoVsock, int32(cid))
 	}
 	return nil
 }

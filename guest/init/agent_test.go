@@ -3,6 +3,7 @@ package voltinit
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -210,4 +211,23 @@ func TestVsockAgentStop(t *testing.T) {
 func TestVsockAgentStopWithoutStartDoesNothing(t *testing.T) {
 	var a VsockAgent
 	a.Stop(time.Second)
+}
+
+func TestCheckGuestCID(t *testing.T) {
+	for _, tt := range []struct {
+		cid uint32
+		ok  bool
+	}{
+		{unix.VMADDR_CID_ANY, false},   // virtio transport without a device
+		{unix.VMADDR_CID_LOCAL, false}, // only the loopback transport answers
+		{unix.VMADDR_CID_HOST, false},
+		{unix.VMADDR_CID_HYPERVISOR, false},
+		{3, true},
+		{0xfffffffe, true},
+	} {
+		err := checkGuestCID(tt.cid)
+		if (err == nil) != tt.ok || err != nil && !errors.Is(err, ErrNoVsock) {
+			t.Errorf("checkGuestCID(%d) = %v, want ok=%v", tt.cid, err, tt.ok)
+		}
+	}
 }
