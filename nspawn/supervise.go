@@ -340,14 +340,8 @@ func exitOf(ps *os.ProcessState, waitErr error, ready bool) (int, string, error)
 }
 
 // containerInit returns the container's PID 1 (nspawn's stub init): the
-// child of systemd-nspawn.
-func containerInit(nspawnPID int) int {
-	kids := instance.Children(nspawnPID)
-	if len(kids) == 0 {
-		return 0
-	}
-	return kids[0]
-}
+// child of systemd-nspawn that is PID 1 of its own PID namespace.
+func containerInit(nspawnPID int) int { return instance.NamespaceInit(nspawnPID) }
 
 // termPayload sends SIGTERM to the workload itself (PID 2 under the stub
 // init, which does not forward SIGTERM), so that a stop reaches the

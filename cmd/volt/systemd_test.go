@@ -148,8 +148,8 @@ func bootSystemd(t *testing.T, tree string, binds, roBinds []string) *bootedSyst
 	t.Cleanup(b.shutdown)
 	deadline := time.Now().Add(90 * time.Second)
 	for b.pid1 == 0 {
-		if kids := instance.Children(cmd.Process.Pid); len(kids) > 0 {
-			b.pid1 = kids[0]
+		if pid := instance.NamespaceInit(cmd.Process.Pid); pid != 0 {
+			b.pid1 = pid
 			break
 		}
 		select {

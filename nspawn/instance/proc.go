@@ -38,6 +38,30 @@ func Children(pid int) []int {
 	return out
 }
 
+// NamespaceInit returns the child of parent that is PID 1 of a PID
+// namespace of its own (its NSpid line ends in 1): the init a container
+// manager such as systemd-nspawn started. Other children (helpers that
+// come and go while it sets up) are skipped; 0 if there is none yet.
+func NamespaceInit(parent int) int {
+	for _, pid := range Children(parent) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			rest, ok := strings.CutPrefix(line, "NSpid:")
+			if !ok {
+				continue
+			}
+			f := strings.Fields(rest)
+			if len(f) >= 2 && f[len(f)-1] == "1" {
+				return pid
+			}
+		}
+	}
+	return 0
+}
+
 // parsePPid reads field 4 of /proc/PID/stat (after the command name).
 func parsePPid(b []byte) (int, error) {
 	i := bytes.LastIndexByte(b, ')')
