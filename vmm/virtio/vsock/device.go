@@ -472,9 +472,12 @@ func (d *Device) markDirty(bufs []virtio.Buffer, n int) {
 
 // resetAckTimeout bounds how long host-initiated connections wait after a
 // transport reset for the guest to show it handled it. Linux re-adds the
-// event buffer right after resetting its sockets; a guest that never does
-// delays only its first host connections after a restore, by this much.
-const resetAckTimeout = 250 * time.Millisecond
+// event buffer right after resetting its sockets, within milliseconds on
+// hardware-assisted KVM but after up to ~2 s where ring 0 is emulated (a
+// host connection let through at 250 ms was reset with the old ones there);
+// a guest that never re-adds it delays only its first host connections
+// after a restore, by this much.
+const resetAckTimeout = 5 * time.Second
 
 // sendTransportReset puts VIRTIO_VSOCK_EVENT_TRANSPORT_RESET on the event
 // queue, or leaves it owed until the guest gives an event buffer.
