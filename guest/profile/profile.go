@@ -61,6 +61,13 @@ var profiles = map[string]Profile{
 			// emulate FWAIT (patch 0004).
 			"volt_syscall_from_pf",
 			"volt_no_fwait_on_drop",
+			// volt-init's generation-ID poll wakes the guest every 100 ms by
+			// default; here each wake-up is ~16,000 emulated instructions,
+			// so an idle VM cost 169k instructions/s at 100 ms and 26k at
+			// 1 s (guest/README.md (e)). Agent requests check the ID before
+			// they run whatever the interval, so a restored clone answers
+			// with a reseeded RNG either way.
+			"volt.genid_interval=1s",
 		},
 		// PV IPIs, yields and TLB flushes are hypercalls this host never
 		// completes: with two vCPUs the boot hangs when the second starts.
@@ -103,6 +110,7 @@ func Names() []string {
 func (p Profile) Apply(cmdline string) (string, error) {
 	var (
 		have       = map[string]bool{}
+		names      = map[string]bool{}
 		kernelPart = cmdline
 		initPart   string
 	)
@@ -116,10 +124,17 @@ func (p Profile) Apply(cmdline string) (string, error) {
 			return "", fmt.Errorf("kernel command line %q: unterminated double quote", cmdline)
 		}
 		have[cmdline[i:a.end]] = true
+		names[a.param] = true
 		i = skipSpaces(cmdline, a.end)
 	}
 	var add []string
 	for _, opt := range p.Cmdline {
+		// volt-init takes the last of a repeated volt.* parameter, so a
+		// profile default appended after the caller's own would override
+		// it: the caller's wins instead.
+		if name, _, hasVal := strings.Cut(opt, "="); hasVal && strings.HasPrefix(name, "volt.") && names[name] {
+			continue
+		}
 		if !have[opt] {
 			add = append(add, opt)
 			have[opt] = true

@@ -19,7 +19,7 @@ func TestLookup(t *testing.T) {
 			name: "nested-pvm",
 			wantCmdline: []string{"noxsave", "clearcpuid=smap,smep,pku,popcnt,cx16,rdrand,rdseed,rdtscp,114",
 				"nofsgsbase", "no_int3_selftest", "tsc=reliable", "no_timer_check", "idle=halt",
-				"volt_syscall_from_pf", "volt_no_fwait_on_drop"},
+				"volt_syscall_from_pf", "volt_no_fwait_on_drop", "volt.genid_interval=1s"},
 			wantMask: []string{"kvm_pv_send_ipi", "kvm_pv_sched_yield", "kvm_pv_tlb_flush", "kvm_pv_unhalt"},
 		},
 		{name: "", wantErr: true},
@@ -118,6 +118,19 @@ func TestApply(t *testing.T) {
 		{name: "longer dashes", in: "--- x", want: "--- x noxsave volt_syscall_from_pf"},
 		{name: "unterminated quote", in: `volt.run="sh -c x`, wantErr: "unterminated double quote"},
 		{name: "unterminated quote after dashes", in: `a -- "b`, want: `a noxsave volt_syscall_from_pf -- "b`},
+	}
+	// The caller's volt.* parameter wins over the profile's default, which
+	// volt-init would otherwise read last.
+	withInit := Profile{Name: "i", Cmdline: []string{"noxsave", "volt.genid_interval=1s"}}
+	for _, tt := range []struct{ in, want string }{
+		{"console=ttyS0", "console=ttyS0 noxsave volt.genid_interval=1s"},
+		{"volt.genid_interval=off", "volt.genid_interval=off noxsave"},
+		{"volt.genid_interval=1s", "volt.genid_interval=1s noxsave"},
+		{"volt.genid_intervalx=2s", "volt.genid_intervalx=2s noxsave volt.genid_interval=1s"},
+	} {
+		if got, err := withInit.Apply(tt.in); err != nil || got != tt.want {
+			t.Errorf("Apply(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
+		}
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
