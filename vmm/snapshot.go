@@ -386,7 +386,7 @@ func Restore(ctx context.Context, rc RestoreConfig) (_ *VM, err error) {
 		st, err := snapshot.ReadStateFile(rc.StatePath)
 		stateCh <- decoded{st, err}
 	}()
-	v, err := newShell(Config{Origin: rc.Origin})
+	v, err := newShell(Config{Origin: rc.Origin}, false)
 	if err != nil {
 		<-stateCh
 		return nil, err
@@ -444,6 +444,7 @@ func Restore(ctx context.Context, rc RestoreConfig) (_ *VM, err error) {
 		return nil, fmt.Errorf("restore %s: %w", rc.MemPath, err)
 	}
 	v.timeline.MemoryReady = time.Now()
+	v.askSupportedCPUID()
 	if err := v.setupPlatform(); err != nil {
 		waitState()
 		return nil, err
@@ -589,6 +590,7 @@ func (v *VM) restoreFromCAS(ctx context.Context, rc RestoreConfig, waitState fun
 		return nil, fmt.Errorf("restore %s: %w", rc.StatePath, err)
 	}
 	v.timeline.MemoryReady = time.Now()
+	v.askSupportedCPUID()
 	v.startPrefetch(rc, st)
 	if err := v.setupPlatform(); err != nil {
 		return nil, err

@@ -159,7 +159,7 @@ func New(cfg Config) (_ *VM, err error) {
 	if err := CheckHostMemory(cfg.MemorySize, cfg.AllowOvercommit); err != nil {
 		return nil, err
 	}
-	v, err := newShell(cfg)
+	v, err := newShell(cfg, true)
 	if err != nil {
 		return nil, err
 	}
@@ -208,8 +208,9 @@ func New(cfg Config) (_ *VM, err error) {
 }
 
 // newShell returns a VM with KVM opened and the VM created, the common
-// start of a boot and a restore.
-func newShell(cfg Config) (*VM, error) {
+// start of a boot and a restore; askCPUID starts asking KVM for the
+// supported CPUID at once (askSupportedCPUID).
+func newShell(cfg Config, askCPUID bool) (*VM, error) {
 	if cfg.Origin.IsZero() {
 		cfg.Origin = time.Now()
 	}
@@ -221,13 +222,11 @@ func newShell(cfg Config) (*VM, error) {
 		return nil, err
 	}
 	// KVM_GET_SUPPORTED_CPUID takes about a millisecond here and nothing
-	// before the vCPUs' set-up needs it: ask now and let VM creation,
-	// memory and the kernel load overlap it.
-	v.cpuidDone = make(chan struct{})
-	go func() {
-		defer close(v.cpuidDone)
-		v.cpuidSupported, v.cpuidErr = v.sys.SupportedCPUID()
-	}()
+	// before the vCPUs' set-up needs it: a boot asks now and lets VM
+	// creation, memory and the kernel load overlap it.
+	if askCPUID {
+		v.askSupportedCPUID()
+	}
 	if cfg.CPUs > 0 {
 		if err := v.checkVCPUCount(); err != nil {
 			v.Close()
@@ -279,8 +278,23 @@ func (v *VM) waitPIT() error {
 	return err
 }
 
-// supportedCPUID returns what KVM_GET_SUPPORTED_CPUID answered.
+// askSupportedCPUID starts KVM_GET_SUPPORTED_CPUID on a goroutine of its
+// own, once; supportedCPUID collects the answer, and Close waits for it.
+func (v *VM) askSupportedCPUID() {
+	if v.cpuidDone != nil {
+		return
+	}
+	v.cpuidDone = make(chan struct{})
+	go func() {
+		defer close(v.cpuidDone)
+		v.cpuidSupported, v.cpuidErr = v.sys.SupportedCPUID()
+	}()
+}
+
+// supportedCPUID returns what KVM_GET_SUPPORTED_CPUID answered, asking
+// now if nothing has asked yet.
 func (v *VM) supportedCPUID() ([]kvm.CPUIDEntry, error) {
+	v.askSupportedCPUID()
 	<-v.cpuidDone
 	return v.cpuidSupported, v.cpuidErr
 }
