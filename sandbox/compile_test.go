@@ -275,9 +275,13 @@ func TestRoleVectors(t *testing.T) {
 			{"pwritev", nil, retAllow},
 			{"fdatasync", nil, retAllow},
 			{"fallocate", nil, retAllow},
-			{"openat", nil, retKillProcess},
+			{"openat", nil, retAllow}, // a CAS volume's chunks
+			{"renameat", nil, retAllow},
 			{"ioctl", []uint64{3, uint64(kvmRun.Number)}, retKillProcess},
 			{"accept4", nil, retKillProcess},
+			{"socket", []uint64{unix.AF_UNIX}, retKillProcess},
+			{"connect", nil, retKillProcess},
+			{"linkat", nil, retKillProcess},
 		},
 		RoleNet: {
 			{"read", nil, retAllow},

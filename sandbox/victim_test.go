@@ -18,7 +18,7 @@ import (
 // confined thread (sandbox/internal/victim), which the audit record must
 // name.
 var forbiddenName = map[Role]string{
-	RoleVMM: "socket", RoleVCPU: "openat", RoleAPI: "ioctl", RoleBlock: "openat",
+	RoleVMM: "socket", RoleVCPU: "openat", RoleAPI: "ioctl", RoleBlock: "connect",
 	RoleNet: "ioctl", RoleVsock: "bind", RoleRNG: "openat",
 }
 

@@ -66,6 +66,9 @@ func (v *VM) landlockPaths(c *Confinement) sandbox.Paths {
 		if d.CASStore != "" {
 			stores[d.CASStore] = true // a volume's chunks are opened as the guest reads them
 		}
+		if d.Volume != "" {
+			dirs = append(dirs, d.Volume) // its map is rewritten on every flush
+		}
 	}
 	if v.casStore != "" {
 		stores[v.casStore] = true // the memory's lease is removed when the VM closes

@@ -73,9 +73,8 @@ var forbidden = map[sandbox.Role]struct {
 		_, _, e := unix.Syscall(unix.SYS_IOCTL, 0, kvmRun, 0)
 		return e
 	}},
-	sandbox.RoleBlock: {"openat", func() error {
-		_, err := os.Open("/etc/hostname")
-		return err
+	sandbox.RoleBlock: {"connect", func() error {
+		return unix.Connect(-1, &unix.SockaddrUnix{Name: "/nonexistent"})
 	}},
 	sandbox.RoleNet: {"ioctl(TUNSETIFF)", func() error {
 		_, _, e := unix.Syscall(unix.SYS_IOCTL, 0, unix.TUNSETIFF, 0)
