@@ -80,7 +80,7 @@ void put_line(void);
 void error(const char *msg);		/* "error: MSG", marks the command failed */
 void error_start(void);			/* "error: ", then put_*, then put_line */
 
-/* cmd_failed is set by error()/error_start(): the command's exit status. */
+/* cmd_status is the running command's exit status; error() and error_start() set it to 1. */
 extern int cmd_status;
 
 /* ---- parsing -------------------------------------------------------- */
