@@ -88,7 +88,9 @@ func BuildExt4(ctx context.Context, out string, tree Tree, opts Ext4Options) (er
 			os.Remove(tmp.Name())
 		}
 	}()
-	cmd := exec.CommandContext(ctx, mkfs, "-q", "-F", "-d", stage, "-L", label, tmp.Name(), fmt.Sprintf("%dM", size))
+	// 4 KiB blocks: mkfs picks 1 KiB for images this small, and volt vm
+	// run refuses those as a VM's root over a CAS volume (nspawn/image).
+	cmd := exec.CommandContext(ctx, mkfs, "-q", "-F", "-b", "4096", "-d", stage, "-L", label, tmp.Name(), fmt.Sprintf("%dM", size))
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("ext4: %s: %w: %s", strings.Join(cmd.Args, " "), err, strings.TrimSpace(string(msg)))
 	}
