@@ -742,7 +742,7 @@ func TestProbeMalformedChainsBreakOnlyTheirDevice(t *testing.T) {
 				before := len(log.String())
 				vpWant(s, "virtio evil "+dev+" "+k.kind, `virtio evil `+dev+` `+k.kind+` status=0x4f needs_reset=1 reinit=ok`)
 				broken++
-				if logged := log.String()[before:]; !regexp.MustCompile(`virtio: device broken, needs reset.*device=virtio-`+dev+`0.*`+k.reason).MatchString(logged) {
+				if logged := log.String()[before:]; !regexp.MustCompile(`virtio: device broken, needs reset.*device=virtio-` + dev + `0.*` + k.reason).MatchString(logged) {
 					t.Errorf("the VMM's log does not say why %s broke (want %q):\n%s", dev, k.reason, logged)
 				}
 				// The VMM runs on, every device works, the broken one
