@@ -204,8 +204,19 @@ func (d *Device) Run(ctx context.Context) error {
 	if !d.active {
 		return errNotActive
 	}
-	stopKick := context.AfterFunc(ctx, d.wake)
-	defer stopKick()
+	// The wake-up must be over before Run returns: Close then closes the
+	// kick eventfd, whose number a later wake would write to otherwise
+	// (found by the race detector).
+	woke := make(chan struct{})
+	stopKick := context.AfterFunc(ctx, func() {
+		defer close(woke)
+		d.wake()
+	})
+	defer func() {
+		if !stopKick() {
+			<-woke
+		}
+	}()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	fwdCtx, cancelFwd := context.WithCancel(ctx)
