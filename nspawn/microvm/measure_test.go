@@ -102,9 +102,6 @@ func TestMeasureStartAndScale(t *testing.T) {
 		if r < vmRounds {
 			name := fmt.Sprintf("vm%d", r)
 			args := []string{"vm", "run", name, "--image", "busybox", "--kernel", kernel, "--guest-profile", profile}
-			for _, f := range vmmWorkarounds() {
-				args = append(args, "--vmm-flag", f)
-			}
 			args = append(args, "--", "/bin/echo", "first-output")
 			start := time.Now()
 			sh(args...)

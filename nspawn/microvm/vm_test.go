@@ -91,19 +91,6 @@ func guestProfile() string {
 	return ""
 }
 
-// vmmWorkarounds are volt-vmm flags the test needs until volt-vmm's own
-// confinement lets a --volume disk work: the virtio-blk worker's seccomp
-// filter has no openat (the volume opens base chunks as it reads them: the
-// VMM is killed by SIGSYS), and Landlock does not grant the --volume
-// directory (the volume's map cannot be written: EACCES). Set
-// VOLT_TEST_VMM_CONFINED=1 to run with volt-vmm fully confined.
-func vmmWorkarounds() []string {
-	if os.Getenv("VOLT_TEST_VMM_CONFINED") == "1" {
-		return nil
-	}
-	return []string{"--no-seccomp", "--no-landlock"}
-}
-
 type world struct {
 	store *cas.Store
 	vms   *Runtime
@@ -203,7 +190,7 @@ func TestOneImageRunsAsAVMAndAContainerAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	vm := Spec{Name: "vm1", Image: "busybox", Kernel: kernel, MemoryBytes: 256 << 20, CPUs: 1, GuestProfile: guestProfile(),
-		VMM: w.vmm, VMMFlags: vmmWorkarounds(),
+		VMM:     w.vmm,
 		Command: []string{"/bin/sh", "-c", "echo vm sum $(md5sum /bin/busybox | cut -c1-32); echo vm-wrote > /vm.txt; sync"}}
 	start := time.Now()
 	if _, err := w.vms.Run(ctx, vm); err != nil {
@@ -308,7 +295,7 @@ func TestVMStopAndSupervisorCrash(t *testing.T) {
 	w := newWorld(t, init)
 	ctx := context.Background()
 	spec := Spec{Name: "stopme", Image: "busybox", Kernel: kernel, MemoryBytes: 128 << 20, CPUs: 1, GuestProfile: guestProfile(),
-		VMM: w.vmm, VMMFlags: vmmWorkarounds(), Command: []string{"/bin/sleep", "600"}}
+		VMM: w.vmm, Command: []string{"/bin/sleep", "600"}}
 	if _, err := w.vms.Run(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
