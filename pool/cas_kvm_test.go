@@ -199,7 +199,9 @@ func TestCASTemplateRemovedWhileLeasedKeepsTheCloneAndThenFreesItsChunks(t *test
 	if err := s.client.Release(ctx, l.ID); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the released clone to exit", func() bool { return !alive(l.PID) })
+	// Reaped, not just a zombie: a killed VMM's leader turns zombie while
+	// its other threads still exit, holding the lease's flock.
+	waitFor(t, "the released clone to be reaped", func() bool { return reaped(l.PID) })
 	res, err = st.GC(ctx, cas.GCOptions{})
 	if err != nil {
 		t.Fatal(err)

@@ -278,6 +278,13 @@ func alive(pid int) bool {
 	return i >= 0 && i+2 < len(b) && b[i+2] != 'Z'
 }
 
+// reaped reports whether pid is gone from /proc: all its threads have
+// exited and its parent has collected it.
+func reaped(pid int) bool {
+	_, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
+	return errors.Is(err, os.ErrNotExist)
+}
+
 func statusCode(err error) int { return pc.StatusOf(err) }
 
 var errNoVM = errors.New("no VM")

@@ -308,9 +308,6 @@ func (p *Pool) exited(v *vm) {
 	msg := v.proc.exited()
 	p.mu.Lock()
 	t := p.templates[v.template]
-	if p.vms[v.id] == v {
-		delete(p.vms, v.id)
-	}
 	switch v.state {
 	case vmWarm:
 		if t != nil {
@@ -336,6 +333,15 @@ func (p *Pool) exited(v *vm) {
 		p.cfg.Log.Error("remove VM directory", "dir", v.dir, "err", err)
 	}
 	p.releaseJail(v)
+	// v leaves the set only now, its directory, uid and CAS lease given
+	// back: whoever waits for a VMM to be gone (Shutdown, RemoveTemplate)
+	// may then rely on what it held being free.
+	p.mu.Lock()
+	if p.vms[v.id] == v {
+		delete(p.vms, v.id)
+	}
+	p.notify()
+	p.mu.Unlock()
 	p.kick()
 }
 
@@ -518,6 +524,8 @@ func (p *Pool) warmOne(t *tmpl, snap Snapshot, spec pc.TemplateSpec) {
 	t.starting--
 	p.inflight--
 	switch {
+	case err != nil && t.removed:
+		// RemoveTemplate killed it while it loaded.
 	case err != nil:
 		t.failures++
 		t.backoff = min(max(2*t.backoff, 100*time.Millisecond), 30*time.Second)

@@ -502,11 +502,19 @@ func (p *Pool) RemoveTemplate(ctx context.Context, name string) error {
 		return errorf(ErrUnavailable, "template %q is still being created", name)
 	}
 	t.removed = true
-	for _, v := range t.warm {
-		p.stop(v)
+	for _, v := range p.vms {
+		if v.template == name && v.state != vmLeased {
+			p.stop(v) // warm, or a refill still loading
+		}
 	}
 	t.warm = nil
 	p.mu.Unlock()
+	// Its refills and warm VMMs hold leases on its memory: they are gone
+	// before the removal returns, so that a GC run next frees what only
+	// this template used.
+	if err := p.awaitUnleasedGone(ctx, t, name); err != nil {
+		return err
+	}
 	// The record first: without it the template is gone on restart even
 	// if what follows fails.
 	errRec := os.Remove(filepath.Join(p.templateDir(name), templateFile))
@@ -521,6 +529,30 @@ func (p *Pool) RemoveTemplate(ctx context.Context, name string) error {
 		return fmt.Errorf("remove template %s: %w", name, errRec)
 	}
 	return errors.Join(errSnap, errDir)
+}
+
+// awaitUnleasedGone waits until no refill of t is in flight and no
+// stopped VMM of template name is left.
+func (p *Pool) awaitUnleasedGone(ctx context.Context, t *tmpl, name string) error {
+	for {
+		p.mu.Lock()
+		busy := t.starting
+		for _, v := range p.vms {
+			if v.template == name && v.state == vmStopping {
+				busy++
+			}
+		}
+		changed := p.changed
+		p.mu.Unlock()
+		if busy == 0 {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return fmt.Errorf("remove template %s: %d of its VMMs are still stopping: %w", name, busy, ctx.Err())
+		}
+	}
 }
 
 // SetWarm changes name's warm target (persisted).
