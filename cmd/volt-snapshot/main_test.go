@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -75,7 +76,7 @@ func TestInfoSummarisesAValidPair(t *testing.T) {
 	if got := run([]string{"info", filepath.Join(dir, "vm.state"), filepath.Join(dir, "vm.mem")}, &stdout, &stderr); got != 0 {
 		t.Fatalf("info: %d %s", got, stderr.String())
 	}
-	for _, want := range []string{"format 2.0, full snapshot: 1 vCPUs, 2M memory", "memory file: full, 2M of RAM", "complete"} {
+	for _, want := range []string{fmt.Sprintf("format %d.%d, full snapshot: 1 vCPUs, 2M memory", snapshot.MajorVersion, snapshot.MinorVersion), "memory file: full, 2M of RAM", "complete"} {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("info printed %q, want %q", stdout.String(), want)
 		}
