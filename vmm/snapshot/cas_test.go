@@ -79,8 +79,14 @@ func TestOpenCASMemoryRefusesWrongOrDamagedStores(t *testing.T) {
 	dir := t.TempDir()
 	m := guestMemory(t, map[int]byte{2: 2})
 	state := filepath.Join(dir, "vm.state")
-	if _, _, err := CreateInCAS(context.Background(), CASParams{StatePath: state, Store: store, State: stateFor(m), Memory: m}); err != nil {
+	_, d, err := CreateInCAS(context.Background(), CASParams{StatePath: state, Store: store, State: stateFor(m), Memory: m})
+	if err != nil {
 		t.Fatal(err)
+	}
+	if man, err := store.ReadManifest(context.Background(), d); err != nil {
+		t.Error(err)
+	} else if man.ChunkSize != DefaultMemoryChunkSize {
+		t.Errorf("created manifest: chunk size %d, want the default %d", man.ChunkSize, DefaultMemoryChunkSize)
 	}
 	st, _ := ReadStateFile(state)
 	if _, _, err := OpenCASMemory(context.Background(), casStore(t), st, 1); err == nil || !strings.Contains(err.Error(), "not found") {
@@ -119,6 +125,11 @@ func TestImportMemoryMovesAFlatSnapshotIntoTheCAS(t *testing.T) {
 	}
 	if got := mapCAS(t, store, state); string(got) != string(m.Mapping()) {
 		t.Fatalf("imported memory (manifest %s) differs", d.Short())
+	}
+	if man, err := store.ReadManifest(context.Background(), d); err != nil {
+		t.Error(err)
+	} else if man.ChunkSize != DefaultMemoryChunkSize {
+		t.Errorf("imported manifest: chunk size %d, want the default %d", man.ChunkSize, DefaultMemoryChunkSize)
 	}
 	if _, err := ImportMemory(context.Background(), store, state, filepath.Join(dir, "vm.mem"), "", 0); err == nil {
 		t.Error("a second import of the same snapshot was accepted")
