@@ -21,20 +21,31 @@ import (
 
 var (
 	probeOnce sync.Once
+	probeDir  string // the probe built for this test binary; removed by TestMain
 	probePath string
 	probeErr  error
 )
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if probeDir != "" {
+		os.RemoveAll(probeDir)
+	}
+	os.Exit(code)
+}
 
 // probeELF builds the probe guest once per test binary (or uses $VOLT_PROBE).
 func probeELF(t testing.TB) string {
 	t.Helper()
 	probeOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "volt-probe-")
-		if err != nil {
-			probeErr = err
+		if p := os.Getenv(probe.EnvProbe); p != "" {
+			probePath, probeErr = probe.Path(context.Background(), "")
 			return
 		}
-		probePath, probeErr = probe.Path(context.Background(), dir)
+		probeDir, probeErr = os.MkdirTemp("", "volt-probe-")
+		if probeErr == nil {
+			probePath, probeErr = probe.Build(context.Background(), probeDir)
+		}
 	})
 	if probeErr != nil {
 		t.Fatalf("build probe guest: %v", probeErr)
