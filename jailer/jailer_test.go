@@ -3,10 +3,13 @@ package jailer
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -479,4 +482,169 @@ func fmtSscan(s string, pid *int) (int, error) { return fmt.Sscan(strings.TrimSp
 
 func filepathJoinProc(pid int, name string) string {
 	return filepath.Join("/proc", strconv.Itoa(pid), name)
+}
+
+// hooked is one jailed volt-vmm run with the hidden --test-* hooks: the
+// probe at /probe.elf, whatever else binds adds, and the VMM's extra
+// args. The guest, when the VMM lets it run, powers off at once.
+func runHooked(t *testing.T, base, id string, binds []Bind, args ...string) *jailed {
+	t.Helper()
+	c := Config{ID: id, ExecFile: vmmBinary(t), UID: 10123, GID: 10123, ChrootBase: base,
+		Binds: append([]Bind{{Host: probeKernel(t), Jail: "/probe.elf"}}, binds...),
+		Args:  append([]string{"--kernel", "/probe.elf", "--memory", "32M"}, args...)}
+	j := startJailed(t, c)
+	io.WriteString(j.stdin, "echo hooked\npoweroff\n")
+	j.wait(t)
+	if j.err != nil {
+		t.Fatalf("the jail: %v\n%s", j.err, j.out)
+	}
+	return j
+}
+
+// worldReadable is a file any uid may open, in a directory any uid may
+// search, on the host: a refusal to open it in the jail is the jail's,
+// not the file's mode.
+func worldReadable(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "volt-jail-secret-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(dir, "secret")
+	if err := os.WriteFile(f, []byte("host secret\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// TestJailedVMMCannotOpenOutsideItsRules: once confined, the jailed VMM
+// opens (--test-open-after-confine) a file of its chroot that Landlock's
+// rules leave out, and is refused; without Landlock the same open
+// succeeds (the refusal is Landlock's, not the file's mode), and a file
+// in its --snapshot-dir opens under Landlock. The host's paths are not
+// there at all, not even through /proc/1/root (its /proc is its own PID
+// namespace's, where PID 1 is the VMM), with Landlock off so that only the
+// chroot stands in the way. Every run also makes the forbidden call
+// (--test-seccomp-violation), which ends it before the guest runs.
+func TestJailedVMMCannotOpenOutsideItsRules(t *testing.T) {
+	requireRoot(t)
+	kvmtest.Require(t)
+	secret := worldReadable(t)
+	snap := t.TempDir()
+	if err := os.Chmod(snap, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(snap, "inside"), []byte("in the rules\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	binds := []Bind{{Host: secret, Jail: "/secret"}, {Host: snap, Jail: "/snap"}}
+	base := t.TempDir()
+	for i, c := range []struct {
+		name string
+		path string
+		args []string
+		want string // the open's error as the VMM logs it
+	}{
+		{"chroot file outside Landlock's rules", "/secret", nil, "open /secret: permission denied"},
+		{"the same file without Landlock", "/secret", []string{"--no-landlock"}, "<nil>"},
+		{"file in --snapshot-dir", "/snap/inside", nil, "<nil>"},
+		{"host path of the bound file", secret, []string{"--no-landlock"}, "open " + secret + ": no such file or directory"},
+		{"host path through /proc/1/root", "/proc/1/root" + secret, []string{"--no-landlock"}, "open /proc/1/root" + secret + ": no such file or directory"},
+		{"host path through ..", "/../.." + secret, []string{"--no-landlock"}, "open /../.." + secret + ": no such file or directory"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			args := append([]string{"--snapshot-dir", "/snap", "--test-open-after-confine", c.path, "--test-seccomp-violation"}, c.args...)
+			j := runHooked(t, base, fmt.Sprintf("open-%d", i), binds, args...)
+			line := regexp.MustCompile(`test: open after confinement.* path=(\S+) err=("[^"]*"|\S+)`).FindStringSubmatch(j.out.String())
+			if line == nil {
+				t.Fatalf("the VMM did not log its open: %+v\n%s", j.res, j.out)
+			}
+			if got := strings.Trim(line[2], `"`); line[1] != c.path || got != c.want {
+				t.Errorf("open %s in the jail: %s (path %s), want %s", c.path, got, line[1], c.want)
+			}
+			if j.res.Signal != unix.SIGSYS {
+				t.Errorf("the forbidden call after the open: %+v, want a SIGSYS kill\n%s", j.res, j.out)
+			}
+		})
+	}
+}
+
+// TestJailedVMMDiesOnAForbiddenCall: a jailed volt-vmm that makes a
+// system call no filter allows (--test-seccomp-violation, kexec_file_load)
+// is killed by SIGSYS at either seccomp level, and the jailer's Result
+// says so (exit status 128+31, as a shell reports it); the kernel's audit
+// record, when its rate-limited printk let one through, names the call.
+// At level 0 the same call returns, the VMM says so and boots the guest:
+// the hook does make the call, and the kill is the filter's.
+func TestJailedVMMDiesOnAForbiddenCall(t *testing.T) {
+	requireRoot(t)
+	kvmtest.Require(t)
+	base := t.TempDir()
+	for i, c := range []struct {
+		name   string
+		level  string
+		killed bool
+	}{
+		{"level 2, system calls and arguments", "2", true},
+		{"level 1, system calls", "1", true},
+		{"level 0, no filters", "0", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			j := runHooked(t, base, fmt.Sprintf("seccomp-%d", i), nil, "--seccomp-level", c.level, "--test-seccomp-violation")
+			out := j.out.String()
+			if !c.killed {
+				if j.res != (Result{}) || !strings.Contains(out, "test: kexec_file_load returned instead of killing the VMM") || !strings.Contains(out, "hooked") {
+					t.Errorf("unfiltered, the call should return and the guest run: %+v\n%s", j.res, out)
+				}
+				return
+			}
+			if j.res.Signal != unix.SIGSYS || j.res.ExitCode != 128+int(unix.SIGSYS) {
+				t.Fatalf("Result %+v, want Signal SIGSYS and ExitCode %d\n%s", j.res, 128+int(unix.SIGSYS), out)
+			}
+			if strings.Contains(out, "returned instead of killing") || strings.Contains(out, "hooked") {
+				t.Errorf("the VMM went on after the forbidden call:\n%s", out)
+			}
+			if j.res.Seccomp == nil {
+				t.Logf("no audit record read (the kernel's printk is rate-limited); Result %+v", j.res)
+				return
+			}
+			t.Log(j.res.Seccomp)
+			if j.res.Seccomp.Name != "kexec_file_load" || j.res.Seccomp.Syscall != unix.SYS_KEXEC_FILE_LOAD {
+				t.Errorf("the audit record names %s (%d), want kexec_file_load (%d)", j.res.Seccomp.Name, j.res.Seccomp.Syscall, unix.SYS_KEXEC_FILE_LOAD)
+			}
+		})
+	}
+}
+
+// TestVoltJailerNamesASeccompKill: the volt-jailer command says on stderr
+// that seccomp killed volt-vmm (the system call, from the audit record) or
+// at least that SIGSYS did, and exits 128+31.
+func TestVoltJailerNamesASeccompKill(t *testing.T) {
+	requireRoot(t)
+	kvmtest.Require(t)
+	cmd := exec.Command(testbin.Build(t, "./cmd/volt-jailer"), "--id", "cli-seccomp", "--exec-file", vmmBinary(t),
+		"--uid", "10123", "--gid", "10123", "--chroot-base-dir", t.TempDir(), "--ro-bind", probeKernel(t)+":/probe.elf",
+		"--", "--kernel", "/probe.elf", "--memory", "32M", "--test-seccomp-violation")
+	var stderr bytes.Buffer
+	cmd.Stdin, cmd.Stderr = strings.NewReader("echo hooked\npoweroff\n"), &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 128+int(unix.SIGSYS) {
+		t.Fatalf("volt-jailer: %v, want exit status %d\n%s", err, 128+int(unix.SIGSYS), stderr.String())
+	}
+	m := regexp.MustCompile(`(?m)^volt-jailer: volt-vmm killed by (seccomp: .*forbidden system call (\S+) \(\d+\)|signal bad system call)$`).FindStringSubmatch(stderr.String())
+	switch {
+	case m == nil:
+		t.Errorf("volt-jailer did not name the kill:\n%s", stderr.String())
+	case m[2] == "":
+		t.Logf("no audit record read (rate-limited printk): %s", m[0])
+	case m[2] != "kexec_file_load":
+		t.Errorf("volt-jailer names %s, want kexec_file_load: %s", m[2], m[0])
+	default:
+		t.Log(m[0])
+	}
 }
