@@ -6,11 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"time"
+
+	"github.com/voltvmm/volt/internal/unixhttp"
 )
 
 // DefaultSocket is where voltpool serves its API unless told otherwise.
@@ -20,28 +20,17 @@ const maxAnswer = 8 << 20
 
 // Client talks to one voltpool daemon. It is safe for concurrent use.
 type Client struct {
-	socket string
-	http   *http.Client
+	conn *unixhttp.Client
 }
 
 // New returns a client of the daemon at socket. Nothing is dialled until
 // the first request.
 func New(socket string) *Client {
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		},
-		MaxIdleConns:        128,
-		MaxIdleConnsPerHost: 128,
-		IdleConnTimeout:     30 * time.Second,
-		DisableCompression:  true,
-	}
-	return &Client{socket: socket, http: &http.Client{Transport: tr}}
+	return &Client{conn: unixhttp.New(socket, 128, maxAnswer)}
 }
 
 // Close drops idle connections.
-func (c *Client) Close() { c.http.CloseIdleConnections() }
+func (c *Client) Close() { c.conn.Close() }
 
 // APIError is an answer other than 2xx.
 type APIError struct {
@@ -64,47 +53,24 @@ func StatusOf(err error) int {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return fmt.Errorf("voltpool %s %s: %w", method, path, err)
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://voltpool"+path, rd)
+	ans, err := c.conn.Do(ctx, method, path, body)
 	if err != nil {
 		return fmt.Errorf("voltpool %s %s: %w", method, path, err)
 	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("voltpool %s %s on %s: %w", method, path, c.socket, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer+1))
-	if err != nil {
-		return fmt.Errorf("voltpool %s %s: read answer: %w", method, path, err)
-	}
-	if len(data) > maxAnswer {
-		return fmt.Errorf("voltpool %s %s: answer larger than %d bytes", method, path, maxAnswer)
-	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		e := &APIError{Method: method, Path: path, Status: resp.StatusCode}
+	if !ans.OK() {
+		e := &APIError{Method: method, Path: path, Status: ans.Status}
 		var b Error
-		if json.Unmarshal(data, &b) == nil && b.Error != "" {
+		if json.Unmarshal(ans.Body, &b) == nil && b.Error != "" {
 			e.Message = b.Error
 		} else {
-			e.Message = string(bytes.TrimSpace(data))
+			e.Message = string(bytes.TrimSpace(ans.Body))
 		}
 		return e
 	}
 	if out == nil {
 		return nil
 	}
-	if err := json.Unmarshal(data, out); err != nil {
+	if err := json.Unmarshal(ans.Body, out); err != nil {
 		return fmt.Errorf("voltpool %s %s: decode answer: %w", method, path, err)
 	}
 	return nil

@@ -13,11 +13,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"time"
 
+	"github.com/voltvmm/volt/internal/unixhttp"
 	"github.com/voltvmm/volt/vmm/api/types"
 )
 
@@ -29,31 +28,20 @@ const maxResponse = 1 << 20
 // share keep-alive connections.
 type Client struct {
 	socket string
-	http   *http.Client
+	conn   *unixhttp.Client
 }
 
 // New returns a client for the API socket at path. Nothing is dialled until
 // the first request.
 func New(path string) *Client {
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		},
-		MaxIdleConns:    2,
-		IdleConnTimeout: 30 * time.Second,
-		// A VMM's API answers in microseconds to milliseconds; responses
-		// are never compressed.
-		DisableCompression: true,
-	}
-	return &Client{socket: path, http: &http.Client{Transport: tr}}
+	return &Client{socket: path, conn: unixhttp.New(path, 2, maxResponse)}
 }
 
 // Socket is the path of the API socket.
 func (c *Client) Socket() string { return c.socket }
 
 // Close drops idle connections.
-func (c *Client) Close() { c.http.CloseIdleConnections() }
+func (c *Client) Close() { c.conn.Close() }
 
 // APIError is a non-2xx answer.
 type APIError struct {
@@ -72,53 +60,27 @@ func (e *APIError) Error() string {
 // do sends body (JSON-encoded unless nil) and decodes a 200 answer into out
 // (when non-nil); 204 is success without a body.
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return fmt.Errorf("%s %s: encode body: %w", method, path, err)
-		}
-		rd = bytes.NewReader(b)
-	}
-	// The host part is not used (the dialler ignores it), but HTTP/1.1
-	// needs one.
-	req, err := http.NewRequestWithContext(ctx, method, "http://localhost"+path, rd)
+	ans, err := c.conn.Do(ctx, method, path, body)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	req.Header.Set("Accept", "application/json")
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("%s %s on %s: %w", method, path, c.socket, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse+1))
-	if err != nil {
-		return fmt.Errorf("%s %s: read answer: %w", method, path, err)
-	}
-	if len(data) > maxResponse {
-		return fmt.Errorf("%s %s: answer larger than %d bytes", method, path, maxResponse)
-	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		e := &APIError{Method: method, Path: path, Status: resp.StatusCode}
+	if !ans.OK() {
+		e := &APIError{Method: method, Path: path, Status: ans.Status}
 		var fault types.Error
-		if json.Unmarshal(data, &fault) == nil {
+		if json.Unmarshal(ans.Body, &fault) == nil {
 			e.FaultMessage = fault.FaultMessage
 		} else {
-			e.FaultMessage = string(bytes.TrimSpace(data))
+			e.FaultMessage = string(bytes.TrimSpace(ans.Body))
 		}
 		return e
 	}
 	if out == nil {
 		return nil
 	}
-	if resp.StatusCode == http.StatusNoContent || len(data) == 0 {
-		return fmt.Errorf("%s %s: HTTP %d without the expected body", method, path, resp.StatusCode)
+	if ans.Status == http.StatusNoContent || len(ans.Body) == 0 {
+		return fmt.Errorf("%s %s: HTTP %d without the expected body", method, path, ans.Status)
 	}
-	if err := json.Unmarshal(data, out); err != nil {
+	if err := json.Unmarshal(ans.Body, out); err != nil {
 		return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
 	}
 	return nil
