@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -15,7 +16,7 @@ func keyValues(flag, s string, known ...string) (map[string]string, error) {
 		switch {
 		case !ok || v == "":
 			return nil, fmt.Errorf("%s %q: %q is not key=value", flag, s, kv)
-		case !containsString(known, k):
+		case !slices.Contains(known, k):
 			return nil, fmt.Errorf("%s %q: unknown key %q (known: %s)", flag, s, k, strings.Join(known, ", "))
 		case out[k] != "":
 			return nil, fmt.Errorf("%s %q: %s given twice", flag, s, k)
@@ -23,15 +24,6 @@ func keyValues(flag, s string, known ...string) (map[string]string, error) {
 		out[k] = v
 	}
 	return out, nil
-}
-
-func containsString(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func parseBool(flag, key, v string) (bool, error) {
