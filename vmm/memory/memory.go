@@ -104,7 +104,7 @@ func (c Config) Validate() error {
 		return fmt.Errorf("memory size %d is not a multiple of %d", c.Size, PageSize)
 	}
 	if c.Size > MaxSize {
-		return fmt.Errorf("memory size %d exceeds the maximum %d", c.Size, uint64(MaxSize))
+		return fmt.Errorf("memory size %d MiB exceeds the maximum %d MiB (1 TiB)", c.Size>>20, uint64(MaxSize)>>20)
 	}
 	if c.Backing == HugePages && c.Size%HugePageSize != 0 {
 		return fmt.Errorf("memory size %d is not a multiple of the 2 MiB huge page size", c.Size)
