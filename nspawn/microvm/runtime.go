@@ -2,10 +2,13 @@ package microvm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/voltvmm/volt/cas"
 	"github.com/voltvmm/volt/cas/volume"
@@ -47,8 +50,22 @@ func (r *Runtime) Run(ctx context.Context, spec Spec) (instance.Status, error) {
 			return instance.Status{}, err
 		}
 	}
-	if err := hostfile.CheckRegular("volt-vmm", spec.VMM); err != nil {
+	if err := checkProgram("volt-vmm", spec.VMM); err != nil {
 		return instance.Status{}, err
+	}
+	if j := spec.Jail; j != nil {
+		if os.Geteuid() != 0 {
+			return instance.Status{}, errors.New("--jail needs root: volt-jailer makes namespaces, device nodes and mounts")
+		}
+		if err := checkProgram("volt-jailer", j.Jailer); err != nil {
+			return instance.Status{}, err
+		}
+		if j.ChrootBase == "" {
+			j.ChrootBase = filepath.Join(r.Root, "jail")
+		}
+		if err := j.validate(); err != nil {
+			return instance.Status{}, err
+		}
 	}
 	if _, err := os.Stat("/dev/kvm"); err != nil {
 		return instance.Status{}, ErrNoKVM
@@ -83,11 +100,42 @@ func (r *Runtime) Run(ctx context.Context, spec Spec) (instance.Status, error) {
 	spec.ImageDigest = digest
 	spec.Store = store.Dir()
 	spec.CreatedAt = time.Now().UTC()
+	if sock := hostAPISock(&spec, d); len(sock) > maxSunPath {
+		return instance.Status{}, fmt.Errorf("the VM's API socket %s would be %d bytes, more than a Unix socket path takes (%d): use a shorter name, --state-dir or --chroot-base-dir", sock, len(sock), maxSunPath)
+	}
+	var unlockUIDs func()
+	if j := spec.Jail; j != nil {
+		if _, err := os.Lstat(JailDir(&spec)); err == nil {
+			return instance.Status{}, fmt.Errorf("jail %s exists already: a VM of another state root has this name, or one was left behind (remove it)", JailDir(&spec))
+		}
+		if unlockUIDs, err = lockUIDs(r.Root); err != nil {
+			return instance.Status{}, err
+		}
+		defer func() {
+			if unlockUIDs != nil {
+				unlockUIDs()
+			}
+		}()
+		if j.UID, err = pickUID(r.Root, j.UID, DefaultUIDRange, "/etc"); err != nil {
+			return instance.Status{}, err
+		}
+		if j.GID == 0 {
+			j.GID = j.UID
+		}
+		if err := checkReadableBy("--kernel", spec.Kernel, j.UID, j.GID); err != nil {
+			return instance.Status{}, err
+		}
+	}
 	d, done, err := r.Create(ctx, spec.Name, store, digest, spec)
 	if err != nil {
 		return instance.Status{}, err
 	}
 	defer done(true)
+	if unlockUIDs != nil {
+		// spec.json holds the uid now: the next pickUID sees it.
+		unlockUIDs()
+		unlockUIDs = nil
+	}
 	l := instance.Launch{
 		Dir:          d,
 		Argv:         append(append([]string(nil), r.Supervisor...), "--state-dir", d.Root, spec.Name),
@@ -102,6 +150,35 @@ func (r *Runtime) Run(ctx context.Context, spec Spec) (instance.Status, error) {
 	return d.Observe(ctx, r.Manager), nil
 }
 
+// Remove removes a stopped VM (force: stop it first) and a jail its dead
+// supervisor left behind.
+func (r *Runtime) Remove(ctx context.Context, name string, force bool, timeout time.Duration) error {
+	d, err := r.Existing(name)
+	if err != nil {
+		return err
+	}
+	var spec Spec
+	specErr := instance.ReadJSON(d.SpecPath(), &spec)
+	if err := r.Set.Remove(ctx, name, force, timeout); err != nil {
+		return err
+	}
+	if specErr == nil && spec.Jail != nil && spec.Jail.ChrootBase != "" {
+		return removeJail(&spec, d)
+	}
+	return nil
+}
+
+// checkProgram refuses anything but an executable regular file.
+func checkProgram(what, path string) error {
+	if err := hostfile.CheckRegular(what, path); err != nil {
+		return err
+	}
+	if unix.Access(path, unix.X_OK) != nil {
+		return fmt.Errorf("%s %s is not executable", what, path)
+	}
+	return nil
+}
+
 // Info is one VM for ls.
 type Info struct {
 	instance.Status
@@ -110,6 +187,17 @@ type Info struct {
 	MemoryBytes  int64  `json:"memory_bytes,omitempty"`
 	CPUs         int    `json:"cpus,omitempty"`
 	OverlayBytes int64  `json:"overlay_bytes"`
+	// APISock is the host path of volt-vmm's API socket while it runs.
+	APISock string `json:"api_sock,omitempty"`
+	// Jail says how the VMM is jailed, if it is.
+	Jail *JailInfo `json:"jail,omitempty"`
+}
+
+// JailInfo is a jailed VM's uid, gid and chroot.
+type JailInfo struct {
+	UID    int    `json:"uid"`
+	GID    int    `json:"gid"`
+	Chroot string `json:"chroot"`
 }
 
 // List observes every VM.
@@ -134,6 +222,12 @@ func (r *Runtime) info(ctx context.Context, d instance.Dir) Info {
 	var spec Spec
 	if err := instance.ReadJSON(d.SpecPath(), &spec); err == nil {
 		in.Image, in.Kernel, in.MemoryBytes, in.CPUs = spec.Image, spec.Kernel, spec.MemoryBytes, spec.CPUs
+		if j := spec.Jail; j != nil && j.ChrootBase != "" {
+			in.Jail = &JailInfo{UID: j.UID, GID: j.GID, Chroot: ChrootDir(&spec)}
+		}
+	}
+	if in.State.Live() {
+		in.APISock = in.Record.Details[apiSockDetail]
 	}
 	if vi, err := volume.ReadInfo(d.VolumePath()); err == nil {
 		in.OverlayBytes = vi.OverlayOnDisk

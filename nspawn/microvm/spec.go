@@ -4,8 +4,8 @@
 // supervised child), and a copy-on-write cas/volume per instance, here
 // handed to volt-vmm as its root disk (--volume, --cas-store), so that the
 // VM reads the image's chunks from the store and writes into its own
-// overlay. volt-vmm is run as a program: this package imports nothing of
-// the VMM.
+// overlay. volt-vmm is run as a program, directly or through volt-jailer
+// (jail.go): this package imports nothing of the VMM or the jailer.
 package microvm
 
 import (
@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -43,14 +44,19 @@ type Spec struct {
 	VMM     string `json:"vmm"` // volt-vmm's absolute path
 	// VMMFlags are more volt-vmm flags, passed as given (--no-seccomp,
 	// --hugepages, ...); the ones this package sets are refused.
-	VMMFlags  []string  `json:"vmm_flags,omitempty"`
+	VMMFlags []string `json:"vmm_flags,omitempty"`
+	// Jail, if set, starts volt-vmm through volt-jailer (jail.go).
+	Jail      *Jail     `json:"jail,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 }
 
 // ownFlags are the volt-vmm flags VMMArgs sets: a --vmm-flag may not
 // change them, or the VM would not be the instance volt records.
 var ownFlags = []string{"--id", "--kernel", "--memory", "--cpus", "--volume", "--cas-store", "--console", "--cmdline",
-	"--guest-profile", "--net-bridge", "--rootfs", "--drive", "--restore", "--config-file", "--api-sock"}
+	"--guest-profile", "--net-bridge", "--rootfs", "--drive", "--restore", "--config-file", "--api-sock", "--no-api"}
+
+// jailerFlags are the volt-vmm flags volt-jailer passes itself.
+var jailerFlags = []string{"--start-time-us"}
 
 // Limits and defaults.
 const (
@@ -98,6 +104,17 @@ func (s *Spec) Validate() error {
 				return fmt.Errorf("--vmm-flag %s: volt sets that one itself (use volt vm run's own flags)", name)
 			}
 		}
+		if s.Jail != nil && slices.Contains(jailerFlags, name) {
+			return fmt.Errorf("--vmm-flag %s: volt-jailer passes that one itself", name)
+		}
+	}
+	if s.Jail != nil {
+		if err := s.Jail.validate(); err != nil {
+			return err
+		}
+		if s.NetBridge != "" {
+			return errors.New("--net-bridge with --jail: not supported yet (the jailed volt-vmm has no CAP_NET_ADMIN to make its TAP, and volt does not make one for it)")
+		}
 	}
 	if _, err := KernelCmdline(s); err != nil {
 		return err
@@ -143,22 +160,33 @@ func KernelCmdline(s *Spec) (string, error) {
 	return c, nil
 }
 
-// VMMArgs are volt-vmm's arguments for s, with the instance's volume.
-func VMMArgs(s *Spec, volumeDir string) ([]string, error) {
+// VMMPaths are where volt-vmm finds what a VM is made of: host paths, or
+// paths inside its chroot when it is jailed.
+type VMMPaths struct {
+	Kernel, Volume, Store, APISock string
+}
+
+// VMMArgs are volt-vmm's arguments for s, with the instance's files at p.
+// A jailed VMM gets no --id: volt-jailer passes its own (the same name).
+func VMMArgs(s *Spec, p VMMPaths) ([]string, error) {
 	cmdline, err := KernelCmdline(s)
 	if err != nil {
 		return nil, err
 	}
-	a := []string{
-		"--id", s.Name,
-		"--kernel", s.Kernel,
-		"--memory", strconv.FormatInt(s.MemoryBytes>>20, 10) + "M",
+	var a []string
+	if s.Jail == nil {
+		a = append(a, "--id", s.Name)
+	}
+	a = append(a,
+		"--kernel", p.Kernel,
+		"--memory", strconv.FormatInt(s.MemoryBytes>>20, 10)+"M",
 		"--cpus", strconv.Itoa(s.CPUs),
-		"--volume", volumeDir,
-		"--cas-store", s.Store,
+		"--volume", p.Volume,
+		"--cas-store", p.Store,
 		"--console", "stdio",
 		"--cmdline", cmdline,
-	}
+		"--api-sock", p.APISock,
+	)
 	if s.GuestProfile != "" {
 		a = append(a, "--guest-profile", s.GuestProfile)
 	}
@@ -175,18 +203,23 @@ func (s *Spec) Limits() instance.Limits {
 }
 
 // FindVMM finds volt-vmm: next to this executable (bin/), then in PATH.
-func FindVMM() (string, error) {
+func FindVMM() (string, error) { return findProgram("volt-vmm", "--vmm") }
+
+// FindJailer finds volt-jailer the same way.
+func FindJailer() (string, error) { return findProgram("volt-jailer", "--jailer") }
+
+func findProgram(name, flag string) (string, error) {
 	if exe, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(exe), "volt-vmm")
+		p := filepath.Join(filepath.Dir(exe), name)
 		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
 			return p, nil
 		}
 	}
 	for _, dir := range filepath.SplitList(os.Getenv("PATH")) {
-		p := filepath.Join(dir, "volt-vmm")
+		p := filepath.Join(dir, name)
 		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
 			return p, nil
 		}
 	}
-	return "", errors.New("volt-vmm not found next to volt or in PATH (scripts/setup builds bin/volt-vmm; or give --vmm PATH)")
+	return "", fmt.Errorf("%s not found next to volt or in PATH (scripts/setup builds bin/%s; or give %s PATH)", name, name, flag)
 }

@@ -4,6 +4,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/voltvmm/volt/nspawn/instance"
 )
 
 func goodSpec() Spec {
@@ -46,13 +48,15 @@ func TestVMMArgs(t *testing.T) {
 	s.GuestProfile = "nested-pvm"
 	s.NetBridge = "br0"
 	s.VMMFlags = []string{"--hugepages"}
-	a, err := VMMArgs(&s, "/var/lib/volt/vms/vm1/volume")
+	d, _ := instance.NewDir("/var/lib/volt", instance.VM, "vm1")
+	a, err := VMMArgs(&s, vmmPaths(&s, d))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := []string{"--id", "vm1", "--kernel", "/boot/vmlinux", "--memory", "256M", "--cpus", "2",
 		"--volume", "/var/lib/volt/vms/vm1/volume", "--cas-store", "/var/lib/volt/cas", "--console", "stdio",
-		"--cmdline", BaseCmdline, "--guest-profile", "nested-pvm", "--net-bridge", "br0", "--hugepages"}
+		"--cmdline", BaseCmdline, "--api-sock", "/var/lib/volt/vms/vm1/sockets/api.sock",
+		"--guest-profile", "nested-pvm", "--net-bridge", "br0", "--hugepages"}
 	if !slices.Equal(a, want) {
 		t.Errorf("args\n%q\nwant\n%q", a, want)
 	}
@@ -76,6 +80,16 @@ func TestSpecValidate(t *testing.T) {
 		{"bad profile", func(s *Spec) { s.GuestProfile = "Nested PVM" }, "--guest-profile"},
 		{"bad name", func(s *Spec) { s.Name = "-x" }, "instance name"},
 		{"own flag", func(s *Spec) { s.VMMFlags = []string{"--volume=/x"} }, "volt sets"},
+		{"api socket flag", func(s *Spec) { s.VMMFlags = []string{"--api-sock=/x"} }, "volt sets"},
+		{"jailer's flag", func(s *Spec) { s.Jail = goodJail(); s.VMMFlags = []string{"--start-time-us=1"} }, "volt-jailer passes"},
+		{"relative jailer", func(s *Spec) { s.Jail = goodJail(); s.Jail.Jailer = "volt-jailer" }, "--jailer"},
+		{"negative uid", func(s *Spec) { s.Jail = goodJail(); s.Jail.UID = -1 }, "--jail-uid"},
+		{"uid -1 as unsigned", func(s *Spec) { s.Jail = goodJail(); s.Jail.UID = 1<<32 - 1 }, "--jail-uid"},
+		{"huge gid", func(s *Spec) { s.Jail = goodJail(); s.Jail.GID = 1 << 33 }, "--jail-gid"},
+		{"chroot base /", func(s *Spec) { s.Jail = goodJail(); s.Jail.ChrootBase = "/" }, "--chroot-base-dir"},
+		{"relative chroot base", func(s *Spec) { s.Jail = goodJail(); s.Jail.ChrootBase = "jail" }, "--chroot-base-dir"},
+		{"unclean chroot base", func(s *Spec) { s.Jail = goodJail(); s.Jail.ChrootBase = "/srv/../jail" }, "--chroot-base-dir"},
+		{"jailed bridge", func(s *Spec) { s.Jail = goodJail(); s.NetBridge = "br0" }, "not supported yet"},
 		{"not a flag", func(s *Spec) { s.VMMFlags = []string{"hugepages"} }, "--vmm-flag"},
 	} {
 		s := goodSpec()
@@ -87,5 +101,9 @@ func TestSpecValidate(t *testing.T) {
 	s := goodSpec()
 	if err := s.Validate(); err != nil {
 		t.Errorf("good spec: %v", err)
+	}
+	s.Jail = goodJail()
+	if err := s.Validate(); err != nil {
+		t.Errorf("good jailed spec: %v", err)
 	}
 }

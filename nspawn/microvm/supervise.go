@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -75,18 +76,66 @@ func supervise(ctx context.Context, cfg SuperviseConfig, sess *instance.Session,
 	if err := spec.Validate(); err != nil {
 		return 1, "", fmt.Errorf("spec.json: %w", err)
 	}
+	if spec.Jail != nil && (spec.Jail.UID <= 0 || spec.Jail.GID <= 0 || spec.Jail.ChrootBase == "") {
+		return 1, "", errors.New("spec.json: the jail has no uid, gid or chroot base (volt vm run chooses them)")
+	}
 	if err := sess.JoinCgroup(spec.Limits()); err != nil {
 		return 1, "", err
 	}
-	args, err := VMMArgs(&spec, d.VolumePath())
-	if err != nil {
-		return 1, "", err
+	sock := hostAPISock(&spec, d)
+	var argv []string
+	if spec.Jail != nil {
+		if err := prepareJail(&spec, d); err != nil {
+			return 1, "", errors.Join(err, releaseJail(&spec, d))
+		}
+		sess.SetDetail("jail_uid", strconv.Itoa(spec.Jail.UID))
+		sess.SetDetail("chroot", ChrootDir(&spec))
+		a, err := JailerArgv(&spec, d)
+		if err != nil {
+			return 1, "", errors.Join(err, releaseJail(&spec, d))
+		}
+		argv = a
+	} else {
+		if err := os.Mkdir(filepath.Dir(sock), 0o700); err != nil {
+			return 1, "", fmt.Errorf("socket directory: %w", err)
+		}
+		defer os.RemoveAll(filepath.Dir(sock))
+		a, err := VMMArgs(&spec, vmmPaths(&spec, d))
+		if err != nil {
+			return 1, "", err
+		}
+		argv = append([]string{spec.VMM}, a...)
 	}
-	cmd := exec.Command(spec.VMM, args...)
+	sess.SetDetail(apiSockDetail, sock)
+	code, sig, err := run(ctx, cfg, sess, &spec, argv, sock, logf)
+	if spec.Jail != nil {
+		if rerr := releaseJail(&spec, d); rerr != nil {
+			logf("vm %s: %v", spec.Name, rerr)
+			err = errors.Join(err, rerr)
+		}
+	}
+	return code, sig, err
+}
+
+// apiSockDetail is the Record.Details key of the API socket's host path.
+const apiSockDetail = "api_sock"
+
+// run starts argv (volt-vmm, or volt-jailer with volt-vmm's arguments),
+// boots the VM through its API socket sock and supervises it until it
+// exits.
+func run(ctx context.Context, cfg SuperviseConfig, sess *instance.Session, spec *Spec, argv []string, sock string, logf func(string, ...any)) (int, string, error) {
+	d := sess.Dir
+	jailed := spec.Jail != nil
+	prog := "volt-vmm"
+	if jailed {
+		prog = "volt-jailer"
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	cmd.Dir = "/"
-	// The VM dies with its supervisor, whatever kills the supervisor.
+	// The VM dies with its supervisor, whatever kills the supervisor (a
+	// jailed VMM with its jailer, which sees to that).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 
 	sigs := make(chan os.Signal, 4)
@@ -107,49 +156,90 @@ func supervise(ctx context.Context, cfg SuperviseConfig, sess *instance.Session,
 		exited <- cmd.Wait()
 	}()
 	if err := <-started; err != nil {
-		return 1, "", fmt.Errorf("start %s: %w", spec.VMM, err)
+		return 1, "", fmt.Errorf("start %s: %w", argv[0], err)
 	}
 	pid := cmd.Process.Pid
-	vmm, _ := instance.ProcOf(pid)
+	// vmmPID is volt-vmm's pid once known: pid itself, or the jail's
+	// PID 1 (the jailer's child, which execs volt-vmm and keeps its pid).
+	vmmPID := 0
+	if !jailed {
+		vmmPID = pid
+	}
+	kill := func(sig unix.Signal) {
+		if vmmPID > 0 {
+			unix.Kill(vmmPID, sig)
+			return
+		}
+		if c := instance.NamespaceInit(pid); c > 0 {
+			unix.Kill(c, sig)
+		}
+		unix.Kill(pid, sig)
+	}
+
+	// The boot request runs beside the loop, which stays free to see an
+	// early exit or a signal; it is cancelled and waited for on return.
+	bootCtx, cancelBoot := context.WithCancel(ctx)
+	booted := make(chan error, 1)
+	go func() { booted <- startVM(bootCtx, sock) }()
+	defer func() {
+		cancelBoot()
+		if booted != nil {
+			<-booted
+		}
+	}()
+
 	timeout := cfg.ReadyTimeout
 	if timeout <= 0 {
 		timeout = time.Minute
 	}
 	readyBy := time.After(timeout)
-	poll := time.NewTicker(5 * time.Millisecond)
-	defer poll.Stop()
 	ready := false
+	var bootErr error
 	stopping := false
 	var stopDeadline <-chan time.Time
 	for {
 		select {
-		case <-poll.C:
-			if !ready && hasVCPU(pid) {
-				ready = true
-				poll.Stop()
-				if err := sess.Running(vmm); err != nil {
-					logf("record: %v", err)
+		case err := <-booted:
+			booted = nil
+			if err == nil && jailed {
+				if vmmPID = instance.NamespaceInit(pid); vmmPID == 0 {
+					err = errors.New("volt-jailer's VMM process is not to be found")
 				}
 			}
+			var vmm instance.Proc
+			if err == nil {
+				vmm, err = instance.ProcOf(vmmPID)
+			}
+			if err != nil {
+				bootErr = err
+				logf("vm %s: %v: killing %s", spec.Name, err, prog)
+				kill(unix.SIGKILL)
+				continue
+			}
+			ready = true
+			if err := sess.Running(vmm); err != nil {
+				logf("record: %v", err)
+			}
 		case <-readyBy:
-			if !ready {
-				logf("vm %s: volt-vmm made no vCPU within %v: killing it", spec.Name, timeout)
-				unix.Kill(pid, unix.SIGKILL)
+			if !ready && bootErr == nil {
+				bootErr = fmt.Errorf("%w %v", errBootTimeout, timeout)
+				logf("vm %s: %v: killing %s", spec.Name, bootErr, prog)
+				kill(unix.SIGKILL)
 			}
 		case s := <-sigs:
 			if stopping || !ready {
-				unix.Kill(pid, unix.SIGKILL)
+				kill(unix.SIGKILL)
 				continue
 			}
 			stopping = true
 			sess.Stopping()
 			t := d.StopTimeout()
 			logf("vm %s: %v: stopping volt-vmm (killed after %v)", spec.Name, s, t)
-			unix.Kill(pid, unix.SIGTERM)
+			kill(unix.SIGTERM)
 			stopDeadline = time.After(t)
 		case <-stopDeadline:
 			logf("vm %s: still running after the stop timeout: killing it", spec.Name)
-			unix.Kill(pid, unix.SIGKILL)
+			kill(unix.SIGKILL)
 			stopDeadline = nil
 		case werr := <-exited:
 			ps := cmd.ProcessState
@@ -157,35 +247,82 @@ func supervise(ctx context.Context, cfg SuperviseConfig, sess *instance.Session,
 				return 1, "", werr
 			}
 			ws, _ := ps.Sys().(syscall.WaitStatus)
+			code, sig := ws.ExitStatus(), ""
 			if ws.Signaled() {
-				return 0, unix.SignalName(ws.Signal()), nil
+				code, sig = 0, unix.SignalName(ws.Signal())
+			} else if jailed && code > 128 && code < 128+65 {
+				// The jailer exits 128+N when signal N killed the VMM.
+				code, sig = 0, unix.SignalName(syscall.Signal(code-128))
 			}
 			if !ready {
-				return ws.ExitStatus(), "", fmt.Errorf("volt-vmm exited with status %d before the VM ran (%s; its messages are in the log)", ws.ExitStatus(), vmmExitMeaning(ws.ExitStatus()))
+				// A refusal or a timeout is the story; otherwise the
+				// exit status is, with what the exchange saw.
+				var fault *bootFault
+				why := bootErr
+				if !errors.As(bootErr, &fault) && !errors.Is(bootErr, errBootTimeout) {
+					why = fmt.Errorf("%s exited with %s before the VM ran (%s)", prog, exitText(code, sig), exitMeaning(jailed, code, sig))
+					if bootErr != nil {
+						why = fmt.Errorf("%w; %v", why, bootErr)
+					}
+				}
+				if tail := logTail(d.LogPath()); tail != "" {
+					why = fmt.Errorf("%w; the log's last word: %s", why, tail)
+				}
+				return code, sig, why
 			}
-			return ws.ExitStatus(), "", nil
+			return code, sig, nil
 		case <-ctx.Done():
-			unix.Kill(pid, unix.SIGKILL)
+			kill(unix.SIGKILL)
 			ctx = context.Background()
 		}
 	}
 }
 
-// hasVCPU reports whether process pid holds a KVM vCPU descriptor: the VMM
-// has built the VM and is about to run the guest. volt-vmm has no readiness
-// notification of its own; this needs nothing from it.
-func hasVCPU(pid int) bool {
-	dir := fmt.Sprintf("/proc/%d/fd", pid)
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return false
+// errBootTimeout is the VM not running within the ready timeout.
+var errBootTimeout = errors.New("the VM did not start within")
+
+func exitText(code int, sig string) string {
+	if sig != "" {
+		return sig
 	}
-	for _, e := range ents {
-		if t, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil && strings.HasPrefix(t, "anon_inode:kvm-vcpu") {
-			return true
+	return fmt.Sprintf("status %d", code)
+}
+
+// exitMeaning explains how the VMM (or its jailer) ended.
+func exitMeaning(jailed bool, code int, sig string) string {
+	switch {
+	case sig != "":
+		return "killed by a signal"
+	case jailed && code == 1:
+		return "volt-jailer could not build the jail, or volt-vmm could not build the VM"
+	case jailed && code == 2:
+		return "bad usage of volt-jailer or volt-vmm"
+	}
+	return vmmExitMeaning(code)
+}
+
+// logTail is the last line volt-vmm or volt-jailer wrote to the log, to
+// say in an error why a VM did not start.
+func logTail(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	off := max(0, fi.Size()-8<<10)
+	b := make([]byte, fi.Size()-off)
+	n, _ := f.ReadAt(b, off)
+	lines := strings.Split(string(b[:n]), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if l := strings.TrimSpace(lines[i]); strings.HasPrefix(l, "volt-vmm:") || strings.HasPrefix(l, "volt-jailer:") {
+			return l
 		}
 	}
-	return false
+	return ""
 }
 
 // vmmExitMeaning explains volt-vmm's exit statuses (README.md).

@@ -1,0 +1,501 @@
+package microvm
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/voltvmm/volt/nspawn/instance"
+)
+
+// Jailed VMs (volt vm run --jail): volt-vmm is started through volt-jailer
+// (docs/security.md), as Firecracker's jailer starts Firecracker: a chroot
+// of its own, new mount and PID namespaces, an unprivileged uid and gid,
+// no capability, then exec of volt-vmm, which still confines itself
+// (seccomp per thread role, Landlock). The chroot,
+// <ChrootBase>/volt-vmm/<NAME>/root, holds only what the VM needs:
+//
+//	/volt-vmm        the VMM, bind-mounted read-only by the jailer
+//	/kernel          the guest kernel, read-only
+//	/volume          the instance's cas/volume, writable (its overlay and map)
+//	/cas             a view of the CAS store: VERSION, lock, chunks/ and
+//	                 manifests/ read-only, and ingest/ and leases/ of the
+//	                 chroot's own, so the lease volt-vmm takes on the image
+//	                 goes nowhere the store's GC looks (the instance's ref,
+//	                 vm:NAME, keeps the image alive)
+//	/run/api.sock    volt-vmm's API socket (Firecracker's API)
+//	/dev/kvm, /dev/net/tun, /proc   made by the jailer
+//
+// The volume's files are the VM's uid's while it runs and root's again
+// once it has stopped. The VMM stays in the instance's cgroup (the unit's,
+// or the supervisor's), which has the limits: the jailer's own cgroups
+// would be made at the root of each hierarchy, outside the systemd unit.
+// The supervisor removes the jail directory when the VMM has exited; rm
+// removes one a dead supervisor left.
+
+// Jail is how a VM's volt-vmm is jailed: spec.json's "jail".
+type Jail struct {
+	// Jailer is volt-jailer's absolute path.
+	Jailer string `json:"jailer"`
+	// UID and GID are what volt-vmm runs as. Run picks a free UID from
+	// DefaultUIDRange when it is 0, and the GID is the UID's number when
+	// it is 0.
+	UID int `json:"uid"`
+	GID int `json:"gid"`
+	// ChrootBase holds the chroot, as volt-jailer's --chroot-base-dir;
+	// Run makes "" STATE/jail.
+	ChrootBase string `json:"chroot_base"`
+}
+
+// UIDRange is an inclusive range of uids.
+type UIDRange struct{ First, Last int }
+
+// DefaultUIDRange is where Run picks a jailed VM's uid and gid: the 64 Ki
+// ids after voltpool's default jail range (1900000000-1900065535), above
+// useradd's subordinate ids and systemd-nspawn's private users, below
+// 2^31. A uid is picked only if no account, subordinate range, process or
+// other VM of the state root has it.
+var DefaultUIDRange = UIDRange{First: 1900065536, Last: 1900131071}
+
+// maxID is the largest uid or gid a VMM may get: -1 and -2 (as unsigned
+// 32-bit numbers) mean "no change" and nobody.
+const maxID = 1<<32 - 3
+
+// Paths inside the chroot.
+const (
+	jailKernel  = "/kernel"
+	jailVolume  = "/volume"
+	jailCAS     = "/cas"
+	jailRunDir  = "/run"
+	jailAPISock = jailRunDir + "/api.sock"
+	// ownerFile, in the jail directory beside root/, names the instance
+	// directory the jail belongs to: rm removes only its own.
+	ownerFile = "volt-instance"
+)
+
+// casView are the store's entries shown read-only at /cas.
+var casView = []string{"VERSION", "lock", "chunks", "manifests"}
+
+// maxSunPath is the longest Unix socket path (sun_path less its NUL).
+const maxSunPath = 107
+
+func (j *Jail) validate() error {
+	if !filepath.IsAbs(j.Jailer) {
+		return fmt.Errorf("--jailer %q: want an absolute path", j.Jailer)
+	}
+	if j.UID < 0 || j.UID > maxID {
+		return fmt.Errorf("--jail-uid %d: want 1 to %d", j.UID, maxID)
+	}
+	if j.GID < 0 || j.GID > maxID {
+		return fmt.Errorf("--jail-gid %d: want 1 to %d", j.GID, maxID)
+	}
+	if j.ChrootBase != "" && (!filepath.IsAbs(j.ChrootBase) || filepath.Clean(j.ChrootBase) != j.ChrootBase || j.ChrootBase == "/") {
+		return fmt.Errorf("--chroot-base-dir %q: want a clean absolute directory other than /", j.ChrootBase)
+	}
+	return nil
+}
+
+// JailDir is <ChrootBase>/<volt-vmm's name>/<NAME>, volt-jailer's
+// directory of the VM (root/ and its pid file).
+func JailDir(s *Spec) string {
+	return filepath.Join(s.Jail.ChrootBase, filepath.Base(s.VMM), s.Name)
+}
+
+// ChrootDir is the jailed VMM's / on the host.
+func ChrootDir(s *Spec) string { return filepath.Join(JailDir(s), "root") }
+
+// hostAPISock is where the host reaches the VM's API socket.
+func hostAPISock(s *Spec, d instance.Dir) string {
+	if s.Jail != nil {
+		return filepath.Join(ChrootDir(s), jailAPISock)
+	}
+	return filepath.Join(d.File("sockets"), "api.sock")
+}
+
+// vmmPaths are the instance's files as volt-vmm names them.
+func vmmPaths(s *Spec, d instance.Dir) VMMPaths {
+	if s.Jail != nil {
+		return VMMPaths{Kernel: jailKernel, Volume: jailVolume, Store: jailCAS, APISock: jailAPISock}
+	}
+	return VMMPaths{Kernel: s.Kernel, Volume: d.VolumePath(), Store: s.Store, APISock: hostAPISock(s, d)}
+}
+
+// JailerArgv is the command line that jails s's volt-vmm in the instance
+// directory d.
+func JailerArgv(s *Spec, d instance.Dir) ([]string, error) {
+	args, err := VMMArgs(s, vmmPaths(s, d))
+	if err != nil {
+		return nil, err
+	}
+	j := s.Jail
+	argv := []string{j.Jailer, "--id", s.Name, "--exec-file", s.VMM,
+		"--uid", strconv.Itoa(j.UID), "--gid", strconv.Itoa(j.GID), "--chroot-base-dir", j.ChrootBase,
+		"--ro-bind", s.Kernel + ":" + jailKernel,
+		"--rw-bind", d.VolumePath() + ":" + jailVolume}
+	for _, n := range casView {
+		argv = append(argv, "--ro-bind", filepath.Join(s.Store, n)+":"+jailCAS+"/"+n)
+	}
+	return append(append(argv, "--"), args...), nil
+}
+
+// prepareJail makes the jail directory of s before volt-jailer runs (the
+// jailer reuses it and mounts over the names it finds): root/ with /run
+// and the CAS view's private ingest/ and leases/, owned by the VM's uid;
+// and it gives the volume's files to that uid.
+func prepareJail(s *Spec, d instance.Dir) error {
+	j := s.Jail
+	if err := os.Mkdir(j.ChrootBase, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("chroot base: %w", err)
+	}
+	if err := os.Mkdir(filepath.Dir(JailDir(s)), 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("chroot base: %w", err)
+	}
+	dir := JailDir(s)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("jail %s exists already: a VM of another state root has this name, or one was left behind (remove it)", dir)
+		}
+		return fmt.Errorf("jail: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(d.Path()+"\n"), 0o644); err != nil {
+		return fmt.Errorf("jail: %w", err)
+	}
+	root := ChrootDir(s)
+	if err := os.Mkdir(root, 0o755); err != nil {
+		return fmt.Errorf("jail: %w", err)
+	}
+	for _, p := range []string{jailRunDir, jailCAS, jailCAS + "/ingest", jailCAS + "/leases"} {
+		full := filepath.Join(root, p)
+		if err := os.Mkdir(full, 0o700); err != nil {
+			return fmt.Errorf("jail: %w", err)
+		}
+		if err := os.Lchown(full, j.UID, j.GID); err != nil {
+			return fmt.Errorf("jail: %w", err)
+		}
+	}
+	return chownVolume(d.VolumePath(), j.UID, j.GID)
+}
+
+// chownVolume gives the volume directory and its files (lock, map,
+// overlay, and any temporary map) to uid:gid. Symlinks are not followed.
+func chownVolume(dir string, uid, gid int) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("volume: %w", err)
+	}
+	for _, e := range ents {
+		if err := os.Lchown(filepath.Join(dir, e.Name()), uid, gid); err != nil {
+			return fmt.Errorf("volume: %w", err)
+		}
+	}
+	if err := os.Lchown(dir, uid, gid); err != nil {
+		return fmt.Errorf("volume: %w", err)
+	}
+	return nil
+}
+
+// releaseJail undoes prepareJail once the VMM has exited: the volume is
+// root's again and the jail directory goes.
+func releaseJail(s *Spec, d instance.Dir) error {
+	err := chownVolume(d.VolumePath(), 0, 0)
+	return errors.Join(err, removeJail(s, d))
+}
+
+// removeJail removes the jail directory of s if it is d's. Its mounts
+// lived in the jail's own mount namespace, gone with its last process; a
+// directory under which this namespace still sees a mount is left alone,
+// since removing it would remove what is mounted there (the volume, the
+// store).
+func removeJail(s *Spec, d instance.Dir) error {
+	dir := JailDir(s)
+	b, err := os.ReadFile(filepath.Join(dir, ownerFile))
+	if errors.Is(err, os.ErrNotExist) {
+		if _, serr := os.Lstat(dir); errors.Is(serr, os.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("jail %s has no %s: not removed", dir, ownerFile)
+	}
+	if err != nil {
+		return fmt.Errorf("jail: %w", err)
+	}
+	if strings.TrimSpace(string(b)) != d.Path() {
+		return nil // another instance's since ours went
+	}
+	if m, err := mountedUnder(dir); err != nil {
+		return fmt.Errorf("jail %s: %w", dir, err)
+	} else if m != "" {
+		return fmt.Errorf("jail %s: %s is mounted here: not removed", dir, m)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove jail: %w", err)
+	}
+	return nil
+}
+
+// mountedUnder returns a mount point of this mount namespace at or under
+// dir, or "".
+func mountedUnder(dir string) (string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		if mp := unescapeOctal(fields[4]); mp == dir || strings.HasPrefix(mp, dir+"/") {
+			return mp, nil
+		}
+	}
+	return "", sc.Err()
+}
+
+// unescapeOctal undoes mountinfo's \ooo escapes (\040 is a space).
+func unescapeOctal(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// pickUID chooses the uid of a new jailed VM under the state root: the
+// given one after checking that no other VM of the root has it, or the
+// first id of r that nobody has (see DefaultUIDRange). The caller holds
+// the state root's uid lock until the VM's spec is written.
+func pickUID(stateRoot string, want int, r UIDRange, etc string) (int, error) {
+	taken, err := vmUIDs(stateRoot)
+	if err != nil {
+		return 0, err
+	}
+	if want != 0 {
+		if name, ok := taken[want]; ok {
+			return 0, fmt.Errorf("--jail-uid %d is VM %s's already: a VMM's uid must be its own (volt vm rm %s, or pick another)", want, name, name)
+		}
+		if pids := processesOf(want); len(pids) > 0 {
+			return 0, fmt.Errorf("--jail-uid %d: process %d runs as that uid already: a VMM's uid must be its own", want, pids[0])
+		}
+		return want, nil
+	}
+	accounts, err := accountIDs(etc)
+	if err != nil {
+		return 0, err
+	}
+	owners := uidOwners()
+	for id := r.First; id <= r.Last; id++ {
+		if _, ok := taken[id]; ok || accounts.has(id) || owners[id] {
+			continue
+		}
+		return id, nil
+	}
+	return 0, fmt.Errorf("no free uid in %d-%d for a jailed VM (remove stopped VMs, or give --jail-uid)", r.First, r.Last)
+}
+
+// lockUIDs serialises pickUID and the spec write that follows among volt
+// commands of one state root.
+func lockUIDs(stateRoot string) (unlock func(), err error) {
+	dir := instance.KindDir(stateRoot, instance.VM)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, ".jail-uids.lock"), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("jail uid lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("jail uid lock: %w", err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// vmUIDs maps the uids of the state root's jailed VMs, running or not, to
+// their names (a VM keeps its uid until rm).
+func vmUIDs(stateRoot string) (map[int]string, error) {
+	names, err := instance.List(stateRoot, instance.VM)
+	if err != nil {
+		return nil, err
+	}
+	out := map[int]string{}
+	for _, n := range names {
+		d, err := instance.NewDir(stateRoot, instance.VM, n)
+		if err != nil {
+			continue
+		}
+		var s Spec
+		if instance.ReadJSON(d.SpecPath(), &s) == nil && s.Jail != nil && s.Jail.UID > 0 {
+			out[s.Jail.UID] = n
+		}
+	}
+	return out, nil
+}
+
+// idSet is the ids accounts use: single ids and subordinate ranges.
+type idSet struct {
+	ids    map[int]bool
+	ranges [][2]int // first, last
+}
+
+func (s idSet) has(id int) bool {
+	if s.ids[id] {
+		return true
+	}
+	for _, r := range s.ranges {
+		if id >= r[0] && id <= r[1] {
+			return true
+		}
+	}
+	return false
+}
+
+// accountIDs reads the uids and gids of etc/passwd and etc/group and the
+// subordinate ranges of etc/subuid and etc/subgid; missing files have none.
+func accountIDs(etc string) (idSet, error) {
+	s := idSet{ids: map[int]bool{}}
+	for _, name := range []string{"passwd", "group", "subuid", "subgid"} {
+		f, err := os.Open(filepath.Join(etc, name))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return s, err
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			fields := strings.Split(strings.TrimSpace(sc.Text()), ":")
+			if len(fields) < 3 || strings.HasPrefix(fields[0], "#") {
+				continue
+			}
+			if strings.HasPrefix(name, "sub") {
+				first, err1 := strconv.Atoi(fields[1])
+				n, err2 := strconv.Atoi(fields[2])
+				if err1 == nil && err2 == nil && n > 0 {
+					s.ranges = append(s.ranges, [2]int{first, first + n - 1})
+				}
+			} else if id, err := strconv.Atoi(fields[2]); err == nil {
+				s.ids[id] = true
+			}
+		}
+		err = sc.Err()
+		f.Close()
+		if err != nil {
+			return s, fmt.Errorf("%s/%s: %w", etc, name, err)
+		}
+	}
+	return s, nil
+}
+
+// uidOwners is the set of uids some process runs as (real, effective,
+// saved or file-system uid, from /proc/PID/status).
+func uidOwners() map[int]bool {
+	out := map[int]bool{}
+	eachProcessUIDs(func(_ int, uids []int) bool {
+		for _, u := range uids {
+			out[u] = true
+		}
+		return true
+	})
+	return out
+}
+
+// processesOf lists processes running as uid.
+func processesOf(uid int) []int {
+	var pids []int
+	eachProcessUIDs(func(pid int, uids []int) bool {
+		for _, u := range uids {
+			if u == uid {
+				pids = append(pids, pid)
+				break
+			}
+		}
+		return true
+	})
+	return pids
+}
+
+func eachProcessUIDs(fn func(pid int, uids []int) bool) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		uids, err := procUIDs(pid)
+		if err != nil {
+			continue
+		}
+		if !fn(pid, uids) {
+			return
+		}
+	}
+}
+
+// procUIDs reads the Uid: line of /proc/PID/status (real, effective,
+// saved, file system).
+func procUIDs(pid int) ([]int, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return nil, err
+	}
+	return statusIDs(string(b), "Uid:")
+}
+
+// statusIDs parses a Uid: or Gid: line of a /proc/PID/status text.
+func statusIDs(status, key string) ([]int, error) {
+	for _, line := range strings.Split(status, "\n") {
+		rest, ok := strings.CutPrefix(line, key)
+		if !ok {
+			continue
+		}
+		var out []int
+		for _, f := range strings.Fields(rest) {
+			id, err := strconv.Atoi(f)
+			if err != nil {
+				return nil, fmt.Errorf("%s %q", key, rest)
+			}
+			out = append(out, id)
+		}
+		if len(out) != 4 {
+			return nil, fmt.Errorf("%s %q: want 4 ids", key, rest)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("no %s line", key)
+}
+
+// checkReadableBy refuses a host file that uid:gid could not read once
+// jailed: volt-vmm opens the kernel after dropping to them.
+func checkReadableBy(what, path string, uid, gid int) error {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	mode := st.Mode & 0o777
+	ok := mode&0o004 != 0 ||
+		(int(st.Uid) == uid && mode&0o400 != 0) ||
+		(int(st.Gid) == gid && mode&0o040 != 0)
+	if !ok {
+		return fmt.Errorf("%s %s (mode %04o, owner %d:%d) is not readable by the jail's uid %d: make it world-readable (chmod o+r) or owned by that uid", what, path, mode, st.Uid, st.Gid, uid)
+	}
+	return nil
+}
