@@ -30,6 +30,17 @@ const (
 	PoolArmColdBoot    = "cold-boot"    // a fresh volt-vmm booting the guest
 )
 
+// PoolLinuxCmdline is the Linux guest's command line for a pool template:
+// volt-init's workload must outlive the template boot and every clone's
+// lease (it powers the VM off when the workload ends), so it sleeps;
+// the agent is on by default and listens once the guest has a vsock
+// device.
+const PoolLinuxCmdline = `console=ttyS0 reboot=k panic=1 volt.run="/bin/sleep 2147483647"`
+
+// LinuxReadyLine starts the console line volt-init writes when it is ready
+// ("volt-init: ready cpus=1 mem=…", guest/init).
+const LinuxReadyLine = "volt-init: ready"
+
 // Stages of one pool cycle, in order.
 const (
 	PoolStageAcquire     = "acquire"      // acquire request → lease (a boot has none)
@@ -46,10 +57,42 @@ var PoolStages = []string{PoolStageAcquire, PoolStageFirstAnswer, PoolStageTotal
 // an agent, its serial console's ReadyLine).
 type PoolColdBoot struct {
 	VMMBin, Kernel string
-	Args           []string // more volt-vmm flags (memory, cmdline, …)
+	Initrd         string   // a Linux guest's initramfs ("" for the probe)
+	Args           []string // more volt-vmm flags (memory, cmdline, guest profile, …)
 	Agent          bool
-	ReadyLine      string // without Agent: the console line that is the answer
-	Dir            string // for the vsock sockets
+	// ReadyLine, without Agent, is the start of the console line that is
+	// the answer (the probe's "volt-probe: ready"; volt-init's "volt-init:
+	// ready", which goes on with the vCPU and memory counts).
+	ReadyLine string
+	Dir       string // for the vsock sockets
+	// Poll is how often the agent is tried until it answers (default
+	// 200 µs, right for the probe's ~65 ms boot). A Linux guest here
+	// boots for a minute: polling it every 20 ms as voltpool's template
+	// boot does costs little and bounds the error to that.
+	Poll time.Duration
+	// Timeout bounds one boot (default PoolSpec.Timeout).
+	Timeout time.Duration
+	// Samples is the arm's cycles per caller count (0: PoolSpec.Samples),
+	// rounded up to whole rounds, which RunPool spreads evenly among the
+	// other arms' rounds; a Linux boot takes a minute here.
+	Samples int
+	// Callers are the caller counts at which the arm runs (nil: all of
+	// PoolSpec.Callers): 64 Linux guests booting at once on two cores
+	// would take the better part of an hour.
+	Callers []int
+}
+
+// runsAt reports whether the cold-boot arm runs at n callers.
+func (b *PoolColdBoot) runsAt(n int) bool {
+	if b.Callers == nil {
+		return true
+	}
+	for _, c := range b.Callers {
+		if c == n {
+			return true
+		}
+	}
+	return false
 }
 
 // PoolSpec is one `voltbench pool` run.
@@ -66,8 +109,15 @@ type PoolSpec struct {
 	// Ask is the agent request of each cycle (a ping when it has no
 	// Args); with Agent false there is no agent and first-answer is not
 	// measured.
-	Ask      agent.Request
-	Agent    bool
+	Ask   agent.Request
+	Agent bool
+	// Retries is how many times a cycle asks the agent again when its
+	// request failed before an answer (connection refused, reset or
+	// closed): a Linux clone just resumed can reset a first connection
+	// that reaches it before it has handled the vsock transport reset
+	// (guest/README.md (e)), and its callers are told to retry. The
+	// first answer then includes the failed tries; each is counted.
+	Retries  int
 	Boot     *PoolColdBoot // nil skips the cold-boot arm
 	Timeout  time.Duration // per cycle
 	Observe  func(arm string, callers int, stage string, d time.Duration)
@@ -82,6 +132,10 @@ type PoolCell struct {
 	Paths    map[string]int
 	Errors   int
 	FirstErr string
+	// Retries counts agent requests asked again (PoolSpec.Retries);
+	// FirstRetry is the failure that caused the first of them.
+	Retries    int
+	FirstRetry string
 }
 
 // PoolReport is the outcome of RunPool.
@@ -110,13 +164,21 @@ func (c *PoolCell) record(stage string, d time.Duration, obs func(string, int, s
 }
 
 // RunPool measures each arm at each caller count, arms interleaved round
-// by round so that the machine's drift hits them alike.
+// by round so that the machine's drift hits them alike. An arm with fewer
+// rounds than the others (the cold boot's Samples) has them spread evenly
+// over the run at that caller count.
 func RunPool(ctx context.Context, spec PoolSpec) (*PoolReport, error) {
 	if spec.Client == nil || spec.Warm == "" || len(spec.Callers) == 0 || spec.Samples < 1 {
 		return nil, errors.New("pool bench: need a client, a warm template, caller counts and at least one sample")
 	}
 	if spec.Timeout <= 0 {
 		spec.Timeout = 30 * time.Second
+	}
+	if spec.Retries < 0 {
+		return nil, fmt.Errorf("pool bench: %d retries", spec.Retries)
+	}
+	if spec.Boot != nil && spec.Boot.Samples < 0 {
+		return nil, fmt.Errorf("pool bench: %d cold-boot samples", spec.Boot.Samples)
 	}
 	rep := &PoolReport{Agent: spec.Agent}
 	maxCallers := 0
@@ -128,17 +190,19 @@ func RunPool(ctx context.Context, spec PoolSpec) (*PoolReport, error) {
 	}
 	done := 0
 	for _, n := range spec.Callers {
-		arms := []*PoolCell{newPoolCell(PoolArmWarm, n)}
-		if spec.Cold != "" {
-			arms = append(arms, newPoolCell(PoolArmColdRestore, n))
+		arms := PoolArmRounds(spec, n)
+		total := 0
+		for i := range arms {
+			arms[i].cell = newPoolCell(arms[i].Arm, n)
+			rep.Cells = append(rep.Cells, arms[i].cell)
+			total = max(total, arms[i].Rounds)
 		}
-		if spec.Boot != nil {
-			arms = append(arms, newPoolCell(PoolArmColdBoot, n))
-		}
-		rep.Cells = append(rep.Cells, arms...)
-		rounds := PoolRounds(spec.Samples, n)
-		for r := 0; r < rounds; r++ {
-			for _, cell := range arms {
+		for r := 0; r < total; r++ {
+			for _, a := range arms {
+				if !roundDue(r, a.Rounds, total) {
+					continue
+				}
+				cell := a.cell
 				if err := ctx.Err(); err != nil {
 					return rep, err
 				}
@@ -147,7 +211,7 @@ func RunPool(ctx context.Context, spec PoolSpec) (*PoolReport, error) {
 						return rep, err
 					}
 				}
-				measurePSS := cell.Arm == PoolArmWarm && n == maxCallers && r == rounds-1
+				measurePSS := cell.Arm == PoolArmWarm && n == maxCallers && r == total-1
 				if measurePSS {
 					rep.WarmPSS = warmPSS(ctx, spec.Client, spec.Warm)
 				}
@@ -165,8 +229,44 @@ func RunPool(ctx context.Context, spec PoolSpec) (*PoolReport, error) {
 	return rep, nil
 }
 
+// PoolArm is one arm's share of a caller count: its rounds of callers.
+type PoolArm struct {
+	Arm    string
+	Rounds int
+	cell   *PoolCell
+}
+
+// PoolArmRounds lists the arms spec runs at n callers, in the order each
+// round takes them, and how many rounds each has (every caller does one
+// cycle per round).
+func PoolArmRounds(spec PoolSpec, n int) []PoolArm {
+	rounds := PoolRounds(spec.Samples, n)
+	arms := []PoolArm{{Arm: PoolArmWarm, Rounds: rounds}}
+	if spec.Cold != "" {
+		arms = append(arms, PoolArm{Arm: PoolArmColdRestore, Rounds: rounds})
+	}
+	if b := spec.Boot; b != nil && b.runsAt(n) {
+		br := rounds
+		if b.Samples > 0 {
+			br = PoolRounds(b.Samples, n)
+		}
+		arms = append(arms, PoolArm{Arm: PoolArmColdBoot, Rounds: br})
+	}
+	return arms
+}
+
 // PoolRounds is how many rounds of callers give at least samples cycles.
 func PoolRounds(samples, callers int) int { return (samples + callers - 1) / callers }
+
+// roundDue reports whether an arm of k rounds runs in round r of total:
+// exactly k of the total rounds, evenly spaced, the first among them
+// (round r is due when r·k/total reaches the next whole number).
+func roundDue(r, k, total int) bool {
+	if k >= total {
+		return true
+	}
+	return r*k%total < k
+}
 
 // waitWarm waits until template has at least n warm VMMs (the warm arm
 // measures the warm path, not a refill race).
@@ -223,11 +323,16 @@ func runRound(ctx context.Context, spec PoolSpec, cell *PoolCell, pss bool) []ui
 		go func() {
 			defer wg.Done()
 			<-start
-			cctx, cancel := context.WithTimeout(ctx, spec.Timeout)
+			timeout := spec.Timeout
+			if cell.Arm == PoolArmColdBoot && spec.Boot.Timeout > 0 {
+				timeout = spec.Boot.Timeout
+			}
+			cctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
 			var st map[string]time.Duration
 			var path string
 			var kb uint64
+			var tries []error
 			var err error
 			if cell.Arm == PoolArmColdBoot {
 				st, err = bootCycle(cctx, spec.Boot, spec.Ask)
@@ -237,10 +342,14 @@ func runRound(ctx context.Context, spec PoolSpec, cell *PoolCell, pss bool) []ui
 				if cell.Arm == PoolArmColdRestore {
 					tpl = spec.Cold
 				}
-				st, path, kb, err = poolCycle(cctx, spec, tpl, pss)
+				st, path, kb, tries, err = poolCycle(cctx, spec, tpl, pss)
 			}
 			mu.Lock()
 			defer mu.Unlock()
+			cell.Retries += len(tries)
+			if len(tries) > 0 && cell.FirstRetry == "" {
+				cell.FirstRetry = tries[0].Error()
+			}
 			if err != nil {
 				cell.Errors++
 				if cell.FirstErr == "" {
@@ -262,27 +371,38 @@ func runRound(ctx context.Context, spec PoolSpec, cell *PoolCell, pss bool) []ui
 	return pssOut
 }
 
-// poolCycle is what a caller does: acquire, one agent request, release.
-func poolCycle(ctx context.Context, spec PoolSpec, template string, pss bool) (map[string]time.Duration, string, uint64, error) {
-	st := map[string]time.Duration{}
+// poolCycle is what a caller does: acquire, one agent request (asked
+// again up to spec.Retries times if it fails before an answer), release.
+// tries are the failures that were retried.
+func poolCycle(ctx context.Context, spec PoolSpec, template string, pss bool) (st map[string]time.Duration, path string, kb uint64, tries []error, err error) {
+	st = map[string]time.Duration{}
 	t0 := time.Now()
 	lease, err := spec.Client.Acquire(ctx, template, time.Minute)
 	st[PoolStageAcquire] = time.Since(t0)
 	if err != nil {
-		return nil, "", 0, err
+		return nil, "", 0, nil, err
 	}
 	var runErr error
 	if spec.Agent {
 		t1 := time.Now()
 		var res agent.Result
-		res, runErr = pc.RunOn(ctx, lease, spec.Ask, nil)
+		for {
+			res, runErr = pc.RunOn(ctx, lease, spec.Ask, nil)
+			if runErr == nil || ctx.Err() != nil || len(tries) == spec.Retries {
+				break
+			}
+			tries = append(tries, runErr)
+			select {
+			case <-ctx.Done():
+			case <-time.After(retryPause):
+			}
+		}
 		if runErr == nil && !res.Success() {
 			runErr = fmt.Errorf("agent answered %v", res.Status)
 		}
 		st[PoolStageFirstAnswer] = time.Since(t1)
 		st[PoolStageTotal] = time.Since(t0)
 	}
-	var kb uint64
 	if pss {
 		if r, err := smaps.ReadRollup(lease.PID); err == nil {
 			kb = r.Pss
@@ -294,10 +414,15 @@ func poolCycle(ctx context.Context, spec PoolSpec, template string, pss bool) (m
 	cancel()
 	st[PoolStageRelease] = time.Since(t2)
 	if err := errors.Join(runErr, relErr); err != nil {
-		return nil, "", 0, err
+		return nil, "", 0, tries, err
 	}
-	return st, lease.Path, kb, nil
+	return st, lease.Path, kb, tries, nil
 }
+
+// retryPause is the wait before an agent request is asked again: long
+// enough not to spin on a guest that resets connections, short beside a
+// Linux clone's answer (seconds here).
+const retryPause = 5 * time.Millisecond
 
 // bootCycle boots the guest in a fresh volt-vmm and waits for its answer:
 // the agent's over vsock, or the console's ready line.
@@ -307,7 +432,11 @@ func bootCycle(ctx context.Context, b *PoolColdBoot, ask agent.Request) (map[str
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	args := append([]string{"--kernel", b.Kernel}, b.Args...)
+	args := []string{"--kernel", b.Kernel}
+	if b.Initrd != "" {
+		args = append(args, "--initrd", b.Initrd)
+	}
+	args = append(args, b.Args...)
 	uds := filepath.Join(dir, "v.sock")
 	if b.Agent {
 		args = append(args, "--vsock", "cid=3,uds="+uds, "--console", "none")
@@ -327,10 +456,35 @@ func bootCycle(ctx context.Context, b *PoolColdBoot, ask agent.Request) (map[str
 	}
 	// A boot has no acquire: its first answer counts from the exec.
 	st := map[string]time.Duration{}
-	defer func() {
+	// With an agent nothing reads the VMM's output, so a VMM that dies
+	// (a guest that never comes up) is noticed through its exit, not
+	// only at the cycle's timeout; the console's reader sees EOF instead.
+	exited := make(chan struct{})
+	var waitErr error
+	reaped := false
+	reap := func() {
+		if reaped {
+			return
+		}
+		reaped = true
 		cmd.Process.Kill()
-		cmd.Wait()
-	}()
+		if b.Agent {
+			<-exited
+		} else {
+			cmd.Wait()
+		}
+	}
+	defer reap()
+	if b.Agent {
+		go func() {
+			waitErr = cmd.Wait()
+			close(exited)
+		}()
+	}
+	poll := b.Poll
+	if poll <= 0 {
+		poll = 200 * time.Microsecond
+	}
 	if b.Agent {
 		for {
 			res, err := runAgentOnce(ctx, uds, ask)
@@ -343,7 +497,13 @@ func bootCycle(ctx context.Context, b *PoolColdBoot, ask agent.Request) (map[str
 			if ctx.Err() != nil {
 				return nil, fmt.Errorf("cold boot: no agent answer: %w (last: %v)", ctx.Err(), err)
 			}
-			time.Sleep(200 * time.Microsecond)
+			select {
+			case <-ctx.Done():
+			case <-exited:
+				reaped = true
+				return nil, fmt.Errorf("cold boot: %s exited before its agent answered (%v; last: %v)", b.VMMBin, waitErr, err)
+			case <-time.After(poll):
+			}
 		}
 	} else {
 		if err := waitLine(ctx, out, b.ReadyLine); err != nil {
@@ -353,8 +513,7 @@ func bootCycle(ctx context.Context, b *PoolColdBoot, ask agent.Request) (map[str
 	st[PoolStageFirstAnswer] = time.Since(t0)
 	st[PoolStageTotal] = st[PoolStageFirstAnswer]
 	t1 := time.Now()
-	cmd.Process.Kill()
-	cmd.Wait()
+	reap()
 	st[PoolStageRelease] = time.Since(t1)
 	return st, nil
 }
@@ -374,7 +533,7 @@ func waitLine(ctx context.Context, r io.Reader, want string) error {
 	go func() {
 		sc := bufio.NewScanner(r)
 		for sc.Scan() {
-			if strings.TrimSpace(sc.Text()) == want {
+			if strings.HasPrefix(strings.TrimSpace(sc.Text()), want) {
 				lines <- nil
 				io.Copy(io.Discard, r)
 				return
@@ -426,14 +585,14 @@ func WritePool(w io.Writer, rep *PoolReport) error {
 			}
 			fmt.Fprintln(tw)
 		}
-		fmt.Fprint(tw, "cycles (paths; errors)\t")
+		fmt.Fprint(tw, "cycles (paths; errors; retries)\t")
 		for _, c := range cells {
 			var parts []string
 			for p, k := range c.Paths {
 				parts = append(parts, fmt.Sprintf("%s %d", p, k))
 			}
 			sort.Strings(parts)
-			fmt.Fprintf(tw, "%s; %d\t\t\t", strings.Join(parts, ", "), c.Errors)
+			fmt.Fprintf(tw, "%s; %d; %d\t\t\t", strings.Join(parts, ", "), c.Errors, c.Retries)
 		}
 		fmt.Fprintln(tw)
 		fmt.Fprintln(tw)
@@ -444,6 +603,9 @@ func WritePool(w io.Writer, rep *PoolReport) error {
 	for _, c := range rep.Cells {
 		if c.FirstErr != "" {
 			fmt.Fprintf(w, "%s at %d callers: %d errors, first: %s\n", c.Arm, c.Callers, c.Errors, c.FirstErr)
+		}
+		if c.FirstRetry != "" {
+			fmt.Fprintf(w, "%s at %d callers: %d requests asked again, first after: %s\n", c.Arm, c.Callers, c.Retries, c.FirstRetry)
 		}
 	}
 	if len(rep.WarmPSS) > 0 || len(rep.LeasedPSS) > 0 {
