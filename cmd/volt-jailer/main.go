@@ -20,6 +20,7 @@ import (
 	"os"
 
 	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
 
 	"github.com/voltvmm/volt/jailer"
 )
@@ -53,6 +54,9 @@ func run(args []string) int {
 	switch {
 	case res.Seccomp != nil:
 		logf(fmt.Sprintf("%s killed by seccomp: %s", c.ExecName(), res.Seccomp))
+	case res.Signal == unix.SIGSYS:
+		// The audit record that names the call is a rate-limited printk.
+		logf(fmt.Sprintf("%s killed by SIGSYS: a seccomp filter (no audit record read to name the call)", c.ExecName()))
 	case res.Signal != 0:
 		logf(fmt.Sprintf("%s killed by signal %v", c.ExecName(), res.Signal))
 	}
