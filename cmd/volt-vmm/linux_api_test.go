@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -20,11 +21,13 @@ import (
 )
 
 // Firecracker's getting-started sequence, its request bodies as its
-// documentation gives them, drives a confined volt-vmm process booting our
-// Linux from an ext4 root disk, with a TAP and a vsock device: Linux's own
-// virtio drivers answer through every device, the file the guest writes is
-// on the disk after its power-off, and volt-vmm exits 0.
-func TestFirecrackerGettingStartedBootsLinux(t *testing.T) {
+// documentation gives them, drives volt-vmm under volt-jailer (chroot, an
+// unprivileged uid, its network namespace, as Firecracker runs in
+// production) booting our Linux from an ext4 root disk, with a TAP and a
+// vsock device: Linux's own virtio drivers answer through every device,
+// the file the guest writes is on the disk after its power-off, and the
+// jailer exits 0 with the VMM.
+func TestFirecrackerGettingStartedBootsLinuxJailed(t *testing.T) {
 	kvmtest.Require(t)
 	ns := nettest.New(t) // skips without root, /dev/net/tun or iproute2
 	kernel, err := filepath.Abs(guestArtefact(t, "vmlinux"))
@@ -33,10 +36,16 @@ func TestFirecrackerGettingStartedBootsLinux(t *testing.T) {
 	}
 	rootImage := guestArtefact(t, "rootfs.ext4")
 	debugfs := e2fsprog(t, "debugfs")
-	bin := testbin.Build(t, "./cmd/volt-vmm")
+	vmmBin, jailerBin := testbin.Build(t, "./cmd/volt-vmm"), testbin.Build(t, "./cmd/volt-jailer")
+	const uid, id = "10123", "fc-linux"
 
-	dir := t.TempDir()
-	disk := filepath.Join(dir, "rootfs.ext4")
+	// The hybrid vsock's "<uds>_<port>" must fit in sun_path: a short base.
+	base, err := os.MkdirTemp("", "fcj")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(base)
+	disk := filepath.Join(base, "rootfs.ext4")
 	b, err := os.ReadFile(rootImage)
 	if err != nil {
 		t.Fatal(err)
@@ -44,26 +53,29 @@ func TestFirecrackerGettingStartedBootsLinux(t *testing.T) {
 	if err := os.WriteFile(disk, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	// The hybrid vsock's "<uds>_<port>" must fit in sun_path: a short dir.
-	sockDir, err := os.MkdirTemp("", "fc")
-	if err != nil {
+	if err := os.Chown(disk, 10123, 10123); err != nil {
 		t.Fatal(err)
 	}
-	defer os.RemoveAll(sockDir)
-	sock, uds := filepath.Join(sockDir, "api.sock"), filepath.Join(sockDir, "v.sock")
+	// The chroot as the host sees it: the API and vsock sockets are there.
+	root := filepath.Join(base, "volt-vmm", id, "root")
+	sock, uds := filepath.Join(root, "api.sock"), filepath.Join(root, "v.sock")
 
-	// As Firecracker's guide: the TAP exists before the VMM opens it.
-	ns.IP("tuntap", "add", "vtap0", "mode", "tap")
+	// As Firecracker's guide: the TAP exists before the VMM opens it, and
+	// belongs to the VMM's uid, which has no CAP_NET_ADMIN.
+	ns.IP("tuntap", "add", "vtap0", "mode", "tap", "user", uid, "group", uid)
 	ns.IP("addr", "add", "10.0.0.1/24", "dev", "vtap0")
 	ns.IP("link", "set", "vtap0", "up")
 
-	cmd := exec.Command("ip", "netns", "exec", ns.Name, bin, "--api-sock", sock, "--guest-profile", "nested-pvm")
+	cmd := exec.Command(jailerBin, "--id", id, "--exec-file", vmmBin, "--uid", uid, "--gid", uid,
+		"--chroot-base-dir", base, "--netns", "/var/run/netns/"+ns.Name,
+		"--ro-bind", kernel+":/vmlinux", "--rw-bind", disk+":/rootfs.ext4",
+		"--", "--api-sock", "/api.sock", "--guest-profile", "nested-pvm")
 	var console, stderr lockedBuffer
 	cmd.Stdout, cmd.Stderr = &console, &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	// exited is closed once volt-vmm is gone; waitErr is then its status.
+	// exited is closed once the jailer is gone; waitErr is then its status.
 	exited := make(chan struct{})
 	var waitErr error
 	go func() { waitErr = cmd.Wait(); close(exited) }()
@@ -84,11 +96,11 @@ func TestFirecrackerGettingStartedBootsLinux(t *testing.T) {
 		`volt.run="/bin/busybox sh -c 'mkfifo /tmp/ctl && read x < /tmp/ctl && echo $x > /fc-marker && sync && echo workload-done-$x'"`
 	args, _ := json.Marshal(bootArgs)
 	for _, req := range []struct{ path, body string }{
-		{"/boot-source", `{"kernel_image_path": "` + kernel + `", "boot_args": ` + string(args) + `}`},
-		{"/drives/rootfs", `{"drive_id": "rootfs", "path_on_host": "` + disk + `", "is_root_device": true, "is_read_only": false}`},
+		{"/boot-source", `{"kernel_image_path": "/vmlinux", "boot_args": ` + string(args) + `}`},
+		{"/drives/rootfs", `{"drive_id": "rootfs", "path_on_host": "/rootfs.ext4", "is_root_device": true, "is_read_only": false}`},
 		{"/machine-config", `{"vcpu_count": 1, "mem_size_mib": 256}`},
 		{"/network-interfaces/eth0", `{"iface_id": "eth0", "guest_mac": "06:00:AC:10:00:02", "host_dev_name": "vtap0"}`},
-		{"/vsock", `{"guest_cid": 3, "uds_path": "` + uds + `"}`},
+		{"/vsock", `{"guest_cid": 3, "uds_path": "/v.sock"}`},
 		{"/actions", `{"action_type": "InstanceStart"}`},
 	} {
 		r, _ := http.NewRequest(http.MethodPut, "http://localhost"+req.path, strings.NewReader(req.body))
@@ -125,9 +137,33 @@ func TestFirecrackerGettingStartedBootsLinux(t *testing.T) {
 		}
 		select {
 		case <-exited:
-			t.Fatalf("volt-vmm exited before the agent answered: %v\nconsole:\n%s\nstderr:\n%s", waitErr, console.String(), stderr.String())
+			t.Fatalf("the jailer exited before the agent answered: %v\nconsole:\n%s\nstderr:\n%s", waitErr, console.String(), stderr.String())
 		case <-time.After(time.Second):
 		}
+	}
+	// The VMM is the jailer's child: the unprivileged uid, no
+	// capabilities, seccomp filtering, its root the chroot.
+	kids, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
+	if err != nil || len(strings.Fields(string(kids))) != 1 {
+		t.Fatalf("the jailer's children: %q %v", kids, err)
+	}
+	vmmPID := strings.Fields(string(kids))[0]
+	st := procStatus(t, filepath.Join("/proc", vmmPID, "status"))
+	for k, want := range map[string]string{"Uid": uid, "CapEff": "0000000000000000", "Seccomp": "2"} {
+		if got := strings.Fields(st[k]); len(got) == 0 || got[0] != want {
+			t.Errorf("the jailed VMM's %s is %q, want %s", k, st[k], want)
+		}
+	}
+	// Its root (pivoted, in a mount namespace of its own) holds what was
+	// bound in and not the host's tree around the test.
+	vmmRoot := filepath.Join("/proc", vmmPID, "root")
+	for _, p := range []string{"vmlinux", "rootfs.ext4", "api.sock"} {
+		if _, err := os.Stat(filepath.Join(vmmRoot, p)); err != nil {
+			t.Errorf("the jailed VMM's root lacks /%s: %v", p, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(vmmRoot, base)); err == nil {
+		t.Errorf("the jailed VMM sees the host's %s", base)
 	}
 	guest := func(argv ...string) string {
 		t.Helper()
@@ -155,7 +191,7 @@ func TestFirecrackerGettingStartedBootsLinux(t *testing.T) {
 	select {
 	case <-exited:
 		if waitErr != nil {
-			t.Fatalf("volt-vmm: %v (want exit 0 after the guest's power-off)\nconsole:\n%s\nstderr:\n%s", waitErr, console.String(), stderr.String())
+			t.Fatalf("volt-jailer: %v (want exit 0 after the guest's power-off)\nconsole:\n%s\nstderr:\n%s", waitErr, console.String(), stderr.String())
 		}
 	case <-time.After(5 * time.Minute):
 		t.Fatalf("volt-vmm did not exit after the workload ended\nconsole:\n%s", console.String())
