@@ -28,7 +28,7 @@ func vmCommand() *command {
 
 func vmRun(ctx context.Context, e *env, path string, args []string) int {
 	f := newWorkloadFlags(e, path, "NAME --image IMAGE --kernel KERNEL [flags] [-- COMMAND [ARG...]]",
-		"Creates VM NAME whose root disk is a copy-on-write volume over IMAGE in the CAS (the VM\nreads the image's chunks from the store and writes into its own overlay), and boots it\nwith volt-vmm: a transient systemd unit where systemd is PID 1, a supervised child\notherwise. COMMAND is what volt-init runs in the guest (volt.run). Returns once the VM's\nvCPUs run; its console is in volt vm logs.")
+		"Creates VM NAME whose root disk is a copy-on-write volume over IMAGE in the CAS (the VM\nreads the image's chunks from the store and writes into its own overlay), and boots it\nwith volt-vmm (with --jail, under volt-jailer): a transient systemd unit where systemd is\nPID 1, a supervised child otherwise. COMMAND is what volt-init runs in the guest\n(volt.run). Returns once the VM's vCPUs run; its console is in volt vm logs, its API\nsocket in volt vm ls --json.")
 	img := f.fs.String("image", "", "the image to boot (volt image ls); it needs an init, such as volt-init")
 	kernel := f.fs.String("kernel", "", "the guest kernel (build/guest/vmlinux)")
 	memory := f.fs.String("memory", "256M", "guest memory (K, M, G; a plain number is MiB)")
@@ -38,7 +38,12 @@ func vmRun(ctx context.Context, e *env, path string, args []string) int {
 	profile := f.fs.String("guest-profile", profDef, "volt-vmm's --guest-profile (nested-pvm on nested, software-assisted KVM; default from $VOLT_GUEST_PROFILE)")
 	cmdline := f.fs.String("cmdline", "", "more kernel parameters")
 	vmmPath := f.fs.String("vmm", "", "volt-vmm to run (default: next to volt, then PATH)")
-	vmmFlags := f.fs.StringArray("vmm-flag", nil, "one more volt-vmm flag, as --name or --name=value (repeatable)")
+	vmmFlags := f.fs.StringArray("vmm-flag", nil, "one more volt-vmm flag, as --name or --name=value (repeatable; with --jail, paths in it are paths in the chroot)")
+	jail := f.fs.Bool("jail", false, "run volt-vmm under volt-jailer: a chroot of its own, new mount and PID namespaces, an unprivileged uid and gid, no capability")
+	jailer := f.fs.String("jailer", "", "with --jail: volt-jailer to run (default: next to volt, then PATH)")
+	jailUID := f.fs.Int("jail-uid", 0, fmt.Sprintf("with --jail: the uid volt-vmm runs as (default: a free one of %d-%d)", microvm.DefaultUIDRange.First, microvm.DefaultUIDRange.Last))
+	jailGID := f.fs.Int("jail-gid", 0, "with --jail: the gid volt-vmm runs as (default: the uid's number)")
+	chrootBase := f.fs.String("chroot-base-dir", "", "with --jail: where chroots are made, as volt-jailer's flag: DIR/volt-vmm/NAME/root (default STATE/jail)")
 	wait := f.fs.Bool("wait", false, "wait for the VM to stop, print its console, and exit with volt-vmm's status")
 	timeout := f.fs.Duration("start-timeout", time.Minute, "how long to wait for volt-vmm to build the VM")
 	pos, cmd, rc := f.parse(e, path, args, 1, 1, true)
@@ -64,6 +69,34 @@ func vmRun(ctx context.Context, e *env, path string, args []string) int {
 	if *vmmPath != "" {
 		if spec.VMM, err = filepath.Abs(*vmmPath); err != nil {
 			return failure(e, path, err)
+		}
+	}
+	if *jail {
+		j := &microvm.Jail{Jailer: *jailer, UID: *jailUID, GID: *jailGID, ChrootBase: *chrootBase}
+		if j.Jailer == "" {
+			if j.Jailer, err = microvm.FindJailer(); err != nil {
+				return failure(e, path, err)
+			}
+		} else if j.Jailer, err = filepath.Abs(j.Jailer); err != nil {
+			return failure(e, path, err)
+		}
+		if f.fs.Changed("jail-uid") && *jailUID <= 0 {
+			return usageError(e, path, "--jail-uid %d: a jailed VMM never runs as root; want 1 or more", *jailUID)
+		}
+		if f.fs.Changed("jail-gid") && *jailGID <= 0 {
+			return usageError(e, path, "--jail-gid %d: want 1 or more", *jailGID)
+		}
+		if j.ChrootBase != "" {
+			if j.ChrootBase, err = filepath.Abs(j.ChrootBase); err != nil {
+				return failure(e, path, err)
+			}
+		}
+		spec.Jail = j
+	} else {
+		for _, name := range []string{"jailer", "jail-uid", "jail-gid", "chroot-base-dir"} {
+			if f.fs.Changed(name) {
+				return usageError(e, path, "--%s needs --jail", name)
+			}
 		}
 	}
 	if err := spec.Validate(); err != nil {
@@ -104,6 +137,9 @@ func vmRun(ctx context.Context, e *env, path string, args []string) int {
 	if st.Record.Unit != "" {
 		how = "unit " + st.Record.Unit
 	}
+	if in, err := rt.Inspect(ctx, spec.Name); err == nil && in.Jail != nil {
+		how += fmt.Sprintf("; jailed as uid %d in %s", in.Jail.UID, in.Jail.Chroot)
+	}
 	fmt.Fprintf(e.stdout, "%s: %s (%s)\n", spec.Name, st.State, how)
 	return exitOK
 }
@@ -137,7 +173,7 @@ func vmList(ctx context.Context, e *env, path string, args []string) int {
 		return printJSON(e, path, infos)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tSTARTED\tMANAGER\tMEMORY\tCPUS\tWRITTEN")
+	fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tSTARTED\tMANAGER\tMEMORY\tCPUS\tWRITTEN\tJAIL")
 	for _, in := range infos {
 		mgr := in.Record.Manager
 		if mgr == "" {
@@ -147,7 +183,11 @@ func vmList(ctx context.Context, e *env, path string, args []string) int {
 		if in.Detail != "" && (in.State == instance.StateDead || in.State == instance.StateOrphaned || in.State == instance.StateDamaged) {
 			state += ": " + firstLine(in.Detail)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", in.Name, state, in.Image, formatAge(in.Record.StartedAt), mgr, formatBytes(in.MemoryBytes), in.CPUs, formatBytes(in.OverlayBytes))
+		jail := "-"
+		if in.Jail != nil {
+			jail = fmt.Sprintf("uid %d", in.Jail.UID)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", in.Name, state, in.Image, formatAge(in.Record.StartedAt), mgr, formatBytes(in.MemoryBytes), in.CPUs, formatBytes(in.OverlayBytes), jail)
 	}
 	tw.Flush()
 	return exitOK
