@@ -53,12 +53,15 @@ func (r *Runtime) Run(ctx context.Context, spec Spec) (instance.Status, error) {
 	if err := checkProgram("volt-vmm", spec.VMM); err != nil {
 		return instance.Status{}, err
 	}
-	if j := spec.Jail; j != nil {
-		if os.Geteuid() != 0 {
-			return instance.Status{}, errors.New("--jail needs root: volt-jailer makes namespaces, device nodes and mounts")
-		}
+	if spec.Jail != nil {
+		// Run fills in the jail; the caller's stays as given.
+		j := *spec.Jail
+		spec.Jail = &j
 		if err := checkProgram("volt-jailer", j.Jailer); err != nil {
 			return instance.Status{}, err
+		}
+		if os.Geteuid() != 0 {
+			return instance.Status{}, errors.New("--jail needs root: volt-jailer makes namespaces, device nodes and mounts")
 		}
 		if j.ChrootBase == "" {
 			j.ChrootBase = filepath.Join(r.Root, "jail")
