@@ -175,7 +175,10 @@ func logOf(set *instance.Set, name string) string {
 	return b.String()
 }
 
-var sumLine = regexp.MustCompile(`sum ([0-9a-f]{32})`)
+var (
+	sumLine   = regexp.MustCompile(`sum ([0-9a-f]{32})`)
+	vmSumLine = regexp.MustCompile(`(?m)^vm sum [0-9a-f]{32}\r?$`)
+)
 
 // One image, imported once, runs as a VM and as a container at the same
 // time; both read the same chunks of the store (its stored bytes do not
@@ -219,9 +222,10 @@ func TestOneImageRunsAsAVMAndAContainerAtOnce(t *testing.T) {
 	}
 	t.Logf("store: logical %d -> %d bytes, stored %d -> %d bytes", before.LogicalBytes, during.LogicalBytes, before.StoredBytes, during.StoredBytes)
 
-	// Wait for the VM's output (a Linux boot: tens of seconds here).
+	// Wait for the VM's output (a Linux boot: a minute or two here); its
+	// line, not the kernel's command line, which holds the command.
 	deadline := time.Now().Add(8 * time.Minute)
-	for !strings.Contains(logOf(&w.vms.Set, "vm1"), "vm sum ") {
+	for !vmSumLine.MatchString(logOf(&w.vms.Set, "vm1")) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no output from the VM after 8 min:\n%s", lastLines(logOf(&w.vms.Set, "vm1"), 30))
 		}
