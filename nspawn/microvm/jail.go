@@ -134,6 +134,12 @@ func JailerArgv(s *Spec, d instance.Dir) ([]string, error) {
 		return nil, err
 	}
 	j := s.Jail
+	binds := []string{s.Kernel, d.VolumePath(), s.Store}
+	for _, h := range binds {
+		if strings.Contains(h, ":") {
+			return nil, fmt.Errorf("%s: a path bound into the jail cannot hold ':' (volt-jailer's binds are HOST:JAIL)", h)
+		}
+	}
 	argv := []string{j.Jailer, "--id", s.Name, "--exec-file", s.VMM,
 		"--uid", strconv.Itoa(j.UID), "--gid", strconv.Itoa(j.GID), "--chroot-base-dir", j.ChrootBase,
 		"--ro-bind", s.Kernel + ":" + jailKernel,

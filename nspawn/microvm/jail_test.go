@@ -46,6 +46,10 @@ func TestJailerArgvBindsTheVMsFilesIntoTheChroot(t *testing.T) {
 	if !slices.Equal(a, want) {
 		t.Errorf("argv\n%q\nwant\n%q", a, want)
 	}
+	s.Kernel = "/boot/a:b"
+	if _, err := JailerArgv(&s, d); err == nil || !strings.Contains(err.Error(), "cannot hold ':'") {
+		t.Errorf("a kernel path with ':': %v", err)
+	}
 	if got := ChrootDir(&s); got != "/var/lib/volt/jail/volt-vmm/vm1/root" {
 		t.Errorf("chroot %s", got)
 	}

@@ -128,6 +128,9 @@ func (r *Runtime) Run(ctx context.Context, spec Spec) (instance.Status, error) {
 		if err := checkReadableBy("--kernel", spec.Kernel, j.UID, j.GID); err != nil {
 			return instance.Status{}, err
 		}
+		if _, err := JailerArgv(&spec, d); err != nil {
+			return instance.Status{}, err
+		}
 	}
 	d, done, err := r.Create(ctx, spec.Name, store, digest, spec)
 	if err != nil {
