@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/voltvmm/volt/internal/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -356,54 +357,12 @@ func removeJailDir(dir string) error {
 	if dir == "" {
 		return nil
 	}
-	if m, err := mountedUnder(dir); err != nil {
+	if m, err := mountinfo.MountedUnder(dir); err != nil {
 		return err
 	} else if m != "" {
 		return fmt.Errorf("jail %s: %s is mounted on the host: not removed", dir, m)
 	}
 	return os.RemoveAll(dir)
-}
-
-// mountedUnder returns a mount point at or under dir, if the host has one.
-func mountedUnder(dir string) (string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	prefix := strings.TrimSuffix(dir, "/") + "/"
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		mp := unescapeMountPath(fields[4])
-		if mp == dir || strings.HasPrefix(mp, prefix) {
-			return mp, nil
-		}
-	}
-	return "", sc.Err()
-}
-
-// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMountPath(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // strayJailers finds volt-jailer supervisors whose --chroot-base-dir is

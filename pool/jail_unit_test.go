@@ -167,14 +167,6 @@ func TestUIDRangeMustBeNoOnesIDs(t *testing.T) {
 	}
 }
 
-func TestUnescapeMountPath(t *testing.T) {
-	for in, want := range map[string]string{`/a\040b`: "/a b", `/plain`: "/plain", `/t\011x\134`: "/t\tx\\", `/end\04`: `/end\04`} {
-		if got := unescapeMountPath(in); got != want {
-			t.Errorf("%q: %q, want %q", in, got, want)
-		}
-	}
-}
-
 // A jail directory under which the host sees a mount is never removed:
 // removing it would remove what is mounted there.
 func TestRemoveJailDirRefusesMountedDirectories(t *testing.T) {

@@ -1,7 +1,6 @@
 package microvm
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -11,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/voltvmm/volt/internal/mountinfo"
 	"github.com/voltvmm/volt/nspawn/instance"
 )
 
@@ -219,7 +219,7 @@ func removeJail(s *Spec, d instance.Dir) error {
 	if strings.TrimSpace(string(b)) != d.Path() {
 		return nil // another instance's since ours went
 	}
-	if m, err := mountedUnder(dir); err != nil {
+	if m, err := mountinfo.MountedUnder(dir); err != nil {
 		return fmt.Errorf("jail %s: %w", dir, err)
 	} else if m != "" {
 		return fmt.Errorf("jail %s: %s is mounted here: not removed", dir, m)
@@ -228,44 +228,6 @@ func removeJail(s *Spec, d instance.Dir) error {
 		return fmt.Errorf("remove jail: %w", err)
 	}
 	return nil
-}
-
-// mountedUnder returns a mount point of this mount namespace at or under
-// dir, or "".
-func mountedUnder(dir string) (string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		if mp := unescapeOctal(fields[4]); mp == dir || strings.HasPrefix(mp, dir+"/") {
-			return mp, nil
-		}
-	}
-	return "", sc.Err()
-}
-
-// unescapeOctal undoes mountinfo's \ooo escapes (\040 is a space).
-func unescapeOctal(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // checkReadableBy refuses a host file that uid:gid could not read once

@@ -136,20 +136,6 @@ func TestStatusIDs(t *testing.T) {
 	}
 }
 
-func TestUnescapeOctal(t *testing.T) {
-	for in, want := range map[string]string{
-		`/srv/a\040b`: "/srv/a b",
-		`/plain`:      "/plain",
-		`/end\134`:    `/end\`,
-		`/short\04`:   `/short\04`,
-		`/bad\999x`:   `/bad\999x`,
-	} {
-		if got := unescapeOctal(in); got != want {
-			t.Errorf("%q: %q, want %q", in, got, want)
-		}
-	}
-}
-
 // The kernel is opened after the VMM has dropped to the jail's uid: a file
 // that uid could not read is refused before anything runs.
 func TestCheckReadableBy(t *testing.T) {
