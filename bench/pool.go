@@ -377,7 +377,7 @@ func runRound(ctx context.Context, spec PoolSpec, cell *PoolCell, pss bool) []ui
 func poolCycle(ctx context.Context, spec PoolSpec, template string, pss bool) (st map[string]time.Duration, path string, kb uint64, tries []error, err error) {
 	st = map[string]time.Duration{}
 	t0 := time.Now()
-	lease, err := spec.Client.Acquire(ctx, template, time.Minute)
+	lease, err := spec.Client.Acquire(ctx, template, spec.leaseTTL())
 	st[PoolStageAcquire] = time.Since(t0)
 	if err != nil {
 		return nil, "", 0, nil, err
@@ -417,6 +417,13 @@ func poolCycle(ctx context.Context, spec PoolSpec, template string, pss bool) (s
 		return nil, "", 0, tries, err
 	}
 	return st, lease.Path, kb, tries, nil
+}
+
+// leaseTTL outlasts a cycle: the pool must never end a lease (and kill its
+// VMM) while the bench still waits for the answer, which a Linux clone
+// sharing two cores with seven others took more than a minute to give.
+func (spec PoolSpec) leaseTTL() time.Duration {
+	return max(time.Minute, spec.Timeout+30*time.Second)
 }
 
 // retryPause is the wait before an agent request is asked again: long
@@ -549,8 +556,8 @@ func waitLine(ctx context.Context, r io.Reader, want string) error {
 	}
 }
 
-// WritePool prints, per caller count, p50/p99/max of every stage for each
-// arm side by side, with each stage's ratio to the warm arm's p50.
+// WritePool prints, per caller count, p50/p90/p99/max of every stage for
+// each arm side by side.
 func WritePool(w io.Writer, rep *PoolReport) error {
 	byCallers := map[int][]*PoolCell{}
 	var counts []int
@@ -566,7 +573,7 @@ func WritePool(w io.Writer, rep *PoolReport) error {
 		cells := byCallers[n]
 		fmt.Fprintf(tw, "%d callers (ms)\t", n)
 		for _, c := range cells {
-			fmt.Fprintf(tw, "%s p50\tp99\tmax\t", c.Arm)
+			fmt.Fprintf(tw, "%s p50\tp90\tp99\tmax\t", c.Arm)
 		}
 		fmt.Fprintln(tw)
 		for _, s := range PoolStages {
@@ -574,14 +581,17 @@ func WritePool(w io.Writer, rep *PoolReport) error {
 			for _, c := range cells {
 				h := c.Stages[s]
 				if h.TotalCount() == 0 {
-					fmt.Fprint(tw, "n/a\tn/a\tn/a\t")
+					fmt.Fprint(tw, "n/a\tn/a\tn/a\tn/a\t")
 					continue
 				}
-				p99 := "n/a"
+				p90, p99 := "n/a", "n/a"
+				if h.TotalCount() >= 10 {
+					p90 = fmtUS(h.ValueAtQuantile(90))
+				}
 				if h.TotalCount() >= 100 {
 					p99 = fmtUS(h.ValueAtQuantile(99))
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t", fmtUS(h.ValueAtQuantile(50)), p99, fmtUS(h.Max()))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t", fmtUS(h.ValueAtQuantile(50)), p90, p99, fmtUS(h.Max()))
 			}
 			fmt.Fprintln(tw)
 		}
@@ -592,7 +602,7 @@ func WritePool(w io.Writer, rep *PoolReport) error {
 				parts = append(parts, fmt.Sprintf("%s %d", p, k))
 			}
 			sort.Strings(parts)
-			fmt.Fprintf(tw, "%s; %d; %d\t\t\t", strings.Join(parts, ", "), c.Errors, c.Retries)
+			fmt.Fprintf(tw, "%s; %d; %d\t\t\t\t", strings.Join(parts, ", "), c.Errors, c.Retries)
 		}
 		fmt.Fprintln(tw)
 		fmt.Fprintln(tw)
@@ -618,8 +628,8 @@ func WritePool(w io.Writer, rep *PoolReport) error {
 	return nil
 }
 
-// p99 needs 100 samples (stats.TailMinSamples' rule); below it the
-// column says n/a rather than repeat the max.
+// p99 needs 100 samples (stats.TailMinSamples' rule), p90 ten by the same
+// reasoning; below them the column says n/a rather than repeat the max.
 func fmtUS(us int64) string { return fmt.Sprintf("%.3f", float64(us)/1000) }
 
 func pssSummary(kb []uint64) string {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/csv"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -21,6 +23,7 @@ import (
 
 	"github.com/voltvmm/volt/bench"
 	"github.com/voltvmm/volt/guest/agent"
+	"github.com/voltvmm/volt/internal/hostfile"
 	pc "github.com/voltvmm/volt/pool/client"
 )
 
@@ -45,6 +48,7 @@ type poolOptions struct {
 	bootCallers                    []int // nil: every caller count
 	bootPoll                       time.Duration
 	metricsAddr                    string
+	csvOut                         string
 	timeout, bootTimeout           time.Duration
 	readyTimeout                   time.Duration
 }
@@ -121,6 +125,7 @@ func parsePoolArgs(args []string, stderr io.Writer) (poolOptions, error) {
 	fs.IntVar(&o.bootSamples, "cold-boot-samples", 0, "cycles of the cold-boot arm per caller count (default: --samples; linux 3)")
 	bootCallers := fs.String("cold-boot-callers", "", "caller counts at which the cold-boot arm runs, a subset of --callers (default: all; linux 1)")
 	fs.StringVar(&o.metricsAddr, "metrics-listen", "", "serve Prometheus metrics of the run on this address")
+	fs.StringVar(&o.csvOut, "csv", "", "write every cycle's stage times to this CSV file (arm,callers,stage,us), also after an interrupted run")
 	fs.DurationVar(&o.timeout, "timeout", 0, "per-cycle limit of the warm and cold-restore arms (default: probe 30s, linux 5m)")
 	fs.DurationVar(&o.bootTimeout, "cold-boot-timeout", 0, "per-cycle limit of the cold-boot arm (default: probe 30s, linux 15m)")
 	fs.DurationVar(&o.readyTimeout, "ready-timeout", 0, "how long the template boot may take to be ready (default: probe 2m, linux 15m)")
@@ -219,6 +224,11 @@ func parsePoolArgs(args []string, stderr io.Writer) (poolOptions, error) {
 	}
 	if o.memoryMiB == 0 {
 		o.memoryMiB = g.memoryMiB
+	}
+	if o.csvOut != "" {
+		if err := hostfile.CheckCreateTarget("--csv", o.csvOut); err != nil {
+			return o, poolUsagef("%v", err)
+		}
 	}
 	if f := strings.Fields(*ask); len(f) > 0 {
 		o.ask = agent.Request{Args: f}
@@ -348,9 +358,19 @@ func cmdPool(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	spec := bench.PoolSpec{Client: client, Warm: warmName, Cold: coldName, Callers: o.callers, Samples: o.samples,
 		Ask: o.ask, Agent: o.agent, Retries: o.retries, Timeout: o.timeout, Boot: o.coldBootSpec(abs(o.vmmBin), abs, work)}
+	var observers []func(string, int, string, time.Duration)
+	samples := &poolSamples{}
+	if o.csvOut != "" {
+		observers = append(observers, samples.observe)
+		defer func() {
+			if err := samples.write(o.csvOut); err != nil {
+				fmt.Fprintf(stderr, "voltbench pool: %v\n", err)
+			}
+		}()
+	}
 	if o.metricsAddr != "" {
 		m := bench.NewPoolMetrics()
-		spec.Observe = m.Observe
+		observers = append(observers, m.Observe)
 		ln, err := net.Listen("tcp", o.metricsAddr)
 		if err != nil {
 			fmt.Fprintf(stderr, "voltbench pool: metrics: %v\n", err)
@@ -366,6 +386,13 @@ func cmdPool(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			srv.Close()
 			<-served
 		}()
+	}
+	if len(observers) > 0 {
+		spec.Observe = func(arm string, callers int, stage string, d time.Duration) {
+			for _, f := range observers {
+				f(arm, callers, stage, d)
+			}
+		}
 	}
 	total := 0
 	for _, n := range o.callers {
@@ -431,6 +458,43 @@ func bootCallersText(o poolOptions) string {
 		return fmt.Sprint(o.callers)
 	}
 	return fmt.Sprint(o.bootCallers)
+}
+
+// poolSamples keeps every stage time of a run for --csv.
+type poolSamples struct {
+	mu   sync.Mutex
+	rows [][]string
+}
+
+func (p *poolSamples) observe(arm string, callers int, stage string, d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.rows = append(p.rows, []string{arm, strconv.Itoa(callers), stage, strconv.FormatInt(d.Microseconds(), 10)})
+}
+
+// write replaces path with the samples: a temporary file beside it,
+// renamed into place once complete.
+func (p *poolSamples) write(path string) error {
+	if err := hostfile.CheckCreateTarget("--csv", path); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("--csv: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	w := csv.NewWriter(tmp)
+	w.Write([]string{"arm", "callers", "stage", "us"})
+	p.mu.Lock()
+	w.WriteAll(p.rows)
+	p.mu.Unlock()
+	if err := errors.Join(w.Error(), tmp.Chmod(0o644), tmp.Close()); err != nil {
+		return fmt.Errorf("--csv %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("--csv: %w", err)
+	}
+	return nil
 }
 
 // regularFile checks that path names a regular file without opening it:

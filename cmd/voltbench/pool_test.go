@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
 
 	"github.com/voltvmm/volt/bench"
 )
@@ -137,6 +140,8 @@ func TestPoolFlagsRefuseBadInput(t *testing.T) {
 		{[]string{"--guest", "linux", "--callers", "1,8", "--cold-boot-callers", "64"}, "64 is not one of --callers"},
 		{[]string{"--ask", "echo a\x00b"}, "NUL"},
 		{[]string{"--no-such-flag"}, "unknown flag"},
+		{[]string{"--csv", "/"}, "refusing to replace it"},
+		{[]string{"--csv", "/no/such/dir/x.csv"}, "directory /no/such/dir"},
 	} {
 		var errb bytes.Buffer
 		_, err := parsePoolArgs(tc.args, &errb)
@@ -197,5 +202,34 @@ func TestPoolFlagsWireTheTemplateAndTheColdBoot(t *testing.T) {
 	}
 	if b := o.coldBootSpec("/v", abs, "/w"); b != nil {
 		t.Errorf("--cold-boot=false still has a cold-boot arm: %+v", b)
+	}
+}
+
+// --csv holds one row per stage of every successful cycle, the header
+// first, and replaces a file already there.
+func TestPoolSamplesCSV(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "pool.csv")
+	if err := os.WriteFile(path, []byte("old\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var p poolSamples
+	p.observe(bench.PoolArmWarm, 8, bench.PoolStageAcquire, 2500*time.Microsecond)
+	p.observe(bench.PoolArmColdBoot, 1, bench.PoolStageFirstAnswer, 101*time.Second)
+	if err := p.write(path); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "arm,callers,stage,us\nwarm,8,acquire,2500\ncold-boot,1,first-answer,101000000\n"; string(b) != want {
+		t.Errorf("CSV:\n%s\nwant:\n%s", b, want)
+	}
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.write(fifo); err == nil || !strings.Contains(err.Error(), "refusing to replace it") {
+		t.Errorf("CSV onto a FIFO: %v", err)
 	}
 }
