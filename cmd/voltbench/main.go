@@ -70,7 +70,8 @@ const usageText = `Usage: voltbench [boot|compare|gate|serve|restore|clones|dedu
   dedup     take ten snapshots of one template after different work and store them in a CAS
             store at 2M, 256K and 64K chunks: stored bytes against one snapshot's
   pool      acquire a VM from voltpool, ask its guest agent over vsock, release it, with 1, 8 and
-            64 callers, against the cold-restore path and a cold boot (HDR p50/p99 per stage, PSS)
+            64 callers, against the cold-restore path and a cold boot (HDR p50/p99 per stage, PSS);
+            --guest linux --guest-profile nested-pvm for our Linux and volt-init's agent
   floor     run the floor helpers (bench/floor) -n times each: exec → exit of empty static
             Go and C binaries, and a minimal KVM set-up with a guest of a few instructions
 
