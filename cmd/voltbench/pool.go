@@ -443,6 +443,17 @@ func cmdPool(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "voltbench pool: %v\n", err)
 		return exitError
 	}
+	// A cycle that failed is in no figure: the run is not a success.
+	failed := 0
+	if rep != nil {
+		for _, c := range rep.Cells {
+			failed += c.Errors
+		}
+	}
+	if failed > 0 {
+		fmt.Fprintf(stderr, "voltbench pool: %d cycles failed (listed above); their times are in no figure\n", failed)
+		return exitError
+	}
 	return exitOK
 }
 
