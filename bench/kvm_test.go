@@ -158,9 +158,9 @@ var bootTimerRE = regexp.MustCompile(`(?m)^boot-timer: exec→(\S+) (\d+) µs$`)
 // side reads the clock: the kernel at the port write or ioctl return,
 // volt-vmm after the exit reaches user space (~10 µs per exit on this host).
 const (
-	agreeAbs        = 500 * time.Microsecond
-	agreeRel        = 0.05
-	originSlack     = 100 * time.Microsecond // the kernel reads its clock first
+	agreeAbs    = 500 * time.Microsecond
+	agreeRel    = 0.05
+	originSlack = 100 * time.Microsecond // the kernel reads its clock first
 )
 
 func TestEBPFStageTimesAgreeWithVoltBootTimer(t *testing.T) {
