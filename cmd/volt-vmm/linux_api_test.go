@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,15 +19,17 @@ import (
 	"github.com/voltvmm/volt/internal/testbin"
 	"github.com/voltvmm/volt/vmm/kvm/kvmtest"
 	"github.com/voltvmm/volt/vmm/netdev/nettest"
+	"golang.org/x/sys/unix"
 )
 
 // Firecracker's getting-started sequence, its request bodies as its
 // documentation gives them, drives volt-vmm under volt-jailer (chroot, an
 // unprivileged uid, its network namespace, as Firecracker runs in
 // production) booting our Linux from an ext4 root disk, with a TAP and a
-// vsock device: Linux's own virtio drivers answer through every device,
-// the file the guest writes is on the disk after its power-off, and the
-// jailer exits 0 with the VMM.
+// vsock device: Linux's own virtio drivers answer through every device.
+// The VM is then snapshotted into the jail's --snapshot-dir, killed, and
+// restored by a second jailed VMM, whose guest answers, writes a file that
+// is on the disk after its power-off, and the jailer exits 0 with it.
 func TestFirecrackerGettingStartedBootsLinuxJailed(t *testing.T) {
 	kvmtest.Require(t)
 	ns := nettest.New(t) // skips without root, /dev/net/tun or iproute2
@@ -56,6 +59,13 @@ func TestFirecrackerGettingStartedBootsLinuxJailed(t *testing.T) {
 	if err := os.Chown(disk, 10123, 10123); err != nil {
 		t.Fatal(err)
 	}
+	snapDir := filepath.Join(base, "snap")
+	if err := os.Mkdir(snapDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(snapDir, 10123, 10123); err != nil {
+		t.Fatal(err)
+	}
 	// The chroot as the host sees it: the API and vsock sockets are there.
 	root := filepath.Join(base, "volt-vmm", id, "root")
 	sock, uds := filepath.Join(root, "api.sock"), filepath.Join(root, "v.sock")
@@ -68,8 +78,8 @@ func TestFirecrackerGettingStartedBootsLinuxJailed(t *testing.T) {
 
 	cmd := exec.Command(jailerBin, "--id", id, "--exec-file", vmmBin, "--uid", uid, "--gid", uid,
 		"--chroot-base-dir", base, "--netns", "/var/run/netns/"+ns.Name,
-		"--ro-bind", kernel+":/vmlinux", "--rw-bind", disk+":/rootfs.ext4",
-		"--", "--api-sock", "/api.sock", "--guest-profile", "nested-pvm")
+		"--ro-bind", kernel+":/vmlinux", "--rw-bind", disk+":/rootfs.ext4", "--rw-bind", snapDir+":/snap",
+		"--", "--api-sock", "/api.sock", "--guest-profile", "nested-pvm", "--snapshot-dir", "/snap")
 	var console, stderr lockedBuffer
 	cmd.Stdout, cmd.Stderr = &console, &stderr
 	if err := cmd.Start(); err != nil {
@@ -186,24 +196,108 @@ func TestFirecrackerGettingStartedBootsLinuxJailed(t *testing.T) {
 	if out, err := exec.Command("ip", "netns", "exec", ns.Name, "busybox", "ping", "-c", "1", "-W", "10", "10.0.0.2").CombinedOutput(); err != nil {
 		t.Errorf("host → guest ping: %v\n%s", err, out)
 	}
-	guest("/bin/busybox", "sh", "-c", "echo firecracker-flow > /tmp/ctl")
-
-	select {
-	case <-exited:
-		if waitErr != nil {
-			t.Fatalf("volt-jailer: %v (want exit 0 after the guest's power-off)\nconsole:\n%s\nstderr:\n%s", waitErr, console.String(), stderr.String())
-		}
-	case <-time.After(5 * time.Minute):
-		t.Fatalf("volt-vmm did not exit after the workload ended\nconsole:\n%s", console.String())
-	}
-	for _, want := range []string{"virtio_blk virtio0: [vda]", "EXT4-fs (vda): mounted filesystem", "volt-init: ready ", "workload-done-firecracker-flow"} {
+	for _, want := range []string{"virtio_blk virtio0: [vda]", "EXT4-fs (vda): mounted filesystem", "volt-init: ready "} {
 		if !strings.Contains(console.String(), want) {
 			t.Errorf("the console lacks %q:\n%s", want, console.String())
 		}
 	}
+
+	// A snapshot, as Firecracker's guide takes one, into the jail's
+	// --snapshot-dir; the VMM is then killed and a second jailed VMM
+	// restores it, with the same disk, TAP and vsock path.
+	for _, req := range []struct{ method, path, body string }{
+		{http.MethodPatch, "/vm", `{"state": "Paused"}`},
+		{http.MethodPut, "/snapshot/create", `{"snapshot_type": "Full", "snapshot_path": "/snap/vm.state", "mem_file_path": "/snap/vm.mem"}`},
+	} {
+		apiRequest(t, hc, req.method, req.path, req.body, stderr.String)
+	}
+	if pid, err := strconv.Atoi(vmmPID); err == nil {
+		unix.Kill(pid, unix.SIGKILL)
+	}
+	select {
+	case <-exited:
+	case <-time.After(time.Minute):
+		t.Fatal("the first jailed VMM did not die")
+	}
+	const id2 = "fc-linux-restored"
+	root2 := filepath.Join(base, "volt-vmm", id2, "root")
+	sock2, uds2 := filepath.Join(root2, "api.sock"), filepath.Join(root2, "v.sock")
+	cmd2 := exec.Command(jailerBin, "--id", id2, "--exec-file", vmmBin, "--uid", uid, "--gid", uid,
+		"--chroot-base-dir", base, "--netns", "/var/run/netns/"+ns.Name,
+		"--rw-bind", disk+":/rootfs.ext4", "--rw-bind", snapDir+":/snap",
+		"--", "--api-sock", "/api.sock", "--snapshot-dir", "/snap")
+	var console2, stderr2 lockedBuffer
+	cmd2.Stdout, cmd2.Stderr = &console2, &stderr2
+	if err := cmd2.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited2 := make(chan struct{})
+	var waitErr2 error
+	go func() { waitErr2 = cmd2.Wait(); close(exited2) }()
+	defer func() {
+		cmd2.Process.Kill()
+		<-exited2
+	}()
+	waitFor(t, "the restoring VMM's API socket", func() bool {
+		st, err := os.Lstat(sock2)
+		return err == nil && st.Mode().Type() == os.ModeSocket
+	})
+	hc2 := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock2)
+	}}}
+	apiRequest(t, hc2, http.MethodPut, "/snapshot/load",
+		`{"snapshot_path": "/snap/vm.state", "mem_backend": {"backend_type": "File", "backend_path": "/snap/vm.mem"}, "resume_vm": true}`, stderr2.String)
+	// The restored guest answers on the new VMM's socket (after the
+	// transport reset a restore sends it), and its workload ends.
+	uds = uds2
+	deadline = time.Now().Add(5 * time.Minute)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		conn, err := agent.DialHybrid(ctx, uds2, agent.Port)
+		if err == nil {
+			err = agent.Ping(ctx, conn)
+			conn.Close()
+		}
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the restored guest's agent never answered: %v\nstderr:\n%s", err, stderr2.String())
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	guest("/bin/busybox", "sh", "-c", "echo firecracker-flow > /tmp/ctl")
+	select {
+	case <-exited2:
+		if waitErr2 != nil {
+			t.Fatalf("volt-jailer: %v (want exit 0 after the restored guest's power-off)\nconsole:\n%s\nstderr:\n%s", waitErr2, console2.String(), stderr2.String())
+		}
+	case <-time.After(5 * time.Minute):
+		t.Fatalf("the restored VMM did not exit after the workload ended\nconsole:\n%s", console2.String())
+	}
+	if !strings.Contains(console2.String(), "workload-done-firecracker-flow") {
+		t.Errorf("the restored guest's console lacks its workload's last line:\n%s", console2.String())
+	}
 	out, err := exec.Command(debugfs, "-R", "cat /fc-marker", disk).Output()
 	if err != nil || strings.TrimSpace(string(out)) != "firecracker-flow" {
 		t.Errorf("the root disk after power-off: /fc-marker = %q, %v", out, err)
+	}
+}
+
+// apiRequest sends one API request and fails the test unless it answers 204.
+func apiRequest(t *testing.T, hc *http.Client, method, path, body string, log func() string) {
+	t.Helper()
+	r, _ := http.NewRequest(method, "http://localhost"+path, strings.NewReader(body))
+	r.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(r)
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", method, path, err, log())
+	}
+	answer, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("%s %s: %d %s\n%s", method, path, resp.StatusCode, answer, log())
 	}
 }
 
