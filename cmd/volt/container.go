@@ -18,9 +18,9 @@ func containerCommand() *command {
 	return &command{name: "container", summary: "systemd-nspawn containers over a copy-on-write view of a CAS image", sub: []*command{
 		leaf("run", "create a container from an image and start its command", containerRun),
 		leaf("ls", "list containers and their state", containerList),
-		leaf("stop", "stop a running container", containerStop),
-		leaf("rm", "remove stopped containers and their writes", containerRemove),
-		leaf("logs", "print a container's output", containerLogs),
+		leaf("stop", "stop a running container", containerHelp.stopCommand),
+		leaf("rm", "remove stopped containers and their writes", containerHelp.removeCommand),
+		leaf("logs", "print a container's output", containerHelp.logsCommand),
 		leaf("_supervise", "(internal) the supervisor process of one container, started by run", containerSupervise),
 	}}
 }
@@ -162,78 +162,6 @@ func truncateText(s string, n int) string {
 		return s
 	}
 	return s[:n-3] + "..."
-}
-
-func containerStop(ctx context.Context, e *env, path string, args []string) int {
-	f := newWorkloadFlags(e, path, "NAME... [--timeout 10s] [flags]", "Stops containers: SIGTERM to each one's command, SIGKILL to the whole container after\nthe timeout. Waits until each has stopped and its disk is unmounted.")
-	timeout := f.fs.Duration("timeout", instance.DefaultStopTimeout, "how long the command may take to exit after SIGTERM")
-	pos, _, rc := f.parse(e, path, args, 1, -1, false)
-	if rc >= 0 {
-		return rc
-	}
-	if *timeout < 0 {
-		return usageError(e, path, "--timeout must not be negative")
-	}
-	m, rc := f.openManager(ctx, e, path, false)
-	if rc >= 0 {
-		return rc
-	}
-	defer m.Close()
-	rt := nspawn.NewRuntime(f.stateDir, f.store, m, nil)
-	status := exitOK
-	for _, name := range pos {
-		st, err := rt.Stop(ctx, name, *timeout)
-		if err != nil {
-			status = failure(e, path, err)
-			continue
-		}
-		if !f.json {
-			fmt.Fprintf(e.stdout, "%s: %s\n", name, stateText(st))
-		}
-	}
-	return status
-}
-
-func containerRemove(ctx context.Context, e *env, path string, args []string) int {
-	f := newWorkloadFlags(e, path, "NAME... [--force] [flags]", "Removes stopped containers: their state, log and overlay (what they wrote). The image\nstays. --force stops a running one first.")
-	force := f.fs.Bool("force", false, "stop a running container first")
-	timeout := f.fs.Duration("timeout", instance.DefaultStopTimeout, "with --force: how long the command may take to exit")
-	pos, _, rc := f.parse(e, path, args, 1, -1, false)
-	if rc >= 0 {
-		return rc
-	}
-	m, rc := f.openManager(ctx, e, path, false)
-	if rc >= 0 {
-		return rc
-	}
-	defer m.Close()
-	rt := nspawn.NewRuntime(f.stateDir, f.store, m, nil)
-	status := exitOK
-	for _, name := range pos {
-		if err := rt.Remove(ctx, name, *force, *timeout); err != nil {
-			status = failure(e, path, err)
-		}
-	}
-	return status
-}
-
-func containerLogs(ctx context.Context, e *env, path string, args []string) int {
-	f := newWorkloadFlags(e, path, "NAME [-f] [flags]", "Prints a container's output (its command's stdout and stderr, and volt's and\nsystemd-nspawn's messages, prefixed \"volt:\").")
-	follow := f.fs.BoolP("follow", "f", false, "keep printing until the container stops")
-	pos, _, rc := f.parse(e, path, args, 1, 1, false)
-	if rc >= 0 {
-		return rc
-	}
-	m, rc := f.openManager(ctx, e, path, false)
-	if rc >= 0 {
-		return rc
-	}
-	defer m.Close()
-	rt := nspawn.NewRuntime(f.stateDir, f.store, m, nil)
-	if err := rt.Logs(ctx, pos[0], *follow, e.stdout); err != nil {
-		return failure(e, path, err)
-	}
-	return exitOK
 }
 
 // containerSupervise is the supervisor: volt container run starts it as a

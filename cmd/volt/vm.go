@@ -19,9 +19,9 @@ func vmCommand() *command {
 	return &command{name: "vm", summary: "microVMs (volt-vmm) booting a CAS image as their copy-on-write root disk", sub: []*command{
 		leaf("run", "create a VM from an image and boot it", vmRun),
 		leaf("ls", "list VMs and their state", vmList),
-		leaf("stop", "stop running VMs", vmStop),
-		leaf("rm", "remove stopped VMs and their writes", vmRemove),
-		leaf("logs", "print a VM's console", vmLogs),
+		leaf("stop", "stop running VMs", vmHelp.stopCommand),
+		leaf("rm", "remove stopped VMs and their writes", vmHelp.removeCommand),
+		leaf("logs", "print a VM's console", vmHelp.logsCommand),
 		leaf("_supervise", "(internal) the supervisor process of one VM, started by run", vmSupervise),
 	}}
 }
@@ -190,70 +190,6 @@ func vmList(ctx context.Context, e *env, path string, args []string) int {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", in.Name, state, in.Image, formatAge(in.Record.StartedAt), mgr, formatBytes(in.MemoryBytes), in.CPUs, formatBytes(in.OverlayBytes), jail)
 	}
 	tw.Flush()
-	return exitOK
-}
-
-func vmStop(ctx context.Context, e *env, path string, args []string) int {
-	f := newWorkloadFlags(e, path, "NAME... [--timeout 10s] [flags]", "Stops VMs: SIGTERM to volt-vmm, SIGKILL after the timeout.")
-	timeout := f.fs.Duration("timeout", instance.DefaultStopTimeout, "how long volt-vmm may take to stop")
-	pos, _, rc := f.parse(e, path, args, 1, -1, false)
-	if rc >= 0 {
-		return rc
-	}
-	rt, done, rc := vmRuntime(ctx, e, path, f)
-	if rc >= 0 {
-		return rc
-	}
-	defer done()
-	status := exitOK
-	for _, name := range pos {
-		st, err := rt.Stop(ctx, name, *timeout)
-		if err != nil {
-			status = failure(e, path, err)
-			continue
-		}
-		fmt.Fprintf(e.stdout, "%s: %s\n", name, stateText(st))
-	}
-	return status
-}
-
-func vmRemove(ctx context.Context, e *env, path string, args []string) int {
-	f := newWorkloadFlags(e, path, "NAME... [--force] [flags]", "Removes stopped VMs: their state, console log and overlay. The image stays.")
-	force := f.fs.Bool("force", false, "stop a running VM first")
-	timeout := f.fs.Duration("timeout", instance.DefaultStopTimeout, "with --force: how long volt-vmm may take to stop")
-	pos, _, rc := f.parse(e, path, args, 1, -1, false)
-	if rc >= 0 {
-		return rc
-	}
-	rt, done, rc := vmRuntime(ctx, e, path, f)
-	if rc >= 0 {
-		return rc
-	}
-	defer done()
-	status := exitOK
-	for _, name := range pos {
-		if err := rt.Remove(ctx, name, *force, *timeout); err != nil {
-			status = failure(e, path, err)
-		}
-	}
-	return status
-}
-
-func vmLogs(ctx context.Context, e *env, path string, args []string) int {
-	f := newWorkloadFlags(e, path, "NAME [-f] [flags]", "Prints a VM's serial console and volt-vmm's messages.")
-	follow := f.fs.BoolP("follow", "f", false, "keep printing until the VM stops")
-	pos, _, rc := f.parse(e, path, args, 1, 1, false)
-	if rc >= 0 {
-		return rc
-	}
-	rt, done, rc := vmRuntime(ctx, e, path, f)
-	if rc >= 0 {
-		return rc
-	}
-	defer done()
-	if err := rt.Logs(ctx, pos[0], *follow, e.stdout); err != nil {
-		return failure(e, path, err)
-	}
 	return exitOK
 }
 
