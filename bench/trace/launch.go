@@ -42,7 +42,11 @@ func (t *Tracer) Start(g *Gated) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	tid := uint32(unix.Gettid())
-	if err := t.objs.Launchers.Update(tid, uint32(1), ebpf.UpdateAny); err != nil {
+	flags := uint32(launchWatch)
+	if g.Follow {
+		flags |= launchFollow
+	}
+	if err := t.objs.Launchers.Update(tid, flags, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("trace: start %s: register launcher thread %d: %w", g.name, tid, err)
 	}
 	startErr := g.Cmd.Start()
@@ -76,10 +80,22 @@ func (t *Tracer) Start(g *Gated) error {
 	return nil
 }
 
+// Bits of a launcher thread's value in the program's launcher map
+// (LAUNCH_* in stages.c).
+const (
+	launchWatch  = 1
+	launchFollow = 2
+)
+
 // Gated is a command that Tracer.Start starts under watch. Set Cmd's
 // Stdin, Stdout, Stderr, ExtraFiles and Env as usual before Start.
 type Gated struct {
-	Cmd     *exec.Cmd
+	Cmd *exec.Cmd
+	// Follow enrols the first child process the command forks as well,
+	// at that fork, before it can exec: volt-jailer forks the jail's
+	// process, which execs volt-vmm (its Record has a LastExec point).
+	// The command's Record names it (Child); Collect it too.
+	Follow  bool
 	name    string
 	started bool
 }

@@ -31,8 +31,16 @@ enum milestone {
 	MS_ANSWER = 7,
 	MS_MARKER = 8,
 	MS_EXIT = 72,
-	MS_COUNT = 73,
+	// Any exec after the first: the process exec'd again (a launcher
+	// such as volt-jailer's jail process, which execs the VMM last). The
+	// latest such exec is kept.
+	MS_LAST_EXEC = 73,
+	MS_COUNT = 74,
 };
+
+// Bits of a launcher's value in `launchers`.
+#define LAUNCH_WATCH 1
+#define LAUNCH_FOLLOW 2	// the process launched also enrols its first child
 
 #define MARKER_PORT 0x80
 #define MARKER_FIRST 0x40
@@ -60,6 +68,8 @@ struct proc {
 	__u32 memory_regions;		// successful KVM_SET_USER_MEMORY_REGION(2) calls
 	__u32 vcpus;			// successful KVM_CREATE_VCPU calls
 	__u32 dlab;			// COM1 divisor latch on: 0x3f8 writes are not output
+	__u32 follow;			// its first child process joins `procs` at its fork
+	__u32 child;			// TGID of that child; 0 until it forked
 	__u32 pad;
 };
 
@@ -83,7 +93,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 64);
 	__type(key, __u32);	// TID
-	__type(value, __u32);	// unused
+	__type(value, __u32);	// LAUNCH_* bits
 } launchers SEC(".maps");
 
 // One zeroed struct proc, the initial value of a process that joins at its
@@ -163,7 +173,15 @@ int on_exec(void *ctx)
 	struct proc *p = current_proc();
 	if (!p)
 		return 0;
-	reach(p, MS_EXEC, bpf_ktime_get_ns());
+	__u64 now = bpf_ktime_get_ns();
+	if (p->ts[MS_EXEC]) {
+		// An exec after the first: the stages that follow are those
+		// of the program exec'd last.
+		p->ts[MS_LAST_EXEC] = now;
+		p->latest = MS_LAST_EXEC;
+		return 0;
+	}
+	reach(p, MS_EXEC, now);
 	return 0;
 }
 
@@ -204,17 +222,31 @@ struct task_struct {
 // sched_process_fork(parent, child) runs in the parent before the child can
 // run: a launcher's new process joins `procs` before it can exec. New
 // threads (the launcher's runtime starts them at any time) have a TID that
-// is not their TGID and are skipped.
+// is not their TGID and are skipped. A watched process launched with
+// LAUNCH_FOLLOW (volt-jailer, whose jail process execs the VMM) enrols its
+// first child process the same way, and records its TGID; later children
+// are left alone.
 SEC("tp_btf/sched_process_fork")
 int on_fork(__u64 *ctx)
 {
 	struct task_struct *child = (struct task_struct *)ctx[1];
-	__u32 tid = bpf_get_current_pid_tgid();
-	if (!bpf_map_lookup_elem(&launchers, &tid))
-		return 0;
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = id;
 	__u32 pid = child->pid;
 	if (pid != (__u32)child->tgid)
 		return 0;
+	__u32 follow = 0;
+	__u32 *flags = bpf_map_lookup_elem(&launchers, &tid);
+	if (flags) {
+		follow = *flags & LAUNCH_FOLLOW;
+	} else {
+		__u32 tgid = id >> 32;
+		struct proc *parent = bpf_map_lookup_elem(&procs, &tgid);
+		if (!parent || !parent->follow)
+			return 0;
+		if (__sync_val_compare_and_swap(&parent->child, 0, pid) != 0)
+			return 0;
+	}
 	__u32 zero = 0;
 	struct proc *init = bpf_map_lookup_elem(&zero_proc, &zero);
 	if (!init)
@@ -222,6 +254,11 @@ int on_fork(__u64 *ctx)
 	// BPF_ANY: a recycled PID starts afresh. A full map leaves the child
 	// out, which the launcher checks.
 	bpf_map_update_elem(&procs, &pid, init, BPF_ANY);
+	if (follow) {
+		struct proc *p = bpf_map_lookup_elem(&procs, &pid);
+		if (p)
+			p->follow = 1;
+	}
 	return 0;
 }
 

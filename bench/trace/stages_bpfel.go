@@ -26,20 +26,23 @@ const (
 	stagesMilestoneMS_ANSWER       stagesMilestone = 7
 	stagesMilestoneMS_MARKER       stagesMilestone = 8
 	stagesMilestoneMS_EXIT         stagesMilestone = 72
-	stagesMilestoneMS_COUNT        stagesMilestone = 73
+	stagesMilestoneMS_LAST_EXEC    stagesMilestone = 73
+	stagesMilestoneMS_COUNT        stagesMilestone = 74
 )
 
 type stagesProc struct {
 	_              structs.HostLayout
-	Ts             [73]uint64
-	KvmExits       [73]uint32
-	UserExits      [73]uint32
+	Ts             [74]uint64
+	KvmExits       [74]uint32
+	UserExits      [74]uint32
 	LastThreadExit uint64
 	Latest         uint32
 	MarkerWrites   uint32
 	MemoryRegions  uint32
 	Vcpus          uint32
 	Dlab           uint32
+	Follow         uint32
+	Child          uint32
 	Pad            uint32
 }
 

@@ -46,8 +46,12 @@ const (
 	// Answer is the first byte to COM1's THR after the guest's ready
 	// marker, or the first byte at all in a process whose guest wrote no
 	// marker (a restored VM): the answer to the first command.
-	Answer        = Milestone(stagesMilestoneMS_ANSWER)
-	Exit          = Milestone(stagesMilestoneMS_EXIT) // the main thread exited
+	Answer = Milestone(stagesMilestoneMS_ANSWER)
+	Exit   = Milestone(stagesMilestoneMS_EXIT) // the main thread exited
+	// LastExec is the latest exec after the first, in a process that
+	// exec'd more than once: the jail process of volt-jailer re-executes
+	// the jailer, then execs volt-vmm in the chroot.
+	LastExec      = Milestone(stagesMilestoneMS_LAST_EXEC)
 	numMilestones = Milestone(stagesMilestoneMS_COUNT)
 	markerBase    = Milestone(stagesMilestoneMS_MARKER)
 )
@@ -87,6 +91,8 @@ func (m Milestone) String() string {
 		return "answer"
 	case Exit:
 		return "exit"
+	case LastExec:
+		return "last-exec"
 	}
 	if s, ok := m.MarkerStage(); ok {
 		return s.String()
@@ -110,6 +116,12 @@ type Record struct {
 	MemoryRegions  uint32
 	VCPUs          uint32
 	LastThreadExit time.Duration // since exec; the whole thread group is gone
+	// Origin is the kernel time (CLOCK_MONOTONIC) of the exec, the zero of
+	// Points: records of two processes are put on one clock with it.
+	Origin time.Duration
+	// Child is the TGID of the first child process, enrolled at its
+	// fork, of a process started with Gated.Follow; 0 for none.
+	Child int
 }
 
 // At returns the time of milestone m since exec.
@@ -248,6 +260,18 @@ func (t *Tracer) Collect(tgid int) (Record, error) {
 	return decode(&raw)
 }
 
+// Child returns the TGID of the child that tgid, started with
+// Gated.Follow, forked first and the tracer enrolled; 0 while it has
+// forked none. It reads without forgetting, so it may be called while
+// both run.
+func (t *Tracer) Child(tgid int) (int, error) {
+	var raw stagesProc
+	if err := t.objs.Procs.Lookup(uint32(tgid), &raw); err != nil {
+		return 0, fmt.Errorf("trace: read %d: %w", tgid, err)
+	}
+	return int(raw.Child), nil
+}
+
 // Forget stops watching tgid without reading it, e.g. after a failed start.
 func (t *Tracer) Forget(tgid int) {
 	_ = t.objs.Procs.Delete(uint32(tgid))
@@ -289,6 +313,8 @@ func decode(raw *stagesProc) (Record, error) {
 		MarkerWrites:  raw.MarkerWrites,
 		MemoryRegions: raw.MemoryRegions,
 		VCPUs:         raw.Vcpus,
+		Origin:        time.Duration(exec),
+		Child:         int(raw.Child),
 	}
 	if raw.LastThreadExit > exec {
 		r.LastThreadExit = time.Duration(raw.LastThreadExit - exec)

@@ -245,6 +245,51 @@ func TestStartEnrolsOnlyTheLaunchedProcess(t *testing.T) {
 	}
 }
 
+// With Follow, the launched process's first child joins too, from its
+// fork: its first exec is its Exec, a later one its LastExec (as the jail
+// process of volt-jailer execs the jailer again, then volt-vmm), and both
+// records share one clock (Origin). Its second child does not join.
+func TestFollowEnrolsTheFirstChildAndSeesItsLastExec(t *testing.T) {
+	tr := requireTracer(t)
+	g := Command(context.Background(), "/bin/sh", "-c", `/bin/sh -c "exec /bin/sleep 0.01"; /bin/true; true`)
+	g.Follow = true
+	if err := tr.Start(g); err != nil {
+		t.Fatal(err)
+	}
+	pid := g.Cmd.Process.Pid
+	if err := g.Cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if w := watched(t, tr); len(w) != 2 {
+		t.Errorf("watched %v, want the launched shell %d and its first child only", w, pid)
+	}
+	rec, err := tr.Collect(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Child == 0 {
+		t.Fatalf("no child recorded: %+v", rec)
+	}
+	if _, ok := rec.At(LastExec); ok {
+		t.Errorf("the launched shell exec'd once, yet has a last exec: %+v", rec.Points)
+	}
+	child, err := tr.Collect(rec.Child)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, ok := child.At(LastExec)
+	exit, _ := child.At(Exit)
+	if !ok || last <= 0 || exit < last+5*time.Millisecond {
+		t.Errorf("child %d: %+v: want exec, a later exec, then exit ≥ 10 ms after it (the sleep)", rec.Child, child.Points)
+	}
+	if child.Origin <= rec.Origin {
+		t.Errorf("child exec'd at %v, not after its parent's exec at %v", child.Origin, rec.Origin)
+	}
+	if w := watched(t, tr); len(w) != 0 {
+		t.Errorf("still watched after Collect: %v", w)
+	}
+}
+
 // A start whose exec fails is an error, and the child, enrolled at its fork,
 // is forgotten when it ends without an exec.
 func TestStartOfAMissingBinaryFailsAndLeavesNothingWatched(t *testing.T) {
