@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
+	"time"
 )
 
 // maxSunPath is the longest path a sockaddr_un holds: sun_path is 108 bytes
@@ -21,6 +23,50 @@ type Config struct {
 	// UDSPath is the host Unix socket (uds_path) that host clients connect
 	// to; guest-initiated connections to port N go to UDSPath + "_N".
 	UDSPath string
+	// RequestTimeout is how long a host-initiated connection waits for the
+	// guest's RESPONSE before the host client is closed (it then reads
+	// EOF); zero means the process default (DefaultRequestTimeout:
+	// Firecracker's 2 s unless volt-vmm's --vsock-connect-timeout changed
+	// it). A busy guest may need longer: a Linux guest whose kernel runs
+	// under instruction emulation answers in seconds, not microseconds.
+	RequestTimeout time.Duration
+}
+
+// MaxRequestTimeout bounds a configured request timeout: longer, a host
+// client of a guest that will never answer would hang for good.
+const MaxRequestTimeout = time.Hour
+
+// defaultRequestTimeout is the process's default (ns; 0: RequestTimeout).
+var defaultRequestTimeout atomic.Int64
+
+// ValidateRequestTimeout checks a configured request timeout.
+func ValidateRequestTimeout(d time.Duration) error {
+	if d <= 0 || d > MaxRequestTimeout {
+		return fmt.Errorf("vsock request timeout %v: it must be more than 0 and at most %v", d, MaxRequestTimeout)
+	}
+	return nil
+}
+
+// SetDefaultRequestTimeout sets the request timeout of the devices this
+// process makes from now on whose Config leaves it zero, restored ones
+// included (a snapshot does not carry it: it is the host's policy, not the
+// guest's state). volt-vmm, one VM per process, sets it from its
+// --vsock-connect-timeout flag before any device exists.
+func SetDefaultRequestTimeout(d time.Duration) error {
+	if err := ValidateRequestTimeout(d); err != nil {
+		return err
+	}
+	defaultRequestTimeout.Store(int64(d))
+	return nil
+}
+
+// DefaultRequestTimeout is the request timeout of a Config that leaves it
+// zero: RequestTimeout unless SetDefaultRequestTimeout changed it.
+func DefaultRequestTimeout() time.Duration {
+	if d := time.Duration(defaultRequestTimeout.Load()); d > 0 {
+		return d
+	}
+	return RequestTimeout
 }
 
 // Validate checks the configuration without touching the host.
@@ -28,6 +74,11 @@ func (c Config) Validate() error {
 	if c.GuestCID < FirstGuestCID || c.GuestCID > MaxGuestCID {
 		return fmt.Errorf("vsock guest_cid %d out of range: it must be between %d and %d (0-2 and 2^32-1 are reserved)",
 			c.GuestCID, FirstGuestCID, MaxGuestCID)
+	}
+	if c.RequestTimeout != 0 {
+		if err := ValidateRequestTimeout(c.RequestTimeout); err != nil {
+			return err
+		}
 	}
 	return ValidateUDSPath(c.UDSPath)
 }

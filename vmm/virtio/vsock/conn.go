@@ -18,7 +18,8 @@ const (
 	// asks for credit, so a stale view would stall it for good.
 	creditUpdateThreshold = 16 << 10
 	// RequestTimeout bounds how long a host-initiated connection waits for
-	// the guest's RESPONSE, ShutdownTimeout how long a closing connection
+	// the guest's RESPONSE by default (Firecracker's value; see
+	// Config.RequestTimeout), ShutdownTimeout how long a closing connection
 	// waits for the last bytes to drain or for the guest's RST, and
 	// HandshakeTimeout how long a host client may take to send its
 	// "CONNECT <port>\n" line.
@@ -38,7 +39,7 @@ type connParams struct {
 func defaultParams() connParams {
 	return connParams{
 		bufAlloc:         DefaultBufAlloc,
-		requestTimeout:   RequestTimeout,
+		requestTimeout:   DefaultRequestTimeout(),
 		shutdownTimeout:  ShutdownTimeout,
 		handshakeTimeout: HandshakeTimeout,
 	}

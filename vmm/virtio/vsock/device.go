@@ -94,6 +94,9 @@ func New(cfg Config, opts ...Option) (*Device, error) {
 		return nil, err
 	}
 	d := &Device{cid: cfg.GuestCID, udsPath: cfg.UDSPath, log: slog.Default(), params: defaultParams(), maxConns: DefaultMaxConns}
+	if cfg.RequestTimeout != 0 {
+		d.params.requestTimeout = cfg.RequestTimeout
+	}
 	for _, o := range opts {
 		o(d)
 	}
