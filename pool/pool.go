@@ -54,7 +54,25 @@ type Config struct {
 	// VMMArgs are added to every VMM's command line (default
 	// "--console none"; a clone's serial console has no reader).
 	VMMArgs []string
-	Log     *slog.Logger
+	// VsockConnectTimeout, when set, is given to every VMM the pool starts
+	// (template boots and clones) as --vsock-connect-timeout: how long a
+	// caller's CONNECT waits for the guest's answer. Zero keeps volt-vmm's
+	// default (Firecracker's 2 s), which a Linux guest among dozens on a
+	// few emulating cores cannot meet.
+	VsockConnectTimeout time.Duration
+	Log                 *slog.Logger
+}
+
+// MaxVsockConnectTimeout is the longest VsockConnectTimeout (volt-vmm's
+// own bound).
+const MaxVsockConnectTimeout = time.Hour
+
+// vmmArgs are the flags every VMM gets after those of its kind (args).
+func (c *Config) vmmArgs(args []string) []string {
+	if c.VsockConnectTimeout > 0 {
+		args = append(slices.Clip(args), "--vsock-connect-timeout", c.VsockConnectTimeout.String())
+	}
+	return args
 }
 
 func (c *Config) setDefaults() error {
@@ -96,6 +114,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.StoreDir != "" && c.SnapshotTool == "" && c.Store == nil {
 		return errors.New("pool: a CAS store needs volt-snapshot (to read state files and import memory)")
+	}
+	if c.VsockConnectTimeout < 0 || c.VsockConnectTimeout > MaxVsockConnectTimeout {
+		return fmt.Errorf("pool: vsock connect timeout %v: more than 0 (or 0 for volt-vmm's default) and at most %v", c.VsockConnectTimeout, MaxVsockConnectTimeout)
 	}
 	if c.RefillConcurrency <= 0 {
 		c.RefillConcurrency = 2
@@ -423,7 +444,7 @@ func (p *Pool) stop(v *vm) {
 func (p *Pool) restore(ctx context.Context, name string, snap Snapshot, spec pc.TemplateSpec, resume bool) (*vm, error) {
 	id := newID()
 	s := spawnSpec{id: id, template: name, dir: filepath.Join(p.vmsDir, id), vmmBin: p.cfg.VMMBin,
-		extraArgs: p.cfg.VMMArgs, network: spec.Network, vsock: spec.Vsock, background: !resume}
+		extraArgs: p.cfg.vmmArgs(p.cfg.VMMArgs), network: spec.Network, vsock: spec.Vsock, background: !resume}
 	var lease *cas.Lease
 	if p.cfg.Jail != nil {
 		casView := ""

@@ -323,7 +323,7 @@ func (p *Pool) bootTemplate(ctx context.Context, spec pc.TemplateSpec, staging, 
 		args = append(args, "--guest-profile", spec.GuestProfile)
 	}
 	v, err := p.spawnVM(ctx, spawnSpec{id: "template", template: spec.Name, dir: filepath.Join(staging, "vm"), vmmBin: p.cfg.VMMBin,
-		extraArgs: args, network: spec.Network, vsock: spec.Vsock, jail: js})
+		extraArgs: p.cfg.vmmArgs(args), network: spec.Network, vsock: spec.Vsock, jail: js})
 	if v == nil {
 		return 0, err
 	}

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -270,5 +271,40 @@ func TestListenUnixModeGroupAndStaleSocket(t *testing.T) {
 	}
 	if _, err := listenUnix(filepath.Join(dir, "q.sock"), "no-such-group-here"); err == nil {
 		t.Error("unknown group accepted")
+	}
+}
+
+func TestVsockConnectTimeoutReachesEveryVMM(t *testing.T) {
+	for _, tc := range []struct {
+		d       time.Duration
+		wantErr bool
+		want    []string
+	}{
+		{0, false, []string{"--console", "none"}}, // volt-vmm's default: no flag
+		{90 * time.Second, false, []string{"--console", "none", "--vsock-connect-timeout", "1m30s"}},
+		{MaxVsockConnectTimeout, false, []string{"--console", "none", "--vsock-connect-timeout", "1h0m0s"}},
+		{-time.Second, true, nil},
+		{MaxVsockConnectTimeout + time.Second, true, nil},
+	} {
+		c := Config{StateDir: t.TempDir(), VMMBin: "/bin/true", VsockConnectTimeout: tc.d}
+		err := c.setDefaults()
+		if tc.wantErr {
+			if err == nil {
+				t.Errorf("%v accepted", tc.d)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%v: %v", tc.d, err)
+		}
+		if got := c.vmmArgs(c.VMMArgs); !slices.Equal(got, tc.want) {
+			t.Errorf("%v: clone args %q, want %q", tc.d, got, tc.want)
+		}
+		// The template boot's own flags keep theirs, the timeout after them;
+		// the shared defaults are never written through.
+		tpl := c.vmmArgs([]string{"--console", "file:x"})
+		if tc.d > 0 && (tpl[len(tpl)-2] != "--vsock-connect-timeout" || len(c.VMMArgs) != 2) {
+			t.Errorf("%v: template args %q, defaults %q", tc.d, tpl, c.VMMArgs)
+		}
 	}
 }

@@ -142,6 +142,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) int {
 	maxTTL := fs.Duration("max-ttl", 24*time.Hour, "longest lease TTL")
 	group := fs.String("socket-group", "", "group owning the API socket (mode 0660): its members may acquire VMs")
 	verbose := fs.Bool("verbose", false, "log at debug level")
+	vsockConnect := fs.Duration("vsock-connect-timeout", 0, "give every VMM volt-vmm --vsock-connect-timeout: how long a caller's CONNECT waits for the guest's answer (default: volt-vmm's, Firecracker's 2s; more for Linux guests on emulated or crowded cores)")
 	if _, code := parse(fs, args, 0, "no arguments"); code >= 0 {
 		return code
 	}
@@ -150,7 +151,11 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) int {
 		return fail(stderr, err)
 	}
 	cfg := pool.Config{StateDir: *stateDir, StoreDir: *store, VMMBin: bin, RefillConcurrency: *refill,
-		MaxVMs: *maxVMs, DefaultTTL: *defTTL, MaxTTL: *maxTTL}
+		MaxVMs: *maxVMs, DefaultTTL: *defTTL, MaxTTL: *maxTTL, VsockConnectTimeout: *vsockConnect}
+	if fs.Changed("vsock-connect-timeout") && (*vsockConnect <= 0 || *vsockConnect > pool.MaxVsockConnectTimeout) {
+		fmt.Fprintf(stderr, "voltpool serve: --vsock-connect-timeout %v: more than 0 and at most %v\n", *vsockConnect, pool.MaxVsockConnectTimeout)
+		return exitUsage
+	}
 	if *store != "" || *jail || *snapTool != "" {
 		// volt-snapshot is built with volt-vmm: look beside it first.
 		flag := *snapTool

@@ -36,6 +36,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"serve", "--vmm", "/bin/true", "--volt-snapshot", "/bin/true", "--jail", "--jailer", "/bin/true", "--jail-uid-range", "0-5"}, exitUsage, "uid 0"},
 		{[]string{"serve", "--vmm", "/bin/true", "--volt-snapshot", "/bin/true", "--jail", "--jailer", "/bin/true", "--jail-uid-range", "5"}, exitUsage, "FIRST-LAST"},
 		{[]string{"serve", "--vmm", "/bin/true", "--volt-snapshot", "/etc/passwd", "--store", "/tmp/x"}, exitError, "--volt-snapshot /etc/passwd: not an executable"},
+		{[]string{"serve", "--vmm", "/bin/true", "--vsock-connect-timeout", "0s"}, exitUsage, "--vsock-connect-timeout 0s: more than 0"},
+		{[]string{"serve", "--vmm", "/bin/true", "--vsock-connect-timeout", "2h"}, exitUsage, "at most 1h0m0s"},
+		{[]string{"serve", "--vmm", "/bin/true", "--vsock-connect-timeout", "later"}, exitUsage, "invalid argument"},
 		{[]string{"acquire", "--ttl", "soon", "x"}, exitUsage, "invalid argument"},
 		{[]string{"status", "--socket", "/nonexistent/pool.sock"}, exitError, "no such file"},
 	} {
