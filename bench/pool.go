@@ -117,12 +117,25 @@ type PoolSpec struct {
 	// that reaches it before it has handled the vsock transport reset
 	// (guest/README.md (e)), and its callers are told to retry. The
 	// first answer then includes the failed tries; each is counted.
-	Retries  int
-	Boot     *PoolColdBoot // nil skips the cold-boot arm
-	Timeout  time.Duration // per cycle
-	Observe  func(arm string, callers int, stage string, d time.Duration)
-	Progress func(done int)
+	Retries int
+	Boot    *PoolColdBoot // nil skips the cold-boot arm
+	// Timeout bounds a cycle's acquire and agent request (the dial, the
+	// CONNECT handshake and the answer's reads all end at its deadline;
+	// default 30 s).
+	Timeout time.Duration
+	// ReleaseTimeout bounds a cycle's release (default 10 s), WarmTimeout
+	// the wait before a warm round until the pool has refilled enough warm
+	// VMMs for every caller (default 2 min).
+	ReleaseTimeout, WarmTimeout time.Duration
+	Observe                     func(arm string, callers int, stage string, d time.Duration)
+	Progress                    func(done int)
 }
+
+// Defaults of PoolSpec's timeouts.
+const (
+	DefaultPoolReleaseTimeout = 10 * time.Second
+	DefaultPoolWarmTimeout    = 2 * time.Minute
+)
 
 // PoolCell is one arm at one caller count.
 type PoolCell struct {
@@ -174,6 +187,12 @@ func RunPool(ctx context.Context, spec PoolSpec) (*PoolReport, error) {
 	if spec.Timeout <= 0 {
 		spec.Timeout = 30 * time.Second
 	}
+	if spec.ReleaseTimeout <= 0 {
+		spec.ReleaseTimeout = DefaultPoolReleaseTimeout
+	}
+	if spec.WarmTimeout <= 0 {
+		spec.WarmTimeout = DefaultPoolWarmTimeout
+	}
 	if spec.Retries < 0 {
 		return nil, fmt.Errorf("pool bench: %d retries", spec.Retries)
 	}
@@ -207,7 +226,7 @@ func RunPool(ctx context.Context, spec PoolSpec) (*PoolReport, error) {
 					return rep, err
 				}
 				if cell.Arm == PoolArmWarm {
-					if err := waitWarm(ctx, spec.Client, spec.Warm, n); err != nil {
+					if err := waitWarm(ctx, spec.Client, spec.Warm, n, spec.WarmTimeout); err != nil {
 						return rep, err
 					}
 				}
@@ -270,8 +289,8 @@ func roundDue(r, k, total int) bool {
 
 // waitWarm waits until template has at least n warm VMMs (the warm arm
 // measures the warm path, not a refill race).
-func waitWarm(ctx context.Context, c *pc.Client, template string, n int) error {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+func waitWarm(ctx context.Context, c *pc.Client, template string, n int, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	for {
 		st, err := c.Status(ctx)
@@ -409,7 +428,7 @@ func poolCycle(ctx context.Context, spec PoolSpec, template string, pss bool) (s
 		}
 	}
 	t2 := time.Now()
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), spec.ReleaseTimeout)
 	relErr := spec.Client.Release(rctx, lease.ID)
 	cancel()
 	st[PoolStageRelease] = time.Since(t2)

@@ -206,12 +206,16 @@ type fakePool struct {
 	released int
 	conns    int
 	ttls     []string // of every acquire
+	// warm is how many warm VMs the status reports (64 unless set before
+	// the first request); releaseDelay holds every release this long.
+	warm         int
+	releaseDelay time.Duration
 }
 
 func newFakePool(t *testing.T, resets int) *fakePool {
 	t.Helper()
 	dir := t.TempDir()
-	f := &fakePool{sock: filepath.Join(dir, "p.sock")}
+	f := &fakePool{sock: filepath.Join(dir, "p.sock"), warm: 64}
 	uds := filepath.Join(dir, "v.sock")
 	vln, err := net.Listen("unix", uds)
 	if err != nil {
@@ -261,7 +265,10 @@ func newFakePool(t *testing.T, resets int) *fakePool {
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.Method == http.MethodGet && r.URL.Path == "/v1/status":
-			json.NewEncoder(w).Encode(pc.Status{Templates: []pc.TemplateStatus{{Template: "w", Warm: 64, Target: 64}}})
+			f.mu.Lock()
+			warm := f.warm
+			f.mu.Unlock()
+			json.NewEncoder(w).Encode(pc.Status{Templates: []pc.TemplateStatus{{Template: "w", Warm: warm, Target: 64}}})
 		case r.Method == http.MethodPost && r.URL.Path == "/v1/leases":
 			var req pc.AcquireRequest
 			json.NewDecoder(r.Body).Decode(&req)
@@ -273,7 +280,13 @@ func newFakePool(t *testing.T, resets int) *fakePool {
 		case r.Method == http.MethodDelete && r.URL.Path == "/v1/leases/l1":
 			f.mu.Lock()
 			f.released++
+			delay := f.releaseDelay
 			f.mu.Unlock()
+			select {
+			case <-time.After(delay):
+			case <-r.Context().Done():
+				return
+			}
 			w.WriteHeader(http.StatusNoContent)
 		default:
 			w.WriteHeader(http.StatusNotFound)
@@ -414,5 +427,43 @@ func TestPoolLeaseOutlastsTheCycle(t *testing.T) {
 			t.Errorf("timeout %v: acquired with TTLs %q, want %s", tc.timeout, f.ttls, tc.want)
 		}
 		f.mu.Unlock()
+	}
+}
+
+// The release and warm-wait limits are the spec's, not fixed ones: a
+// release slower than ReleaseTimeout fails its cycle, a pool that does not
+// refill within WarmTimeout ends the run with an error naming the wait.
+func TestPoolReleaseAndWarmTimeoutsAreTheSpecs(t *testing.T) {
+	f := newFakePool(t, 0)
+	f.mu.Lock()
+	f.releaseDelay = 300 * time.Millisecond
+	f.mu.Unlock()
+	c := pc.New(f.sock)
+	defer c.Close()
+	spec := PoolSpec{Client: c, Warm: "w", Callers: []int{1}, Samples: 1, Agent: true,
+		Ask: agent.Request{Args: []string{"echo", "answer"}}, Timeout: 20 * time.Second, ReleaseTimeout: 50 * time.Millisecond}
+	rep, err := RunPool(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cell := rep.Cells[0]; cell.Errors != 1 {
+		t.Errorf("a release slower than ReleaseTimeout: %d errors, want 1", cell.Errors)
+	}
+	spec.ReleaseTimeout = 5 * time.Second
+	if rep, err = RunPool(context.Background(), spec); err != nil || rep.Cells[0].Errors != 0 {
+		t.Fatalf("a release within ReleaseTimeout: %v, %+v", err, rep.Cells[0])
+	}
+
+	f.mu.Lock()
+	f.warm = 0
+	f.mu.Unlock()
+	spec.WarmTimeout = 100 * time.Millisecond
+	t0 := time.Now()
+	_, err = RunPool(context.Background(), spec)
+	if err == nil || !strings.Contains(err.Error(), "waiting for 1 warm VMs") {
+		t.Fatalf("no warm VMs: %v, want the warm wait to time out", err)
+	}
+	if took := time.Since(t0); took < spec.WarmTimeout {
+		t.Errorf("gave up after %v, before WarmTimeout %v", took, spec.WarmTimeout)
 	}
 }
