@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"errors"
 	"fmt"
 
 	"golang.org/x/sys/unix"
@@ -11,9 +12,11 @@ import (
 // DropCapabilities leaves every thread of the process with empty
 // effective, permitted, inheritable and ambient sets, and sets
 // no_new_privs on every thread unless the calling thread has it already
-// (Landlock and SetNoNewPrivs set it on all threads at once). Capabilities
-// are per thread in Linux; libcap's psx applies each change to every
-// thread of the Go runtime, one stop-the-world round per system call.
+// (SetNoNewPrivs, a TSYNC and an exec give it to all threads at once, and
+// threads inherit it from the thread that creates them): ClearCapabilities,
+// then EnsureNoNewPrivs. Capabilities are per thread in Linux; libcap's psx
+// applies each change to every thread of the Go runtime, one
+// stop-the-world round per system call.
 //
 // It leaves the bounding set alone. With no_new_privs set and the
 // permitted set empty, no exec can gain a capability whatever the bounding
@@ -22,6 +25,24 @@ import (
 // 150-170 ms on the shared development machine, where one round took ~4 ms.
 // volt-jailer empties it (DropBoundingSet) before the VMM starts.
 func DropCapabilities() error {
+	if err := ClearCapabilities(); err != nil {
+		return err
+	}
+	if err := EnsureNoNewPrivs(); err != nil {
+		return err
+	}
+	if !noNewPrivs() {
+		return errors.New("no_new_privs not set after setting it")
+	}
+	return nil
+}
+
+// ClearCapabilities is DropCapabilities without no_new_privs: one round
+// (capset) when the process holds a capability, none otherwise. A VMM
+// calls it between Landlock and its process filter, whose TSYNC then sets
+// no_new_privs on every thread for nothing (EnsureNoNewPrivs after it
+// costs no round).
+func ClearCapabilities() error {
 	if err := cap.ResetAmbient(); err != nil {
 		return fmt.Errorf("clear the ambient capabilities: %w", err)
 	}
@@ -33,12 +54,29 @@ func DropCapabilities() error {
 			return fmt.Errorf("clear the effective, permitted and inheritable capabilities: %w", err)
 		}
 	}
-	if n, err := unix.PrctlRetInt(unix.PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0); err != nil || n != 1 {
-		if err := SetNoNewPrivs(); err != nil {
-			return err
-		}
-	}
 	return checkNoCapabilities()
+}
+
+// EnsureNoNewPrivs leaves no_new_privs set on every thread, in a round
+// only when it has to:
+//   - once the process filter is installed (ApplyProcess, at any level
+//     but LevelOff), nothing: its TSYNC copied the installing thread's
+//     no_new_privs to every thread, and prctl is no longer allowed. The
+//     caller must have run ApplyProcess with its goroutine locked to its
+//     thread (runtime.LockOSThread), so that the prctl and the install
+//     ran on one thread, or with no_new_privs set already;
+//   - when the calling thread has it, nothing: the process's threads got
+//     it together (a round, a TSYNC, or inherited across exec from
+//     volt-jailer), and threads created later copy it;
+//   - otherwise one round (SetNoNewPrivs).
+func EnsureNoNewPrivs() error {
+	process.mu.Lock()
+	filtered := process.applied && process.opts.Level != LevelOff
+	process.mu.Unlock()
+	if filtered || noNewPrivs() {
+		return nil
+	}
+	return SetNoNewPrivs()
 }
 
 // DropBoundingSet empties the bounding set and the ambient set on every
@@ -82,9 +120,6 @@ func checkNoCapabilities() error {
 	}
 	if c != 0 {
 		return fmt.Errorf("capabilities still held after dropping them (%s)", cap.GetProc())
-	}
-	if n, err := unix.PrctlRetInt(unix.PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0); err != nil || n != 1 {
-		return fmt.Errorf("no_new_privs not set (%d, %v)", n, err)
 	}
 	amb, err := unix.PrctlRetInt(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_IS_SET, uintptr(cap.SETPCAP), 0, 0)
 	if err == nil && amb != 0 {

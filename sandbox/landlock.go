@@ -7,6 +7,8 @@ import (
 
 	"github.com/landlock-lsm/go-landlock/landlock"
 	ll "github.com/landlock-lsm/go-landlock/landlock/syscall"
+	"golang.org/x/sys/unix"
+	"kernel.org/pub/linux/libs/security/libcap/cap"
 )
 
 // Paths are the only file-system objects a confined VMM may reach; every
@@ -48,6 +50,13 @@ type LandlockStatus struct {
 	ABI int
 	// Enforced is true when the rules are in force on every thread.
 	Enforced bool
+	// Rounds counts the stop-the-world rounds (psx) it took: 0 from ABI
+	// 8 on, 1 or 2 before.
+	Rounds int
+	// NoNewPrivs is true when no_new_privs is set on every thread; false
+	// when Landlock enforced its rules through CAP_SYS_ADMIN and left it
+	// to the caller.
+	NoNewPrivs bool
 }
 
 // String is the log line for the status.
@@ -55,7 +64,7 @@ func (s LandlockStatus) String() string {
 	if !s.Enforced {
 		return "landlock: not available on this kernel (no Landlock LSM, or ABI 0); file access is NOT restricted beyond the chroot and permissions"
 	}
-	return fmt.Sprintf("landlock: enforced (kernel ABI %d)", s.ABI)
+	return fmt.Sprintf("landlock: enforced (kernel ABI %d, %d all-thread rounds)", s.ABI, s.Rounds)
 }
 
 // LandlockABI returns the kernel's Landlock ABI version, 0 without it.
@@ -70,8 +79,28 @@ func LandlockABI() int {
 // Landlock restricts the whole process (every thread, and anything it
 // would exec) to p, with the strongest rules this kernel knows and the rest
 // dropped (best effort): on a kernel without Landlock it does nothing and
-// says so in the status, for the caller to log. It sets no_new_privs.
-// Every path must exist. It is irreversible.
+// says so in the status, for the caller to log. Every path must exist. It
+// is irreversible.
+//
+// Before Landlock ABI 8 a thread can only restrict itself, so the rules
+// reach every thread through one stop-the-world round (psx), and the
+// kernel takes them only from a thread that has no_new_privs or
+// CAP_SYS_ADMIN. go-landlock's Restrict spends a second round setting
+// no_new_privs on every thread first; Landlock skips that round when the
+// calling thread already has no_new_privs (inherited from volt-jailer,
+// whose threads all have it) or CAP_SYS_ADMIN in its effective set (root:
+// every thread holds what this one holds, psx keeps them equal). Then it
+// leaves no_new_privs as it found it (NoNewPrivs in the status says
+// whether it is set): the caller sets it, for nothing, with the process
+// filter (ApplyProcess: TSYNC copies it to every thread), or else with
+// EnsureNoNewPrivs. Should a thread lack both after all, the kernel
+// refuses it and the Go runtime, seeing threads disagree, kills the
+// process: the check can fail closed, never open.
+//
+// From ABI 8 on, go-landlock restricts every thread in one system call
+// (LANDLOCK_RESTRICT_SELF_TSYNC, no round) and sets no_new_privs with it.
+// A cgo build also goes through go-landlock (its libpsx lists
+// /proc/PID/task after each round, which go-landlock allows for it).
 func Landlock(p Paths) (LandlockStatus, error) {
 	if err := p.Validate(); err != nil {
 		return LandlockStatus{}, err
@@ -128,9 +157,52 @@ func Landlock(p Paths) (LandlockStatus, error) {
 	// or connecting TCP (its sockets are Unix sockets). Scoping keeps it
 	// from signalling processes or reaching abstract Unix sockets outside
 	// its domain.
-	if err := landlock.V11.BestEffort().Restrict(rules...); err != nil {
+	cfg := landlock.V11.BestEffort()
+	if st.ABI >= abiTSync || builtWithCgo {
+		if err := cfg.Restrict(rules...); err != nil {
+			return st, fmt.Errorf("landlock: %w", err)
+		}
+		st.Enforced = st.ABI > 0
+		st.NoNewPrivs = st.Enforced
+		return st, nil
+	}
+	fd, flags, err := cfg.NewRulesetFD(rules...)
+	if err != nil {
 		return st, fmt.Errorf("landlock: %w", err)
 	}
-	st.Enforced = st.ABI > 0
+	if fd < 0 {
+		return st, nil // no Landlock here: nothing to enforce
+	}
+	defer unix.Close(fd)
+	nnp := noNewPrivs()
+	if !nnp && !effectiveSysAdmin() {
+		if err := SetNoNewPrivs(); err != nil {
+			return st, fmt.Errorf("landlock: %w", err)
+		}
+		st.Rounds++
+		nnp = true
+	}
+	if err := ll.AllThreadsLandlockRestrictSelf(fd, flags); err != nil {
+		return st, fmt.Errorf("landlock: landlock_restrict_self on every thread: %w", err)
+	}
+	st.Rounds++
+	st.Enforced, st.NoNewPrivs = true, nnp
 	return st, nil
+}
+
+// abiTSync is the Landlock ABI from which one landlock_restrict_self call
+// restricts every thread (LANDLOCK_RESTRICT_SELF_TSYNC).
+const abiTSync = 8
+
+// noNewPrivs reports whether the calling thread has no_new_privs.
+func noNewPrivs() bool {
+	n, err := unix.PrctlRetInt(unix.PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0)
+	return err == nil && n == 1
+}
+
+// effectiveSysAdmin reports whether the calling thread has CAP_SYS_ADMIN in
+// its effective set (in its own user namespace, the one Landlock checks).
+func effectiveSysAdmin() bool {
+	on, err := cap.GetProc().GetFlag(cap.Effective, cap.SYS_ADMIN)
+	return err == nil && on
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -90,7 +91,9 @@ func (v *VM) landlockPaths(c *Confinement) sandbox.Paths {
 
 // confine applies c to the whole process: Landlock, then capabilities,
 // then the process-wide seccomp filter (Landlock and capset need calls no
-// filter allows). Threads locked afterwards add their role's filter.
+// filter allows), whose TSYNC sets no_new_privs on every thread (a root
+// VMM's Landlock and capset rounds need none). Threads locked afterwards
+// add their role's filter.
 func (v *VM) confine(c *Confinement) error {
 	log := v.logger()
 	start := time.Now()
@@ -119,17 +122,28 @@ func (v *VM) confine(c *Confinement) error {
 	}
 	if !c.KeepCapabilities {
 		t := time.Now()
-		if err := sandbox.DropCapabilities(); err != nil {
+		if err := sandbox.ClearCapabilities(); err != nil {
 			return fmt.Errorf("drop capabilities: %w", err)
 		}
 		took.caps = time.Since(t)
 	}
 	if c.Seccomp.Level != sandbox.LevelOff {
 		t := time.Now()
-		if err := sandbox.ApplyProcess(sandbox.RoleVMM, c.Seccomp); err != nil {
+		// The install sets no_new_privs on its thread, and TSYNC copies
+		// it to every thread from there: both on one thread. (Locked for
+		// the whole confinement, the rounds took twice as long.)
+		runtime.LockOSThread()
+		err := sandbox.ApplyProcess(sandbox.RoleVMM, c.Seccomp)
+		runtime.UnlockOSThread()
+		if err != nil {
 			return fmt.Errorf("seccomp: %w", err)
 		}
 		took.seccomp = time.Since(t)
+	}
+	if c.Landlock || !c.KeepCapabilities {
+		if err := sandbox.EnsureNoNewPrivs(); err != nil { // no round after the filter
+			return fmt.Errorf("no_new_privs: %w", err)
+		}
 	}
 	v.confined.Store(true)
 	log.Info("confined", "threads", len(tasks), "landlock", took.landlock, "capabilities", took.caps, "seccomp", took.seccomp, "total", time.Since(start))
