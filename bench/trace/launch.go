@@ -91,10 +91,12 @@ const (
 // Stdin, Stdout, Stderr, ExtraFiles and Env as usual before Start.
 type Gated struct {
 	Cmd *exec.Cmd
-	// Follow enrols the first child process the command forks as well,
-	// at that fork, before it can exec: volt-jailer forks the jail's
-	// process, which execs volt-vmm (its Record has a LastExec point).
-	// The command's Record names it (Child); Collect it too.
+	// Follow enrols the command's child processes as well, at their
+	// fork, before they can exec, and keeps the first of them to exec
+	// (others leave the filter): volt-jailer forks the jail's process,
+	// which execs the jailer again and then volt-vmm (its Record has a
+	// LastExec point). The command's Record names it (Child); Collect it
+	// too.
 	Follow  bool
 	name    string
 	started bool

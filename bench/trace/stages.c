@@ -68,9 +68,9 @@ struct proc {
 	__u32 memory_regions;		// successful KVM_SET_USER_MEMORY_REGION(2) calls
 	__u32 vcpus;			// successful KVM_CREATE_VCPU calls
 	__u32 dlab;			// COM1 divisor latch on: 0x3f8 writes are not output
-	__u32 follow;			// its first child process joins `procs` at its fork
-	__u32 child;			// TGID of that child; 0 until it forked
-	__u32 pad;
+	__u32 follow;			// its child processes join `procs` at their fork
+	__u32 child;			// TGID of the first of them that exec'd; 0 until then
+	__u32 parent;			// TGID of the process that enrolled it so; 0 for none
 };
 
 // Force the generator to emit Go types for these.
@@ -176,10 +176,25 @@ int on_exec(void *ctx)
 	__u64 now = bpf_ktime_get_ns();
 	if (p->ts[MS_EXEC]) {
 		// An exec after the first: the stages that follow are those
-		// of the program exec'd last.
+		// of the program exec'd last. An exec from a thread other than
+		// the leader (Go's, on a locked thread) ended the leader first,
+		// and that exit is not the process's end.
+		p->ts[MS_EXIT] = 0;
+		p->last_thread_exit = 0;
 		p->ts[MS_LAST_EXEC] = now;
 		p->latest = MS_LAST_EXEC;
 		return 0;
+	}
+	if (p->parent) {
+		// A followed child: the first to exec is the parent's child;
+		// any other leaves the filter, so nothing is left behind.
+		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+		__u32 ptgid = p->parent;
+		struct proc *parent = bpf_map_lookup_elem(&procs, &ptgid);
+		if (!parent || __sync_val_compare_and_swap(&parent->child, 0, tgid) != 0) {
+			bpf_map_delete_elem(&procs, &tgid);
+			return 0;
+		}
 	}
 	reach(p, MS_EXEC, now);
 	return 0;
@@ -224,8 +239,10 @@ struct task_struct {
 // threads (the launcher's runtime starts them at any time) have a TID that
 // is not their TGID and are skipped. A watched process launched with
 // LAUNCH_FOLLOW (volt-jailer, whose jail process execs the VMM) enrols its
-// first child process the same way, and records its TGID; later children
-// are left alone.
+// child processes the same way; the first of them to exec becomes its
+// `child` (on_exec), the others leave the filter at their exec or exit.
+// (Not "the first fork": Go's os/exec forks a throw-away child first, to
+// probe for clone(CLONE_PIDFD).)
 SEC("tp_btf/sched_process_fork")
 int on_fork(__u64 *ctx)
 {
@@ -235,16 +252,14 @@ int on_fork(__u64 *ctx)
 	__u32 pid = child->pid;
 	if (pid != (__u32)child->tgid)
 		return 0;
-	__u32 follow = 0;
+	__u32 follow = 0, parent_tgid = 0;
 	__u32 *flags = bpf_map_lookup_elem(&launchers, &tid);
 	if (flags) {
 		follow = *flags & LAUNCH_FOLLOW;
 	} else {
-		__u32 tgid = id >> 32;
-		struct proc *parent = bpf_map_lookup_elem(&procs, &tgid);
-		if (!parent || !parent->follow)
-			return 0;
-		if (__sync_val_compare_and_swap(&parent->child, 0, pid) != 0)
+		parent_tgid = id >> 32;
+		struct proc *parent = bpf_map_lookup_elem(&procs, &parent_tgid);
+		if (!parent || !parent->follow || parent->child)
 			return 0;
 	}
 	__u32 zero = 0;
@@ -254,10 +269,12 @@ int on_fork(__u64 *ctx)
 	// BPF_ANY: a recycled PID starts afresh. A full map leaves the child
 	// out, which the launcher checks.
 	bpf_map_update_elem(&procs, &pid, init, BPF_ANY);
-	if (follow) {
+	if (follow || parent_tgid) {
 		struct proc *p = bpf_map_lookup_elem(&procs, &pid);
-		if (p)
-			p->follow = 1;
+		if (p) {
+			p->follow = follow ? 1 : 0;
+			p->parent = parent_tgid;
+		}
 	}
 	return 0;
 }

@@ -43,7 +43,7 @@ type stagesProc struct {
 	Dlab           uint32
 	Follow         uint32
 	Child          uint32
-	Pad            uint32
+	Parent         uint32
 }
 
 // loadStages returns the embedded CollectionSpec for stages.

@@ -119,8 +119,8 @@ type Record struct {
 	// Origin is the kernel time (CLOCK_MONOTONIC) of the exec, the zero of
 	// Points: records of two processes are put on one clock with it.
 	Origin time.Duration
-	// Child is the TGID of the first child process, enrolled at its
-	// fork, of a process started with Gated.Follow; 0 for none.
+	// Child is the TGID of the first child process to exec, enrolled at
+	// its fork, of a process started with Gated.Follow; 0 for none.
 	Child int
 }
 
@@ -260,9 +260,8 @@ func (t *Tracer) Collect(tgid int) (Record, error) {
 	return decode(&raw)
 }
 
-// Child returns the TGID of the child that tgid, started with
-// Gated.Follow, forked first and the tracer enrolled; 0 while it has
-// forked none. It reads without forgetting, so it may be called while
+// Child returns the TGID of the first child of tgid (started with
+// Gated.Follow) to exec; 0 while none has. It reads without forgetting, so it may be called while
 // both run.
 func (t *Tracer) Child(tgid int) (int, error) {
 	var raw stagesProc

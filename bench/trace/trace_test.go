@@ -245,13 +245,15 @@ func TestStartEnrolsOnlyTheLaunchedProcess(t *testing.T) {
 	}
 }
 
-// With Follow, the launched process's first child joins too, from its
-// fork: its first exec is its Exec, a later one its LastExec (as the jail
-// process of volt-jailer execs the jailer again, then volt-vmm), and both
-// records share one clock (Origin). Its second child does not join.
+// With Follow, the launched process's first child to exec joins too, from
+// its fork: its first exec is its Exec, a later one its LastExec (as the
+// jail process of volt-jailer execs the jailer again, then volt-vmm), and
+// both records share one clock (Origin). A child that ends without an exec
+// (Go's os/exec forks one, to probe for pidfd support) and the second child
+// leave nothing behind.
 func TestFollowEnrolsTheFirstChildAndSeesItsLastExec(t *testing.T) {
 	tr := requireTracer(t)
-	g := Command(context.Background(), "/bin/sh", "-c", `/bin/sh -c "exec /bin/sleep 0.01"; /bin/true; true`)
+	g := Command(context.Background(), "/bin/sh", "-c", `(exit 0); /bin/sh -c "exec /bin/sleep 0.01"; /bin/true; true`)
 	g.Follow = true
 	if err := tr.Start(g); err != nil {
 		t.Fatal(err)
