@@ -3,6 +3,7 @@ package bench
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"time"
 )
 
@@ -55,6 +56,8 @@ type Config struct {
 	// Rows are the stages timed; nil means Stages (ExecStages… for a floor
 	// helper must be given).
 	Rows []Stage
+	// Jail, when set, starts volt-vmm through volt-jailer (JailedArm).
+	Jail *Jail
 }
 
 // rows returns the stages this configuration is timed by.
@@ -114,11 +117,32 @@ func (c Config) Validate() error {
 	if c.CPUs < 1 {
 		errs = append(errs, fmt.Errorf("%d vCPUs", c.CPUs))
 	}
+	if c.Jail != nil {
+		if c.VMM != VMMVolt {
+			errs = append(errs, fmt.Errorf("jail: only volt-vmm runs under volt-jailer, not %s", c.VMM))
+		}
+		if !filepath.IsAbs(c.VMMBin) {
+			errs = append(errs, fmt.Errorf("jail: volt-vmm %q: volt-jailer takes an absolute --exec-file", c.VMMBin))
+		}
+		if err := c.Jail.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
 }
 
-// Args returns the VMM command line (without the binary).
+// Args returns the VMM command line (without the binary); a jailed
+// configuration's is volt-jailer's, its jail id "ID" (each boot has its
+// own).
 func (c Config) Args() []string {
+	if c.Jail != nil {
+		return c.jailArgs("ID")
+	}
+	return c.vmmArgs()
+}
+
+// vmmArgs returns the VMM command line (without the binary).
+func (c Config) vmmArgs() []string {
 	var a []string
 	switch {
 	case c.VMM == VMMFloor:

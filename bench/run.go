@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/voltvmm/volt/bench/results"
@@ -29,6 +30,11 @@ type Boot struct {
 	// KVMExitsUntraced: the tracer could not attach kvm:kvm_exit, so the
 	// KVM exit counts are unknown rather than zero.
 	KVMExitsUntraced bool
+	// A jailed boot's: the supervisor's record (Record is the jail
+	// process's, which ran the VMM), and what was seen of the VMM while
+	// its guest ran.
+	JailerRecord *trace.Record
+	Jail         *JailCheck
 }
 
 // Observation is what a results.Run records of the boot.
@@ -59,6 +65,7 @@ var (
 type Runner struct {
 	tracer *trace.Tracer
 	mu     sync.Mutex
+	seq    atomic.Uint64 // boots started, for jail ids
 }
 
 // NewRunner loads the eBPF tracer; errors wrap trace.ErrUnsupported when
@@ -94,7 +101,10 @@ func (r *Runner) boot(ctx context.Context, cfg Config) Boot {
 	b.KVMExitsUntraced = !traced
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	g := trace.Command(ctx, cfg.VMMBin, cfg.Args()...)
+	bin, args, jailID := cfg.command(r.seq.Add(1))
+	g := trace.Command(ctx, bin, args...)
+	// The jailer's first child is the jail's process, which execs the VMM.
+	g.Follow = cfg.Jail != nil
 	// Pipes stay open in grandchildren (none expected) no longer than this.
 	g.Cmd.WaitDelay = 2 * time.Second
 	stdin, err := g.Cmd.StdinPipe()
@@ -115,13 +125,43 @@ func (r *Runner) boot(ctx context.Context, cfg Config) Boot {
 	}
 	pid := g.Cmd.Process.Pid
 	console := &tailBuffer{max: 4 << 10}
-	driveErr := drive(cfg, stdout, stdin, console)
+	var jailErr error
+	var onAnswer func()
+	if cfg.Jail != nil {
+		// While the guest runs, so the VMM is there to be looked at; the
+		// two reads of /proc delay the poweroff (the exit row) by as
+		// long.
+		onAnswer = func() {
+			ck, err := r.checkJailOf(pid, cfg)
+			b.Jail, jailErr = &ck, err
+		}
+	}
+	driveErr := drive(cfg, stdout, stdin, console, onAnswer)
 	waitErr := g.Cmd.Wait()
 	stdin.Close()
 	rec, recErr := r.tracer.Collect(pid)
+	if cfg.Jail != nil {
+		sup := rec
+		b.JailerRecord = &sup
+		if recErr == nil {
+			if rec.Child == 0 {
+				recErr = fmt.Errorf("volt-jailer (pid %d) forked no jail process", pid)
+			} else {
+				rec, recErr = r.tracer.Collect(rec.Child)
+			}
+		}
+		if jailID != "" {
+			if err := cfg.removeJail(jailID); err != nil && recErr == nil {
+				recErr = err
+			}
+		}
+		if jailErr == nil && b.Jail == nil && driveErr == nil && cfg.bootsAGuest() {
+			jailErr = errors.New("jail check: never ran (no answer from the guest)")
+		}
+	}
 	b.Stderr = stderr.String()
 	b.Record = rec
-	name := filepath.Base(cfg.VMMBin)
+	name := filepath.Base(bin)
 	switch {
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		b.Err = fmt.Errorf("%w after %v (killed); console tail: %q", ErrTimeout, cfg.Timeout, console.String())
@@ -133,14 +173,32 @@ func (r *Runner) boot(ctx context.Context, cfg Config) Boot {
 		b.Err = fmt.Errorf("%w; console tail: %q", driveErr, console.String())
 	case recErr != nil:
 		b.Err = recErr
+	case jailErr != nil:
+		b.Err = jailErr
 	default:
-		b.Stages = stageTimesFor(rec, cfg.rows())
+		if cfg.Jail != nil {
+			b.Stages = jailedStages(*b.JailerRecord, rec, cfg.rows())
+		} else {
+			b.Stages = stageTimesFor(rec, cfg.rows())
+		}
 		b.Err = checkRecord(cfg, rec, b.Stages, console.String())
 	}
 	if b.Err != nil {
 		b.Stages = nil
 	}
 	return b
+}
+
+// checkJailOf finds the jail's process of the jailer pid and checks it.
+func (r *Runner) checkJailOf(pid int, cfg Config) (JailCheck, error) {
+	child, err := r.tracer.Child(pid)
+	if err != nil {
+		return JailCheck{}, fmt.Errorf("jail check: %w", err)
+	}
+	if child == 0 {
+		return JailCheck{}, fmt.Errorf("jail check: volt-jailer (pid %d) has forked no jail process", pid)
+	}
+	return checkJail(child, cfg.Jail, cfg.VMMBin)
 }
 
 // exitError describes a VMM that exited with a failure status: the status
@@ -207,7 +265,10 @@ func seen(rec trace.Record) string {
 // for the answer) and ask it to power off (the same bytes for every VMM,
 // for fairness); a Linux guest powers off by itself. Output is drained to
 // EOF either way so the VMM never blocks on a full pipe.
-func drive(cfg Config, stdout io.Reader, stdin io.WriteCloser, console io.Writer) error {
+//
+// onAnswer, when set, is called once the awaited line arrived, before the
+// poweroff is sent (a Linux guest's: once its first line arrived).
+func drive(cfg Config, stdout io.Reader, stdin io.WriteCloser, console io.Writer, onAnswer func()) error {
 	br := bufio.NewReader(io.TeeReader(stdout, console))
 	var err error
 	if cfg.VMM != VMMFloor && cfg.Guest == GuestProbe {
@@ -225,6 +286,9 @@ func drive(cfg Config, stdout io.Reader, stdin io.WriteCloser, console io.Writer
 		for {
 			line, rerr := br.ReadString('\n')
 			if strings.TrimRight(line, "\r\n") == want {
+				if onAnswer != nil {
+					onAnswer()
+				}
 				if _, werr := io.WriteString(stdin, "poweroff\n"); werr != nil {
 					err = fmt.Errorf("send poweroff: %w", werr)
 				} else {
@@ -235,6 +299,13 @@ func drive(cfg Config, stdout io.Reader, stdin io.WriteCloser, console io.Writer
 			if rerr != nil {
 				break
 			}
+		}
+	}
+	if cfg.VMM != VMMFloor && cfg.Guest != GuestProbe && onAnswer != nil {
+		// A Linux guest is asked nothing: its first console line is
+		// the moment it surely runs.
+		if _, rerr := br.ReadString('\n'); rerr == nil {
+			onAnswer()
 		}
 	}
 	io.Copy(io.Discard, br)

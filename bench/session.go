@@ -62,7 +62,11 @@ func NewRun(a Arm) *results.Run {
 	case a.Config.RestoreDir != "":
 		r.Unit = results.UnitRestores
 	}
-	r.Args = append([]string{a.Config.VMMBin}, a.Config.Args()...)
+	bin := a.Config.VMMBin
+	if a.Config.Jail != nil {
+		bin = a.Config.Jail.Jailer
+	}
+	r.Args = append([]string{bin}, a.Config.Args()...)
 	r.FloorRun = a.Floor
 	return r
 }

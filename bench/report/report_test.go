@@ -269,3 +269,33 @@ func TestCDFOfManySamplesStaysSmall(t *testing.T) {
 		t.Errorf("curve does not reach 1 at the last sample: %s then %s", last, pts[len(pts)-1])
 	}
 }
+
+// Stage by stage, each run on its own line with its ratios to the first;
+// a stage a run lacks is a dash, not a zero.
+func TestByStageRatiosAreToTheFirstRun(t *testing.T) {
+	a := fixed(t, "restore", 5, map[string]int{"vmm-ready": 2000, "exit": 10000}, 0)
+	b := fixed(t, "restore-jailed", 5, map[string]int{"vmm-ready": 3000, "exit": 15000}, 0)
+	var buf bytes.Buffer
+	if err := WriteByStage(&buf, []string{"vmm-ready", "pid1", "exit"}, []*results.Run{a, b}); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	for _, want := range []string{"restore 5/5 ok, restore-jailed 5/5 ok", "1.50×", "15.0"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing %q in\n%s", want, out)
+		}
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	var pid1 []string
+	for _, l := range lines {
+		if strings.Contains(l, "pid1") {
+			pid1 = strings.Fields(l)
+		}
+	}
+	if len(pid1) != 9 || pid1[3] != "-" {
+		t.Errorf("pid1 (in neither run): %q", pid1)
+	}
+	if err := WriteByStage(&buf, nil, []*results.Run{a}); err == nil {
+		t.Error("one run compared with nothing")
+	}
+}

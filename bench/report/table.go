@@ -248,3 +248,54 @@ func WriteFloors(w io.Writer, floors ...*results.Run) error {
 	}
 	return tw.Flush()
 }
+
+// WriteByStage prints runs stage by stage, one line per run: count,
+// p50, p90 and max, and each run's ratio to the first at each of them.
+// A run without the stage shows "-". For a few runs whose rows differ
+// (jailed and unjailed, two VMM binaries) where a wide table would not
+// fit.
+func WriteByStage(w io.Writer, rows []string, runs []*results.Run) error {
+	if len(runs) < 2 {
+		return fmt.Errorf("by stage: need two runs, have %d", len(runs))
+	}
+	var head []string
+	for _, r := range runs {
+		head = append(head, fmt.Sprintf("%s %d/%d ok", r.VMM, r.Boots-r.Failures, r.Boots))
+	}
+	fmt.Fprintf(w, "runs: %s\n", strings.Join(head, ", "))
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "stage (ms)\trun\tcount\tp50\tp90\tmax\tp50 ratio\tp90 ratio\tmax ratio\t\n")
+	base := runs[0]
+	picks := []func(*results.StageResult) float64{
+		func(x *results.StageResult) float64 { return x.P50US },
+		func(x *results.StageResult) float64 { return x.P90US },
+		func(x *results.StageResult) float64 { return x.MaxUS },
+	}
+	for _, name := range rows {
+		bs := base.Stage(name)
+		for i, r := range runs {
+			label := ""
+			if i == 0 {
+				label = name
+			}
+			st := r.Stage(name)
+			if st == nil {
+				fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t-\t-\t-\t\n", label, r.VMM)
+				continue
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t", label, r.VMM, st.Count)
+			for _, p := range picks {
+				fmt.Fprintf(tw, "%s\t", FormatMS(p(st), st.Count))
+			}
+			for _, p := range picks {
+				if i == 0 || bs == nil {
+					fmt.Fprint(tw, "-\t")
+					continue
+				}
+				fmt.Fprintf(tw, "%s\t", Ratio(p(bs), p(st), bs.Count, st.Count))
+			}
+			fmt.Fprintln(tw)
+		}
+	}
+	return tw.Flush()
+}

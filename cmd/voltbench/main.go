@@ -56,7 +56,8 @@ func main() {
 const usageText = `Usage: voltbench [boot|compare|gate|serve|restore|clones|dedup|floor|pool] [flags]
 
   boot      boot the guest -n times under --vmm, interleaved with the KVM floor helper,
-            and print p50/p90/max (p99 from 100 boots) per stage with its distance to the floor (default)
+            and print p50/p90/max (p99 from 100 boots) per stage with its distance to the floor (default);
+            --jail also boots it through volt-jailer, interleaved: jailed against unjailed, the jailer's cost
   compare   boot under volt-vmm and QEMU (and the floor), interleaved, and print them side by side;
             or: compare A.json [B.json] to compare saved runs
   gate      compare a fresh run (or --candidate FILE) with --baseline FILE; exit 1 on a regression
@@ -64,7 +65,8 @@ const usageText = `Usage: voltbench [boot|compare|gate|serve|restore|clones|dedu
   restore   snapshot the probe once, restore it -n times (interleaved with as many cold
             boots, --compare-boot, and their floors) and print both per stage;
             --concurrency 1,2,8 adds restores per second with that many in flight;
-            --from cas|both restores from a CAS store too (--chunk-size 2M,256K,64K)
+            --from cas|both restores from a CAS store too (--chunk-size 2M,256K,64K);
+            --jail restores through volt-jailer too; --ab-vmm-bin B restores with a baseline volt-vmm too
   clones    restore -n clones of two snapshots of one template at once, their memory from a
             CAS store, from memory files, or private copies, and print their PSS side by side
   dedup     take ten snapshots of one template after different work and store them in a CAS
@@ -324,21 +326,36 @@ func cmdBoot(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		s session
 		g guestFlags
 		f floorFlags
+		j jailFlags
 	)
-	s.register(fs, 20, "boots (and as many floor runs)")
+	s.register(fs, 20, "boots (and as many floor runs; with --jail, as many jailed boots)")
 	g.register(fs)
 	f.register(fs, true)
+	j.register(fs, "boot")
 	if ok, code := parseFlags(fs, args, stderr); !ok {
 		return code
 	}
 	if fs.NArg() > 0 {
 		return usage(stderr, "boot", "unexpected argument %q", fs.Arg(0))
 	}
+	if err := j.check(fs); err != nil {
+		return usage(stderr, "boot", "%v", err)
+	}
 	cfg, err := g.config(ctx, g.vmm, s.timeout)
 	if err != nil {
 		return fail(stderr, "%v", err)
 	}
 	arms := []bench.Arm{{Name: g.vmm, Config: cfg}}
+	var jailed *bench.JailVMMRun
+	spans := &bench.SpanRecorder{Spans: bench.JailSpans}
+	if j.jail {
+		ja, cleanup, err := j.arm(arms[0])
+		if err != nil {
+			return fail(stderr, "%v", err)
+		}
+		defer cleanup()
+		arms = append(arms, ja)
+	}
 	dir, err := f.dir()
 	if err != nil {
 		return fail(stderr, "%v", err)
@@ -348,13 +365,32 @@ func cmdBoot(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return fail(stderr, "%v (or --floor=false)", err)
 		}
 	}
-	runs, err := s.plan(ctx, arms, stderr)
+	var observers []func(bench.Arm, bench.Boot)
+	if j.jail {
+		jailed = bench.NewJailVMMRun(arms[len(arms)-1])
+		observers = append(observers, jailed.Observe, spans.Observe)
+	}
+	runs, err := s.plan(ctx, arms, stderr, observers...)
 	if len(runs) == len(arms) {
 		floors := bench.Floors(arms, runs)
-		for _, r := range nonFloor(runs) {
+		all := runs
+		if jailed != nil {
+			floors[jailed.Run.VMM] = floors[arms[len(arms)-1].Name]
+			all = append(append([]*results.Run{}, runs...), jailed.Run)
+		}
+		for _, r := range nonFloor(all) {
+			if jailed != nil && r.VMM == arms[len(arms)-1].Name {
+				// Timed from the exec of volt-jailer: shown in the
+				// comparison, whose legend says so.
+				continue
+			}
 			report.WriteTable(stdout, r, floors[r.VMM])
 		}
-		if serr := save(s.jsonOut, f.plot, describe("boot", cfg), bench.StageNames(), runs, append([]string{"boot"}, args...)); serr != nil {
+		if jailed != nil {
+			ja := arms[len(arms)-1]
+			writeJail(stdout, runNamed(runs, g.vmm), runNamed(runs, ja.Name), jailed, spans, ja)
+		}
+		if serr := save(s.jsonOut, f.plot, describe("boot", cfg), bench.StageNames(), all, append([]string{"boot"}, args...)); serr != nil {
 			return fail(stderr, "%v", serr)
 		}
 	}

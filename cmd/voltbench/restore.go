@@ -6,12 +6,14 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
 
 	"github.com/voltvmm/volt/bench"
 	"github.com/voltvmm/volt/bench/report"
+	"github.com/voltvmm/volt/bench/results"
 )
 
 // snapshotFlags are the flags of the commands that restore a snapshot.
@@ -80,8 +82,9 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		s    snapshotFlags
 		sess session
 		f    floorFlags
+		j    jailFlags
 	)
-	s.register(fs, 100, 0, "restores per arm (and, with --compare-boot, as many cold boots; with --floor, as many floor runs each)")
+	s.register(fs, 100, 0, "restores per arm (and, with --compare-boot, as many cold boots; with --floor, as many floor runs each; with --jail or --ab-vmm-bin, as many of those)")
 	compareBoot := fs.Bool("compare-boot", true, "also cold-boot the same probe, interleaved, and print restore against cold boot")
 	from := fs.String("from", bench.FromFile, "where restores take their memory from: file (the memory file), cas (a CAS store), or both, interleaved")
 	chunkSizes := fs.StringSlice("chunk-size", []string{"2M"}, "with --from cas|both: chunk sizes of the CAS arms, e.g. 2M,256K,64K (one arm each, every one a snapshot volt-vmm cut at that size)")
@@ -93,11 +96,16 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	fs.BoolVar(&sess.progress, "progress", false, "draw a progress bar on stderr even when it is not a terminal")
 	fs.BoolVar(&sess.noProgress, "no-progress", false, "never draw a progress bar")
 	f.register(fs, true)
+	j.register(fs, "restore")
+	abBin := fs.String("ab-vmm-bin", "", "baseline volt-vmm binary: its restores of the memory file run interleaved with the candidate's (--vmm-bin), side by side with ratios; it restores the candidate's snapshot, or its own where it cannot")
 	if ok, code := parseFlags(fs, args, stderr); !ok {
 		return code
 	}
 	if fs.NArg() > 0 {
 		return usage(stderr, "restore", "unexpected argument %q", fs.Arg(0))
+	}
+	if err := j.check(fs); err != nil {
+		return usage(stderr, "restore", "%v", err)
 	}
 	if s.touch < 0 {
 		return usage(stderr, "restore", "--touch %d: want 0 or more pages", s.touch)
@@ -124,6 +132,11 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	if !fromCAS && fs.Changed("chunk-size") {
 		return usage(stderr, "restore", "--chunk-size is for the CAS arms: give --from cas or both")
+	}
+	if !fromFile && (j.jail || *abBin != "") {
+		// A jailed CAS restore needs a view of the store in the chroot,
+		// and a baseline's own CAS snapshots a store of their own.
+		return usage(stderr, "restore", "--jail and --ab-vmm-bin restore the memory file: give --from file or both")
 	}
 	if len(*concurrency) > 0 {
 		if err := bench.ValidateThroughput(*concurrency, *concurrencyN, bench.ThroughputRounds); err != nil {
@@ -185,19 +198,61 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return fail(stderr, "%v", err)
 	}
 	defer runner.Close()
+	fileArm := armNamed(arms, bench.ArmRestore)
+	var baseArm, jailArm *bench.Arm
+	if *abBin != "" {
+		a, err := abRestoreArm(ctx, runner, &s, cfg, snap, *fileArm, *abBin, dir, stdout)
+		if err != nil {
+			return fail(stderr, "%v", err)
+		}
+		arms = insertBefore(arms, bench.ArmRestore, a)
+		baseArm = &a
+	}
 	spans := &bench.SpanRecorder{Spans: bench.RestoreSpans}
-	runs, err := sess.planWith(ctx, runner, arms, stderr, spans.Observe)
+	jailSpans := &bench.SpanRecorder{Spans: bench.JailSpans}
+	observers := []func(bench.Arm, bench.Boot){spans.Observe}
+	var jailed *bench.JailVMMRun
+	if j.jail {
+		if err := snap.ShareWith(j.uid, j.gidOrUID()); err != nil {
+			return fail(stderr, "%v", err)
+		}
+		ja, cleanup, err := j.arm(*fileArm)
+		if err != nil {
+			return fail(stderr, "%v", err)
+		}
+		defer cleanup()
+		arms = append(arms, ja)
+		jailArm = &ja
+		jailed = bench.NewJailVMMRun(ja)
+		jailed.Also = spans.Observe
+		observers = append(observers, jailed.Observe, jailSpans.Observe)
+	}
+	runs, err := sess.planWith(ctx, runner, arms, stderr, observers...)
 	if len(runs) != len(arms) {
 		return fail(stderr, "%v", err)
 	}
 	floors := bench.Floors(arms, runs)
+	if jailed != nil {
+		floors[jailed.Run.VMM] = floors[jailArm.Name]
+	}
 	vmms := nonFloor(runs)
-	restores := vmms
-	if *compareBoot {
-		restores = vmms[1:]
+	var restores []*results.Run
+	for _, r := range vmms {
+		if r.VMM == bench.ArmColdBoot || (jailArm != nil && r.VMM == jailArm.Name) || (baseArm != nil && r.VMM == baseArm.Name) {
+			continue
+		}
+		restores = append(restores, r)
 	}
 	for _, r := range restores {
 		report.WriteTable(stdout, r, floors[r.VMM])
+		fmt.Fprintln(stdout)
+	}
+	if baseArm != nil {
+		report.WriteTable(stdout, runNamed(runs, baseArm.Name), floors[baseArm.Name])
+		fmt.Fprintln(stdout)
+	}
+	if jailed != nil {
+		report.WriteTable(stdout, jailed.Run, floors[jailed.Run.VMM])
 		fmt.Fprintln(stdout)
 	}
 	if *compareBoot {
@@ -205,21 +260,41 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		fmt.Fprintf(stdout, "\npeer: cold boot of the same probe under the same volt-vmm, %s, %d vCPU, interleaved with the restores and driven the same way\n"+
 			"(%q queued on the console at exec, answer awaited, then poweroff); first-answer is that reply in both\n",
 			cfg.Memory, cfg.CPUs, bench.RestoreAsk)
-		report.WriteCompare(stdout, bench.RestoreStageNames(), vmms, floors)
+		report.WriteCompare(stdout, bench.RestoreStageNames(), append([]*results.Run{vmms[0]}, restores...), floors)
+	}
+	if baseArm != nil {
+		fmt.Fprintf(stdout, "\nA/B: the memory-file restores of two volt-vmm binaries, interleaved in one session; ratio = candidate / baseline (>1: the candidate is slower); ms since the exec of volt-vmm\n"+
+			"  %s: %s, restoring %s\n  %s: %s (the candidate), restoring %s\n",
+			baseArm.Name, baseArm.Config.VMMBin, baseArm.Config.RestoreDir, bench.ArmRestore, fileArm.Config.VMMBin, fileArm.Config.RestoreDir)
+		report.WriteByStage(stdout, bench.RestoreStageNames(), []*results.Run{runNamed(runs, baseArm.Name), runNamed(runs, bench.ArmRestore)})
+	}
+	if jailed != nil {
+		writeJail(stdout, runNamed(runs, bench.ArmRestore), runNamed(runs, jailArm.Name), jailed, jailSpans, *jailArm)
 	}
 	if len(restores) > 1 {
 		fmt.Fprintf(stdout, "\nrestores side by side, each against %s (ratio > 1: slower), interleaved in the same session\n", restores[0].VMM)
 		report.WriteCompare(stdout, bench.RestoreStageNames(), restores, floors)
 	}
 	fmt.Fprintln(stdout)
-	names := make([]string, len(vmms))
-	for i, r := range vmms {
-		names[i] = r.VMM
+	var names []string
+	for _, r := range vmms {
+		if jailArm == nil || r.VMM != jailArm.Name {
+			// The jailed arm's spans are its VMM run's (from the
+			// exec of volt-vmm), observed under that name.
+			names = append(names, r.VMM)
+		}
+	}
+	if jailed != nil {
+		names = append(names, jailed.Run.VMM)
 	}
 	spans.Write(stdout, names...)
 	fmt.Fprintf(stdout, "load average at end: %s\n", loadAvg())
 	title := fmt.Sprintf("voltbench restore: probe, %s, %d vCPU, %d pages touched", snap.Memory, snap.CPUs, snap.TouchPages)
-	if serr := save(sess.jsonOut, f.plot, title, bench.RestoreStageNames(), runs, append([]string{"restore"}, args...)); serr != nil {
+	saved := runs
+	if jailed != nil {
+		saved = append(append([]*results.Run{}, runs...), jailed.Run)
+	}
+	if serr := save(sess.jsonOut, f.plot, title, bench.RestoreStageNames(), saved, append([]string{"restore"}, args...)); serr != nil {
 		return fail(stderr, "%v", serr)
 	}
 	if err != nil {
@@ -404,4 +479,68 @@ func cloneSnapshots(ctx context.Context, s *snapshotFlags, cfg bench.Config, dir
 		snaps = append(snaps, snap)
 	}
 	return snaps, nil
+}
+
+// armNamed is the arm of that name; nil if none.
+func armNamed(arms []bench.Arm, name string) *bench.Arm {
+	for i := range arms {
+		if arms[i].Name == name {
+			return &arms[i]
+		}
+	}
+	return nil
+}
+
+// insertBefore puts a before the arm named name, so that each round of
+// the session restores the baseline just before the candidate.
+func insertBefore(arms []bench.Arm, name string, a bench.Arm) []bench.Arm {
+	for i := range arms {
+		if arms[i].Name == name {
+			return append(arms[:i:i], append([]bench.Arm{a}, arms[i:]...)...)
+		}
+	}
+	return append(arms, a)
+}
+
+// abRestoreArm is the baseline binary's memory-file arm (--ab-vmm-bin),
+// named restore-base, with the candidate's floor. It restores the
+// candidate's snapshot when one trial restore of it succeeds; otherwise
+// (another snapshot format, a state it refuses) it restores a snapshot it
+// made itself, from the same probe, touch and size, and says so.
+func abRestoreArm(ctx context.Context, runner *bench.Runner, s *snapshotFlags, cfg bench.Config, snap *bench.Snapshot, file bench.Arm, abBin, dir string, stdout io.Writer) (bench.Arm, error) {
+	bin, err := filepath.Abs(abBin)
+	if err != nil {
+		return bench.Arm{}, fmt.Errorf("--ab-vmm-bin: %w", err)
+	}
+	if fi, err := os.Stat(bin); err != nil || !fi.Mode().IsRegular() {
+		return bench.Arm{}, fmt.Errorf("--ab-vmm-bin %s: not a regular file (%v)", abBin, err)
+	}
+	base := cfg
+	base.VMMBin = bin
+	c := bench.RestoreConfig(base, snap)
+	trial := runner.Boot(ctx, c)
+	if trial.Err == nil {
+		fmt.Fprintf(stdout, "A/B: the baseline %s restores the candidate's snapshot (one trial restore, not counted): both arms restore %s\n", bin, snap.Dir)
+		return bench.Arm{Name: bench.ArmRestore + "-base", Config: c, Floor: file.Floor}, nil
+	}
+	fmt.Fprintf(stdout, "A/B: the baseline %s cannot restore the candidate's snapshot (%v);\n  each binary restores a snapshot it made itself, of the same probe\n", bin, firstLine(trial.Err.Error()))
+	bdir := filepath.Join(dir, "baseline")
+	if err := os.Mkdir(bdir, 0o700); err != nil {
+		return bench.Arm{}, fmt.Errorf("baseline snapshot: %w", err)
+	}
+	bsnap, err := s.snapshotProbe(ctx, base, bdir, "", nil, "", stdout)
+	if err != nil {
+		return bench.Arm{}, fmt.Errorf("baseline snapshot, made by %s: %w", bin, err)
+	}
+	return bench.Arm{Name: bench.ArmRestore + "-base", Config: bench.RestoreConfig(base, bsnap), Floor: file.Floor}, nil
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i] + " …"
+	}
+	if len(s) > 300 {
+		return s[:300] + " …"
+	}
+	return s
 }

@@ -30,6 +30,12 @@ func TestRestoreAndClonesFlags(t *testing.T) {
 		{"restore", "--from", "cas", "--chunk-size", "2M,2M"},
 		{"restore", "--from", "both", "--chunk-size", "2K"},
 		{"restore", "--chunk-size", "256K"}, // a chunk size without a CAS arm
+		{"restore", "--jail-uid", "5"},      // jail flags without --jail
+		{"restore", "--jailer-bin", "/x"},
+		{"restore", "--from", "cas", "--jail"}, // a jailed CAS restore is not built
+		{"restore", "--from", "cas", "--ab-vmm-bin", "/x"},
+		{"boot", "--jail-dir", "/x"},
+		{"boot", "--jail-gid", "5"},
 		{"clones", "--arms", "nope"},
 		{"clones", "--arms", "cas,cas"},
 		{"clones", "--arms", ""},
@@ -50,7 +56,8 @@ func TestRestoreAndClonesFlags(t *testing.T) {
 		}
 	}
 	errb.Reset()
-	if code := run(context.Background(), []string{"restore", "--help"}, &out, &errb); code != exitOK || !strings.Contains(errb.String(), "--compare-boot") || !strings.Contains(errb.String(), "--from") {
+	if code := run(context.Background(), []string{"restore", "--help"}, &out, &errb); code != exitOK || !strings.Contains(errb.String(), "--compare-boot") || !strings.Contains(errb.String(), "--from") ||
+		!strings.Contains(errb.String(), "--jail") || !strings.Contains(errb.String(), "--ab-vmm-bin") {
 		t.Errorf("restore --help: exit %d, %q", code, errb.String())
 	}
 	for cmd, flag := range map[string]string{"clones": "--arms", "dedup": "--work"} {
