@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/voltvmm/volt/bench"
 	"github.com/voltvmm/volt/bench/results"
+	"github.com/voltvmm/volt/bench/trace"
+	"github.com/voltvmm/volt/internal/testbin"
 )
 
 func TestRestoreAndClonesFlags(t *testing.T) {
@@ -95,5 +98,63 @@ func TestCompareShowsSavedRestoreRunsWithTheirRows(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "first-answer") || strings.Contains(out.String(), "pid1") {
 		t.Errorf("saved restore runs not shown with the restore rows:\n%s", out.String())
+	}
+}
+
+// requireTracer skips where guests cannot be booted and traced here.
+func requireTracer(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("restores guests")
+	}
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		t.Skipf("no /dev/kvm: %v", err)
+	}
+	tr, err := trace.New()
+	if errors.Is(err, trace.ErrUnsupported) {
+		t.Skipf("eBPF tracer cannot load: %v", err)
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	tr.Close()
+}
+
+// restore --ab-vmm-bin: a baseline that restores the candidate's snapshot
+// shares it; one that refuses it (here a wrapper that restores only
+// snapshots under baseline/, which its own are) restores its own, and the
+// run says so. Both arms restore every time and are compared.
+func TestRestoreABUsesTheCandidatesSnapshotOrTheBaselinesOwn(t *testing.T) {
+	requireTracer(t)
+	vmm := testbin.Build(t, "./cmd/volt-vmm")
+	// A short --dir: the snapshot's API socket path must fit sun_path.
+	dir, err := os.MkdirTemp("", "vbab")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	args := []string{"restore", "-n", "2", "--compare-boot=false", "--floor=false", "--no-progress", "--vmm-bin", vmm, "--dir", dir}
+	if p := os.Getenv("VOLT_PROBE"); p != "" {
+		args = append(args, "--kernel", p)
+	}
+	picky := filepath.Join(t.TempDir(), "picky-volt-vmm")
+	script := "#!/bin/sh\ncase \"$*\" in\n*--restore*/baseline*) ;;\n*--restore*) echo 'picky-volt-vmm: not my snapshot' >&2; exit 1 ;;\nesac\nexec " + vmm + " \"$@\"\n"
+	if err := os.WriteFile(picky, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		base, want string
+	}{
+		{vmm, "restores the candidate's snapshot"},
+		{picky, "cannot restore the candidate's snapshot ("},
+	} {
+		var out, errb bytes.Buffer
+		if code := run(context.Background(), append(args, "--ab-vmm-bin", c.base), &out, &errb); code != exitOK {
+			t.Fatalf("--ab-vmm-bin %s: exit %d\n%s\n%s", c.base, code, out.String(), errb.String())
+		}
+		for _, w := range []string{c.want, "restore-base 2/2 ok, restore 2/2 ok", "ratio = candidate / baseline"} {
+			if !strings.Contains(out.String(), w) {
+				t.Errorf("--ab-vmm-bin %s: no %q in\n%s", c.base, w, out.String())
+			}
+		}
 	}
 }
