@@ -24,6 +24,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"time"
 
@@ -267,15 +268,23 @@ func (s *session) planWith(ctx context.Context, runner *bench.Runner, arms []ben
 	return runner.RunPlan(ctx, plan)
 }
 
-// save writes --json and --plot, as asked.
-func save(jsonOut, plot, title string, rows []string, runs []*results.Run, command []string) error {
+// save writes --json and --plot, as asked. The plot leaves out the runs
+// named in notPlotted (a jailed arm, timed from another exec than the
+// rest: its VMM run stands for it there).
+func save(jsonOut, plot, title string, rows []string, runs []*results.Run, command []string, notPlotted ...string) error {
 	if jsonOut != "" {
 		if err := bench.WriteResults(jsonOut, runs, append([]string{"voltbench"}, command...)); err != nil {
 			return fmt.Errorf("--json: %w", err)
 		}
 	}
 	if plot != "" {
-		if err := bench.WritePlot(plot, title, rows, runs); err != nil {
+		var plotted []*results.Run
+		for _, r := range runs {
+			if !slices.Contains(notPlotted, r.VMM) {
+				plotted = append(plotted, r)
+			}
+		}
+		if err := bench.WritePlot(plot, title, rows, plotted); err != nil {
 			return fmt.Errorf("--plot: %w", err)
 		}
 	}
@@ -386,11 +395,13 @@ func cmdBoot(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			}
 			report.WriteTable(stdout, r, floors[r.VMM])
 		}
+		var notPlotted []string
 		if jailed != nil {
 			ja := arms[len(arms)-1]
 			writeJail(stdout, runNamed(runs, g.vmm), runNamed(runs, ja.Name), jailed, spans, ja)
+			notPlotted = append(notPlotted, ja.Name)
 		}
-		if serr := save(s.jsonOut, f.plot, describe("boot", cfg), bench.StageNames(), all, append([]string{"boot"}, args...)); serr != nil {
+		if serr := save(s.jsonOut, f.plot, describe("boot", cfg), bench.StageNames(), all, append([]string{"boot"}, args...), notPlotted...); serr != nil {
 			return fail(stderr, "%v", serr)
 		}
 	}

@@ -290,11 +290,12 @@ func cmdRestore(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	spans.Write(stdout, names...)
 	fmt.Fprintf(stdout, "load average at end: %s\n", loadAvg())
 	title := fmt.Sprintf("voltbench restore: probe, %s, %d vCPU, %d pages touched", snap.Memory, snap.CPUs, snap.TouchPages)
-	saved := runs
+	saved, notPlotted := runs, []string(nil)
 	if jailed != nil {
 		saved = append(append([]*results.Run{}, runs...), jailed.Run)
+		notPlotted = []string{jailArm.Name}
 	}
-	if serr := save(sess.jsonOut, f.plot, title, bench.RestoreStageNames(), saved, append([]string{"restore"}, args...)); serr != nil {
+	if serr := save(sess.jsonOut, f.plot, title, bench.RestoreStageNames(), saved, append([]string{"restore"}, args...), notPlotted...); serr != nil {
 		return fail(stderr, "%v", serr)
 	}
 	if err != nil {
