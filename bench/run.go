@@ -65,8 +65,12 @@ var (
 type Runner struct {
 	tracer *trace.Tracer
 	mu     sync.Mutex
-	seq    atomic.Uint64 // boots started, for jail ids
 }
+
+// bootSeq numbers the boots of this process, for jail ids: unique across
+// runners (each test has its own), so two never name the same chroot or
+// cgroup.
+var bootSeq atomic.Uint64
 
 // NewRunner loads the eBPF tracer; errors wrap trace.ErrUnsupported when
 // this machine or user cannot trace.
@@ -101,7 +105,7 @@ func (r *Runner) boot(ctx context.Context, cfg Config) Boot {
 	b.KVMExitsUntraced = !traced
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	bin, args, jailID := cfg.command(r.seq.Add(1))
+	bin, args, jailID := cfg.command(bootSeq.Add(1))
 	g := trace.Command(ctx, bin, args...)
 	// The jailer's first child is the jail's process, which execs the VMM.
 	g.Follow = cfg.Jail != nil
