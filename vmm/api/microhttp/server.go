@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"strconv"
 	"sync"
 	"time"
@@ -46,6 +47,23 @@ type Config struct {
 	// OnProtocolError, if set, is told about every request refused before
 	// it reached the handler (for logging).
 	OnProtocolError func(status int, msg string)
+	// ConfineThread, if set, confines the calling OS thread (volt-vmm
+	// installs the api seccomp filter on it). Nothing calls it until
+	// Confine; from then on the accept loop and every connection's
+	// goroutine lock themselves to their OS thread (runtime.LockOSThread,
+	// never undone, so the Go runtime ends the thread with the goroutine
+	// instead of giving it to another) and call it before their next
+	// accept or read; a new connection's goroutine calls it before its
+	// first read. A connection whose call fails is closed, and
+	// OnConfineError told; the accept loop's failure ends Serve with it
+	// and Confine returns it. With ConfineThread set, Handler never runs
+	// on the server's own goroutines: each request is handed to a
+	// goroutine of its own, which the connection waits for, so that a
+	// confined thread only reads, parses and writes.
+	ConfineThread func() error
+	// OnConfineError, if set, is told when ConfineThread failed on a
+	// connection's thread (the connection is closed).
+	OnConfineError func(err error)
 }
 
 // Defaults for the zero fields of Config.
@@ -68,6 +86,16 @@ type Server struct {
 	conns   map[net.Conn]*connState
 	closing bool
 	wg      sync.WaitGroup
+
+	// confining is set by Confine: every goroutine of the server
+	// confines its thread before its next accept or read. serveEnded is
+	// set when Serve returns; acceptDone is closed once the accept loop
+	// has confined its thread (acceptErr is the result) or ended.
+	confining  bool
+	serveEnded bool
+	acceptOnce sync.Once
+	acceptDone chan struct{}
+	acceptErr  error
 }
 
 type connState struct {
@@ -95,15 +123,21 @@ func New(cfg Config) *Server {
 		cfg.Fault = func(msg string) []byte { return []byte(strconv.Quote(msg)) }
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{cfg: cfg, ctx: ctx, cancel: cancel, conns: map[net.Conn]*connState{}}
+	return &Server{cfg: cfg, ctx: ctx, cancel: cancel, conns: map[net.Conn]*connState{}, acceptDone: make(chan struct{})}
 }
 
 // ErrServerClosed is returned by Serve after Shutdown.
 var ErrServerClosed = errors.New("microhttp: server closed")
 
 // Serve accepts connections on ln until Shutdown, each served on its own
-// goroutine that the server waits for.
+// goroutine that the server waits for. With Config.ConfineThread, ln must
+// have a SetDeadline method (as *net.UnixListener has): Confine uses it to
+// wake the accept loop.
 func (s *Server) Serve(ln net.Listener) error {
+	wake, _ := ln.(deadliner)
+	if s.cfg.ConfineThread != nil && wake == nil {
+		return fmt.Errorf("microhttp: ConfineThread needs a listener with SetDeadline, not %T", ln)
+	}
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
@@ -111,7 +145,31 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.ln = ln
 	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.serveEnded = true
+		s.mu.Unlock()
+		s.acceptConfined(nil) // Confine does not wait for a loop that ended
+	}()
+	confined := false
 	for {
+		if !confined && s.confineAsked() {
+			err := s.confineThread()
+			s.acceptConfined(err)
+			if err != nil {
+				// The goroutine ends locked: its thread ends with it.
+				return fmt.Errorf("confine the accept loop's thread: %w", err)
+			}
+			confined = true
+			// Confine set the deadline (under mu) before this loop
+			// could see confining; clearing it now is final.
+			s.mu.Lock()
+			err = wake.SetDeadline(time.Time{})
+			s.mu.Unlock()
+			if err != nil {
+				return fmt.Errorf("accept: clear the deadline: %w", err)
+			}
+		}
 		c, err := ln.Accept()
 		if err != nil {
 			s.mu.Lock()
@@ -122,7 +180,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+				continue // Confine woke the loop, or a caller's deadline
 			}
 			return fmt.Errorf("accept: %w", err)
 		}
@@ -138,6 +196,61 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 		go s.serveConn(c, st)
 	}
+}
+
+type deadliner interface{ SetDeadline(time.Time) error }
+
+// Confine asks every goroutine of the server to confine its OS thread with
+// Config.ConfineThread before its next accept or read (idle connections
+// and the accept loop are woken for it; a connection busy with a request
+// does it before reading the next one). It waits until the accept loop has
+// done so and returns its error, or until Serve has ended (nil): a Serve
+// that has not started yet confines its thread first when it does, and
+// Confine waits for that. Calling it again does nothing more.
+func (s *Server) Confine() error {
+	if s.cfg.ConfineThread == nil {
+		return errors.New("microhttp: Confine without Config.ConfineThread")
+	}
+	s.mu.Lock()
+	if !s.confining {
+		s.confining = true
+		now := time.Now()
+		for c, st := range s.conns {
+			if !st.busy {
+				c.SetReadDeadline(now)
+			}
+		}
+		if d, ok := s.ln.(deadliner); ok {
+			d.SetDeadline(now) // s.ln is set once Serve runs
+		}
+	}
+	ended := s.serveEnded
+	s.mu.Unlock()
+	if ended {
+		return nil
+	}
+	<-s.acceptDone
+	return s.acceptErr
+}
+
+func (s *Server) confineAsked() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.confining
+}
+
+func (s *Server) acceptConfined(err error) {
+	s.acceptOnce.Do(func() {
+		s.acceptErr = err
+		close(s.acceptDone)
+	})
+}
+
+// confineThread locks the calling goroutine to its thread for good and
+// confines the thread.
+func (s *Server) confineThread() error {
+	runtime.LockOSThread()
+	return s.cfg.ConfineThread()
 }
 
 // Shutdown stops accepting, closes idle connections, lets requests in
@@ -183,6 +296,22 @@ func (s *Server) serveConn(c net.Conn, st *connState) {
 		s.mu.Unlock()
 		c.Close()
 	}()
+	confined := false
+	// confine confines this goroutine's thread if Confine asked for it
+	// and it is not done yet; false means the connection must end.
+	confine := func() bool {
+		if confined || !s.confineAsked() {
+			return true
+		}
+		if err := s.confineThread(); err != nil {
+			if s.cfg.OnConfineError != nil {
+				s.cfg.OnConfineError(err)
+			}
+			return false // the goroutine ends locked: its thread ends with it
+		}
+		confined = true
+		return true
+	}
 	r := bufio.NewReaderSize(c, 4096)
 	w := bufio.NewWriterSize(c, 4096)
 	for first := true; ; first = false {
@@ -192,11 +321,15 @@ func (s *Server) serveConn(c net.Conn, st *connState) {
 		if first {
 			idle = s.cfg.HeaderTimeout
 		}
-		c.SetReadDeadline(time.Now().Add(idle))
-		if _, err := r.Peek(1); err != nil {
-			return // closed, idle too long, or shut down
+		if !s.awaitRequest(c, r, time.Now().Add(idle), &confined, confine) {
+			return // closed, idle too long, shut down, or not confined
 		}
 		if !s.setBusy(st, true) {
+			return
+		}
+		// A Confine that came while the request's first bytes arrived
+		// still confines the thread before they are parsed.
+		if !confine() {
 			return
 		}
 		c.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
@@ -204,6 +337,40 @@ func (s *Server) serveConn(c net.Conn, st *connState) {
 		if !s.setBusy(st, false) || !keep {
 			return
 		}
+	}
+}
+
+// awaitRequest waits until the next request's first byte is in, or
+// deadline. A Confine while it waits wakes it (Confine moves an idle
+// connection's deadline to now) to confine the thread before it reads on.
+// It returns false when the connection should end.
+func (s *Server) awaitRequest(c net.Conn, r *bufio.Reader, deadline time.Time, confined *bool, confine func() bool) bool {
+	for {
+		// The deadline is set under mu, where Confine sets it too, and
+		// only while Confine has not been asked for or the thread is
+		// confined: a Confine after this point wakes the read below.
+		s.mu.Lock()
+		need := s.confining && !*confined
+		if !need {
+			c.SetReadDeadline(deadline)
+		}
+		s.mu.Unlock()
+		if need {
+			if !confine() {
+				return false
+			}
+			continue
+		}
+		wasConfined := *confined
+		_, err := r.Peek(1)
+		if err == nil {
+			return true
+		}
+		var ne net.Error
+		if !wasConfined && errors.As(err, &ne) && ne.Timeout() && s.confineAsked() && time.Now().Before(deadline) {
+			continue // woken by Confine
+		}
+		return false
 	}
 }
 
@@ -239,7 +406,7 @@ func (s *Server) serveOne(c net.Conn, r *bufio.Reader, w *bufio.Writer) bool {
 		}
 	}
 	c.SetReadDeadline(time.Time{})
-	resp := s.cfg.Handler.ServeAPI(s.ctx, req)
+	resp := s.handle(req)
 	keep := req.keepAlive
 	s.mu.Lock()
 	keep = keep && !s.closing
@@ -248,6 +415,20 @@ func (s *Server) serveOne(c net.Conn, r *bufio.Reader, w *bufio.Writer) bool {
 		return false
 	}
 	return keep
+}
+
+// handle runs the handler: on this goroutine, or, with ConfineThread, on
+// a goroutine of its own (not locked, so not on a confined thread) that
+// this one waits for. The work a request asks for (a snapshot, a device's
+// configuration) needs far more system calls than a confined thread
+// allows.
+func (s *Server) handle(req *Request) Response {
+	if s.cfg.ConfineThread == nil {
+		return s.cfg.Handler.ServeAPI(s.ctx, req)
+	}
+	done := make(chan Response, 1)
+	go func() { done <- s.cfg.Handler.ServeAPI(s.ctx, req) }()
+	return <-done
 }
 
 // refuse answers a request that never reached the handler and closes the
