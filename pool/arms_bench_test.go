@@ -55,7 +55,7 @@ func touchedSnapshot(b testing.TB) string {
 		},
 		func() error { return c.PutVsock(ctx, types.Vsock{GuestCID: 3, UDSPath: v.vsockUDS}) },
 		func() error { return c.Start(ctx) },
-		func() error { return waitReady(ctx, v, true, "") },
+		func() error { return waitReady(ctx, v, true, "", 0) },
 		func() error {
 			res, err := pc.RunOn(ctx, pc.Lease{ID: "touch", VsockUDS: v.vsockUDS}, agent.Request{Args: []string{"touch", fmt.Sprint(touchedPages)}}, nil)
 			if err == nil && !res.Success() {

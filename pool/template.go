@@ -392,7 +392,7 @@ func (p *Pool) bootTemplate(ctx context.Context, spec pc.TemplateSpec, staging, 
 	if err := c.Start(ctx); err != nil {
 		return fail(err)
 	}
-	if err := waitReady(ctx, v, spec.Vsock, v.hostPath(metricsPath)); err != nil {
+	if err := waitReady(ctx, v, spec.Vsock, v.hostPath(metricsPath), p.cfg.VsockConnectTimeout); err != nil {
 		return fail(err)
 	}
 	ready := time.Since(start)
@@ -414,7 +414,15 @@ func (p *Pool) bootTemplate(ctx context.Context, spec pc.TemplateSpec, staging, 
 // waitReady polls until the guest is ready for work: its agent answers a
 // ping on vsock, or, for a guest without vsock, the VMM's boot timeline has
 // the ready marker (0x61), read through FlushMetrics.
-func waitReady(ctx context.Context, v *vm, vsock bool, metricsPath string) error {
+//
+// Each ping may take pingTimeout (at least a second) before it is given up
+// and tried again: with a VMM whose --vsock-connect-timeout is long, a
+// CONNECT a busy guest has not answered yet stays open, and a poller that
+// gave up on it every second would flood the guest with connections its
+// agent then answers long after their callers left (a Linux template boot
+// at load 6-17 with an 18-minute connect timeout was still not ready after
+// 9 minutes, its console full of "write vsock-conn: broken pipe").
+func waitReady(ctx context.Context, v *vm, vsock bool, metricsPath string, pingTimeout time.Duration) error {
 	var last error
 	for {
 		select {
@@ -424,7 +432,7 @@ func waitReady(ctx context.Context, v *vm, vsock bool, metricsPath string) error
 		}
 		var err error
 		if vsock {
-			err = pingAgent(ctx, v.vsockUDS)
+			err = pingAgent(ctx, v.vsockUDS, pingTimeout)
 		} else {
 			err = readyMarker(ctx, v, metricsPath)
 		}
@@ -440,8 +448,8 @@ func waitReady(ctx context.Context, v *vm, vsock bool, metricsPath string) error
 	}
 }
 
-func pingAgent(ctx context.Context, uds string) error {
-	pctx, cancel := context.WithTimeout(ctx, time.Second)
+func pingAgent(ctx context.Context, uds string, timeout time.Duration) error {
+	pctx, cancel := context.WithTimeout(ctx, max(timeout, time.Second))
 	defer cancel()
 	conn, err := agent.DialHybrid(pctx, uds, agent.Port)
 	if err != nil {

@@ -49,7 +49,7 @@ func vsockSnapshot(t *testing.T, cmdline string) string {
 		func() error { return c.PutVsock(ctx, types.Vsock{GuestCID: 3, UDSPath: v.vsockUDS}) },
 		func() error { return c.PutMetrics(ctx, types.Metrics{MetricsPath: filepath.Join(dir, "metrics")}) },
 		func() error { return c.Start(ctx) },
-		func() error { return waitReady(ctx, v, false, filepath.Join(dir, "metrics")) },
+		func() error { return waitReady(ctx, v, false, filepath.Join(dir, "metrics"), 0) },
 		func() error { return c.Pause(ctx) },
 		func() error {
 			return c.CreateSnapshot(ctx, types.SnapshotCreateParams{SnapshotPath: filepath.Join(snap, types.SnapshotStateFile), MemFilePath: filepath.Join(snap, types.SnapshotMemFile)})
