@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"time"
 
 	seccomp "github.com/elastic/go-seccomp-bpf"
 )
@@ -73,6 +74,10 @@ func ApplyThread(r Role) error {
 	if o.Level == LevelOff {
 		return nil
 	}
+	// Go loads the local time zone (/etc/localtime) the first time a time
+	// is formatted, on whichever thread does it; no thread filter allows
+	// openat, so it is loaded here, before the filter.
+	time.Now().Zone()
 	// no_new_privs is already set on every thread (TSYNC copied it), and
 	// prctl is not allowed by the process filter.
 	return preparedFor(r, o).load(seccomp.Filter{}, "on this thread")

@@ -127,9 +127,18 @@ func vcpuOnly() Table {
 	}
 }
 
-// apiOnly is a thread that accepts API connections and moves requests and
-// responses: the requests themselves are carried out by the goroutine it
-// hands them to, under RoleVMM.
+// apiOnly is a thread of the API server (vmm/api/microhttp): the accept
+// loop (accept4, which sets non-blocking and close-on-exec itself, then
+// the poller's registration and the local address) or one connection's
+// (reads; writes and the poller's waits are the runtime's; its poller
+// registration removed and the descriptor closed at the end). The
+// requests themselves are carried out by an ordinary goroutine it hands
+// them to, under RoleVMM. Checked with strace -f of a confined volt-vmm
+// under a 10 s load of fresh and keep-alive connections, bodies of 40 KiB,
+// malformed requests, pause and resume, with GOGC=2: after its filter a
+// thread made only these calls and the runtime's (futex, write,
+// sched_yield, epoll_pwait with timeout 0, tgkill, getpid, rt_sigreturn,
+// and rt_sigprocmask, sigaltstack and exit as the thread ended).
 func apiOnly() Table {
 	return Table{
 		{Syscall: "accept4"},
@@ -137,7 +146,6 @@ func apiOnly() Table {
 		{Syscall: "epoll_ctl"},
 		{Syscall: "read"},
 		{Syscall: "close"},
-		{Syscall: "fcntl"},
 	}
 }
 

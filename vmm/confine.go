@@ -39,6 +39,11 @@ type Confinement struct {
 	// AfterConfine, if set, runs once everything is in force and before the
 	// guest runs: the test hooks of volt-vmm (a forbidden call, an open).
 	AfterConfine func(*slog.Logger)
+	// ConfineOthers, if set, confines threads the VM does not own once the
+	// process filter is in place (volt-vmm: the API server's, with the api
+	// filter); not called when Seccomp is LevelOff. Its error fails the
+	// confinement as any other step's does.
+	ConfineOthers func() error
 }
 
 // Validate refuses relative directories, which Landlock would resolve
@@ -137,6 +142,11 @@ func (v *VM) confine(c *Confinement) error {
 		runtime.UnlockOSThread()
 		if err != nil {
 			return fmt.Errorf("seccomp: %w", err)
+		}
+		if c.ConfineOthers != nil {
+			if err := c.ConfineOthers(); err != nil {
+				return fmt.Errorf("seccomp: %w", err)
+			}
 		}
 		took.seccomp = time.Since(t)
 	}

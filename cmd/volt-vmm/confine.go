@@ -59,6 +59,16 @@ func confinement(f *flags) (*vmm.Confinement, error) {
 	return c, nil
 }
 
+// confineAPIThread is the API server's thread filter: on the calling
+// thread, locked to its goroutine for good, the api role's filter on top of
+// the process's.
+func confineAPIThread() error {
+	if err := sandbox.ApplyThread(sandbox.RoleAPI); err != nil {
+		return fmt.Errorf("seccomp filter of an api thread: %w", err)
+	}
+	return nil
+}
+
 // testHooks are the hidden --test-* confinement checks: an open of a path
 // the rules should refuse, logged with its result, and a system call that
 // no filter allows, which must kill the process with SIGSYS.

@@ -340,3 +340,147 @@ func TestConfinedVMMWritesACASVolume(t *testing.T) {
 		}
 	}
 }
+
+// TestConfinedVMMServesItsAPIOnFilteredThreads: once the VM runs, the API
+// server's threads (the accept loop, one per open connection) carry the
+// api filter on top of the process's, each connection's thread ends with
+// it, a refused request is logged from such a thread, and the API's work
+// (pause, resume) still runs; at --seccomp-level 0 no thread has a filter.
+func TestConfinedVMMServesItsAPIOnFilteredThreads(t *testing.T) {
+	kvmtest.Require(t)
+	elf, err := probe.Path(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := testbin.Build(t, "./cmd/volt-vmm")
+	for _, level := range []string{"2", "0"} {
+		t.Run("seccomp-level-"+level, func(t *testing.T) {
+			sock := filepath.Join(t.TempDir(), "api.sock")
+			cmd := exec.Command(bin, "--api-sock", sock, "--seccomp-level", level)
+			in, _ := cmd.StdinPipe()
+			out, _ := cmd.StdoutPipe()
+			var stderr lockedBuffer
+			cmd.Stderr = &stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer cmd.Process.Kill()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			c := client.New(sock)
+			defer c.Close()
+			if _, err := c.WaitReady(ctx, time.Millisecond); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.PutBootSource(ctx, types.BootSource{KernelImagePath: elf}); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.PutMachineConfig(ctx, types.MachineConfiguration{VCPUCount: 1, MemSizeMib: 32}); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Start(ctx); err != nil {
+				t.Fatalf("%v\n%s", err, stderr.String())
+			}
+			s := newProbeSession(t, in, out)
+			s.expect(probe.ReadyLine)
+			c.Close() // its idle connections end, and their threads
+			pid := cmd.Process.Pid
+			// filters counts the VMM's threads by their number of
+			// filters. KVM's own kernel task in the process
+			// (kvm-nx-lpage-recovery, started by the first KVM_RUN on the
+			// vCPU's thread) inherits that thread's filters: not counted.
+			filters := func() map[string]int {
+				n := map[string]int{}
+				tasks, _ := os.ReadDir(filepath.Join("/proc", strconv.Itoa(pid), "task"))
+				for _, task := range tasks {
+					dir := filepath.Join("/proc", strconv.Itoa(pid), "task", task.Name())
+					comm, _ := os.ReadFile(filepath.Join(dir, "comm"))
+					b, err := os.ReadFile(filepath.Join(dir, "status"))
+					if err != nil || strings.HasPrefix(string(comm), "kvm-") {
+						continue // the thread just ended, or KVM's
+					}
+					for _, l := range strings.Split(string(b), "\n") {
+						if v, ok := strings.CutPrefix(l, "Seccomp_filters:"); ok {
+							n[strings.TrimSpace(v)]++
+						}
+					}
+				}
+				return n
+			}
+			// The vCPU's thread and the accept loop's carry two filters,
+			// and, with n connections open, n more threads.
+			want := func(what string, n int) {
+				t.Helper()
+				wantStacked := 2 + n
+				if level == "0" {
+					wantStacked = 0
+				}
+				var got map[string]int
+				for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+					if got = filters(); got["2"] == wantStacked && (level == "0") == (got["1"] == 0) && got["3"] == 0 {
+						return
+					}
+				}
+				t.Fatalf("%s: threads by number of seccomp filters %v, want %d with two (the vCPU's, the accept loop's, %d connections')", what, got, wantStacked, n)
+			}
+			want("no connection open", 0)
+			var conns []net.Conn
+			for i := range 3 {
+				conn, err := net.Dial("unix", sock)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				conn.SetDeadline(time.Now().Add(10 * time.Second))
+				// A request, and the keep-alive connection stays open.
+				io.WriteString(conn, "GET / HTTP/1.1\r\n\r\n")
+				if line, err := bufio.NewReader(conn).ReadString('\n'); err != nil || line != "HTTP/1.1 200 OK\r\n" {
+					t.Fatalf("GET / on connection %d: %q, %v\n%s", i, line, err, stderr.String())
+				}
+				conns = append(conns, conn)
+			}
+			want("three connections open", 3)
+			// A refused request is logged from its connection's thread.
+			got := exchangeRaw(t, sock, "GARBAGE\r\n\r\n")
+			if !strings.HasPrefix(got, "HTTP/1.1 400 Bad Request\r\n") {
+				t.Errorf("a malformed request: %q", got)
+			}
+			for _, conn := range conns {
+				conn.Close()
+			}
+			want("the connections closed", 0)
+			// The work requests ask for runs off those threads.
+			if err := c.Pause(ctx); err != nil {
+				t.Fatalf("pause: %v\n%s", err, stderr.String())
+			}
+			if err := c.Resume(ctx); err != nil {
+				t.Fatalf("resume: %v\n%s", err, stderr.String())
+			}
+			if _, err := c.WaitReady(ctx, time.Millisecond); err != nil {
+				t.Fatal(err)
+			}
+			s.send("poweroff")
+			if err := cmd.Wait(); err != nil {
+				t.Fatalf("volt-vmm: %v\n%s", err, stderr.String())
+			}
+			if !strings.Contains(stderr.String(), "api request refused") {
+				t.Errorf("the refused request was not logged:\n%s", stderr.String())
+			}
+		})
+	}
+}
+
+// exchangeRaw sends raw on a new connection to sock and returns what the
+// server answers until it closes the connection.
+func exchangeRaw(t *testing.T, sock, raw string) string {
+	t.Helper()
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(conn, raw)
+	b, _ := io.ReadAll(conn)
+	return string(b)
+}

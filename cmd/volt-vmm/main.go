@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
+	"github.com/voltvmm/volt/sandbox"
 	"github.com/voltvmm/volt/vmm"
 	"github.com/voltvmm/volt/vmm/api"
 	"github.com/voltvmm/volt/vmm/api/types"
@@ -131,6 +132,12 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		if err != nil {
 			fmt.Fprintf(stderr, "volt-vmm: %v\n", err)
 			return exitVMMError
+		}
+		if cfg.Confinement.Seccomp.Level != sandbox.LevelOff {
+			// The API's threads take the api filter once the process's
+			// is in (cfg.Confinement is shared with ctrl's base).
+			srv.SetThreadFilter(confineAPIThread)
+			cfg.Confinement.ConfineOthers = srv.Confine
 		}
 		srv.Start(ctrl.Handler(), ctrl.Logger())
 		defer shutdown(srv)

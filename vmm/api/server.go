@@ -21,6 +21,8 @@ type Server struct {
 	maxBody int64
 	http    *microhttp.Server
 	done    chan error
+	// confineThread, if set, confines the calling thread (SetThreadFilter).
+	confineThread func() error
 }
 
 // CheckSocketPath refuses a socket path the kernel cannot bind, with a
@@ -83,6 +85,29 @@ func removeStaleSocket(path string) error {
 // Path is the socket's file name.
 func (s *Server) Path() string { return s.path }
 
+// SetThreadFilter makes the server confine its own threads with install
+// (volt-vmm: the api seccomp filter) once Confine is called: the accept
+// loop's thread and each connection's, which then only accept, read,
+// parse and write, while each request runs on a goroutine of its own
+// under the process's filter (microhttp.Config.ConfineThread). Call it
+// before Start.
+func (s *Server) SetThreadFilter(install func() error) { s.confineThread = install }
+
+// Confine confines the server's threads with the SetThreadFilter function:
+// the accept loop's at once (its error is returned: the API would otherwise
+// go on unconfined), every connection's before it reads its next request
+// (a connection whose thread cannot be confined is closed and logged).
+// Call it once the process's own filter is in place.
+func (s *Server) Confine() error {
+	if s.confineThread == nil || s.http == nil {
+		return errors.New("api: Confine before SetThreadFilter and Start")
+	}
+	if err := s.http.Confine(); err != nil {
+		return fmt.Errorf("api server: %w", err)
+	}
+	return nil
+}
+
 // Start serves h on its own goroutine until Shutdown. Requests the server
 // refuses before they reach h (malformed, too large, too slow) get the same
 // JSON fault body as the API's own errors, and are logged to log.
@@ -95,6 +120,12 @@ func (s *Server) Start(h microhttp.Handler, log *slog.Logger) {
 		OnProtocolError: func(status int, msg string) {
 			if log != nil {
 				log.Warn("api request refused", "status", status, "err", msg)
+			}
+		},
+		ConfineThread: s.confineThread,
+		OnConfineError: func(err error) {
+			if log != nil {
+				log.Error("api connection closed: its thread could not be confined", "err", err)
 			}
 		},
 	})

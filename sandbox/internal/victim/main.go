@@ -16,6 +16,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -145,7 +146,7 @@ func run(role, mode string) int {
 			done <- err
 			return
 		}
-		if err := threadWork(r, dir, disk); err != nil {
+		if err := threadWork(r, dir, disk, ln); err != nil {
 			done <- fmt.Errorf("%s work on its own thread: %w", r, err)
 			return
 		}
@@ -267,7 +268,7 @@ func processWork(dir string, ln net.Listener) error {
 
 // threadWork is what each role's thread does in volt-vmm, with the calls
 // the role is there for.
-func threadWork(r sandbox.Role, dir string, disk *os.File) error {
+func threadWork(r sandbox.Role, dir string, disk *os.File, ln net.Listener) error {
 	// Every role: allocation, a timer, a goroutine started and waited for
 	// (its thread comes from Go's template thread, not this one), a signal
 	// to our own thread.
@@ -312,7 +313,9 @@ func threadWork(r sandbox.Role, dir string, disk *os.File) error {
 		if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, 4096); err != nil {
 			return err
 		}
-	case sandbox.RoleNet, sandbox.RoleRNG, sandbox.RoleAPI:
+	case sandbox.RoleAPI:
+		return apiWork(dir, ln)
+	case sandbox.RoleNet, sandbox.RoleRNG:
 		if r == sandbox.RoleRNG {
 			if _, err := unix.Getrandom(make([]byte, 32), 0); err != nil {
 				return err
@@ -334,6 +337,66 @@ func threadWork(r sandbox.Role, dir string, disk *os.File) error {
 		}
 	}
 	return nil
+}
+
+// apiWork is what volt-vmm's API threads do (vmm/api/microhttp): accept
+// a connection on the listener made before the filters, read a request
+// under a deadline, hand the work it asks for (here a file written and
+// removed, which this thread may not do) to an ordinary goroutine and wait
+// for it, write the answer, close; a log line on stderr.
+func apiWork(dir string, ln net.Listener) error {
+	answered := make(chan error, 1)
+	go func() { // the client, on the process's threads, dialling as processWork does
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			answered <- err
+			return
+		}
+		defer unix.Close(fd)
+		if err := unix.Connect(fd, &unix.SockaddrUnix{Name: ln.Addr().String()}); err != nil {
+			answered <- err
+			return
+		}
+		if _, err := unix.Write(fd, []byte("PUT /x")); err != nil {
+			answered <- err
+			return
+		}
+		_, err = unix.Read(fd, make([]byte, 2))
+		answered <- err
+	}()
+	c, err := ln.Accept()
+	if err != nil {
+		return fmt.Errorf("accept: %w", err)
+	}
+	if err := c.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		return err
+	}
+	req := make([]byte, 6)
+	if _, err := io.ReadFull(c, req); err != nil {
+		return fmt.Errorf("read the request: %w", err)
+	}
+	work := make(chan error, 1)
+	go func() {
+		p := filepath.Join(dir, "api-work")
+		err := os.WriteFile(p, req, 0o600)
+		if err == nil {
+			err = os.Remove(p)
+		}
+		work <- err
+	}()
+	if err := <-work; err != nil {
+		return fmt.Errorf("the request's work, off the api thread: %w", err)
+	}
+	if _, err := c.Write([]byte("ok")); err != nil {
+		return fmt.Errorf("write the answer: %w", err)
+	}
+	if err := c.Close(); err != nil {
+		return err
+	}
+	if _, err := fmt.Fprintf(os.Stderr, "victim: api request %q answered at %s\n", req, time.Now().Format(time.RFC3339Nano)); err != nil {
+		return err
+	}
+	return <-answered
 }
 
 // landlockMain confines the process to Paths as a VMM would (a read-only
