@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/voltvmm/volt/cas"
@@ -445,7 +447,10 @@ func Restore(ctx context.Context, rc RestoreConfig) (_ *VM, err error) {
 	}
 	v.timeline.MemoryReady = time.Now()
 	v.askSupportedCPUID()
-	if err := v.setupPlatform(); err != nil {
+	// The PIT is started by restoreMachine once the vCPUs exist: created
+	// now, its kernel thread would hold the VM's lock that
+	// KVM_CREATE_VCPU needs.
+	if err := v.createIRQChip(); err != nil {
 		waitState()
 		return nil, err
 	}
@@ -508,25 +513,82 @@ func (v *VM) checkHostCPU(rc RestoreConfig, st *snapshot.VMState) error {
 }
 
 // restoreMachine is restoreState's work: the interrupt controllers, the
-// PIT and clock, the devices and the vCPUs.
+// clock, the devices, the vCPUs and the PIT. The vCPUs are created and
+// their state written back on a goroutine of their own while this one
+// restores the VM-wide state and the devices: the two touch disjoint
+// state, in KVM and here, and each takes a few hundred microseconds.
+// Once the vCPUs exist the PIT's creation starts beside the rest (it
+// waits for a kernel thread) and is collected last.
+//
+// KVM's order is kept within each branch: the irqchip exists before any
+// vCPU (createIRQChip), and a vCPU's CPUID is set before its MSRs and
+// registers, its LAPIC after its creation (restoreVCPU). Across the
+// branches KVM needs no order: Firecracker writes the vCPUs' state before
+// the PIT, clock, PICs and IOAPIC, this VMM wrote it after them, and the
+// IOAPIC's and each LAPIC's restore both bring the RTC's EOI tracking up
+// to date under the IOAPIC's lock whichever comes second.
 func (v *VM) restoreMachine(rc RestoreConfig, st *snapshot.VMState) error {
 	v.snapshotBase = st.Memory.ID
+	if st.IRQChip.PICMaster.ChipID != kvm.IRQChipPICMaster || st.IRQChip.PICSlave.ChipID != kvm.IRQChipPICSlave || st.IRQChip.IOAPIC.ChipID != kvm.IRQChipIOAPIC {
+		return fmt.Errorf("restore %s: %w: interrupt controller IDs out of place", rc.StatePath, snapshot.ErrInvalid)
+	}
+	var errs firstError
+	vcpusDone := make(chan struct{})
+	go func() {
+		defer close(vcpusDone)
+		errs.set(v.restoreVCPUs(st, errs.failed))
+	}()
+	errs.set(v.restoreVMState(rc, st, errs.failed))
+	// Both branches end before anything else happens, on failure too:
+	// Close then finds every vCPU and device either branch made.
+	<-vcpusDone
+	if err := errs.get(); err != nil {
+		return err
+	}
+	if err := v.waitPIT(); err != nil {
+		return err
+	}
+	return v.vm.SetPIT(st.PIT)
+}
+
+// restoreVCPUs creates st's vCPUs, starts the PIT's creation and writes
+// each vCPU's state back. It stops between vCPUs once stop reports that
+// the other branch failed. Its ioctls come from whichever thread the
+// goroutine is on, as they came from the restoring goroutine before: KVM
+// loads a vCPU for each ioctl and records the vCPU's thread only at its
+// first KVM_RUN (from runVCPU's locked thread), so no thread has to be
+// kept for it, nor counted by the confinement's all-thread rounds.
+func (v *VM) restoreVCPUs(st *snapshot.VMState, stop func() bool) error {
+	if err := v.createVCPUs(); err != nil {
+		return err
+	}
+	v.startPIT()
+	for i, c := range v.vcpus {
+		if stop() {
+			return nil
+		}
+		if err := restoreVCPU(c, &st.VCPUs[i]); err != nil {
+			return fmt.Errorf("restore vCPU %d: %w", i, err)
+		}
+		v.cpuid[i] = st.VCPUs[i].CPUID
+	}
+	return nil
+}
+
+// restoreVMState puts back the PICs, the IOAPIC, the clock and the
+// devices: everything of the VM that is not a vCPU or the PIT. It stops
+// before the devices once stop reports that the other branch failed.
+func (v *VM) restoreVMState(rc RestoreConfig, st *snapshot.VMState, stop func() bool) error {
 	for _, c := range []kvm.IRQChip{st.IRQChip.PICMaster, st.IRQChip.PICSlave, st.IRQChip.IOAPIC} {
 		if err := v.vm.SetIRQChip(c); err != nil {
 			return err
 		}
 	}
-	if st.IRQChip.PICMaster.ChipID != kvm.IRQChipPICMaster || st.IRQChip.PICSlave.ChipID != kvm.IRQChipPICSlave || st.IRQChip.IOAPIC.ChipID != kvm.IRQChipIOAPIC {
-		return fmt.Errorf("restore %s: %w: interrupt controller IDs out of place", rc.StatePath, snapshot.ErrInvalid)
-	}
-	if err := v.waitPIT(); err != nil {
-		return err
-	}
-	if err := v.vm.SetPIT(st.PIT); err != nil {
-		return err
-	}
 	if err := v.vm.SetClock(st.Clock); err != nil {
 		return err
+	}
+	if stop() {
+		return nil
 	}
 	id, err := genid.NewID()
 	if err != nil {
@@ -546,16 +608,37 @@ func (v *VM) restoreMachine(rc RestoreConfig, st *snapshot.VMState) error {
 	// original VM's exec, and mixed into this process's timeline they
 	// would show a restore "reaching" PID 1 before it created its VM. The
 	// state file keeps it as a record of that boot.
-	if err := v.createVCPUs(); err != nil {
-		return err
-	}
-	for i, c := range v.vcpus {
-		if err := restoreVCPU(c, &st.VCPUs[i]); err != nil {
-			return fmt.Errorf("restore vCPU %d: %w", i, err)
-		}
-		v.cpuid[i] = st.VCPUs[i].CPUID
-	}
 	return nil
+}
+
+// firstError keeps the first error that parallel steps report; the later
+// ones are of steps that ran on regardless and are dropped.
+type firstError struct {
+	mu  sync.Mutex
+	err error
+	bad atomic.Bool
+}
+
+func (f *firstError) set(err error) {
+	if err == nil {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err == nil {
+		f.err = err
+		f.bad.Store(true)
+	}
+}
+
+// failed reports whether an error has been set, for a step deciding
+// whether to go on.
+func (f *firstError) failed() bool { return f.bad.Load() }
+
+func (f *firstError) get() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.err
 }
 
 // restoreFromCAS is Restore for a snapshot whose memory is in a CAS store:
@@ -592,7 +675,7 @@ func (v *VM) restoreFromCAS(ctx context.Context, rc RestoreConfig, waitState fun
 	v.timeline.MemoryReady = time.Now()
 	v.askSupportedCPUID()
 	v.startPrefetch(rc, st)
-	if err := v.setupPlatform(); err != nil {
+	if err := v.createIRQChip(); err != nil {
 		return nil, err
 	}
 	return v, v.restoreState(ctx, rc, st)

@@ -250,22 +250,37 @@ func (v *VM) checkVCPUCount() error {
 }
 
 // setupPlatform creates the in-kernel interrupt controllers and starts
-// creating the PIT, which may take from a hundred microseconds to several
-// milliseconds (it starts a kernel thread) and is needed only once the
-// vCPUs run: waitPIT collects it.
+// creating the PIT (startPIT).
 func (v *VM) setupPlatform() error {
+	if err := v.createIRQChip(); err != nil {
+		return err
+	}
+	v.startPIT()
+	return nil
+}
+
+// createIRQChip gives KVM the addresses Intel VT's real-mode support needs
+// and creates the in-kernel PIC and IOAPIC, which must exist before any
+// vCPU is created (each vCPU's LAPIC is created with it).
+func (v *VM) createIRQChip() error {
 	if err := v.vm.SetTSSAddr(tssAddr); err != nil {
 		return err
 	}
 	if err := v.vm.SetIdentityMapAddr(identityMapAddr); err != nil {
 		return err
 	}
-	if err := v.vm.CreateIRQChip(); err != nil {
-		return err
-	}
+	return v.vm.CreateIRQChip()
+}
+
+// startPIT starts creating the PIT on a goroutine of its own: it may take
+// from a hundred microseconds to several milliseconds (it starts a kernel
+// thread) and is needed only once the vCPUs run, so waitPIT collects it.
+// KVM creates it under the VM's lock, which KVM_CREATE_VCPU takes too: a
+// vCPU created meanwhile waits for the kernel thread.
+// Precondition: the irqchip exists (createIRQChip).
+func (v *VM) startPIT() {
 	v.pitDone = make(chan error, 1)
 	go func() { v.pitDone <- v.vm.CreatePIT2() }()
-	return nil
 }
 
 // waitPIT returns once the PIT exists (or failed to be created).
