@@ -161,16 +161,22 @@ type PoolReport struct {
 	Agent              bool
 }
 
+// poolHistMaxUS is the longest stage time a cell's histograms hold (µs):
+// an hour, beyond any cycle limit. It was 2 minutes, and the eight Linux
+// answers of an 8-caller round (292-399 s) were dropped from the table
+// without a word while the CSV had them.
+const poolHistMaxUS = 3_600_000_000
+
 func newPoolCell(arm string, callers int) *PoolCell {
 	c := &PoolCell{Arm: arm, Callers: callers, Stages: map[string]*hdrhistogram.Histogram{}, Paths: map[string]int{}}
 	for _, s := range PoolStages {
-		c.Stages[s] = hdrhistogram.New(1, 120_000_000, 3) // 1 µs to 2 min
+		c.Stages[s] = hdrhistogram.New(1, poolHistMaxUS, 3)
 	}
 	return c
 }
 
 func (c *PoolCell) record(stage string, d time.Duration, obs func(string, int, string, time.Duration)) {
-	c.Stages[stage].RecordValue(max(1, d.Microseconds()))
+	c.Stages[stage].RecordValue(min(max(1, d.Microseconds()), poolHistMaxUS))
 	if obs != nil {
 		obs(c.Arm, c.Callers, stage, d)
 	}

@@ -467,3 +467,19 @@ func TestPoolReleaseAndWarmTimeoutsAreTheSpecs(t *testing.T) {
 		t.Errorf("gave up after %v, before WarmTimeout %v", took, spec.WarmTimeout)
 	}
 }
+
+// A stage of minutes (a Linux answer among eight clones here took 5-7) is
+// in the table, not dropped by the histogram's range.
+func TestPoolCellRecordsLongStages(t *testing.T) {
+	c := newPoolCell(PoolArmWarm, 8)
+	for _, d := range []time.Duration{292 * time.Second, 399 * time.Second, 2 * time.Hour} {
+		c.record(PoolStageTotal, d, nil)
+	}
+	h := c.Stages[PoolStageTotal]
+	if h.TotalCount() != 3 {
+		t.Fatalf("%d of 3 long stages recorded", h.TotalCount())
+	}
+	if p50 := h.ValueAtQuantile(50); p50 < 398_000_000 || p50 > 400_000_000 {
+		t.Errorf("p50 %d µs, want about 399 s", p50)
+	}
+}
