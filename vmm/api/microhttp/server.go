@@ -64,6 +64,13 @@ type Config struct {
 	// OnConfineError, if set, is told when ConfineThread failed on a
 	// connection's thread (the connection is closed).
 	OnConfineError func(err error)
+	// MaxConns bounds the connections served at once; one more is
+	// answered 503 and closed. Each connection holds a goroutine and,
+	// once confined, an OS thread of its own, and a jail's pids limit
+	// counts threads: without a bound, a client holding connections open
+	// could make the runtime's next thread creation fail, which kills
+	// the whole VMM.
+	MaxConns int
 }
 
 // Defaults for the zero fields of Config.
@@ -73,6 +80,7 @@ const (
 	DefaultHeaderTimeout  = 10 * time.Second
 	DefaultBodyTimeout    = 10 * time.Second
 	DefaultIdleTimeout    = 2 * time.Minute
+	DefaultMaxConns       = 16
 )
 
 // Server serves Handler on one listener.
@@ -118,6 +126,9 @@ func New(cfg Config) *Server {
 	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = DefaultMaxConns
 	}
 	if cfg.Fault == nil {
 		cfg.Fault = func(msg string) []byte { return []byte(strconv.Quote(msg)) }
@@ -189,6 +200,11 @@ func (s *Server) Serve(ln net.Listener) error {
 			s.mu.Unlock()
 			c.Close()
 			return ErrServerClosed
+		}
+		if len(s.conns) >= s.cfg.MaxConns {
+			s.mu.Unlock()
+			s.refuseConn(c)
+			continue
 		}
 		st := &connState{}
 		s.conns[c] = st
@@ -457,6 +473,19 @@ func (s *Server) refuse(c net.Conn, w *bufio.Writer, err error, proto string) {
 	// The client may have stopped reading; do not wait for it forever.
 	c.SetWriteDeadline(time.Now().Add(time.Second))
 	s.write(w, proto, Response{Status: status, Body: s.cfg.Fault(msg)}, false)
+}
+
+// refuseConn answers a connection over Config.MaxConns with a 503 and
+// closes it, on the accept loop: the write is bounded by a short deadline
+// so that a client that does not read cannot stall accepting.
+func (s *Server) refuseConn(c net.Conn) {
+	msg := fmt.Sprintf("too many API connections at once (at most %d): close one and retry", s.cfg.MaxConns)
+	if s.cfg.OnProtocolError != nil {
+		s.cfg.OnProtocolError(503, msg)
+	}
+	c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	s.write(bufio.NewWriterSize(c, 512), "HTTP/1.1", Response{Status: 503, Body: s.cfg.Fault(msg)}, false)
+	c.Close()
 }
 
 func (s *Server) write(w *bufio.Writer, proto string, resp Response, keep bool) error {

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -138,6 +139,76 @@ func TestStalledClientsTimeOut(t *testing.T) {
 		if d := time.Since(start); d > 2*time.Second {
 			t.Errorf("%q: answered after %v", raw, d)
 		}
+	}
+}
+
+// TestConnectionsOverTheLimitGet503 holds MaxConns connections open; the
+// next is answered 503 and closed, and once one of them closes a new one
+// is served again.
+func TestConnectionsOverTheLimitGet503(t *testing.T) {
+	var refused []int
+	var mu sync.Mutex
+	sock := startServer(t, Config{MaxConns: 2, OnProtocolError: func(status int, _ string) {
+		mu.Lock()
+		refused = append(refused, status)
+		mu.Unlock()
+	}})
+	var held []net.Conn
+	for range 2 {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		// A request answered proves the server counts the connection.
+		if _, err := io.WriteString(c, "GET /held HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if line, err := bufio.NewReader(c).ReadString('\n'); err != nil || !strings.Contains(line, "200") {
+			t.Fatalf("held connection: %q, %v", line, err)
+		}
+		held = append(held, c)
+	}
+	// The server answers an over-limit connection without reading it, and
+	// may close it before a request would be written: only read.
+	overLimit := func() string {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		b, _ := io.ReadAll(c)
+		return string(b)
+	}
+	got := overLimit()
+	if !strings.Contains(got, "503 Service Unavailable") || !strings.Contains(got, "too many API connections at once (at most 2)") {
+		t.Fatalf("third connection: %q, want a JSON 503", got)
+	}
+	mu.Lock()
+	if len(refused) != 1 || refused[0] != 503 {
+		t.Errorf("OnProtocolError saw %v, want one 503", refused)
+	}
+	mu.Unlock()
+	held[0].Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(c, "GET /again HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n") // refused: EPIPE
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		b, _ := io.ReadAll(c)
+		c.Close()
+		if got = string(b); strings.Contains(got, "200 OK") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after a held connection closed: %q, want 200", got)
+		}
+		time.Sleep(10 * time.Millisecond) // the server notices the close
 	}
 }
 
