@@ -107,21 +107,10 @@ func TestConfinedVMMRunsSnapshotsAndRestores(t *testing.T) {
 	}
 	sock, vsockPath := filepath.Join(dir, "api.sock"), filepath.Join(dir, "v.sock")
 	cmd := inNS("--api-sock", sock, "--snapshot-dir", snap, "--snapshot-dir", store)
-	in, _ := cmd.StdinPipe()
-	out, _ := cmd.StdoutPipe()
-	var stderr lockedBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c := client.New(sock)
-	defer c.Close()
-	if _, err := c.WaitReady(ctx, time.Millisecond); err != nil {
-		t.Fatal(err)
-	}
+	vmm := startAPIVMM(ctx, t, cmd, sock)
+	c, stderr := vmm.api, vmm.stderr
 	for _, step := range []func() error{
 		func() error { return c.PutBootSource(ctx, types.BootSource{KernelImagePath: elf}) },
 		func() error { return c.PutMachineConfig(ctx, types.MachineConfiguration{VCPUCount: 2, MemSizeMib: 64}) },
@@ -139,7 +128,7 @@ func TestConfinedVMMRunsSnapshotsAndRestores(t *testing.T) {
 			t.Fatalf("%v\n%s", err, stderr.String())
 		}
 	}
-	s := newProbeSession(t, in, out)
+	s := newProbeSession(t, vmm.in, vmm.out)
 	s.expect(probe.ReadyLine)
 
 	pid := cmd.Process.Pid
@@ -357,32 +346,11 @@ func TestConfinedVMMServesItsAPIOnFilteredThreads(t *testing.T) {
 		t.Run("seccomp-level-"+level, func(t *testing.T) {
 			sock := filepath.Join(t.TempDir(), "api.sock")
 			cmd := exec.Command(bin, "--api-sock", sock, "--seccomp-level", level)
-			in, _ := cmd.StdinPipe()
-			out, _ := cmd.StdoutPipe()
-			var stderr lockedBuffer
-			cmd.Stderr = &stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			defer cmd.Process.Kill()
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			c := client.New(sock)
-			defer c.Close()
-			if _, err := c.WaitReady(ctx, time.Millisecond); err != nil {
-				t.Fatal(err)
-			}
-			if err := c.PutBootSource(ctx, types.BootSource{KernelImagePath: elf}); err != nil {
-				t.Fatal(err)
-			}
-			if err := c.PutMachineConfig(ctx, types.MachineConfiguration{VCPUCount: 1, MemSizeMib: 32}); err != nil {
-				t.Fatal(err)
-			}
-			if err := c.Start(ctx); err != nil {
-				t.Fatalf("%v\n%s", err, stderr.String())
-			}
-			s := newProbeSession(t, in, out)
-			s.expect(probe.ReadyLine)
+			vmm := startAPIVMM(ctx, t, cmd, sock)
+			c, stderr := vmm.api, vmm.stderr
+			s := vmm.bootProbe(ctx, t, elf)
 			c.Close() // its idle connections end, and their threads
 			pid := cmd.Process.Pid
 			// filters counts the VMM's threads by their number of

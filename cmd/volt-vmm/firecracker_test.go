@@ -333,31 +333,11 @@ func TestSnapshotKilledAtEveryStepNeverLoadsAHybrid(t *testing.T) {
 			// the only one it may write.
 			cmd := exec.Command(os.Args[0], "--api-sock", sock, "--test-snapshot-kill-at", string(step), "--snapshot-dir", dir)
 			cmd.Env = append(os.Environ(), asVMM+"=1")
-			in, _ := cmd.StdinPipe()
-			out, _ := cmd.StdoutPipe()
-			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			c := client.New(sock)
-			defer c.Close()
-			if _, err := c.WaitReady(ctx, time.Millisecond); err != nil {
-				t.Fatal(err)
-			}
-			if err := c.PutBootSource(ctx, types.BootSource{KernelImagePath: elf}); err != nil {
-				t.Fatal(err)
-			}
-			if err := c.PutMachineConfig(ctx, types.MachineConfiguration{VCPUCount: 1, MemSizeMib: 32}); err != nil {
-				t.Fatal(err)
-			}
-			if err := c.Start(ctx); err != nil {
-				t.Fatal(err)
-			}
-			s := newProbeSession(t, in, out)
-			s.expect(probe.ReadyLine)
+			vmm := startAPIVMM(ctx, t, cmd, sock)
+			c, stderr := vmm.api, vmm.stderr
+			s := vmm.bootProbe(ctx, t, elf)
 			s.send("touch 30")
 			s.expect("touched 30")
 			if err := c.Pause(ctx); err != nil {
