@@ -447,13 +447,21 @@ func Restore(ctx context.Context, rc RestoreConfig) (_ *VM, err error) {
 	}
 	v.timeline.MemoryReady = time.Now()
 	v.askSupportedCPUID()
-	// The PIT is started by restoreMachine once the vCPUs exist: created
-	// now, its kernel thread would hold the VM's lock that
-	// KVM_CREATE_VCPU needs.
 	if err := v.createIRQChip(); err != nil {
 		waitState()
 		return nil, err
 	}
+	// The state's decode is still running here (about a millisecond, the
+	// longest step before the guest's state can be written), and every
+	// snapshot has a vCPU 0: it is created now, and the PIT started after
+	// it (KVM builds the PIT, and starts its kernel thread, under the VM
+	// lock that KVM_CREATE_VCPU takes), both while the decode finishes.
+	// The other vCPUs are created once the state says how many.
+	if err := v.createVCPU(0); err != nil {
+		waitState()
+		return nil, err
+	}
+	v.startPIT()
 	if err := waitState(); err != nil {
 		return nil, err
 	}
@@ -551,7 +559,8 @@ func (v *VM) restoreMachine(rc RestoreConfig, st *snapshot.VMState) error {
 	return v.vm.SetPIT(st.PIT)
 }
 
-// restoreVCPUs creates st's vCPUs, starts the PIT's creation and writes
+// restoreVCPUs creates those of st's vCPUs that do not exist yet, starts
+// the PIT's creation unless it has started, and writes
 // each vCPU's state back. It stops between vCPUs once stop reports that
 // the other branch failed. Its ioctls come from whichever thread the
 // goroutine is on, as they came from the restoring goroutine before: KVM
@@ -562,7 +571,9 @@ func (v *VM) restoreVCPUs(st *snapshot.VMState, stop func() bool) error {
 	if err := v.createVCPUs(); err != nil {
 		return err
 	}
-	v.startPIT()
+	if v.pitDone == nil { // not started with vCPU 0 (a restore from the CAS)
+		v.startPIT()
+	}
 	for i, c := range v.vcpus {
 		if stop() {
 			return nil

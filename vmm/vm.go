@@ -410,16 +410,26 @@ func (v *VM) setupDevices(id genid.ID) error {
 	return nil
 }
 
+// createVCPUs creates the vCPUs of cfg.CPUs that do not exist yet.
 func (v *VM) createVCPUs() error {
-	for i := range v.cfg.CPUs {
-		c, err := v.vm.CreateVCPU(i)
-		if err != nil {
+	for i := len(v.vcpus); i < v.cfg.CPUs; i++ {
+		if err := v.createVCPU(i); err != nil {
 			return err
 		}
-		v.vcpus = append(v.vcpus, c)
 	}
 	v.work = make([]*vcpuWork, len(v.vcpus))
 	v.cpuid = make([][]kvm.CPUIDEntry, len(v.vcpus))
+	return nil
+}
+
+// createVCPU creates vCPU i, the next one.
+// Precondition: vCPUs 0 to i-1 exist, and the irqchip (createIRQChip).
+func (v *VM) createVCPU(i int) error {
+	c, err := v.vm.CreateVCPU(i)
+	if err != nil {
+		return err
+	}
+	v.vcpus = append(v.vcpus, c)
 	return nil
 }
 
