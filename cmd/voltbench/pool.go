@@ -36,6 +36,7 @@ type poolOptions struct {
 	guest                          string // bench.GuestProbe or bench.GuestLinux
 	kernel, initrd, cmdline        string // relative paths are the repository's
 	guestProfile                   string
+	vsockConnectTimeout            time.Duration // 0: voltpool's (volt-vmm's) default
 	memoryMiB                      int64
 	agent                          bool
 	callers                        []int
@@ -128,6 +129,7 @@ func parsePoolArgs(args []string, stderr io.Writer) (poolOptions, error) {
 	fs.StringVar(&o.csvOut, "csv", "", "write every cycle's stage times to this CSV file (arm,callers,stage,us), also after an interrupted run")
 	fs.DurationVar(&o.timeout, "timeout", 0, "per-cycle limit of the warm and cold-restore arms (default: probe 30s, linux 5m)")
 	fs.DurationVar(&o.bootTimeout, "cold-boot-timeout", 0, "per-cycle limit of the cold-boot arm (default: probe 30s, linux 15m)")
+	fs.DurationVar(&o.vsockConnectTimeout, "vsock-connect-timeout", 0, "for a daemon of our own: voltpool serve --vsock-connect-timeout, how long each VMM waits for the guest to answer a CONNECT (default: volt-vmm's, Firecracker's 2s; crowded Linux guests on emulating cores need minutes)")
 	fs.DurationVar(&o.readyTimeout, "ready-timeout", 0, "how long the template boot may take to be ready (default: probe 2m, linux 15m)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -177,6 +179,14 @@ func parsePoolArgs(args []string, stderr io.Writer) (poolOptions, error) {
 		}
 		if *d.v == 0 {
 			*d.v = d.def
+		}
+	}
+	if fs.Changed("vsock-connect-timeout") {
+		switch {
+		case o.socket != "":
+			return o, poolUsagef("--vsock-connect-timeout is for a daemon of our own; give it to your daemon's voltpool serve")
+		case o.vsockConnectTimeout <= 0 || o.vsockConnectTimeout > time.Hour:
+			return o, poolUsagef("--vsock-connect-timeout %v: more than 0, at most 1h (volt-vmm's limit)", o.vsockConnectTimeout)
 		}
 	}
 	if o.readyTimeout > time.Hour {
@@ -327,7 +337,7 @@ func cmdPool(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	warmName, coldName := o.template, o.coldTemplate
 	if o.socket == "" {
 		sock := filepath.Join(work, "pool.sock")
-		stop, err := startPoolDaemon(abs(o.voltpool), abs(o.vmmBin), sock, filepath.Join(work, "s"), stderr)
+		stop, err := startPoolDaemon(abs(o.voltpool), abs(o.vmmBin), sock, filepath.Join(work, "s"), o.vsockConnectTimeout, stderr)
 		if err != nil {
 			fmt.Fprintf(stderr, "voltbench pool: %v\n", err)
 			return exitError
@@ -521,14 +531,23 @@ func regularFile(path string) error {
 	return nil
 }
 
+// poolServeArgs is the voltpool command line of a daemon of our own.
+func poolServeArgs(vmm, socket, state string, vsockConnectTimeout time.Duration) []string {
+	args := []string{"serve", "--socket", socket, "--state-dir", state, "--vmm", vmm, "--drain-timeout", "0s", "--max-vms", "512"}
+	if vsockConnectTimeout > 0 {
+		args = append(args, "--vsock-connect-timeout", vsockConnectTimeout.String())
+	}
+	return args
+}
+
 // startPoolDaemon runs voltpool serve for this run; stop ends it (SIGTERM,
 // drain 0) and waits.
-func startPoolDaemon(voltpool, vmm, socket, state string, stderr io.Writer) (func(), error) {
+func startPoolDaemon(voltpool, vmm, socket, state string, vsockConnectTimeout time.Duration, stderr io.Writer) (func(), error) {
 	log, err := os.Create(filepath.Join(filepath.Dir(socket), "voltpool.log"))
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(voltpool, "serve", "--socket", socket, "--state-dir", state, "--vmm", vmm, "--drain-timeout", "0s", "--max-vms", "512")
+	cmd := exec.Command(voltpool, poolServeArgs(vmm, socket, state, vsockConnectTimeout)...)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		log.Close()

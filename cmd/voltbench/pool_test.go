@@ -78,6 +78,18 @@ func TestPoolFlagsFillTheGuestsDefaults(t *testing.T) {
 				t.Errorf("cmdline %q ask %q retries %d timeout %v ready %v", o.cmdline, o.ask.Args, o.retries, o.timeout, o.readyTimeout)
 			}
 		}},
+		{"our daemon's CONNECT timeout", []string{"--guest", "linux", "--vsock-connect-timeout", "15m"}, func(t *testing.T, o poolOptions) {
+			if o.vsockConnectTimeout != 15*time.Minute {
+				t.Errorf("vsock connect timeout %v, want 15m", o.vsockConnectTimeout)
+			}
+			args := strings.Join(poolServeArgs("volt-vmm", "p.sock", "s", o.vsockConnectTimeout), " ")
+			if !strings.HasSuffix(args, " --vsock-connect-timeout 15m0s") {
+				t.Errorf("voltpool %s: want --vsock-connect-timeout 15m0s", args)
+			}
+			if args := strings.Join(poolServeArgs("volt-vmm", "p.sock", "s", 0), " "); strings.Contains(args, "vsock") {
+				t.Errorf("voltpool %s: no --vsock-connect-timeout unless asked", args)
+			}
+		}},
 		{"a daemon of the caller's", []string{"--socket", "/run/p.sock", "--template", "fn", "--cold-template", "fn-cold", "--cold-boot=false"}, func(t *testing.T, o poolOptions) {
 			if o.socket != "/run/p.sock" || o.template != "fn" || o.coldTemplate != "fn-cold" || o.coldBoot {
 				t.Errorf("%+v", o)
@@ -132,6 +144,9 @@ func TestPoolFlagsRefuseBadInput(t *testing.T) {
 		{[]string{"--timeout", "0s"}, "--timeout 0s"},
 		{[]string{"--cold-boot-timeout", "-1s"}, "--cold-boot-timeout -1s"},
 		{[]string{"--ready-timeout", "2h"}, "at most 1h"},
+		{[]string{"--vsock-connect-timeout", "0s"}, "--vsock-connect-timeout 0s: more than 0"},
+		{[]string{"--vsock-connect-timeout", "2h"}, "at most 1h"},
+		{[]string{"--socket", "/run/p.sock", "--template", "fn", "--vsock-connect-timeout", "1m"}, "for a daemon of our own"},
 		{[]string{"--socket", "/run/p.sock"}, "--socket needs --template"},
 		{[]string{"--template", "fn"}, "give its --socket"},
 		{[]string{"--cold-boot=false", "--cold-boot-samples", "3"}, "not with --cold-boot=false"},
