@@ -301,6 +301,11 @@ func waitWarm(ctx context.Context, c *pc.Client, template string, n int, timeout
 	for {
 		st, err := c.Status(ctx)
 		if err != nil {
+			if ctx.Err() != nil {
+				// The wait's deadline cut the status request short: say
+				// what was being waited for, not only the request.
+				return fmt.Errorf("waiting for %d warm VMs of %s: %w (%v)", n, template, ctx.Err(), err)
+			}
 			return err
 		}
 		for _, t := range st.Templates {
