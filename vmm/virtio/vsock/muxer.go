@@ -231,9 +231,6 @@ func (m *muxer) expire(now time.Time) {
 			m.drop(c)
 			continue
 		}
-		// Debug only: a record formatted on this confined thread after
-		// confinement loads the local time zone (openat /etc/localtime),
-		// which its seccomp filter kills.
 		m.log.Debug("vsock: connection timed out", "state", c.state, "local", c.key.local, "peer", c.key.peer)
 		m.m.ConnsKilled.Add(1)
 		c.expired()
