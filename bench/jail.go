@@ -186,13 +186,7 @@ func (c Config) jailDir(id string) string {
 // jail's own mount namespace, gone with it; one the host still sees is
 // left alone (removing it would remove what is mounted there).
 func (c Config) removeJail(id string) error {
-	dir := c.jailDir(id)
-	if m, err := mountinfo.MountedUnder(dir); err != nil {
-		return fmt.Errorf("jail %s: %w", id, err)
-	} else if m != "" {
-		return fmt.Errorf("jail %s: %s is mounted on the host: not removed", dir, m)
-	}
-	if err := os.RemoveAll(dir); err != nil {
+	if err := mountinfo.RemoveAllUnmounted(c.jailDir(id)); err != nil {
 		return fmt.Errorf("jail %s: %w", id, err)
 	}
 	return nil

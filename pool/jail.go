@@ -357,12 +357,10 @@ func removeJailDir(dir string) error {
 	if dir == "" {
 		return nil
 	}
-	if m, err := mountinfo.MountedUnder(dir); err != nil {
-		return err
-	} else if m != "" {
-		return fmt.Errorf("jail %s: %s is mounted on the host: not removed", dir, m)
+	if err := mountinfo.RemoveAllUnmounted(dir); err != nil {
+		return fmt.Errorf("jail %s: %w", dir, err)
 	}
-	return os.RemoveAll(dir)
+	return nil
 }
 
 // strayJailers finds volt-jailer supervisors whose --chroot-base-dir is

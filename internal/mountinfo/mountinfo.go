@@ -6,11 +6,27 @@ package mountinfo
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"os"
 	"strconv"
 	"strings"
 )
+
+// RemoveAllUnmounted removes dir and everything in it, unless this mount
+// namespace sees a mount at or under it: RemoveAll would then delete what
+// is mounted there (a CAS store, a volume, a snapshot) through the mount.
+// A jail's own mounts live in its mount namespace and are gone with it.
+func RemoveAllUnmounted(dir string) error {
+	m, err := MountedUnder(dir)
+	if err != nil {
+		return err
+	}
+	if m != "" {
+		return fmt.Errorf("%s is mounted here: not removed", m)
+	}
+	return os.RemoveAll(dir)
+}
 
 // MountedUnder returns a mount point of this mount namespace at or under
 // dir, or "" when there is none.

@@ -1,8 +1,12 @@
 package mountinfo
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 const sample = `22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
@@ -44,5 +48,35 @@ func TestUnescape(t *testing.T) {
 func TestMountedUnderReadsThisNamespace(t *testing.T) {
 	if got, err := MountedUnder("/proc"); err != nil || got != "/proc" {
 		t.Fatalf("MountedUnder(/proc) = %q, %v", got, err)
+	}
+}
+
+func TestRemoveAllUnmountedLeavesWhatIsMountedInside(t *testing.T) {
+	dir := t.TempDir()
+	jail := filepath.Join(dir, "jail")
+	target := filepath.Join(jail, "root", "cas")
+	if err := os.MkdirAll(target, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	precious := t.TempDir()
+	if err := os.WriteFile(filepath.Join(precious, "chunk"), []byte("x"), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(precious, target, "", unix.MS_BIND, ""); err != nil {
+		t.Skipf("skipping: bind mount (needs root): %v", err)
+	}
+	err := RemoveAllUnmounted(jail)
+	unix.Unmount(target, unix.MNT_DETACH)
+	if err == nil || !strings.Contains(err.Error(), target+" is mounted here: not removed") {
+		t.Errorf("over a mount: %v, want it refused", err)
+	}
+	if _, err := os.Stat(filepath.Join(precious, "chunk")); err != nil {
+		t.Errorf("the mounted directory's file: %v", err)
+	}
+	if err := RemoveAllUnmounted(jail); err != nil {
+		t.Fatalf("after the unmount: %v", err)
+	}
+	if _, err := os.Lstat(jail); !os.IsNotExist(err) {
+		t.Errorf("the jail is still there: %v", err)
 	}
 }

@@ -219,13 +219,8 @@ func removeJail(s *Spec, d instance.Dir) error {
 	if strings.TrimSpace(string(b)) != d.Path() {
 		return nil // another instance's since ours went
 	}
-	if m, err := mountinfo.MountedUnder(dir); err != nil {
+	if err := mountinfo.RemoveAllUnmounted(dir); err != nil {
 		return fmt.Errorf("jail %s: %w", dir, err)
-	} else if m != "" {
-		return fmt.Errorf("jail %s: %s is mounted here: not removed", dir, m)
-	}
-	if err := os.RemoveAll(dir); err != nil {
-		return fmt.Errorf("remove jail: %w", err)
 	}
 	return nil
 }
