@@ -485,6 +485,9 @@ func (p *Pool) restore(ctx context.Context, name string, snap Snapshot, spec pc.
 	if err == nil {
 		err = v.load(ctx, snap, resume)
 	}
+	if err == nil && !resume && spec.Prime {
+		err = v.prime(ctx, p.cfg.VsockConnectTimeout)
+	}
 	if err == nil && !resume {
 		err = v.proc.setPriority(0)
 	}

@@ -33,6 +33,9 @@ func validateSpec(s *pc.TemplateSpec) error {
 	if s.Warm < 0 || s.Warm > MaxWarm {
 		return errorf(ErrBadRequest, "warm %d out of range: 0 to %d", s.Warm, MaxWarm)
 	}
+	if s.Prime && !s.Vsock {
+		return errorf(ErrBadRequest, "prime asks the guest's agent a ping over vsock: it needs vsock")
+	}
 	if s.Network != nil {
 		n := s.Network
 		if n.IfaceID == "" {

@@ -200,6 +200,8 @@ func TestValidateSpec(t *testing.T) {
 		"relative snapshot": {pc.TemplateSpec{Name: "a", FromSnapshot: "x"}, "absolute"},
 		"ready timeout":     {pc.TemplateSpec{Name: "a", Kernel: "/bin/true", ReadyTimeout: "2h"}, "ready_timeout"},
 		"too warm":          {pc.TemplateSpec{Name: "a", Kernel: "/bin/true", Warm: MaxWarm + 1}, "warm"},
+		"prime, no vsock":   {pc.TemplateSpec{Name: "a", Kernel: "/bin/true", Prime: true}, "needs vsock"},
+		"prime":             {pc.TemplateSpec{Name: "a", Kernel: "/bin/true", Prime: true, Vsock: true}, ""},
 	} {
 		err := validateSpec(&tc.spec)
 		if tc.want == "" {

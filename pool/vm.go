@@ -278,6 +278,24 @@ func (v *vm) load(ctx context.Context, snap Snapshot, resume bool) error {
 	return nil
 }
 
+// prime runs a VM that load left paused through one agent ping and pauses
+// it again (TemplateSpec.Prime). A restored guest's first answer pays for
+// every page it touches on the way (each a fault into the snapshot's
+// mapping) and for its post-restore work; primed, the caller who acquires
+// it pays for neither. It runs in the refill, at the refill's priority.
+func (v *vm) prime(ctx context.Context, timeout time.Duration) error {
+	if err := v.api.Resume(ctx); err != nil {
+		return fmt.Errorf("prime VMM %d: resume: %w", v.pid(), err)
+	}
+	if err := pingAgent(ctx, v.vsockUDS, timeout); err != nil {
+		return fmt.Errorf("prime VMM %d: the guest's agent did not answer its ping: %w", v.pid(), err)
+	}
+	if err := v.api.Pause(ctx); err != nil {
+		return fmt.Errorf("prime VMM %d: pause: %w", v.pid(), err)
+	}
+	return nil
+}
+
 // restoreBinds shows snap to a jailed VMM: the state file and the memory
 // file under /snapshot (memory in the CAS is shown by jailFor's view).
 func restoreBinds(snap Snapshot) []jailBind {

@@ -165,3 +165,52 @@ func TestRunThroughTheGuestAgent(t *testing.T) {
 		t.Errorf("voltpool run left leases: %+v", ls)
 	}
 }
+
+// A primed template's warm VMMs have run once since their restore (their
+// agent answered the pool's ping) and are paused again before they count
+// as warm; each still answers its caller with its own generation ID. A
+// guest whose agent never answers is never counted warm: its priming fails.
+func TestPrimedWarmVMsAnsweredOnceAndWaitPaused(t *testing.T) {
+	if !probeHasAgent(t) {
+		t.Skip("skipping: the probe guest built here has no vsock agent (probe.agent) yet")
+	}
+	_, kernel, _ := fixture(t)
+	s := serve(t, Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := s.client.CreateTemplate(ctx, pc.TemplateSpec{Name: "primed", Kernel: kernel, Cmdline: "console=ttyS0 reboot=k panic=1 probe.agent",
+		MemoryMiB: 64, Vsock: true, Prime: true, Warm: 2}); err != nil {
+		t.Fatal(err)
+	}
+	s.waitWarm(t, "primed", 2)
+	for _, v := range s.pool.VMs() {
+		info, err := client.New(v.APISock).Describe(ctx)
+		if err != nil || info.State != "Paused" {
+			t.Errorf("warm primed VMM %s: %+v %v, want Paused", v.ID, info, err)
+		}
+	}
+	gens := map[string]bool{}
+	for i := 0; i < 3; i++ {
+		s.waitWarm(t, "primed", 2)
+		res, lease, _, err := s.client.Run(ctx, "primed", time.Minute, agent.Request{Args: []string{"gen"}}, nil)
+		if err != nil || !res.Success() || lease.Path != pc.PathWarm {
+			t.Fatalf("gen: %+v %v (path %s)", res.Status, err, lease.Path)
+		}
+		gens[strings.TrimSpace(string(res.Stdout))] = true
+	}
+	if len(gens) != 3 {
+		t.Errorf("generation IDs of 3 primed clones: %v, want 3 different", gens)
+	}
+
+	// The probe without probe.agent has no vsock driver: nobody answers,
+	// and the trial restore of an adopted snapshot primes as the refill
+	// would, so the template is refused rather than never warm.
+	mute := vsockSnapshot(t, "console=ttyS0 reboot=k panic=1")
+	_, err := s.client.CreateTemplate(ctx, pc.TemplateSpec{Name: "mute", FromSnapshot: mute, Vsock: true, Prime: true, Warm: 1})
+	if err == nil || !strings.Contains(err.Error(), "400") || !strings.Contains(err.Error(), "did not answer its ping") {
+		t.Errorf("a primed template whose agent never answers: %v, want a 400 saying the ping went unanswered", err)
+	}
+	if ts, _ := s.client.Templates(ctx); len(ts) != 1 {
+		t.Errorf("templates after the refusal: %+v", ts)
+	}
+}

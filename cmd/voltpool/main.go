@@ -249,7 +249,7 @@ func cmdTemplate(ctx context.Context, args []string, stdout, stderr io.Writer) i
 			return printJSON(stdout, ts)
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tWARM\tMEMORY\tVSOCK\tNETWORK\tCREATED\tBOOT→READY")
+		fmt.Fprintln(tw, "NAME\tWARM\tMEMORY\tVSOCK\tPRIME\tNETWORK\tCREATED\tBOOT→READY")
 		for _, t := range ts {
 			net := "-"
 			if t.Network != nil {
@@ -259,7 +259,7 @@ func cmdTemplate(ctx context.Context, args []string, stdout, stderr io.Writer) i
 			if t.BootToReady > 0 {
 				ready = t.BootToReady.Round(time.Millisecond).String()
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%d MiB\t%v\t%s\t%s\t%s\n", t.Name, t.Warm, t.MemBytes>>20, t.Vsock, net, t.CreatedAt.Format(time.RFC3339), ready)
+			fmt.Fprintf(tw, "%s\t%d\t%d MiB\t%v\t%v\t%s\t%s\t%s\n", t.Name, t.Warm, t.MemBytes>>20, t.Vsock, t.Prime, net, t.CreatedAt.Format(time.RFC3339), ready)
 		}
 		tw.Flush()
 		return exitOK
@@ -304,6 +304,7 @@ func cmdTemplateCreate(ctx context.Context, args []string, stdout, stderr io.Wri
 	memory := fs.String("memory", "128M", "guest memory (K, M, G suffixes; a plain number is MiB)")
 	fs.Int64Var(&spec.CPUs, "cpus", 1, "vCPUs")
 	fs.IntVar(&spec.Warm, "warm", 1, "VMMs kept restored and paused")
+	fs.BoolVar(&spec.Prime, "prime", false, "resume each warm VMM once, ping its agent and pause it again before it counts as warm (needs --vsock)")
 	fs.StringVar(&spec.GuestProfile, "guest-profile", "", "volt-vmm --guest-profile for the template boot (nested-pvm on nested KVM)")
 	fs.BoolVar(&spec.Vsock, "vsock", false, "give the guest a vsock device (CID 3); readiness is then the agent answering on port "+strconv.Itoa(agent.Port))
 	tap := fs.String("tap", "", "the guest's network: a TAP of this name, one per clone in its own network namespace")

@@ -66,6 +66,12 @@ type TemplateSpec struct {
 	// copied into the pool's store.
 	FromSnapshot string `json:"from_snapshot,omitempty"`
 	Warm         int    `json:"warm"` // VMMs kept restored and paused
+	// Prime has each warm VMM, once restored, resumed, asked one agent
+	// ping and paused again before it counts as warm: the guest's first
+	// touches of the pages its agent needs, and its post-restore work
+	// (new generation ID, vsock transport reset), are then behind it when
+	// a caller acquires it. Needs Vsock.
+	Prime bool `json:"prime,omitempty"`
 	// ReadyTimeout bounds the template boot (a Go duration; default 60s).
 	ReadyTimeout string `json:"ready_timeout,omitempty"`
 }
