@@ -26,6 +26,7 @@ import (
 // Arms of a pool run.
 const (
 	PoolArmWarm        = "warm"         // acquire from the warm pool
+	PoolArmWarmPrimed  = "warm-primed"  // acquire from a warm pool whose VMMs answered a ping once (TemplateSpec.Prime)
 	PoolArmColdRestore = "cold-restore" // acquire from a template with no warm VMs
 	PoolArmColdBoot    = "cold-boot"    // a fresh volt-vmm booting the guest
 )
@@ -102,7 +103,10 @@ type PoolSpec struct {
 	// Callers; Cold one of the same snapshot with none warm ("" skips
 	// the cold-restore arm).
 	Warm, Cold string
-	Callers    []int
+	// Primed is a template of the same snapshot with Prime set and the
+	// same warm target ("" skips the warm-primed arm).
+	Primed  string
+	Callers []int
 	// Samples is the number of cycles per arm and caller count, rounded up
 	// to whole rounds (each round every caller does one cycle).
 	Samples int
@@ -156,9 +160,11 @@ type PoolReport struct {
 	Cells []*PoolCell
 	// PSS (kB) of each warm VMM (paused, restored) and of each leased
 	// one after it answered (without an agent: right after the acquire),
-	// at the largest caller count.
-	WarmPSS, LeasedPSS []uint64
-	Agent              bool
+	// at the largest caller count; Primed… the same for the warm-primed
+	// arm, whose warm VMMs have answered once.
+	WarmPSS, LeasedPSS             []uint64
+	PrimedWarmPSS, PrimedLeasedPSS []uint64
+	Agent                          bool
 }
 
 // poolHistMaxUS is the longest stage time a cell's histograms hold (µs):
@@ -231,18 +237,23 @@ func RunPool(ctx context.Context, spec PoolSpec) (*PoolReport, error) {
 				if err := ctx.Err(); err != nil {
 					return rep, err
 				}
-				if cell.Arm == PoolArmWarm {
-					if err := waitWarm(ctx, spec.Client, spec.Warm, n, spec.WarmTimeout); err != nil {
+				warmArm := cell.Arm == PoolArmWarm || cell.Arm == PoolArmWarmPrimed
+				if warmArm {
+					if err := waitWarm(ctx, spec.Client, spec.template(cell.Arm), n, spec.WarmTimeout); err != nil {
 						return rep, err
 					}
 				}
-				measurePSS := cell.Arm == PoolArmWarm && n == maxCallers && r == total-1
+				warm, leased := &rep.WarmPSS, &rep.LeasedPSS
+				if cell.Arm == PoolArmWarmPrimed {
+					warm, leased = &rep.PrimedWarmPSS, &rep.PrimedLeasedPSS
+				}
+				measurePSS := warmArm && n == maxCallers && r == total-1
 				if measurePSS {
-					rep.WarmPSS = warmPSS(ctx, spec.Client, spec.Warm)
+					*warm = warmPSS(ctx, spec.Client, spec.template(cell.Arm))
 				}
 				pss := runRound(ctx, spec, cell, measurePSS)
 				if measurePSS {
-					rep.LeasedPSS = pss
+					*leased = pss
 				}
 				done += n
 				if spec.Progress != nil {
@@ -267,6 +278,9 @@ type PoolArm struct {
 func PoolArmRounds(spec PoolSpec, n int) []PoolArm {
 	rounds := PoolRounds(spec.Samples, n)
 	arms := []PoolArm{{Arm: PoolArmWarm, Rounds: rounds}}
+	if spec.Primed != "" {
+		arms = append(arms, PoolArm{Arm: PoolArmWarmPrimed, Rounds: rounds})
+	}
 	if spec.Cold != "" {
 		arms = append(arms, PoolArm{Arm: PoolArmColdRestore, Rounds: rounds})
 	}
@@ -278,6 +292,17 @@ func PoolArmRounds(spec PoolSpec, n int) []PoolArm {
 		arms = append(arms, PoolArm{Arm: PoolArmColdBoot, Rounds: br})
 	}
 	return arms
+}
+
+// template is the template an arm acquires from.
+func (spec PoolSpec) template(arm string) string {
+	switch arm {
+	case PoolArmWarmPrimed:
+		return spec.Primed
+	case PoolArmColdRestore:
+		return spec.Cold
+	}
+	return spec.Warm
 }
 
 // PoolRounds is how many rounds of callers give at least samples cycles.
@@ -368,11 +393,7 @@ func runRound(ctx context.Context, spec PoolSpec, cell *PoolCell, pss bool) []ui
 				st, err = bootCycle(cctx, spec.Boot, spec.Ask)
 				path = "boot"
 			} else {
-				tpl := spec.Warm
-				if cell.Arm == PoolArmColdRestore {
-					tpl = spec.Cold
-				}
-				st, path, kb, tries, err = poolCycle(cctx, spec, tpl, pss)
+				st, path, kb, tries, err = poolCycle(cctx, spec, spec.template(cell.Arm), pss)
 			}
 			mu.Lock()
 			defer mu.Unlock()
@@ -654,6 +675,9 @@ func WritePool(w io.Writer, rep *PoolReport) error {
 			when = "right after its acquire"
 		}
 		fmt.Fprintf(w, "PSS per warm VMM: %s; per leased VMM (%s): %s\n", pssSummary(rep.WarmPSS), when, pssSummary(rep.LeasedPSS))
+	}
+	if len(rep.PrimedWarmPSS) > 0 || len(rep.PrimedLeasedPSS) > 0 {
+		fmt.Fprintf(w, "PSS per primed warm VMM: %s; per leased primed VMM: %s\n", pssSummary(rep.PrimedWarmPSS), pssSummary(rep.PrimedLeasedPSS))
 	}
 	return nil
 }

@@ -79,14 +79,21 @@ func TestPoolBenchThroughARealDaemon(t *testing.T) {
 	if _, err := c.CreateTemplate(ctx, pc.TemplateSpec{Name: "c", FromSnapshot: filepath.Join(dir, "s", "templates", "w", "snapshot"), Vsock: hasAgent}); err != nil {
 		t.Fatal(err)
 	}
-	rep, err := RunPool(ctx, PoolSpec{Client: c, Warm: "w", Cold: "c", Callers: []int{1, 2}, Samples: 4, Agent: hasAgent,
+	primed := ""
+	if hasAgent {
+		primed = "p"
+		if _, err := c.CreateTemplate(ctx, pc.TemplateSpec{Name: primed, FromSnapshot: filepath.Join(dir, "s", "templates", "w", "snapshot"), Vsock: true, Prime: true, Warm: 2}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep, err := RunPool(ctx, PoolSpec{Client: c, Warm: "w", Cold: "c", Primed: primed, Callers: []int{1, 2}, Samples: 4, Agent: hasAgent,
 		Ask: agent.Request{Args: []string{"echo", "answer"}},
 		Boot: &PoolColdBoot{VMMBin: vmm, Kernel: kernel, Agent: hasAgent, ReadyLine: "volt-probe: ready", Dir: dir,
 			Args: []string{"--memory", "64M", "--cmdline", cmdline}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]string{PoolArmWarm: pc.PathWarm, PoolArmColdRestore: pc.PathCold, PoolArmColdBoot: "boot"}
+	want := map[string]string{PoolArmWarm: pc.PathWarm, PoolArmWarmPrimed: pc.PathWarm, PoolArmColdRestore: pc.PathCold, PoolArmColdBoot: "boot"}
 	for _, cell := range rep.Cells {
 		if cell.Errors != 0 {
 			t.Errorf("%s at %d callers: %d errors, first %s", cell.Arm, cell.Callers, cell.Errors, cell.FirstErr)
@@ -104,6 +111,9 @@ func TestPoolBenchThroughARealDaemon(t *testing.T) {
 	}
 	if len(rep.WarmPSS) != 2 || len(rep.LeasedPSS) != 2 {
 		t.Errorf("PSS of %d warm and %d leased VMMs, want 2 each", len(rep.WarmPSS), len(rep.LeasedPSS))
+	}
+	if hasAgent && (len(rep.PrimedWarmPSS) != 2 || len(rep.PrimedLeasedPSS) != 2) {
+		t.Errorf("PSS of %d primed warm and %d leased VMMs, want 2 each", len(rep.PrimedWarmPSS), len(rep.PrimedLeasedPSS))
 	}
 	var out bytes.Buffer
 	WritePool(&out, rep)

@@ -193,6 +193,10 @@ func TestPoolArmRoundsShapeTheColdBootArm(t *testing.T) {
 	if got := PoolArmRounds(spec, 1); len(got) != 1 || got[0].Arm != PoolArmWarm {
 		t.Errorf("without a cold template: %+v", got)
 	}
+	spec.Primed = "p"
+	if got := PoolArmRounds(spec, 8); len(got) != 2 || got[1].Arm != PoolArmWarmPrimed || got[1].Rounds != 13 || spec.template(PoolArmWarmPrimed) != "p" {
+		t.Errorf("with a primed template: %+v", got)
+	}
 }
 
 // fakePool serves the parts of voltpool's API a pool cycle uses on a Unix

@@ -32,6 +32,7 @@ import (
 // so that tests reach it without a daemon.
 type poolOptions struct {
 	socket, template, coldTemplate string
+	primedTemplate                 string
 	voltpool, vmmBin               string
 	guest                          string // bench.GuestProbe or bench.GuestLinux
 	kernel, initrd, cmdline        string // relative paths are the repository's
@@ -45,6 +46,7 @@ type poolOptions struct {
 	ask                            agent.Request
 	retries                        int
 	coldBoot, coldRestore          bool
+	primed                         bool
 	bootSamples                    int   // 0: samples
 	bootCallers                    []int // nil: every caller count
 	bootPoll                       time.Duration
@@ -108,6 +110,7 @@ func parsePoolArgs(args []string, stderr io.Writer) (poolOptions, error) {
 	fs.StringVar(&o.socket, "socket", "", "use the voltpool daemon on this socket (with --template); default: start one of our own")
 	fs.StringVar(&o.template, "template", "", "with --socket: the warm template (its warm target at least the largest --callers)")
 	fs.StringVar(&o.coldTemplate, "cold-template", "", "with --socket: a template of the same snapshot with none warm (cold-restore arm)")
+	fs.StringVar(&o.primedTemplate, "primed-template", "", "with --socket: a template of the same snapshot with prime set and the same warm target (warm-primed arm)")
 	fs.StringVar(&o.voltpool, "voltpool", "bin/voltpool", "voltpool binary, for a daemon of our own")
 	fs.StringVar(&o.vmmBin, "vmm-bin", bench.DefaultVMMBin, "volt-vmm binary")
 	fs.StringVar(&o.guest, "guest", bench.GuestProbe, "guest: probe ("+bench.DefaultProbe+") or linux ("+bench.DefaultLinuxKernel+" + "+bench.DefaultLinuxInitrd+", volt-init's agent)")
@@ -123,6 +126,7 @@ func parsePoolArgs(args []string, stderr io.Writer) (poolOptions, error) {
 	fs.IntVar(&o.retries, "retries", 2, "ask the agent again up to this many times when a request fails before its answer (counted; the first answer includes them)")
 	fs.BoolVar(&o.coldBoot, "cold-boot", true, "add the cold-boot arm (a fresh volt-vmm per cycle)")
 	fs.BoolVar(&o.coldRestore, "cold-restore", true, "add the cold-restore arm (a template with no warm VMs)")
+	fs.BoolVar(&o.primed, "primed", true, "add the warm-primed arm (a template whose warm VMMs answered a ping once; needs --agent)")
 	fs.IntVar(&o.bootSamples, "cold-boot-samples", 0, "cycles of the cold-boot arm per caller count (default: --samples; linux 3)")
 	bootCallers := fs.String("cold-boot-callers", "", "caller counts at which the cold-boot arm runs, a subset of --callers (default: all; linux 1)")
 	fs.StringVar(&o.metricsAddr, "metrics-listen", "", "serve Prometheus metrics of the run on this address")
@@ -157,8 +161,17 @@ func parsePoolArgs(args []string, stderr io.Writer) (poolOptions, error) {
 	if o.socket != "" && o.template == "" {
 		return o, poolUsagef("--socket needs --template")
 	}
-	if o.socket == "" && (o.template != "" || o.coldTemplate != "") {
-		return o, poolUsagef("--template and --cold-template name templates of a daemon of yours: give its --socket")
+	if o.socket == "" && (o.template != "" || o.coldTemplate != "" || o.primedTemplate != "") {
+		return o, poolUsagef("--template, --cold-template and --primed-template name templates of a daemon of yours: give its --socket")
+	}
+	if o.primedTemplate != "" && !o.primed {
+		return o, poolUsagef("--primed-template is the warm-primed arm's: not with --primed=false")
+	}
+	if !o.agent {
+		if o.primedTemplate != "" || (fs.Changed("primed") && o.primed) {
+			return o, poolUsagef("the warm-primed arm primes through the agent: not with --agent=false")
+		}
+		o.primed = false
 	}
 	if o.samples < 1 {
 		return o, poolUsagef("--samples %d: at least one", o.samples)
@@ -334,7 +347,7 @@ func cmdPool(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	defer os.RemoveAll(work)
 	client := pc.New(o.socket)
-	warmName, coldName := o.template, o.coldTemplate
+	warmName, coldName, primedName := o.template, o.coldTemplate, o.primedTemplate
 	if o.socket == "" {
 		sock := filepath.Join(work, "pool.sock")
 		stop, err := startPoolDaemon(abs(o.voltpool), abs(o.vmmBin), sock, filepath.Join(work, "s"), o.vsockConnectTimeout, stderr)
@@ -353,9 +366,14 @@ func cmdPool(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if err == nil {
 			fmt.Fprintf(stdout, "template boot to ready: %.3f s\n", tpl.BootToReady.Seconds())
 		}
+		snapshot := filepath.Join(work, "s", "templates", warmName, "snapshot")
 		if err == nil && o.coldRestore {
 			coldName = "bench-cold"
-			_, err = client.CreateTemplate(tctx, pc.TemplateSpec{Name: coldName, FromSnapshot: filepath.Join(work, "s", "templates", warmName, "snapshot"), Vsock: o.agent, Warm: 0})
+			_, err = client.CreateTemplate(tctx, pc.TemplateSpec{Name: coldName, FromSnapshot: snapshot, Vsock: o.agent, Warm: 0})
+		}
+		if err == nil && o.primed {
+			primedName = "bench-primed"
+			_, err = client.CreateTemplate(tctx, pc.TemplateSpec{Name: primedName, FromSnapshot: snapshot, Vsock: true, Prime: true, Warm: o.maxCallers})
 		}
 		cancel()
 		if err != nil {
@@ -366,7 +384,10 @@ func cmdPool(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if !o.coldRestore {
 		coldName = ""
 	}
-	spec := bench.PoolSpec{Client: client, Warm: warmName, Cold: coldName, Callers: o.callers, Samples: o.samples,
+	if !o.primed {
+		primedName = ""
+	}
+	spec := bench.PoolSpec{Client: client, Warm: warmName, Cold: coldName, Primed: primedName, Callers: o.callers, Samples: o.samples,
 		Ask: o.ask, Agent: o.agent, Retries: o.retries, Timeout: o.timeout, Boot: o.coldBootSpec(abs(o.vmmBin), abs, work)}
 	var observers []func(string, int, string, time.Duration)
 	samples := &poolSamples{}
@@ -416,7 +437,7 @@ func cmdPool(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	if o.socket != "" {
-		fmt.Fprintf(stdout, "templates %s (warm) and %q (cold restore) of the daemon on %s\n", warmName, coldName, o.socket)
+		fmt.Fprintf(stdout, "templates %s (warm), %q (warm, primed) and %q (cold restore) of the daemon on %s\n", warmName, primedName, coldName, o.socket)
 	}
 	if o.socket == "" || spec.Boot != nil {
 		what := "template and cold boots"

@@ -35,13 +35,13 @@ func TestPoolFlagsFillTheGuestsDefaults(t *testing.T) {
 			if !slices.Equal(o.callers, []int{1, 8, 64}) || o.bootCallers != nil || o.bootSamples != 0 {
 				t.Errorf("callers %v, cold boot at %v × %d", o.callers, o.bootCallers, o.bootSamples)
 			}
-			if !slices.Equal(o.ask.Args, []string{"echo", "answer"}) || !o.agent || !o.coldBoot || !o.coldRestore {
-				t.Errorf("ask %q, agent %v, arms %v %v", o.ask.Args, o.agent, o.coldBoot, o.coldRestore)
+			if !slices.Equal(o.ask.Args, []string{"echo", "answer"}) || !o.agent || !o.coldBoot || !o.coldRestore || !o.primed {
+				t.Errorf("ask %q, agent %v, arms %v %v %v", o.ask.Args, o.agent, o.coldBoot, o.coldRestore, o.primed)
 			}
 		}},
 		{"probe without an agent", []string{"--agent=false"}, func(t *testing.T, o poolOptions) {
-			if o.cmdline != "console=ttyS0 reboot=k panic=1" || o.agent {
-				t.Errorf("cmdline %q, agent %v", o.cmdline, o.agent)
+			if o.cmdline != "console=ttyS0 reboot=k panic=1" || o.agent || o.primed {
+				t.Errorf("cmdline %q, agent %v, primed arm %v (it primes through the agent)", o.cmdline, o.agent, o.primed)
 			}
 		}},
 		{"linux defaults", []string{"--guest", "linux", "--guest-profile", "nested-pvm"}, func(t *testing.T, o poolOptions) {
@@ -90,8 +90,8 @@ func TestPoolFlagsFillTheGuestsDefaults(t *testing.T) {
 				t.Errorf("voltpool %s: no --vsock-connect-timeout unless asked", args)
 			}
 		}},
-		{"a daemon of the caller's", []string{"--socket", "/run/p.sock", "--template", "fn", "--cold-template", "fn-cold", "--cold-boot=false"}, func(t *testing.T, o poolOptions) {
-			if o.socket != "/run/p.sock" || o.template != "fn" || o.coldTemplate != "fn-cold" || o.coldBoot {
+		{"a daemon of the caller's", []string{"--socket", "/run/p.sock", "--template", "fn", "--cold-template", "fn-cold", "--primed-template", "fn-primed", "--cold-boot=false"}, func(t *testing.T, o poolOptions) {
+			if o.socket != "/run/p.sock" || o.template != "fn" || o.coldTemplate != "fn-cold" || o.primedTemplate != "fn-primed" || o.coldBoot {
 				t.Errorf("%+v", o)
 			}
 		}},
@@ -149,6 +149,9 @@ func TestPoolFlagsRefuseBadInput(t *testing.T) {
 		{[]string{"--socket", "/run/p.sock", "--template", "fn", "--vsock-connect-timeout", "1m"}, "for a daemon of our own"},
 		{[]string{"--socket", "/run/p.sock"}, "--socket needs --template"},
 		{[]string{"--template", "fn"}, "give its --socket"},
+		{[]string{"--primed-template", "fn-p"}, "give its --socket"},
+		{[]string{"--socket", "/run/p.sock", "--template", "fn", "--primed-template", "fn-p", "--primed=false"}, "not with --primed=false"},
+		{[]string{"--agent=false", "--primed"}, "primes through the agent"},
 		{[]string{"--cold-boot=false", "--cold-boot-samples", "3"}, "not with --cold-boot=false"},
 		{[]string{"--cold-boot-samples", "0"}, "--cold-boot-samples 0"},
 		{[]string{"--cold-boot-callers", "2"}, "2 is not one of --callers"},
