@@ -36,3 +36,9 @@ require (
 )
 
 tool github.com/cilium/ebpf/cmd/bpf2go
+
+// klauspost/cpuid's package initialisation ran dozens of CPUID instructions
+// (each a VM exit in a VM) before every volt-vmm's main; zeebo/blake3 needs
+// two feature bits of it, which third_party/cpuid answers through
+// golang.org/x/sys/cpu.
+replace github.com/klauspost/cpuid/v2 => ./third_party/cpuid
