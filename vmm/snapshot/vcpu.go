@@ -10,20 +10,30 @@ import (
 	"github.com/voltvmm/volt/vmm/kvm"
 )
 
-// From format 2.2 on a vCPU's architectural state is one base64 block in
-// the JSON (vcpuJSON.Arch) instead of a dozen nested objects: decoding the
-// objects took 0.38 ms of the 0.8 ms a 1-vCPU state took to decode (its
-// 80 CPUID leaves alone 0.22 ms), and encoding/json builds a decoder for
-// every type it meets on the first restore of a process. The block holds,
-// in this order, each in encoding/binary's little-endian layout of the kvm
-// type (packed, blank fields zero):
+// From format 2.2 on a vCPU's architectural state is one binary block
+// instead of a dozen nested objects: decoding the objects took 0.38 ms of
+// the 0.8 ms a 1-vCPU state took to decode (its 80 CPUID leaves alone
+// 0.22 ms), and encoding/json builds a decoder for every type it meets on
+// the first restore of a process. Format 2.2 holds the block as base64 in
+// the JSON (vcpuJSON.Arch); from 2.3 on it follows the JSON in the file's
+// binary section (file.go), and the JSON keeps only vcpuHead. The block
+// holds, in this order, each in encoding/binary's little-endian layout of
+// the kvm type (packed, blank fields zero):
 //
 //	Regs | Sregs | XSave | XCRs | DebugRegs | LAPIC | Events |
 //	u32 n | n MSRs | u32 m | m CPUID entries
 //
 // Files of formats 2.0 and 2.1 hold the objects, which still decode.
 
-// vcpuJSON is VCPUState's JSON form.
+// vcpuHead is what the JSON of a 2.3 file holds of a vCPU; its block is in
+// the binary section.
+type vcpuHead struct {
+	ID      int
+	MPState uint32
+	TSCKHz  uint32
+}
+
+// vcpuJSON is VCPUState's JSON form in a 2.2 file.
 type vcpuJSON struct {
 	ID      int
 	MPState uint32
@@ -40,11 +50,23 @@ func (s *VCPUState) fixedParts() []any {
 	return []any{&s.Regs, &s.Sregs, &s.XSave, &s.XCRs, &s.DebugRegs, &s.LAPIC, &s.Events}
 }
 
-// MarshalJSON writes the architectural state as one block.
+// MarshalJSON writes the 2.2 form: the architectural state as one base64
+// block in the JSON. Encode writes 2.3, with the block outside the JSON.
 func (s VCPUState) MarshalJSON() ([]byte, error) {
+	b, err := s.appendArch(make([]byte, 0, s.archSize()))
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(vcpuJSON{ID: s.ID, MPState: s.MPState, TSCKHz: s.TSCKHz, Arch: b})
+}
+
+// archSize is the length of s's block.
+func (s *VCPUState) archSize() int { return 6144 + 4 + 12*len(s.MSRs) + 4 + 28*len(s.CPUID) }
+
+// appendArch appends s's architectural state as one block to b.
+func (s *VCPUState) appendArch(b []byte) ([]byte, error) {
 	// Counts are not bounded here (the decoder bounds them): Validate
 	// refuses a state with too many, and tests write such files.
-	b := make([]byte, 0, 6144+12*len(s.MSRs)+28*len(s.CPUID))
 	for _, p := range s.fixedParts() {
 		if p == &s.XSave {
 			b = appendXSave(b, &s.XSave)
@@ -66,7 +88,7 @@ func (s VCPUState) MarshalJSON() ([]byte, error) {
 			b = binary.LittleEndian.AppendUint32(b, v)
 		}
 	}
-	return json.Marshal(vcpuJSON{ID: s.ID, MPState: s.MPState, TSCKHz: s.TSCKHz, Arch: b})
+	return b, nil
 }
 
 // UnmarshalJSON reads either form, refusing unknown fields (a state file is
@@ -89,8 +111,13 @@ func (s *VCPUState) UnmarshalJSON(data []byte) error {
 	if j.Arch == nil {
 		return errors.New("vCPU state: no architectural state")
 	}
-	st := VCPUState{ID: j.ID, MPState: j.MPState, TSCKHz: j.TSCKHz}
-	b := j.Arch
+	return s.decodeArch(vcpuHead{ID: j.ID, MPState: j.MPState, TSCKHz: j.TSCKHz}, j.Arch)
+}
+
+// decodeArch sets *s to head and the architectural state in block b,
+// refusing a block of any other length than its counts give.
+func (s *VCPUState) decodeArch(head vcpuHead, b []byte) error {
+	st := VCPUState{ID: head.ID, MPState: head.MPState, TSCKHz: head.TSCKHz}
 	for _, p := range st.fixedParts() {
 		var n int
 		var err error
@@ -100,13 +127,13 @@ func (s *VCPUState) UnmarshalJSON(data []byte) error {
 			n, err = binary.Decode(b, binary.LittleEndian, p)
 		}
 		if err != nil {
-			return fmt.Errorf("vCPU %d state: %w", j.ID, err)
+			return fmt.Errorf("vCPU %d state: %w", head.ID, err)
 		}
 		b = b[n:]
 	}
 	msrs, b, err := count(b, MaxMSRs, 12, "MSRs")
 	if err != nil {
-		return fmt.Errorf("vCPU %d state: %w", j.ID, err)
+		return fmt.Errorf("vCPU %d state: %w", head.ID, err)
 	}
 	if msrs > 0 {
 		st.MSRs = make([]kvm.MSR, msrs)
@@ -118,7 +145,7 @@ func (s *VCPUState) UnmarshalJSON(data []byte) error {
 	}
 	leaves, b, err := count(b, MaxCPUIDLeaves, 28, "CPUID leaves")
 	if err != nil {
-		return fmt.Errorf("vCPU %d state: %w", j.ID, err)
+		return fmt.Errorf("vCPU %d state: %w", head.ID, err)
 	}
 	if leaves > 0 {
 		st.CPUID = make([]kvm.CPUIDEntry, leaves)
@@ -131,7 +158,7 @@ func (s *VCPUState) UnmarshalJSON(data []byte) error {
 		b = b[28:]
 	}
 	if len(b) != 0 {
-		return fmt.Errorf("vCPU %d state: %d bytes after the CPUID leaves", j.ID, len(b))
+		return fmt.Errorf("vCPU %d state: %d bytes after the CPUID leaves", head.ID, len(b))
 	}
 	*s = st
 	return nil

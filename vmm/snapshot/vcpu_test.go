@@ -134,8 +134,10 @@ func TestVCPUBlockRejectsDamage(t *testing.T) {
 	}
 }
 
-// BenchmarkDecodeState decodes a real state file of the probe (1 vCPU),
-// as written by this package, and in the 2.0 form (vCPU objects).
+// BenchmarkDecodeState decodes a real state file of the probe (1 vCPU) in
+// the 2.0 form (vCPU objects), the 2.2 form (each vCPU's block as base64 in
+// the JSON) and as this package writes it (2.3: the blocks in the binary
+// section).
 func BenchmarkDecodeState(b *testing.B) {
 	path := os.Getenv("VOLT_STATE")
 	if path == "" {
@@ -145,7 +147,11 @@ func BenchmarkDecodeState(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	block, err := Encode(st)
+	section, err := Encode(st)
+	if err != nil {
+		b.Fatal(err)
+	}
+	blocks, err := json.Marshal(st)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -167,7 +173,7 @@ func BenchmarkDecodeState(b *testing.B) {
 	for _, c := range []struct {
 		name string
 		file []byte
-	}{{"objects", objects}, {"block", block}} {
+	}{{"objects", objects}, {"json-block", wrapAs(2, blocks, nil)}, {"section", section}} {
 		b.Run(c.name, func(b *testing.B) {
 			b.SetBytes(int64(len(c.file)))
 			for b.Loop() {
