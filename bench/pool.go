@@ -439,7 +439,10 @@ func poolCycle(ctx context.Context, spec PoolSpec, template string, pss bool) (s
 		var res agent.Result
 		for {
 			res, runErr = pc.RunOn(ctx, lease, spec.Ask, nil)
-			if runErr == nil || ctx.Err() != nil || len(tries) == spec.Retries {
+			// A request the cycle's deadline cut short is not asked
+			// again: its context is spent (the error says so before
+			// ctx.Err() may).
+			if runErr == nil || ctx.Err() != nil || errors.Is(runErr, context.DeadlineExceeded) || len(tries) == spec.Retries {
 				break
 			}
 			tries = append(tries, runErr)

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -496,5 +498,66 @@ func TestServeConnOverAnOSFile(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Errorf("server: %v", err)
+	}
+}
+
+// A CONNECT the guest never answers ends at the caller's deadline and says
+// so (context.DeadlineExceeded), every time: the connection's deadline
+// timer can fire before the context's, and such a read was once reported
+// as "nothing listening" with the context not yet done. A VMM that closes
+// the connection (nothing listens on the port) is not a deadline.
+func TestDialHybridTellsADeadlineFromNothingListening(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "silent.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var mu sync.Mutex
+	var held []net.Conn
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c) // read nothing, answer nothing
+			mu.Unlock()
+		}
+	}()
+	for i := 0; i < 20; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		_, err := DialHybrid(ctx, path, Port)
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "in time") || strings.Contains(err.Error(), "nothing listening") {
+			t.Fatalf("try %d: %v, want a deadline error", i, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err = DialHybrid(ctx, fakeHybrid(t, "", nil), Port)
+	if err == nil || errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "nothing listening") {
+		t.Errorf("closed by the VMM: %v, want nothing listening, not a deadline", err)
+	}
+	for _, tc := range []struct {
+		name string
+		err  error
+		want error
+	}{
+		{"connection deadline, context not yet done", os.ErrDeadlineExceeded, context.DeadlineExceeded},
+		{"wrapped connection deadline", fmt.Errorf("read: %w", os.ErrDeadlineExceeded), context.DeadlineExceeded},
+		{"reset", io.ErrUnexpectedEOF, nil},
+	} {
+		if got := ended(context.Background(), tc.err); got != tc.want {
+			t.Errorf("%s: ended = %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }

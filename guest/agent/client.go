@@ -52,8 +52,8 @@ func (c *Client) Run(ctx context.Context, conn net.Conn, req Request) (Result, e
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	wrap := func(err error) error {
-		if ctx.Err() != nil {
-			return fmt.Errorf("agent request %q: %w (%v)", req.Args, ctx.Err(), err)
+		if e := ended(ctx, err); e != nil {
+			return fmt.Errorf("agent request %q: %w (%v)", req.Args, e, err)
 		}
 		return fmt.Errorf("agent request %q: %w", req.Args, err)
 	}

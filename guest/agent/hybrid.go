@@ -3,8 +3,10 @@ package agent
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"time"
 )
@@ -31,6 +33,21 @@ func DialHybrid(ctx context.Context, udsPath string, port uint32) (net.Conn, err
 	return conn, nil
 }
 
+// ended reports why ctx ended when an operation on a connection whose
+// deadline is ctx's failed with err, or nil when it has not ended. The
+// connection's timer can fire a moment before ctx's own, and ctx.Err() is
+// then still nil: a read cut short by the deadline was reported as the
+// guest having nothing listening, and callers retried with a spent context.
+func ended(ctx context.Context, err error) error {
+	if e := ctx.Err(); e != nil {
+		return e
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
 func handshake(ctx context.Context, conn net.Conn, port uint32) error {
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
@@ -39,8 +56,8 @@ func handshake(ctx context.Context, conn net.Conn, port uint32) error {
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	if _, err := fmt.Fprintf(conn, "CONNECT %d\n", port); err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
+		if e := ended(ctx, err); e != nil {
+			return e
 		}
 		return fmt.Errorf("send CONNECT: %w", err)
 	}
@@ -48,8 +65,8 @@ func handshake(ctx context.Context, conn net.Conn, port uint32) error {
 	var one [1]byte
 	for {
 		if _, err := conn.Read(one[:]); err != nil {
-			if ctx.Err() != nil {
-				return fmt.Errorf("no answer to CONNECT (is an agent listening in the guest?): %w", ctx.Err())
+			if e := ended(ctx, err); e != nil {
+				return fmt.Errorf("no answer to CONNECT in time (is an agent listening in the guest?): %w", e)
 			}
 			// Firecracker closes the connection when nothing listens on
 			// the port.
