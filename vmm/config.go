@@ -20,6 +20,8 @@ import (
 	"github.com/voltvmm/volt/vmm/devices/bootmarker"
 	"github.com/voltvmm/volt/vmm/memory"
 	"github.com/voltvmm/volt/vmm/snapshot"
+
+	"github.com/voltvmm/volt/vmm/virtio/vsock"
 )
 
 // Config describes a VM to boot.
@@ -54,6 +56,12 @@ type Config struct {
 	Nets    []NetConfig
 	Vsock   *VsockConfig
 	Entropy *EntropyConfig
+	// VsockRequestTimeout is how long a host client's CONNECT to the
+	// guest waits for its answer, for this VM's vsock device however it
+	// comes (Vsock, PUT /vsock, a snapshot) unless its own Config sets
+	// one; zero is vsock.RequestTimeout (Firecracker's 2 s). A snapshot
+	// does not carry it: it is the host's policy (RestoreConfig has it).
+	VsockRequestTimeout time.Duration
 
 	// Console receives the guest's serial output; nil discards it.
 	Console io.Writer
@@ -128,6 +136,11 @@ func (c *Config) Validate() error {
 	}
 	if c.MarkerDelay < 0 {
 		errs = append(errs, errors.New("negative marker delay"))
+	}
+	if c.VsockRequestTimeout != 0 {
+		if err := vsock.ValidateRequestTimeout(c.VsockRequestTimeout); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	errs = append(errs, c.validateDevices()...)
 	return errors.Join(errs...)

@@ -19,6 +19,8 @@ import (
 	"github.com/voltvmm/volt/vmm/kvm"
 	"github.com/voltvmm/volt/vmm/memory"
 	"github.com/voltvmm/volt/vmm/snapshot"
+
+	"github.com/voltvmm/volt/vmm/virtio/vsock"
 )
 
 // SnapshotType selects a full or a diff snapshot.
@@ -331,6 +333,8 @@ type RestoreConfig struct {
 	// Prefetch says how the snapshot's working set is brought in while the
 	// VM is restored; nil means DefaultPrefetch.
 	Prefetch *memory.Prefetch
+	// VsockRequestTimeout is as in Config: the restored vsock device's.
+	VsockRequestTimeout time.Duration
 }
 
 // DefaultPrefetch is how a restore brings in the snapshot's working set
@@ -376,6 +380,11 @@ func Restore(ctx context.Context, rc RestoreConfig) (_ *VM, err error) {
 	if rc.Origin.IsZero() {
 		rc.Origin = time.Now()
 	}
+	if rc.VsockRequestTimeout != 0 {
+		if err := vsock.ValidateRequestTimeout(rc.VsockRequestTimeout); err != nil {
+			return nil, err
+		}
+	}
 	// Reading and verifying the state file and creating the VM each take
 	// a few hundred microseconds and need nothing from each other, so they
 	// overlap.
@@ -388,7 +397,7 @@ func Restore(ctx context.Context, rc RestoreConfig) (_ *VM, err error) {
 		st, err := snapshot.ReadStateFile(rc.StatePath)
 		stateCh <- decoded{st, err}
 	}()
-	v, err := newShell(Config{Origin: rc.Origin}, false)
+	v, err := newShell(Config{Origin: rc.Origin, VsockRequestTimeout: rc.VsockRequestTimeout}, false)
 	if err != nil {
 		<-stateCh
 		return nil, err

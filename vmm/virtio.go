@@ -369,6 +369,9 @@ func (v *VM) addNet(slot int, n NetConfig, restored *vnet.Device) error {
 }
 
 func (v *VM) addVsock(slot int, c VsockConfig) error {
+	if c.RequestTimeout == 0 {
+		c.RequestTimeout = v.cfg.VsockRequestTimeout
+	}
 	dev, err := vsock.New(c, vsock.WithLogger(v.logger().With("device", "virtio-vsock")))
 	if err != nil {
 		return fmt.Errorf("vsock: %w", err)
@@ -481,7 +484,8 @@ func (v *VM) restoreVirtio(states []snapshot.VirtioState, o VirtioOverrides) err
 			}
 			err = v.addNet(i, NetConfig{}, dev)
 		case snapshot.VirtioVsock:
-			dev, rerr := vsock.NewFromState(*st.Vsock, o.VsockUDSPath, vsock.WithLogger(v.logger().With("device", st.Name)))
+			dev, rerr := vsock.NewFromState(*st.Vsock, o.VsockUDSPath, vsock.WithLogger(v.logger().With("device", st.Name)),
+				vsock.WithRequestTimeout(v.cfg.VsockRequestTimeout))
 			if rerr != nil {
 				return fmt.Errorf("%s: %w", st.Name, rerr)
 			}

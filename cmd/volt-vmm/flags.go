@@ -46,8 +46,8 @@ type flags struct {
 	netBridge  string
 	vsock      string
 	entropy    bool
-	// vsockConnectTimeout is applied as it is parsed (see connectTimeout).
-	vsockConnectTimeout connectTimeout
+	// vsockConnectTimeout is vmm.Config.VsockRequestTimeout.
+	vsockConnectTimeout time.Duration
 
 	// Confinement (docs/security.md).
 	seccompLevel     string
@@ -111,8 +111,7 @@ func newFlags() *flags {
 	fs.StringVar(&f.netBackend, "net-backend", "", "with --net-bridge: virtio-net (or vhost-net, which falls back to the userspace path where /dev/vhost-net is missing)")
 	fs.StringVar(&f.netBridge, "net-bridge", "", "create a TAP attached to this existing bridge and give the guest a virtio-net interface on it")
 	fs.StringVar(&f.vsock, "vsock", "", "a virtio-vsock device: cid=N,uds=PATH (Firecracker's hybrid Unix socket)")
-	f.vsockConnectTimeout.d = vsock.DefaultRequestTimeout()
-	fs.Var(&f.vsockConnectTimeout, "vsock-connect-timeout", fmt.Sprintf("how long a host client's CONNECT waits for the guest's answer before the client is closed (it reads EOF); Firecracker's is 2s; more than 0, at most %v; for the API's and a restored snapshot's vsock too", vsock.MaxRequestTimeout))
+	fs.DurationVar(&f.vsockConnectTimeout, "vsock-connect-timeout", vsock.RequestTimeout, fmt.Sprintf("how long a host client's CONNECT waits for the guest's answer before the client is closed (it reads EOF); Firecracker's is 2s; more than 0, at most %v; for the API's and a restored snapshot's vsock too", vsock.MaxRequestTimeout))
 	fs.BoolVar(&f.entropy, "entropy", false, "a virtio-rng device fed from getrandom(2)")
 
 	fs.StringVar(&f.seccompLevel, "seccomp-level", "2", "seccomp filters per thread role: 2 numbers and arguments, 1 numbers only, 0 none (debugging only)")
@@ -177,25 +176,3 @@ func (f *flags) restoreConflicts() []string {
 	}
 	return out
 }
-
-// connectTimeout is --vsock-connect-timeout. It is checked as it is parsed
-// and made at once the default of the vsock devices this process makes:
-// volt-vmm runs one VM, its devices are made after the flags are parsed
-// (from --vsock, PUT /vsock or a snapshot, which does not carry the value:
-// it is the host's policy, not the guest's state).
-type connectTimeout struct{ d time.Duration }
-
-func (c *connectTimeout) Set(s string) error {
-	d, err := time.ParseDuration(s)
-	if err != nil {
-		return fmt.Errorf("%q is not a duration (e.g. 2s, 90s, 5m)", s)
-	}
-	if err := vsock.SetDefaultRequestTimeout(d); err != nil {
-		return err
-	}
-	c.d = d
-	return nil
-}
-
-func (c *connectTimeout) String() string { return c.d.String() }
-func (c *connectTimeout) Type() string   { return "duration" }

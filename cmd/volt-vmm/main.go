@@ -28,6 +28,7 @@ import (
 	"github.com/voltvmm/volt/vmm/netdev"
 	"github.com/voltvmm/volt/vmm/snapshot"
 	vnet "github.com/voltvmm/volt/vmm/virtio/net"
+	"github.com/voltvmm/volt/vmm/virtio/vsock"
 )
 
 // processStart is taken during package initialisation, the earliest point
@@ -253,6 +254,12 @@ func machineConfig(f *flags, stderr io.Writer) (vmm.Config, int) {
 	if cfg.Confinement, err = confinement(f); err != nil {
 		return cfg, usage(stderr, "%v", err)
 	}
+	// The vsock device's, however it comes (--vsock, PUT /vsock or the
+	// snapshot of --restore or PUT /snapshot/load: ctrl's base carries it).
+	if err := vsock.ValidateRequestTimeout(f.vsockConnectTimeout); err != nil {
+		return cfg, usage(stderr, "--vsock-connect-timeout: %v", err)
+	}
+	cfg.VsockRequestTimeout = f.vsockConnectTimeout
 	if f.snapshotKillStep != "" {
 		step := snapshot.CreateStep(f.snapshotKillStep)
 		cfg.AfterSnapshotStep = func(s snapshot.CreateStep) {

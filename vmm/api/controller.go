@@ -632,6 +632,8 @@ func restore(ctx context.Context, base vmm.Config, p types.SnapshotLoadParams) (
 		Overrides:         overrides(p),
 		CASStore:          store,
 		Confinement:       base.Confinement,
+
+		VsockRequestTimeout: base.VsockRequestTimeout,
 	})
 	if err != nil {
 		return nil, err

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync/atomic"
 	"time"
 )
 
@@ -25,10 +24,11 @@ type Config struct {
 	UDSPath string
 	// RequestTimeout is how long a host-initiated connection waits for the
 	// guest's RESPONSE before the host client is closed (it then reads
-	// EOF); zero means the process default (DefaultRequestTimeout:
-	// Firecracker's 2 s unless volt-vmm's --vsock-connect-timeout changed
-	// it). A busy guest may need longer: a Linux guest whose kernel runs
-	// under instruction emulation answers in seconds, not microseconds.
+	// EOF); zero means RequestTimeout (Firecracker's 2 s). A busy guest may
+	// need longer: a Linux guest whose kernel runs under instruction
+	// emulation answers in seconds, not microseconds. It is the host's
+	// policy, not the guest's state: a snapshot does not carry it, and a
+	// restored device takes it through WithRequestTimeout.
 	RequestTimeout time.Duration
 }
 
@@ -36,37 +36,12 @@ type Config struct {
 // client of a guest that will never answer would hang for good.
 const MaxRequestTimeout = time.Hour
 
-// defaultRequestTimeout is the process's default (ns; 0: RequestTimeout).
-var defaultRequestTimeout atomic.Int64
-
 // ValidateRequestTimeout checks a configured request timeout.
 func ValidateRequestTimeout(d time.Duration) error {
 	if d <= 0 || d > MaxRequestTimeout {
 		return fmt.Errorf("vsock request timeout %v: it must be more than 0 and at most %v", d, MaxRequestTimeout)
 	}
 	return nil
-}
-
-// SetDefaultRequestTimeout sets the request timeout of the devices this
-// process makes from now on whose Config leaves it zero, restored ones
-// included (a snapshot does not carry it: it is the host's policy, not the
-// guest's state). volt-vmm, one VM per process, sets it from its
-// --vsock-connect-timeout flag before any device exists.
-func SetDefaultRequestTimeout(d time.Duration) error {
-	if err := ValidateRequestTimeout(d); err != nil {
-		return err
-	}
-	defaultRequestTimeout.Store(int64(d))
-	return nil
-}
-
-// DefaultRequestTimeout is the request timeout of a Config that leaves it
-// zero: RequestTimeout unless SetDefaultRequestTimeout changed it.
-func DefaultRequestTimeout() time.Duration {
-	if d := time.Duration(defaultRequestTimeout.Load()); d > 0 {
-		return d
-	}
-	return RequestTimeout
 }
 
 // Validate checks the configuration without touching the host.

@@ -1,6 +1,7 @@
 package vsock
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -28,23 +29,31 @@ func TestConfigRequestTimeout(t *testing.T) {
 	}
 }
 
-func TestSetDefaultRequestTimeout(t *testing.T) {
-	t.Cleanup(func() { defaultRequestTimeout.Store(0) })
-	if got := DefaultRequestTimeout(); got != RequestTimeout {
+// A device's request timeout is Firecracker's unless its Config or, for a
+// device whose Config cannot carry it (a restored one), WithRequestTimeout
+// sets it; the option wins, and zero leaves it alone.
+func TestWithRequestTimeout(t *testing.T) {
+	if got := defaultParams().requestTimeout; got != RequestTimeout {
 		t.Fatalf("default %v, want Firecracker's %v", got, RequestTimeout)
 	}
-	for _, bad := range []time.Duration{0, -1, MaxRequestTimeout + 1} {
-		if err := SetDefaultRequestTimeout(bad); err == nil {
-			t.Errorf("%v accepted", bad)
+	for _, tc := range []struct {
+		name   string
+		config time.Duration
+		opt    time.Duration
+		want   time.Duration
+	}{
+		{"neither", 0, 0, RequestTimeout},
+		{"config", 30 * time.Second, 0, 30 * time.Second},
+		{"option", 0, 90 * time.Second, 90 * time.Second},
+		{"option over config", 30 * time.Second, 90 * time.Second, 90 * time.Second},
+	} {
+		d, err := New(Config{GuestCID: testCID, UDSPath: filepath.Join(shortTempDir(t), "v.sock"), RequestTimeout: tc.config}, WithRequestTimeout(tc.opt))
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	if got := DefaultRequestTimeout(); got != RequestTimeout {
-		t.Fatalf("a refused value changed the default to %v", got)
-	}
-	if err := SetDefaultRequestTimeout(90 * time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if got := defaultParams().requestTimeout; got != 90*time.Second {
-		t.Fatalf("new connections' request timeout %v, want 90s", got)
+		if got := d.params.requestTimeout; got != tc.want {
+			t.Errorf("%s: request timeout %v, want %v", tc.name, got, tc.want)
+		}
+		d.Close()
 	}
 }

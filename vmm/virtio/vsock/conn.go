@@ -39,7 +39,7 @@ type connParams struct {
 func defaultParams() connParams {
 	return connParams{
 		bufAlloc:         DefaultBufAlloc,
-		requestTimeout:   DefaultRequestTimeout(),
+		requestTimeout:   RequestTimeout,
 		shutdownTimeout:  ShutdownTimeout,
 		handshakeTimeout: HandshakeTimeout,
 	}

@@ -48,6 +48,17 @@ func WithLogger(l *slog.Logger) Option { return func(d *Device) { d.log = l } }
 // WithMaxConnections bounds the host sockets the device holds at once.
 func WithMaxConnections(n int) Option { return func(d *Device) { d.maxConns = n } }
 
+// WithRequestTimeout sets the request timeout (Config.RequestTimeout) of a
+// device whose Config cannot carry it, as a restored one's (NewFromState);
+// zero leaves it as it is. The caller validates it (ValidateRequestTimeout).
+func WithRequestTimeout(t time.Duration) Option {
+	return func(d *Device) {
+		if t != 0 {
+			d.params.requestTimeout = t
+		}
+	}
+}
+
 // withParams changes buffer sizes and timeouts (tests).
 func withParams(p connParams) Option { return func(d *Device) { d.params = p } }
 

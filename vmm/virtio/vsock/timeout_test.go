@@ -15,27 +15,23 @@ import (
 // TestConfiguredRequestTimeoutClosesUnansweredRequest: a host client's
 // CONNECT to a guest that never answers (it never looks at its rx queue, as a
 // guest kernel too busy to run its vsock driver) is closed by the request
-// timeout the device was configured with, not by another. The process
-// default is set far shorter (or, for the process-default case, the config
-// leaves it zero), so a device that ignored its setting would close the
+// timeout the device was configured with, through its Config or through
+// WithRequestTimeout (a restored device's way), not by another: the other
+// is set far shorter, so a device that ignored the setting would close the
 // client early and fail the test.
 func TestConfiguredRequestTimeoutClosesUnansweredRequest(t *testing.T) {
 	const want = 400 * time.Millisecond
 	for _, tc := range []struct {
-		name           string
-		processDefault time.Duration
-		config         time.Duration
+		name   string
+		config time.Duration
+		opts   []Option
 	}{
-		{"config", 20 * time.Millisecond, want},
-		{"process default", want, 0},
+		{"config", want, nil},
+		{"option", 20 * time.Millisecond, []Option{WithRequestTimeout(want)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			t.Cleanup(func() { defaultRequestTimeout.Store(0) })
-			if err := SetDefaultRequestTimeout(tc.processDefault); err != nil {
-				t.Fatal(err)
-			}
 			path := filepath.Join(shortTempDir(t), "v.sock")
-			d, err := New(Config{GuestCID: testCID, UDSPath: path, RequestTimeout: tc.config})
+			d, err := New(Config{GuestCID: testCID, UDSPath: path, RequestTimeout: tc.config}, tc.opts...)
 			if err != nil {
 				t.Fatal(err)
 			}
