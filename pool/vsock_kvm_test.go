@@ -117,18 +117,28 @@ func probeHasAgent(t *testing.T) bool {
 	return err == nil && bytes.Contains(b, []byte("probe.agent"))
 }
 
-// The FaaS flow end to end: a template whose readiness is its agent
-// answering, then acquire → command through the agent → output → release,
-// and clones that differ (their generation IDs).
-func TestRunThroughTheGuestAgent(t *testing.T) {
+// agentProbeCmdline boots the probe with its vsock agent.
+const agentProbeCmdline = "console=ttyS0 reboot=k panic=1 probe.agent"
+
+// agentProbePool serves a pool for a test of the probe's agent, and gives
+// the probe's kernel; it skips where the probe built here has no agent.
+func agentProbePool(t *testing.T) (*served, string) {
+	t.Helper()
 	if !probeHasAgent(t) {
 		t.Skip("skipping: the probe guest built here has no vsock agent (probe.agent) yet")
 	}
 	_, kernel, _ := fixture(t)
-	s := serve(t, Config{})
+	return serve(t, Config{}), kernel
+}
+
+// The FaaS flow end to end: a template whose readiness is its agent
+// answering, then acquire → command through the agent → output → release,
+// and clones that differ (their generation IDs).
+func TestRunThroughTheGuestAgent(t *testing.T) {
+	s, kernel := agentProbePool(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if _, err := s.client.CreateTemplate(ctx, pc.TemplateSpec{Name: "agent", Kernel: kernel, Cmdline: "console=ttyS0 reboot=k panic=1 probe.agent",
+	if _, err := s.client.CreateTemplate(ctx, pc.TemplateSpec{Name: "agent", Kernel: kernel, Cmdline: agentProbeCmdline,
 		MemoryMiB: 64, Vsock: true, Warm: 2}); err != nil {
 		t.Fatal(err)
 	}
@@ -171,14 +181,10 @@ func TestRunThroughTheGuestAgent(t *testing.T) {
 // as warm; each still answers its caller with its own generation ID. A
 // guest whose agent never answers is never counted warm: its priming fails.
 func TestPrimedWarmVMsAnsweredOnceAndWaitPaused(t *testing.T) {
-	if !probeHasAgent(t) {
-		t.Skip("skipping: the probe guest built here has no vsock agent (probe.agent) yet")
-	}
-	_, kernel, _ := fixture(t)
-	s := serve(t, Config{})
+	s, kernel := agentProbePool(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if _, err := s.client.CreateTemplate(ctx, pc.TemplateSpec{Name: "primed", Kernel: kernel, Cmdline: "console=ttyS0 reboot=k panic=1 probe.agent",
+	if _, err := s.client.CreateTemplate(ctx, pc.TemplateSpec{Name: "primed", Kernel: kernel, Cmdline: agentProbeCmdline,
 		MemoryMiB: 64, Vsock: true, Prime: true, Warm: 2}); err != nil {
 		t.Fatal(err)
 	}
