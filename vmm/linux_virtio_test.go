@@ -51,6 +51,26 @@ func newLVConsole(t *testing.T) *lvConsole {
 	return &lvConsole{t: t, start: time.Now(), added: make(chan struct{})}
 }
 
+// faults are the console's lines in which the guest kernel reports a
+// process's fatal fault or its own (segfault, trap, oops), with the lines
+// around them.
+func (c *lvConsole) faults() string {
+	c.mu.Lock()
+	lines := strings.Split(c.all.String(), "\n")
+	c.mu.Unlock()
+	var out []string
+	for i, l := range lines {
+		if strings.Contains(l, "segfault at") || strings.Contains(l, "traps:") || strings.Contains(l, "general protection") ||
+			strings.Contains(l, "Oops") || strings.Contains(l, "BUG:") || strings.Contains(l, "Code: ") {
+			out = append(out, lines[max(0, i-2):min(len(lines), i+3)]...)
+		}
+	}
+	if len(out) == 0 {
+		return "(nothing on the console)"
+	}
+	return strings.Join(out, "\n")
+}
+
 func (c *lvConsole) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -104,6 +124,11 @@ const lvAgentTimeout = 2 * time.Minute
 // lvRun runs argv in the guest through its agent.
 func lvRun(t *testing.T, uds string, argv ...string) agent.Result {
 	t.Helper()
+	return lvRunOnce(t, uds, false, argv...)
+}
+
+func lvRunOnce(t *testing.T, uds string, retried bool, argv ...string) agent.Result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), lvAgentTimeout)
 	defer cancel()
 	conn, err := agent.DialHybrid(ctx, uds, agent.Port)
@@ -114,6 +139,17 @@ func lvRun(t *testing.T, uds string, argv ...string) agent.Result {
 	res, err := (&agent.Client{}).Run(ctx, conn, agent.Request{Args: argv})
 	if err != nil {
 		t.Fatalf("agent %q: %v", argv, err)
+	}
+	// This host's emulation of the guest's ring 0 now and then hands a
+	// freshly exec'd process a thread pointer whose TLS reads give zero:
+	// it dies of SIGSEGV in libc's start-up, before any output (busybox's
+	// locale set-up, "segfault at 0 … error 4"; 3 times in 13 runs of
+	// TestOurLinuxDrivesTheVirtioDevices, always its first command; guest
+	// README (e)). Such a death, and no other failure, is asked once more,
+	// and logged.
+	if res.Status.Kind == agent.Signaled && res.Status.Code == int32(unix.SIGSEGV) && len(res.Stdout) == 0 && len(res.Stderr) == 0 && !retried {
+		t.Logf("guest %q died of SIGSEGV before any output; asking once more (this host's emulation, guest/README.md (e))", argv)
+		return lvRunOnce(t, uds, true, argv...)
 	}
 	return res
 }
@@ -370,7 +406,11 @@ func TestOurLinuxDrivesTheVirtioDevices(t *testing.T) {
 	t.Logf("agent answered %v after ready", lvPing(t, uds, time.Minute))
 
 	// Block: the kernel's root is the virtio disk, read-write.
-	if mounts := lvMustRun(t, uds, "cat", "/proc/mounts"); !strings.Contains(mounts, "/dev/root / ext4 rw") {
+	res := lvRun(t, uds, "cat", "/proc/mounts")
+	if !res.Success() {
+		t.Fatalf("guest cat /proc/mounts: %v; stdout %q stderr %q; the kernel said:\n%s", res.Status, res.Stdout, res.Stderr, console.faults())
+	}
+	if mounts := string(res.Stdout); !strings.Contains(mounts, "/dev/root / ext4 rw") {
 		t.Errorf("/proc/mounts:\n%s", mounts)
 	}
 
