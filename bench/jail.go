@@ -12,6 +12,7 @@ import (
 	"github.com/voltvmm/volt/bench/report"
 	"github.com/voltvmm/volt/bench/results"
 	"github.com/voltvmm/volt/bench/trace"
+	"github.com/voltvmm/volt/internal/jailpath"
 	"github.com/voltvmm/volt/internal/mountinfo"
 	"github.com/voltvmm/volt/vmm/api/types"
 )
@@ -179,7 +180,7 @@ func (c Config) command(seq uint64) (string, []string, string) {
 
 // jailDir is where the jailer builds jail id's chroot.
 func (c Config) jailDir(id string) string {
-	return filepath.Join(c.Jail.ChrootBase, filepath.Base(c.VMMBin), id)
+	return jailpath.Dir(c.Jail.ChrootBase, c.VMMBin, id)
 }
 
 // removeJail removes a finished boot's chroot. Its mounts lived in the

@@ -26,6 +26,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/voltvmm/volt/internal/jailpath"
 	"golang.org/x/sys/unix"
 )
 
@@ -96,10 +97,10 @@ func (c *Config) ExecName() string { return filepath.Base(c.ExecFile) }
 
 // JailDir is <ChrootBase>/<exec name>/<ID>, which holds root/ and the pid
 // file.
-func (c *Config) JailDir() string { return filepath.Join(c.ChrootBase, c.ExecName(), c.ID) }
+func (c *Config) JailDir() string { return jailpath.Dir(c.ChrootBase, c.ExecFile, c.ID) }
 
 // RootDir is the chroot.
-func (c *Config) RootDir() string { return filepath.Join(c.JailDir(), "root") }
+func (c *Config) RootDir() string { return jailpath.Root(c.JailDir()) }
 
 // Validate checks everything that can be checked before any change is
 // made, so that bad input is refused with nothing created.

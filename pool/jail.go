@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/voltvmm/volt/internal/jailpath"
 	"github.com/voltvmm/volt/internal/mountinfo"
 	"golang.org/x/sys/unix"
 )
@@ -249,17 +250,12 @@ const (
 	jailVsockSock   = "/" + vmVsockSock
 )
 
-// jailDir is <base>/<exec name>/<id>, the jailer's directory of one VM.
-func jailDir(cfg *JailConfig, vmmBin, id string) string {
-	return filepath.Join(cfg.ChrootBase, filepath.Base(vmmBin), id)
-}
-
 // prepareChroot makes the chroot of s under dir before the jailer runs:
 // with a CAS view, /cas and its private ingest/ and leases/, owned by the
 // VM's uid (the jailer reuses an existing chroot and mounts the store's
 // files over the names it finds there).
 func prepareChroot(dir string, s *jailSpawn) error {
-	root := filepath.Join(dir, "root")
+	root := jailpath.Root(dir)
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return fmt.Errorf("chroot: %w", err)
 	}

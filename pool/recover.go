@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/voltvmm/volt/cas"
+	"github.com/voltvmm/volt/internal/jailpath"
 	pc "github.com/voltvmm/volt/pool/client"
 	"github.com/voltvmm/volt/vmm/api/client"
 )
@@ -59,7 +60,7 @@ func (p *Pool) recover() {
 		var vj *vmJail
 		uidOK := true
 		if j := r.Jail; j != nil {
-			vj = &vmJail{dir: j.Dir, uid: j.UID, root: filepath.Join(j.Dir, "root")}
+			vj = &vmJail{dir: j.Dir, uid: j.UID, root: jailpath.Root(j.Dir)}
 			if p.uids != nil {
 				uidOK = p.uids.mark(j.UID)
 			}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/voltvmm/volt/cas"
+	"github.com/voltvmm/volt/internal/jailpath"
 	pc "github.com/voltvmm/volt/pool/client"
 	"github.com/voltvmm/volt/vmm/api/client"
 	"github.com/voltvmm/volt/vmm/api/types"
@@ -145,8 +146,8 @@ func spawn(ctx context.Context, s spawnSpec) (*vm, error) {
 	}
 	var vj *vmJail
 	if j := s.jail; j != nil {
-		dir := jailDir(j.cfg, s.vmmBin, j.id)
-		vj = &vmJail{dir: dir, uid: j.uid, root: filepath.Join(dir, "root")}
+		dir := jailpath.Dir(j.cfg.ChrootBase, s.vmmBin, j.id)
+		vj = &vmJail{dir: dir, uid: j.uid, root: jailpath.Root(dir)}
 		api = filepath.Join(vj.root, vmAPISock)
 		if s.vsock {
 			vsock = filepath.Join(vj.root, vmVsockSock)

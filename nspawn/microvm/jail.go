@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/voltvmm/volt/internal/jailpath"
 	"github.com/voltvmm/volt/internal/mountinfo"
 	"github.com/voltvmm/volt/nspawn/instance"
 )
@@ -89,12 +90,10 @@ func (j *Jail) validate() error {
 
 // JailDir is <ChrootBase>/<volt-vmm's name>/<NAME>, volt-jailer's
 // directory of the VM (root/ and its pid file).
-func JailDir(s *Spec) string {
-	return filepath.Join(s.Jail.ChrootBase, filepath.Base(s.VMM), s.Name)
-}
+func JailDir(s *Spec) string { return jailpath.Dir(s.Jail.ChrootBase, s.VMM, s.Name) }
 
 // ChrootDir is the jailed VMM's / on the host.
-func ChrootDir(s *Spec) string { return filepath.Join(JailDir(s), "root") }
+func ChrootDir(s *Spec) string { return jailpath.Root(JailDir(s)) }
 
 // hostAPISock is where the host reaches the VM's API socket.
 func hostAPISock(s *Spec, d instance.Dir) string {
