@@ -26,8 +26,9 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/voltvmm/volt/internal/jailpath"
 	"golang.org/x/sys/unix"
+
+	"github.com/voltvmm/volt/internal/jailpath"
 )
 
 // DefaultChrootBase is Firecracker's default --chroot-base-dir.

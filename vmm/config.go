@@ -20,7 +20,6 @@ import (
 	"github.com/voltvmm/volt/vmm/devices/bootmarker"
 	"github.com/voltvmm/volt/vmm/memory"
 	"github.com/voltvmm/volt/vmm/snapshot"
-
 	"github.com/voltvmm/volt/vmm/virtio/vsock"
 )
 

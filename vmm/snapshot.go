@@ -19,7 +19,6 @@ import (
 	"github.com/voltvmm/volt/vmm/kvm"
 	"github.com/voltvmm/volt/vmm/memory"
 	"github.com/voltvmm/volt/vmm/snapshot"
-
 	"github.com/voltvmm/volt/vmm/virtio/vsock"
 )
 

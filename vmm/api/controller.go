@@ -620,19 +620,18 @@ func restore(ctx context.Context, base vmm.Config, p types.SnapshotLoadParams) (
 	// Firecracker tracks dirty pages after a load only when asked to.
 	track := p.TrackDirtyPages || p.EnableDiffSnapshots
 	v, err := vmm.Restore(ctx, vmm.RestoreConfig{
-		StatePath:         p.SnapshotPath,
-		MemPath:           mem,
-		Resume:            p.ResumeVM,
-		Console:           base.Console,
-		ConsoleInput:      base.ConsoleInput,
-		Origin:            restoreOrigin(base),
-		TrackDirtyPages:   &track,
-		Logger:            base.Logger,
-		AfterSnapshotStep: base.AfterSnapshotStep,
-		Overrides:         overrides(p),
-		CASStore:          store,
-		Confinement:       base.Confinement,
-
+		StatePath:           p.SnapshotPath,
+		MemPath:             mem,
+		Resume:              p.ResumeVM,
+		Console:             base.Console,
+		ConsoleInput:        base.ConsoleInput,
+		Origin:              restoreOrigin(base),
+		TrackDirtyPages:     &track,
+		Logger:              base.Logger,
+		AfterSnapshotStep:   base.AfterSnapshotStep,
+		Overrides:           overrides(p),
+		CASStore:            store,
+		Confinement:         base.Confinement,
 		VsockRequestTimeout: base.VsockRequestTimeout,
 	})
 	if err != nil {

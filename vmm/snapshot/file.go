@@ -69,7 +69,11 @@ type stateJSON struct {
 // every vCPU's block in order, each after its u32 length.
 func Encode(st *VMState) ([]byte, error) {
 	heads := make([]vcpuHead, len(st.VCPUs))
-	var section []byte
+	size := 0
+	for i := range st.VCPUs {
+		size += 4 + st.VCPUs[i].archSize()
+	}
+	section := make([]byte, 0, size)
 	for i := range st.VCPUs {
 		c := &st.VCPUs[i]
 		heads[i] = vcpuHead{ID: c.ID, MPState: c.MPState, TSCKHz: c.TSCKHz}
